@@ -1,0 +1,1 @@
+"""The `hourglass` console script: one module per subcommand."""
