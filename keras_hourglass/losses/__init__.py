@@ -1,0 +1,6 @@
+"""Heatmap losses: the paper's hypersensitive loss and the Newell L2 baseline."""
+
+from keras_hourglass.losses.gaussian_l2 import GaussianL2Loss
+from keras_hourglass.losses.hypersensitive import HypersensitiveLoss
+
+__all__ = ["GaussianL2Loss", "HypersensitiveLoss"]
