@@ -1,0 +1,255 @@
+"""The TFRecord schema of prepared mammograms (tf.train.Example).
+
+Layout of a prepared directory::
+
+    PREP/manifest.json, PREP/rejects.csv
+    PREP/<split>/<stratum>-s<II>of<NN>-<CCCCC>.tfrecord
+
+``split`` is train|val|test, ``stratum`` the image label (most severe
+finding: malignant > high_risk > benign > normal), ``II``/``NN`` the
+machine shard index and count (``--shard-index/--num-shards``; s00of01 on
+one machine) and ``CCCCC`` the chunk number within that (split, stratum,
+machine shard). Names never collide across machines, and a chunk is the
+unit of atomic writing and of resumption (``<file>.done`` beside it).
+
+Feature keys (one Example per image):
+
+- ``image/png``: 16-bit grayscale PNG at training scale; ``image/height``,
+  ``image/width`` (int64).
+- ``boxes``: float list, flattened ``[N, 4]`` of ``(y0, x0, y1, x1)`` in the
+  IMAGE frame, continuous pixel coordinates.
+- ``box_labels``, ``finding_types``: bytes lists of length N.
+- ``label``: the image stratum; ``patient_hash``, ``study_hash``,
+  ``image_hash``, ``laterality``, ``view``: bytes.
+- ``transform``: float list, ``PixelTransform.to_list()`` (original <-> image).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from keras_hourglass.data.png16 import encode_png16
+
+LABELS = ("normal", "benign", "high_risk", "malignant")
+"""Labels and strata, least to most severe."""
+SPLITS = ("train", "val", "test")
+POSITIVE_LABELS = ("high_risk", "malignant")
+"""Training positives: their boxes feed L_DET."""
+FINDING_TYPES = ("mass", "calcification", "distortion", "asymmetry", "other")
+
+_FEATURES = {
+    "image/png": tf.io.FixedLenFeature([], tf.string),
+    "image/height": tf.io.FixedLenFeature([], tf.int64),
+    "image/width": tf.io.FixedLenFeature([], tf.int64),
+    "boxes": tf.io.VarLenFeature(tf.float32),
+    "box_labels": tf.io.VarLenFeature(tf.string),
+    "finding_types": tf.io.VarLenFeature(tf.string),
+    "label": tf.io.FixedLenFeature([], tf.string),
+    "patient_hash": tf.io.FixedLenFeature([], tf.string),
+    "study_hash": tf.io.FixedLenFeature([], tf.string),
+    "image_hash": tf.io.FixedLenFeature([], tf.string),
+    "laterality": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "view": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "transform": tf.io.VarLenFeature(tf.float32),
+}
+
+
+def stratum_of(labels: Iterable[str]) -> str:
+    """Returns the image stratum: the most severe of its finding labels.
+
+    Args:
+        labels: finding labels of one image (empty for a normal image).
+
+    Returns:
+        One of `LABELS` ("normal" when there is no finding).
+    """
+    rank = {name: i for i, name in enumerate(LABELS)}
+    best = 0
+    for label in labels:
+        if label not in rank:
+            raise ValueError(f"unknown label {label!r}; expected one of {LABELS}")
+        best = max(best, rank[label])
+    return LABELS[best]
+
+
+def _bytes(values: Sequence[bytes | str]) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(
+        value=[v.encode("utf-8") if isinstance(v, str) else v for v in values]))
+
+
+def _floats(values) -> tf.train.Feature:
+    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
+
+
+def _ints(values) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+
+
+def make_example(
+    image: np.ndarray | bytes,
+    *,
+    boxes,
+    box_labels: Sequence[str],
+    finding_types: Sequence[str],
+    patient_hash: str,
+    study_hash: str,
+    image_hash: str,
+    laterality: str = "",
+    view: str = "",
+    transform: Sequence[float] = (),
+    label: str | None = None,
+    height: int | None = None,
+    width: int | None = None,
+) -> tf.train.Example:
+    """Builds the Example of one prepared image.
+
+    Args:
+        image: float `[H, W]`/`[H, W, 1]` in [0, 1], uint16, or already-encoded
+            16-bit PNG bytes (then `height` and `width` are required).
+        boxes: `[N, 4]` (y0, x0, y1, x1) in the image frame.
+        box_labels: N labels from `LABELS`.
+        finding_types: N finding types.
+        patient_hash, study_hash, image_hash: salted hashes (never raw ids).
+        laterality: "L"/"R" (or "").
+        view: "CC"/"MLO"/... (or "").
+        transform: `PixelTransform.to_list()`.
+        label: the stratum; default: derived from `box_labels`.
+        height, width: image size, needed when `image` is PNG bytes.
+
+    Returns:
+        A `tf.train.Example`.
+    """
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    if len(box_labels) != len(boxes) or len(finding_types) != len(boxes):
+        raise ValueError(f"{len(boxes)} boxes but {len(box_labels)} labels and "
+                         f"{len(finding_types)} finding types")
+    derived = stratum_of(box_labels)
+    if label is None:
+        label = derived
+    elif label not in LABELS:
+        raise ValueError(f"unknown stratum {label!r}")
+    if isinstance(image, (bytes, bytearray)):
+        if height is None or width is None:
+            raise ValueError("height and width are required with PNG bytes")
+        png = bytes(image)
+    else:
+        array = np.asarray(image)
+        height, width = int(array.shape[0]), int(array.shape[1])
+        png = encode_png16(array)
+    feature = {
+        "image/png": _bytes([png]),
+        "image/height": _ints([height]),
+        "image/width": _ints([width]),
+        "boxes": _floats(boxes.reshape(-1)),
+        "box_labels": _bytes(list(box_labels)),
+        "finding_types": _bytes(list(finding_types)),
+        "label": _bytes([label]),
+        "patient_hash": _bytes([patient_hash]),
+        "study_hash": _bytes([study_hash]),
+        "image_hash": _bytes([image_hash]),
+        "laterality": _bytes([laterality]),
+        "view": _bytes([view]),
+        "transform": _floats(transform),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def parse_example(serialized: tf.Tensor) -> dict:
+    """Parses one serialized Example (graph-safe, for tf.data.map).
+
+    Args:
+        serialized: scalar string tensor.
+
+    Returns:
+        dict with ``image`` float32 `[H, W, 1]` in [0, 1], ``boxes`` float32
+        `[N, 4]` (image frame), ``box_labels`` and ``finding_types`` string
+        `[N]`, ``label``, ``patient_hash``, ``study_hash``, ``image_hash``,
+        ``laterality``, ``view`` (string scalars), ``transform`` float32 `[T]`,
+        ``height``, ``width`` int32 scalars.
+    """
+    parsed = tf.io.parse_single_example(serialized, _FEATURES)
+    height = tf.cast(parsed["image/height"], tf.int32)
+    width = tf.cast(parsed["image/width"], tf.int32)
+    image = tf.io.decode_png(parsed["image/png"], channels=1, dtype=tf.uint16)
+    image = tf.cast(image, tf.float32) / 65535.0
+    image = tf.ensure_shape(image, [None, None, 1])
+    return {
+        "image": image,
+        "boxes": tf.reshape(tf.sparse.to_dense(parsed["boxes"]), [-1, 4]),
+        "box_labels": tf.sparse.to_dense(parsed["box_labels"], default_value=""),
+        "finding_types": tf.sparse.to_dense(parsed["finding_types"], default_value=""),
+        "label": parsed["label"],
+        "patient_hash": parsed["patient_hash"],
+        "study_hash": parsed["study_hash"],
+        "image_hash": parsed["image_hash"],
+        "laterality": parsed["laterality"],
+        "view": parsed["view"],
+        "transform": tf.sparse.to_dense(parsed["transform"]),
+        "height": height,
+        "width": width,
+    }
+
+
+def shard_file_name(stratum: str, chunk: int, shard_index: int = 0, num_shards: int = 1) -> str:
+    """Returns the file name of one chunk, e.g. ``malignant-s00of01-00003.tfrecord``.
+
+    Args:
+        stratum: image stratum.
+        chunk: chunk number within (split, stratum, machine shard).
+        shard_index: this machine's `--shard-index`.
+        num_shards: `--num-shards`.
+    """
+    if stratum not in LABELS:
+        raise ValueError(f"unknown stratum {stratum!r}")
+    return f"{stratum}-s{shard_index:02d}of{num_shards:02d}-{chunk:05d}.tfrecord"
+
+
+def list_files(prep_dir: str | os.PathLike, split: str, stratum: str | None = None) -> list[str]:
+    """Lists the complete TFRecord files of a split (and stratum), sorted.
+
+    Temporary files of an interrupted write (hidden ``.*.tmp`` names) are never listed.
+
+    Args:
+        prep_dir: the prepared directory.
+        split: train, val or test.
+        stratum: one of `LABELS`, or None for all.
+
+    Returns:
+        Sorted paths.
+    """
+    if stratum is not None and stratum not in LABELS:
+        raise ValueError(f"unknown stratum {stratum!r}; expected one of {LABELS}")
+    pattern = os.path.join(os.fspath(prep_dir), split, f"{stratum or '*'}-*.tfrecord")
+    return sorted(glob.glob(pattern))
+
+
+def write_records_atomic(path: str | os.PathLike, serialized: Iterable[bytes]) -> int:
+    """Writes serialized records to `path` atomically (temporary name + os.replace).
+
+    Args:
+        path: final file path.
+        serialized: serialized Examples.
+
+    Returns:
+        The number of records written.
+    """
+    path = os.fspath(path)
+    directory, name = os.path.split(path)
+    os.makedirs(directory or ".", exist_ok=True)
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    count = 0
+    try:
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for record in serialized:
+                writer.write(record)
+                count += 1
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return count
