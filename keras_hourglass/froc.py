@@ -401,8 +401,19 @@ class _Sweep:
         )
 
 
-def _sensitivity_at(fpi, sens, targets, interpolation: str) -> np.ndarray:
-    """Sensitivity at each target FPI from a curve (descending thresholds)."""
+def sensitivity_at(fpi, sens, targets, interpolation: str) -> np.ndarray:
+    """Sensitivity at target FPIs read off a curve.
+
+    Args:
+        fpi: `[K]` FPI of the operating points, in descending threshold
+            order (so non-decreasing).
+        sens: `[K]` sensitivity of the same points.
+        targets: FPI values to read.
+        interpolation: `"step"` or `"linear"` (module docstring).
+
+    Returns:
+        `[len(targets)]` float64 sensitivities.
+    """
     targets = np.asarray(targets, dtype=np.float64)
     if fpi.size == 0:
         return np.zeros(targets.shape)
@@ -522,7 +533,7 @@ def froc(
     operating_points: dict[str, dict[str, float | None]] = {}
     warning = None
     if defined:
-        at = _sensitivity_at(curve_fpi, curve_sens, fpi_points, interpolation)
+        at = sensitivity_at(curve_fpi, curve_sens, fpi_points, interpolation)
         sensitivity_at_fpi = {k: float(s) for k, s in zip(keys, at)}
         mean_sensitivity: float | None = float(np.mean(at))
         max_sensitivity: float | None = float(curve_sens[-1]) if curve_sens.size else 0.0
@@ -557,7 +568,7 @@ def froc(
                 undefined += 1
                 continue
             b_sens = b_hits / b_findings
-            at_points[b] = _sensitivity_at(b_fps / b_images, b_sens, targets, interpolation)
+            at_points[b] = sensitivity_at(b_fps / b_images, b_sens, targets, interpolation)
             at_max[b] = b_sens[-1] if b_sens.size else 0.0
         n_points = len(fpi_points)
         for j, key in enumerate(keys):

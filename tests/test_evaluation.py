@@ -1,0 +1,144 @@
+"""predict_marks, FrocCallback, plots, reports and `hourglass evaluate`.
+
+The heatmap model here is a stand-in whose output we can compute by hand:
+a frozen 1x1 convolution (weight 1) followed by 2x2 average pooling, so
+heatmap pixel (j, i) = mean of image pixels [2j:2j+2, 2i:2i+2], stride 2,
+and a bright image pixel (r, c) of value v gives a mark of score v/4 at
+image coordinates ((r//2 + .5) * 2, (c//2 + .5) * 2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+
+from keras_hourglass.evaluation.callback import FrocCallback  # noqa: E402
+from keras_hourglass.evaluation.predict import predict_marks  # noqa: E402
+from keras_hourglass.froc import froc  # noqa: E402
+
+
+def standin_find_peaks(heatmap, max_marks=100, threshold=0.0, pool_size=3, stride=1):
+    """The documented find_peaks interface: local maxima of a 3x3 window, top max_marks."""
+    heatmap = tf.convert_to_tensor(heatmap, tf.float32)
+    pooled = tf.nn.max_pool2d(heatmap, pool_size, 1, "SAME")
+    width = tf.shape(heatmap)[2]
+    peak = (heatmap >= pooled) & (heatmap > threshold)
+    flat = tf.reshape(tf.where(peak, heatmap, -np.inf), [tf.shape(heatmap)[0], -1])
+    k = tf.minimum(max_marks, tf.shape(flat)[1])
+    values, index = tf.math.top_k(flat, k)
+    valid = values > -np.inf
+    y = (tf.cast(index // width, tf.float32) + 0.5) * stride
+    x = (tf.cast(index % width, tf.float32) + 0.5) * stride
+    marks = tf.stack([y, x, values], axis=-1)
+    marks = tf.where(valid[..., None], marks, tf.constant([-1.0, -1.0, 0.0]))
+    marks = tf.pad(marks, [[0, 0], [0, max_marks - k], [0, 0]], constant_values=-1.0)
+    return marks, tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)
+
+
+def standin_model(multi_output: bool = False) -> keras.Model:
+    image = keras.Input((None, None, 1), name="image")
+    x = keras.layers.Conv2D(1, 1, kernel_initializer="ones", bias_initializer="zeros", name="conv")(image)
+    heatmap = keras.layers.AveragePooling2D(2, name="heatmap")(x)
+    if multi_output:
+        # An "intermediate" head that scores everything higher: must be ignored.
+        aux = keras.layers.Rescaling(10.0, name="heatmap_stack1")(heatmap)
+        return keras.Model(image, [aux, heatmap])
+    return keras.Model(image, heatmap)
+
+
+def element(image_hash, patient, spots, boxes=(), labels=(), height=32, width=32, size=32):
+    """One evaluation dict, batch 1, as evaluation_dataset yields it."""
+    image = np.zeros((size, size), np.float32)
+    for r, c, v in spots:
+        image[r, c] = v
+    return {
+        "image": image[None, :, :, None],
+        "boxes": np.asarray(boxes, np.float32).reshape(1, -1, 4),
+        "box_labels": np.asarray([lab.encode() for lab in labels], dtype=object).reshape(1, -1),
+        "patient_hash": np.asarray([patient.encode()], dtype=object),
+        "image_hash": np.asarray([image_hash.encode()], dtype=object),
+        "transform": np.asarray([[2 * height, 2 * width, height, width, 0.0]], np.float32),
+        "height": np.asarray([height], np.int32),
+        "width": np.asarray([width], np.int32),
+    }
+
+
+def small_set():
+    """img1: malignant box around (5, 9) hit at .25, FP at (15, 21) .15, a spot in the padding (row 28 > height 24).
+    img2 (normal): FP at (7, 7) score .2.
+
+    Distinct scores: .25 (hit) .2 (FP) .15 (FP) -> FPI 0, .5, 1 over 2 images; sensitivity 1 from the first.
+    """
+    return [
+        element(
+            "img1", "pA", [(5, 9, 1.0), (15, 21, 0.6), (28, 3, 0.9)],
+            boxes=[[0, 0, 12, 12], [14, 14, 18, 18]], labels=["malignant", "benign"], height=24,
+        ),
+        element("img2", "pB", [(7, 7, 0.8)]),
+    ]
+
+
+def test_predict_marks_image_coordinates_and_padding():
+    records = predict_marks(standin_model(), small_set(), threshold=0.01, peak_finder=standin_find_peaks, keep_images=1)
+    first, second = records
+    assert first.image_id == "img1" and first.patient_id == "pA"
+    np.testing.assert_allclose(first.marks, [[5, 9, 0.25], [15, 21, 0.15]], atol=1e-6)  # padding spot dropped
+    assert list(first.labels) == ["malignant", "benign"]
+    assert (first.height, first.width) == (24, 32)
+    assert first.transform == [48.0, 64.0, 24.0, 32.0, 0.0]
+    assert first.image.shape == (24, 32) and first.image.dtype == np.uint8
+    assert second.image is not None  # one malignant and one other image kept
+    np.testing.assert_allclose(second.marks, [[7, 7, 0.2]], atol=1e-6)
+    result = froc(records, n_bootstrap=0)
+    np.testing.assert_allclose(result.curve_fpi, [0, 0.5, 1.0])
+    assert result.sensitivity_at_fpi["0.125"] == 1.0
+
+
+def test_predict_marks_uses_last_output_and_max_marks():
+    records = predict_marks(
+        standin_model(multi_output=True), small_set(), threshold=0.01, max_marks=1, peak_finder=standin_find_peaks
+    )
+    np.testing.assert_allclose(records[0].marks, [[5, 9, 0.25]], atol=1e-6)  # not the x10 head
+    assert len(predict_marks(standin_model(), small_set(), max_images=1, peak_finder=standin_find_peaks)) == 1
+
+
+def fit_with(callbacks, epochs=1, multi_output=True):
+    model = standin_model(multi_output=multi_output)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0), loss="mse")
+    x = np.zeros((2, 32, 32, 1), np.float32)
+    y = np.zeros((2, 16, 16, 1), np.float32)
+    history = model.fit(x, [y, y] if multi_output else y, epochs=epochs, batch_size=2, verbose=0, callbacks=callbacks)
+    return model, history
+
+
+def test_callback_writes_logs_before_model_checkpoint(tmp_path):
+    # With threshold None every zero-valued pixel is a plateau "peak" of score 0, so the last
+    # operating point has many FPs; sensitivity at 4.8 FPI is 1 (the hit at .25 comes first).
+    froc_cb = FrocCallback(small_set(), peak_finder=standin_find_peaks)
+    best = tmp_path / "best.keras"
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        str(best), monitor="val_sensitivity", mode="max", save_best_only=True, verbose=0
+    )
+    _, history = fit_with([froc_cb, checkpoint])
+    assert history.history["val_sensitivity"] == [1.0]
+    assert history.history["val_max_sensitivity"] == [1.0]
+    assert history.history["val_mean_sensitivity"] == [1.0]
+    assert best.exists()
+    assert froc_cb.last_result.num_images == 2
+
+
+def test_callback_every_n_epochs_and_no_malignant_policy():
+    cb = FrocCallback([small_set()[1]], every_n_epochs=2, peak_finder=standin_find_peaks)
+    with pytest.warns(RuntimeWarning, match="no malignant finding"):
+        _, history = fit_with([cb], epochs=3, multi_output=False)
+    assert [epoch for epoch, _ in cb.history] == [1, 2]  # every 2nd epoch + the last one
+    values = history.history["val_sensitivity"]
+    assert len(values) == 2 and all(math.isnan(v) for v in values)
