@@ -1,0 +1,10 @@
+"""SavedModel export of the Hourglass detector for TensorFlow Serving.
+
+Public API (TensorFlow is imported on first use of a submodule):
+
+- `export.saved_model.export_keras_model(model_path, base_path, ...)`: `hourglass export`.
+- `export.saved_model.export_detector(detector, base_path, ...)`: export an in-memory model.
+- `export.signatures.HourglassDetector`, `build_export_archive`: the two signatures.
+- `export.verify.verify_saved_model(path, ...)`: servability checks.
+- `export.warmup.build_warmup_requests`, `write_warmup_requests`, `read_warmup_requests`.
+"""

@@ -1,0 +1,82 @@
+"""`hourglass export`: write a verified SavedModel version for TensorFlow Serving."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EPILOG = """\
+examples:
+  # next version under the base path TF Serving watches (1, 2, ...)
+  hourglass export --model runs/r1/model.keras --base-path serving/hourglass
+  # an explicit version, at most 50 marks per image, default threshold 0.3
+  hourglass export --model runs/r1/model.keras --base-path serving/hourglass \\
+      --version 7 --max-marks 50 --threshold 0.3
+
+The version is written under BASE/.tmp-<uuid>, verified (op allow-list,
+saved_model_cli show/run on both signatures, warmup replay) and renamed to
+BASE/<version>; an existing version is never overwritten (exit 2). Prints
+the export's JSON (path, version, metadata, verification) on stdout.
+"""
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Adds the `export` subcommand. Returns: its parser."""
+    parser = subparsers.add_parser(
+        "export",
+        help="export a trained model as a SavedModel version for TF Serving",
+        description="Export RUN/model.keras as BASE/<version>/ (SavedModel with signatures "
+        "serving_default and detect_png, warmup requests, metadata), atomically and verified.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, metavar="RUN/model.keras", help="Keras model saved by `hourglass train`")
+    parser.add_argument("--base-path", required=True, metavar="DIR", help="the model base path TF Serving watches")
+    parser.add_argument("--version", type=int, default=None, metavar="N", help="version number (default: next integer)")
+    parser.add_argument("--max-marks", type=int, default=100, metavar="M", help="mark rows per image (default 100)")
+    parser.add_argument("--threshold", type=float, default=0.0, metavar="T", help="default score threshold (default 0)")
+    parser.add_argument(
+        "--long-side",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="long side of the training images (default: from the run's config.json); clients preprocess DICOMs to it",
+    )
+    parser.add_argument("--model-name", default="hourglass", help="model name used in the warmup requests")
+    parser.add_argument(
+        "--verify",
+        choices=("full", "ops"),
+        default="full",
+        help="full: op allow-list + saved_model_cli run + warmup replay (default); ops: op allow-list only",
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the export. Returns: 0 on success, 1 if verification fails."""
+    from export.saved_model import export_keras_model
+    from export.verify import VerificationError
+    from keras_hourglass.errors import InputError
+
+    if args.max_marks < 1:
+        raise InputError("--max-marks", f"must be >= 1, got {args.max_marks}")
+    if args.long_side is not None and args.long_side < 1:
+        raise InputError("--long-side", f"must be >= 1, got {args.long_side}")
+    try:
+        result = export_keras_model(
+            args.model,
+            args.base_path,
+            version=args.version,
+            max_marks=args.max_marks,
+            threshold=args.threshold,
+            long_side=args.long_side,
+            model_name=args.model_name,
+            verify=args.verify,
+        )
+    except VerificationError as err:
+        print(f"hourglass export: verification failed, nothing published: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.to_json(), indent=2))
+    return 0

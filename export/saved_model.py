@@ -1,0 +1,305 @@
+"""Atomic, versioned SavedModel export for TensorFlow Serving.
+
+TF Serving watches `BASE/` and loads every directory whose name is an
+integer as a version; it has loaded half-copied versions before
+(tensorflow/serving#1086). So the export is written under a non-numeric
+temporary directory inside BASE (`BASE/.tmp-<uuid>`, same filesystem),
+completed (SavedModel, warmup, metadata), verified, and only then renamed
+to `BASE/<version>` with one `os.rename`: a watcher sees either nothing or
+a complete version.
+
+Layout of one version:
+
+```
+BASE/<version>/saved_model.pb, variables/, fingerprint.pb
+BASE/<version>/assets.extra/tf_serving_warmup_requests   # PredictionLog TFRecord
+BASE/<version>/assets.extra/keras_hourglass.json         # export metadata (EXPORT_METADATA)
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from keras_hourglass.errors import InputError
+
+METADATA_FILE = "keras_hourglass.json"
+TMP_PREFIX = ".tmp-"
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """Result of an export.
+
+    Attributes:
+        path: the version directory, `BASE/<version>`.
+        version: the integer version.
+        metadata: the content of `assets.extra/keras_hourglass.json`.
+        verification: `VerificationReport.to_json()` (None if not verified).
+    """
+
+    path: str
+    version: int
+    metadata: dict
+    verification: dict | None
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def metadata_path(saved_model_dir: str | os.PathLike) -> str:
+    """Returns: `DIR/assets.extra/keras_hourglass.json`."""
+    return os.path.join(saved_model_dir, "assets.extra", METADATA_FILE)
+
+
+def read_metadata(saved_model_dir: str | os.PathLike) -> dict:
+    """Reads the export metadata of a version directory ({} if absent)."""
+    try:
+        with open(metadata_path(saved_model_dir)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+
+
+def list_versions(base_path: str | os.PathLike) -> list[int]:
+    """Returns: the sorted integer versions under `base_path` (as TF Serving sees them)."""
+    if not os.path.isdir(base_path):
+        return []
+    return sorted(int(name) for name in os.listdir(base_path) if name.isdigit() and os.path.isdir(os.path.join(base_path, name)))
+
+
+def next_version(base_path: str | os.PathLike) -> int:
+    """Returns: one more than the largest version under `base_path`, or 1."""
+    versions = list_versions(base_path)
+    return versions[-1] + 1 if versions else 1
+
+
+def _fsync_tree(root: str) -> None:
+    """Flushes every file under `root` to disk before the rename publishes it."""
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def export_detector(
+    detector,
+    base_path: str | os.PathLike,
+    *,
+    version: int | None = None,
+    model_name: str = "hourglass",
+    metadata: dict | None = None,
+    verify: str = "full",
+    verify_image_hw: tuple[int, int] = (64, 48),
+    _atomic: bool = True,
+) -> ExportResult:
+    """Writes `detector`'s signatures as a new version under `base_path`.
+
+    Args:
+        detector: an `export.signatures.HourglassDetector`.
+        base_path: the model's base path (the directory TF Serving watches).
+        version: the version number; default: the next integer. An existing
+            version is never overwritten.
+        model_name: model name written into the warmup requests.
+        metadata: extra entries for `assets.extra/keras_hourglass.json`.
+        verify: "full" (op check + saved_model_cli subprocesses + warmup
+            replay), "ops" (op check only) or "none".
+        verify_image_hw: image size for the saved_model_cli run check.
+        _atomic: testing only: False writes straight into `BASE/<version>`
+            (the unsafe way), so the atomicity test can show it fails.
+
+    Returns:
+        An `ExportResult`.
+
+    Raises:
+        InputError: the version exists, or the version is not positive.
+        export.verify.VerificationError: the SavedModel failed verification
+            (nothing is published).
+    """
+    from export.signatures import SIGNATURE_NAMES, build_export_archive
+    from export.verify import verify_saved_model
+    from export.warmup import build_warmup_requests, write_warmup_requests
+    from keras_hourglass.version import __version__
+
+    if verify not in ("full", "ops", "none"):
+        raise ValueError(f"verify must be 'full', 'ops' or 'none', got {verify!r}")
+    base = Path(base_path)
+    if version is not None:
+        if version < 1:
+            raise InputError(base, f"version must be a positive integer, got {version}")
+        if (base / str(version)).exists():
+            raise InputError(base / str(version), "version already exists; refusing to overwrite it")
+    base.mkdir(parents=True, exist_ok=True)
+
+    meta = {
+        "format": "keras-hourglass-export/1",
+        "keras_hourglass_version": __version__,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "signatures": list(SIGNATURE_NAMES),
+        "stride": detector.stride,
+        "input_multiple": detector.input_multiple,
+        "max_marks": detector.max_marks,
+        "threshold": detector.threshold,
+        "pool_size": detector.pool_size,
+        "long_side": detector.long_side,
+        **(metadata or {}),
+    }
+    staging = str(base / f"{TMP_PREFIX}{uuid.uuid4().hex}") if _atomic else str(base / str(version or next_version(base)))
+    try:
+        build_export_archive(detector).write_out(staging, verbose=False)
+        write_warmup_requests(
+            staging,
+            build_warmup_requests(
+                model_name=model_name, long_side=detector.long_side or 512, default_threshold=detector.threshold
+            ),
+        )
+        with open(metadata_path(staging), "w") as f:
+            json.dump(meta, f, indent=2)
+        report = None
+        if verify != "none":
+            report = verify_saved_model(
+                staging,
+                stride=detector.stride,
+                max_marks=detector.max_marks,
+                image_hw=verify_image_hw,
+                run_cli=verify == "full",
+                warmup=verify == "full",
+            ).to_json()
+        if not _atomic:
+            return ExportResult(staging, int(os.path.basename(staging)), meta, report)
+        _fsync_tree(staging)
+        final = _publish(staging, base, version)
+    except BaseException:
+        if _atomic:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportResult(str(final), int(final.name), meta, report)
+
+
+def _publish(staging: str, base: Path, version: int | None) -> Path:
+    """Renames `staging` to `base/<version>` (the next free one if None)."""
+    for _ in range(100):
+        target = base / str(version if version is not None else next_version(base))
+        if not target.exists():
+            try:
+                os.rename(staging, target)  # atomic on one filesystem; fails if target is non-empty
+                return target
+            except OSError:
+                if not target.exists():
+                    raise
+        if version is not None:
+            raise InputError(target, "version already exists; refusing to overwrite it")
+    raise RuntimeError(f"{base}: could not find a free version number")
+
+
+def load_inference_model(model_path: str | os.PathLike):
+    """Loads `RUN/model.keras` (compile=False) and returns `(inference_model, stride, input_multiple)`.
+
+    Raises:
+        InputError: the file is missing or is not a loadable Keras model.
+    """
+    import keras
+
+    import keras_hourglass.model  # noqa: F401 - registers the custom layers
+    from keras_hourglass.model import hourglass
+
+    path = os.fspath(model_path)
+    if not os.path.isfile(path):
+        raise InputError(path, "no such model file")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as err:  # noqa: BLE001 - any load failure is a bad input file
+        raise InputError(path, f"cannot load Keras model: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+    model = hourglass.inference_model(model)
+    stride = int(hourglass.model_stride(model))
+    multiple = int(_input_multiple(model, stride))
+    return model, stride, multiple
+
+
+def _input_multiple(model, stride: int) -> int:
+    from keras_hourglass.model import hourglass
+
+    fn = getattr(hourglass, "model_input_multiple", None)
+    if fn is not None:
+        return fn(model)
+    config = getattr(model, "hourglass_config", None)
+    if config is not None:
+        return hourglass.input_multiple(config)
+    raise RuntimeError("cannot determine the model's input multiple")
+
+
+def export_keras_model(
+    model_path: str | os.PathLike,
+    base_path: str | os.PathLike,
+    *,
+    version: int | None = None,
+    max_marks: int = 100,
+    threshold: float = 0.0,
+    long_side: int | None = None,
+    model_name: str = "hourglass",
+    verify: str = "full",
+) -> ExportResult:
+    """`hourglass export`: loads `RUN/model.keras` and exports it under `base_path`.
+
+    Args:
+        model_path: a Keras model file saved by `hourglass train`.
+        base_path: TF Serving base path of the model.
+        version: version to write; default: the next integer.
+        max_marks: mark rows per image in the outputs.
+        threshold: default score threshold.
+        long_side: training long side; default: read from the run's
+            config.json (`long_side` or `size`) next to the model, else 0
+            (unknown: clients then need `--long-side`).
+        model_name: model name written into the warmup requests.
+        verify: see `export_detector`.
+
+    Returns:
+        An `ExportResult`.
+    """
+    from export.signatures import HourglassDetector
+
+    model, stride, multiple = load_inference_model(model_path)
+    if long_side is None:
+        long_side = _long_side_from_run(model_path)
+    detector = HourglassDetector(
+        model,
+        stride=stride,
+        input_multiple=multiple,
+        max_marks=max_marks,
+        threshold=threshold,
+        long_side=long_side,
+    )
+    return export_detector(
+        detector,
+        base_path,
+        version=version,
+        model_name=model_name,
+        metadata={"source_model": os.path.abspath(model_path)},
+        verify=verify,
+        verify_image_hw=(2 * multiple + 3, multiple + 5),
+    )
+
+
+def _long_side_from_run(model_path: str | os.PathLike) -> int:
+    """Looks for the training image size in the run's config.json (0 if absent)."""
+    config_file = Path(model_path).with_name("config.json")
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return 0
+    for source in (config, config.get("data", {}) if isinstance(config, dict) else {}):
+        if isinstance(source, dict):
+            for key in ("long_side", "size", "image_size"):
+                value = source.get(key)
+                if isinstance(value, int) and value > 0:
+                    return value
+    return 0

@@ -1,0 +1,355 @@
+"""Checks that a SavedModel can be served by a stock TensorFlow Serving.
+
+TF Serving runs only ops registered in its TensorFlow core build
+("Op type not registered" otherwise), cannot run Python (PyFunc), does not
+load tensorflow-io, and disables XLA unless started with a flag. So
+`verify_saved_model`:
+
+1. lists every op type in the SavedModel's GraphDef, including its function
+   library, and rejects ops that are not registered in plain TensorFlow, the
+   deny-list (`DENIED_OPS`, tensorflow-io's `IO>` namespace, `Xla*` ops) and
+   any node or function with `_XlaMustCompile` / `_XlaCompile` set true;
+2. runs `saved_model_cli show --all` and `saved_model_cli run` on both
+   signatures (a zero image; a 16-bit PNG) in subprocesses that import only
+   TensorFlow (not keras_hourglass, not Keras), and checks the output shapes;
+3. optionally replays the warmup records (as TF Serving does on load).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+# Ops TF Serving cannot run (Python callbacks) or must not meet (XLA launch).
+DENIED_OPS = frozenset(
+    {
+        "PyFunc",
+        "PyFuncStateless",
+        "EagerPyFunc",
+        "XlaLaunch",
+        "XlaLaunchV2",
+        "_XlaCompile",
+        "_XlaRun",
+        "_XlaMerge",
+    }
+)
+DENIED_PREFIXES = ("IO>", "Xla", "_Xla")  # tensorflow-io ops; XLA-only ops
+XLA_ATTRS = ("_XlaMustCompile", "_XlaCompile")
+
+
+class VerificationError(Exception):
+    """The SavedModel would not serve on a stock TF Serving.
+
+    Args:
+        path: the SavedModel directory.
+        problems: one line per problem.
+    """
+
+    def __init__(self, path: str | os.PathLike, problems: list[str]):
+        self.path = os.fspath(path)
+        self.problems = list(problems)
+        super().__init__(f"{self.path}: " + "; ".join(self.problems))
+
+
+@dataclasses.dataclass
+class VerificationReport:
+    """What `verify_saved_model` checked.
+
+    Attributes:
+        op_counts: op type -> number of nodes (graph + function library).
+        signatures: `saved_model_cli show --all` parsed: signature ->
+            {"inputs": {name: (dtype, shape)}, "outputs": {...}}; empty if
+            the CLI was not run.
+        cli_output_shapes: output key -> shape from `saved_model_cli run`.
+        warmup_records: number of warmup records replayed (0 if not replayed).
+    """
+
+    op_counts: dict[str, int]
+    signatures: dict[str, dict] = dataclasses.field(default_factory=dict)
+    cli_output_shapes: dict[str, tuple] = dataclasses.field(default_factory=dict)
+    warmup_records: int = 0
+
+    def to_json(self) -> dict:
+        return {
+            "num_op_types": len(self.op_counts),
+            "num_nodes": sum(self.op_counts.values()),
+            "signatures": {
+                name: {io: {k: list(v) for k, v in sig[io].items()} for io in ("inputs", "outputs")}
+                for name, sig in sorted(self.signatures.items())
+                if not name.startswith("__")
+            },
+            "cli_output_shapes": {k: list(v) for k, v in self.cli_output_shapes.items()},
+            "warmup_records_replayed": self.warmup_records,
+        }
+
+
+def _load_saved_model_proto(path: str | os.PathLike):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb = Path(path) / "saved_model.pb"
+    if not pb.is_file():
+        raise VerificationError(path, ["no saved_model.pb"])
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString(pb.read_bytes())
+    return proto
+
+
+def _attr_true(attrs, names=XLA_ATTRS) -> str | None:
+    for name in names:
+        if name in attrs and attrs[name].b:
+            return name
+    return None
+
+
+def list_ops(path: str | os.PathLike) -> tuple[Counter, list[str]]:
+    """Lists the op types of a SavedModel.
+
+    Args:
+        path: SavedModel directory.
+
+    Returns:
+        `(op_counts, xla_problems)`: a Counter of op type -> node count over
+        every meta graph and its function library, and one line per node or
+        function marked for XLA compilation.
+    """
+    proto = _load_saved_model_proto(path)
+    counts: Counter = Counter()
+    xla: list[str] = []
+    for meta_graph in proto.meta_graphs:
+        graph = meta_graph.graph_def
+        for node in graph.node:
+            counts[node.op] += 1
+            if attr := _attr_true(node.attr):
+                xla.append(f"node {node.name} ({node.op}) has {attr}=true")
+        for function in graph.library.function:
+            if attr := _attr_true(function.attr):
+                xla.append(f"function {function.signature.name} has {attr}=true")
+            for node in function.node_def:
+                counts[node.op] += 1
+                if attr := _attr_true(node.attr):
+                    xla.append(f"node {node.name} ({node.op}) in {function.signature.name} has {attr}=true")
+    return counts, xla
+
+
+def check_ops(path: str | os.PathLike) -> tuple[Counter, list[str]]:
+    """Returns `(op_counts, problems)`; `problems` is empty when every op is servable."""
+    from tensorflow.python.framework import op_def_registry
+
+    counts, problems = list_ops(path)
+    proto = _load_saved_model_proto(path)
+    # Function-library names are called as ops (e.g. by name); they are not registry ops.
+    functions = {f.signature.name for mg in proto.meta_graphs for f in mg.graph_def.library.function}
+    for op in sorted(counts):
+        if op in DENIED_OPS or op.startswith(DENIED_PREFIXES):
+            problems.append(f"op {op} cannot run in TF Serving ({counts[op]} nodes)")
+        elif op in functions:
+            continue
+        elif op_def_registry.get(op) is None:
+            problems.append(f"op {op} is not a registered TensorFlow core op")
+    return counts, problems
+
+
+def _saved_model_cli() -> list[str]:
+    script = Path(sys.executable).with_name("saved_model_cli")
+    if script.is_file():
+        return [str(script)]
+    found = shutil.which("saved_model_cli")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "")
+    return env
+
+
+def _run(cmd: list[str], cwd: str, timeout: float) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=_clean_env(), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1]
+        raise RuntimeError(f"`{' '.join(cmd[:2])}` exited {proc.returncode}: {tail}")
+    return proc.stdout
+
+
+def parse_show_all(text: str) -> dict[str, dict]:
+    """Parses `saved_model_cli show --all` into signature -> {inputs, outputs}.
+
+    Each tensor is `(dtype, shape)` as printed, e.g. `("DT_FLOAT", "(-1, -1, -1, 1)")`.
+    """
+    signatures: dict[str, dict] = {}
+    current = section = name = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("signature_def['"):
+            current = line.split("'")[1]
+            signatures[current] = {"inputs": {}, "outputs": {}, "method": ""}
+            section = None
+        elif current is None:
+            continue
+        elif "contains the following input(s)" in line:
+            section = "inputs"
+        elif "contains the following output(s)" in line:
+            section = "outputs"
+        elif line.startswith(("inputs['", "outputs['")) and section:
+            name = line.split("'")[1]
+            signatures[current][section][name] = ["", ""]
+        elif line.startswith("dtype:") and section and name:
+            signatures[current][section][name][0] = line.split(":", 1)[1].strip()
+        elif line.startswith("shape:") and section and name:
+            signatures[current][section][name][1] = line.split(":", 1)[1].strip()
+        elif line.startswith("Method name is:"):
+            signatures[current]["method"] = line.split(":", 1)[1].strip()
+    for sig in signatures.values():
+        for section in ("inputs", "outputs"):
+            sig[section] = {k: tuple(v) for k, v in sig[section].items()}
+    return signatures
+
+
+def run_saved_model_cli(
+    path: str | os.PathLike,
+    *,
+    image_hw: tuple[int, int] = (64, 48),
+    timeout: float = 300.0,
+) -> tuple[dict[str, dict], dict[str, tuple]]:
+    """Runs `saved_model_cli show --all` and `run` (both signatures) in subprocesses.
+
+    The subprocesses run the `saved_model_cli` console script of this Python
+    environment from a scratch directory, with PYTHONPATH cleared: they
+    import TensorFlow only, so the SavedModel must not depend on our code.
+
+    Returns:
+        `(signatures, output_shapes)`: the parsed `show --all` and the shape
+        of every output of `run` (keys `signature/output`): serving_default
+        on a zero image `[1, H, W, 1]`, detect_png on one 16-bit PNG of H x W.
+    """
+    import numpy as np
+
+    from export.warmup import _png, _ramp
+
+    path = os.path.abspath(path)
+    cli = _saved_model_cli()
+    h, w = image_hw
+    shapes: dict[str, tuple] = {}
+    with tempfile.TemporaryDirectory(prefix="hourglass-verify-") as scratch:
+        shown = _run([*cli, "show", "--all", "--dir", path], scratch, timeout)
+        # TF >= 2.15's saved_model_cli evaluates --input_exprs with ast.literal_eval
+        # (no np.zeros(...)), so the inputs go through .npy files (--inputs).
+        image = os.path.join(scratch, "image.npy")
+        np.save(image, np.zeros((1, h, w, 1), np.float32))
+        png = os.path.join(scratch, "image_bytes.npy")
+        np.save(png, np.array([_png(_ramp(h, w), 16)], dtype=object), allow_pickle=True)
+        threshold = os.path.join(scratch, "threshold.npy")
+        np.save(threshold, np.zeros([1], np.float32))
+        runs = {
+            "serving_default": f"image={image}",
+            "detect_png": f"image_bytes={png};threshold={threshold}",
+        }
+        for signature, inputs in runs.items():
+            outdir = os.path.join(scratch, signature)
+            _run(
+                [
+                    *cli, "run", "--dir", path, "--tag_set", "serve", "--signature_def", signature,
+                    "--inputs", inputs, "--outdir", outdir, "--overwrite",
+                ],
+                scratch,
+                timeout,
+            )
+            for f in sorted(os.listdir(outdir)):
+                if f.endswith(".npy"):
+                    shapes[f"{signature}/{f[: -len('.npy')]}"] = tuple(np.load(os.path.join(outdir, f)).shape)
+    return parse_show_all(shown), shapes
+
+
+def replay_warmup(path: str | os.PathLike) -> int:
+    """Runs every warmup record through the SavedModel, as TF Serving does on load.
+
+    Returns:
+        The number of records replayed (0 if the SavedModel has none).
+    """
+    import tensorflow as tf
+
+    from export.warmup import read_warmup_requests, warmup_path
+
+    if not os.path.exists(warmup_path(path)):
+        return 0
+    loaded = tf.saved_model.load(os.fspath(path))
+    records = read_warmup_requests(path)
+    for log in records:
+        request = log.predict_log.request
+        fn = loaded.signatures[request.model_spec.signature_name or "serving_default"]
+        fn(**{k: tf.make_ndarray(v) for k, v in request.inputs.items()})
+    return len(records)
+
+
+def verify_saved_model(
+    path: str | os.PathLike,
+    *,
+    stride: int | None = None,
+    max_marks: int | None = None,
+    image_hw: tuple[int, int] = (64, 48),
+    run_cli: bool = True,
+    warmup: bool = True,
+) -> VerificationReport:
+    """Verifies that a SavedModel is servable by a stock TF Serving.
+
+    Args:
+        path: SavedModel directory.
+        stride: if given, the expected heatmap stride (checks the CLI output shape).
+        max_marks: if given, the expected number of mark rows.
+        image_hw: image size for the `saved_model_cli run` check.
+        run_cli: run `saved_model_cli show --all` and `run` in subprocesses.
+        warmup: replay the warmup records in this process.
+
+    Returns:
+        A `VerificationReport`.
+
+    Raises:
+        VerificationError: one or more problems (all listed).
+    """
+    counts, problems = check_ops(path)
+    if problems:
+        raise VerificationError(path, problems)
+    report = VerificationReport(op_counts=dict(counts))
+    if run_cli:
+        try:
+            report.signatures, report.cli_output_shapes = run_saved_model_cli(path, image_hw=image_hw)
+        except (RuntimeError, subprocess.TimeoutExpired) as err:
+            raise VerificationError(path, [f"saved_model_cli failed: {err}"]) from None
+        problems += _check_cli(report, stride, max_marks, image_hw)
+    if warmup:
+        try:
+            report.warmup_records = replay_warmup(path)
+        except Exception as err:  # noqa: BLE001 - any failure means TF Serving would fail too
+            problems.append(f"warmup replay failed: {type(err).__name__}: {str(err).splitlines()[0]}")
+    if problems:
+        raise VerificationError(path, problems)
+    return report
+
+
+def _check_cli(report: VerificationReport, stride, max_marks, image_hw) -> list[str]:
+    from export.signatures import SIGNATURE_NAMES
+
+    problems = [f"signature {s} missing" for s in SIGNATURE_NAMES if s not in report.signatures]
+    shapes = report.cli_output_shapes
+    h, w = image_hw
+    expected = {}
+    for sig in SIGNATURE_NAMES:
+        expected[f"{sig}/num_marks"] = (1,)
+        expected[f"{sig}/long_side"] = (1,)
+        if max_marks:
+            expected[f"{sig}/marks"] = (1, max_marks, 3)
+    if stride:
+        expected["serving_default/heatmap"] = (1, -(-h // stride), -(-w // stride), 1)
+    for key, shape in expected.items():
+        if shapes.get(key) != shape:
+            problems.append(f"saved_model_cli run: output {key} has shape {shapes.get(key)}, expected {shape}")
+    return problems

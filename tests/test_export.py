@@ -1,0 +1,235 @@
+"""Tests of export/: signatures, equality with Keras + find_peaks, verification, atomic versions, warmup."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from export import saved_model as sm  # noqa: E402
+from export.signatures import HourglassDetector, decode_png_image  # noqa: E402
+from export.verify import VerificationError, check_ops, verify_saved_model  # noqa: E402
+from export.warmup import read_warmup_requests  # noqa: E402
+from keras_hourglass.errors import InputError  # noqa: E402
+from serving_doubles import random_image, standin_find_peaks, standin_model  # noqa: E402
+
+STRIDE, MULTIPLE, MAX_MARKS, THRESHOLD, LONG_SIDE = 2, 4, 6, 0.05, 64
+
+
+def make_detector(peak_fn=standin_find_peaks, seed=0) -> HourglassDetector:
+    return HourglassDetector(
+        standin_model(stride=STRIDE, seed=seed),
+        stride=STRIDE,
+        input_multiple=MULTIPLE,
+        max_marks=MAX_MARKS,
+        threshold=THRESHOLD,
+        long_side=LONG_SIDE,
+        peak_fn=peak_fn,
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """One fully verified export (op check + saved_model_cli show/run + warmup replay)."""
+    detector = make_detector()
+    base = tmp_path_factory.mktemp("serving") / "hourglass"
+    result = sm.export_detector(detector, base, verify="full", verify_image_hw=(30, 21))
+    return detector, result
+
+
+def test_export_writes_version_1_with_metadata(exported):
+    _, result = exported
+    assert result.version == 1 and result.path.endswith(os.sep + "1")
+    assert sorted(os.listdir(os.path.dirname(result.path))) == ["1"]  # no temp dir left behind
+    meta = sm.read_metadata(result.path)
+    assert meta["stride"] == STRIDE and meta["input_multiple"] == MULTIPLE
+    assert meta["max_marks"] == MAX_MARKS and meta["long_side"] == LONG_SIDE
+    assert meta["signatures"] == ["serving_default", "detect_png"]
+
+
+def test_signatures_as_saved_model_cli_shows_them(exported):
+    _, result = exported
+    sigs = result.verification["signatures"]  # parsed from `saved_model_cli show --all`
+    assert set(sigs) == {"serving_default", "detect_png"}
+    sd, png = sigs["serving_default"], sigs["detect_png"]
+    assert sd["inputs"] == {"image": ["DT_FLOAT", "(-1, -1, -1, 1)"]}
+    assert sd["outputs"] == {
+        "heatmap": ["DT_FLOAT", "(-1, -1, -1, 1)"],
+        "marks": ["DT_FLOAT", f"(-1, {MAX_MARKS}, 3)"],
+        "num_marks": ["DT_INT32", "(-1)"],
+        "long_side": ["DT_INT32", "(-1)"],
+    }
+    assert png["inputs"] == {"image_bytes": ["DT_STRING", "(-1)"], "threshold": ["DT_FLOAT", "(-1)"]}
+    assert png["outputs"] == {
+        "marks": ["DT_FLOAT", f"(-1, {MAX_MARKS}, 3)"],
+        "num_marks": ["DT_INT32", "(-1)"],
+        "long_side": ["DT_INT32", "(-1)"],
+    }
+    # saved_model_cli run (subprocess, plain TF) on a 30 x 21 image: heatmap cropped to ceil(/2).
+    shapes = result.verification["cli_output_shapes"]
+    assert shapes["serving_default/heatmap"] == [1, 15, 11, 1]
+    assert shapes["detect_png/marks"] == [1, MAX_MARKS, 3]
+    assert result.verification["warmup_records_replayed"] == 3
+
+
+def _reference(detector, images: np.ndarray, threshold: float):
+    """Keras model on zero-padded images + stand-in find_peaks on the cropped heatmap."""
+    _, h, w, _ = images.shape
+    ph, pw = -h % MULTIPLE, -w % MULTIPLE
+    padded = np.pad(images, [(0, 0), (0, ph), (0, pw), (0, 0)])
+    heatmap = np.asarray(detector.model(padded, training=False))[:, : -(-h // STRIDE), : -(-w // STRIDE)]
+    marks, num = standin_find_peaks(heatmap, max_marks=MAX_MARKS, threshold=threshold, stride=STRIDE)
+    return heatmap, np.asarray(marks), np.asarray(num)
+
+
+@pytest.mark.parametrize("hw", [(32, 40), (30, 41)])
+def test_serving_default_equals_keras_plus_find_peaks(exported, hw):
+    detector, result = exported
+    loaded = tf.saved_model.load(result.path)
+    images = np.stack([random_image(*hw, seed=1), random_image(*hw, seed=2)])[..., None]
+    out = loaded.signatures["serving_default"](image=tf.constant(images))
+    heatmap, marks, num = _reference(detector, images, THRESHOLD)
+    assert out["heatmap"].shape == heatmap.shape
+    np.testing.assert_allclose(out["heatmap"].numpy(), heatmap, atol=1e-5)
+    np.testing.assert_array_equal(out["num_marks"].numpy(), num)
+    assert num.min() > 0
+    np.testing.assert_allclose(out["marks"].numpy(), marks, atol=1e-4)
+    np.testing.assert_array_equal(out["long_side"].numpy(), [LONG_SIDE, LONG_SIDE])
+
+
+def _png(image: np.ndarray, bits: int) -> bytes:
+    scale, dtype = (65535, tf.uint16) if bits == 16 else (255, tf.uint8)
+    return tf.io.encode_png(tf.cast(np.round(image * scale), dtype)[..., None]).numpy()
+
+
+def test_png_decoding_normalises_8_and_16_bit_to_unit_range():
+    values8 = np.array([[0, 1, 128, 255]], np.uint8)
+    values16 = np.array([[0, 1, 40000, 65535]], np.uint16)
+    d8 = decode_png_image(tf.io.encode_png(values8[..., None])).numpy()[..., 0]
+    d16 = decode_png_image(tf.io.encode_png(values16[..., None])).numpy()[..., 0]
+    np.testing.assert_allclose(d8, values8 / 255.0, atol=1e-7)
+    np.testing.assert_allclose(d16, values16 / 65535.0, atol=1e-7)
+
+
+def test_detect_png_mixed_sizes_and_bit_depths_equal_reference(exported):
+    detector, result = exported
+    loaded = tf.saved_model.load(result.path)
+    a, b = random_image(30, 41, seed=3), random_image(24, 16, seed=4)
+    # Per-image thresholds: the second one is so high that no mark survives.
+    out = loaded.signatures["detect_png"](
+        image_bytes=tf.constant([_png(a, 16), _png(b, 8)]), threshold=tf.constant([THRESHOLD, 2.0])
+    )
+    qa = np.round(a * 65535) / 65535
+    _, marks_a, num_a = _reference(detector, qa[None, ..., None].astype(np.float32), THRESHOLD)
+    np.testing.assert_allclose(out["marks"].numpy()[0], marks_a[0], atol=1e-4)
+    assert out["num_marks"].numpy().tolist() == [num_a[0], 0]
+    np.testing.assert_array_equal(out["marks"].numpy()[1], np.tile([-1.0, -1.0, 0.0], (MAX_MARKS, 1)))
+
+
+def test_warmup_records_are_prediction_logs_for_both_signatures(exported):
+    _, result = exported
+    logs = read_warmup_requests(result.path)
+    assert 1 <= len(logs) <= 1000
+    requests = [log.predict_log.request for log in logs]
+    assert [r.model_spec.signature_name for r in requests] == ["serving_default", "detect_png", "detect_png"]
+    assert all(r.model_spec.name == "hourglass" for r in requests)
+    image = tf.make_ndarray(requests[0].inputs["image"])
+    assert image.dtype == np.float32 and image.ndim == 4 and image.shape[0] == 1 and image.shape[3] == 1
+    pngs = tf.make_ndarray(requests[2].inputs["image_bytes"])
+    assert pngs.shape == (2,) and tf.make_ndarray(requests[2].inputs["threshold"]).shape == (2,)
+    big = decode_png_image(tf.make_ndarray(requests[1].inputs["image_bytes"])[0])
+    assert max(big.shape[:2]) == LONG_SIDE
+
+
+def test_export_with_pyfunc_fails_verification_and_publishes_nothing(tmp_path):
+    def py_peaks(heatmap, **kwargs):
+        heatmap = tf.numpy_function(lambda h: h, [heatmap], tf.float32, stateful=False)
+        heatmap.set_shape([None, None, None, 1])
+        return standin_find_peaks(heatmap, **kwargs)
+
+    base = tmp_path / "hourglass"
+    with pytest.raises(VerificationError, match="PyFunc"):
+        sm.export_detector(make_detector(peak_fn=py_peaks), base, verify="ops")
+    assert os.listdir(base) == []  # neither a version nor the temp dir
+
+
+def test_export_with_jit_compile_fails_verification(tmp_path):
+    xla_peaks = tf.function(standin_find_peaks, jit_compile=True)
+    base = tmp_path / "hourglass"
+    with pytest.raises(VerificationError, match="_XlaMustCompile"):
+        sm.export_detector(make_detector(peak_fn=xla_peaks), base, verify="ops")
+    assert os.listdir(base) == []
+
+
+def test_check_ops_accepts_the_real_export(exported):
+    counts, problems = check_ops(exported[1].path)
+    assert problems == [] and counts["DecodePng"] >= 1 and "PyFunc" not in counts
+
+
+def test_refuses_to_overwrite_an_existing_version(exported, tmp_path):
+    _, result = exported
+    base = os.path.dirname(result.path)
+    with pytest.raises(InputError, match="already exists"):
+        sm.export_detector(make_detector(), base, version=1, verify="none")
+
+
+def _complete(version_dir: str) -> bool:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    try:
+        proto = saved_model_pb2.SavedModel()
+        with open(os.path.join(version_dir, "saved_model.pb"), "rb") as f:
+            proto.ParseFromString(f.read())
+        sigs = proto.meta_graphs[0].signature_def
+        return (
+            {"serving_default", "detect_png"} <= set(sigs)
+            and os.path.getsize(os.path.join(version_dir, "variables", "variables.index")) > 0
+            and os.path.isfile(os.path.join(version_dir, "variables", "variables.data-00000-of-00001"))
+            and os.path.getsize(os.path.join(version_dir, "assets.extra", "tf_serving_warmup_requests")) > 0
+            and bool(sm.read_metadata(version_dir))
+        )
+    except (OSError, IndexError, ValueError, Exception):  # noqa: BLE001 - any failure = partial
+        return False
+
+
+class Poller(threading.Thread):
+    """Looks at every numeric directory under `base` every millisecond, like TF Serving (slower) does."""
+
+    def __init__(self, base):
+        super().__init__(daemon=True)
+        self.base, self.stop, self.seen, self.partial = str(base), threading.Event(), set(), set()
+
+    def run(self):
+        while not self.stop.is_set():
+            for name in sm.list_versions(self.base) if os.path.isdir(self.base) else []:
+                if name not in self.seen:
+                    (self.seen if _complete(os.path.join(self.base, str(name))) else self.partial).add(name)
+            time.sleep(0.001)
+
+
+def test_atomic_versions_under_a_polling_watcher(tmp_path):
+    base = tmp_path / "hourglass"
+    poller = Poller(base)
+    poller.start()
+    try:
+        versions = [sm.export_detector(make_detector(seed=i), base, verify="none").version for i in range(3)]
+        # Control: the unsafe way (write straight into BASE/<n>) IS caught by the same poller.
+        sm.export_detector(make_detector(), base, verify="none", _atomic=False)
+        time.sleep(0.05)
+    finally:
+        poller.stop.set()
+        poller.join()
+    assert versions == [1, 2, 3]
+    assert {1, 2, 3} <= poller.seen and not ({1, 2, 3} & poller.partial)
+    assert 4 in poller.partial  # the non-atomic export was seen half-written
+    assert sorted(os.listdir(base)) == ["1", "2", "3", "4"]
+
+
+def test_verify_rejects_a_directory_without_a_saved_model(tmp_path):
+    with pytest.raises(VerificationError, match="no saved_model.pb"):
+        verify_saved_model(tmp_path, run_cli=False, warmup=False)
