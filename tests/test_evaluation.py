@@ -142,3 +142,51 @@ def test_callback_every_n_epochs_and_no_malignant_policy():
     assert [epoch for epoch, _ in cb.history] == [1, 2]  # every 2nd epoch + the last one
     values = history.history["val_sensitivity"]
     assert len(values) == 2 and all(math.isnan(v) for v in values)
+
+
+# --------------------------------------------------------------------------- plots and reports
+
+
+def test_plots_and_reports(tmp_path):
+    from keras_hourglass.evaluation.plots import dense_curve, plot_froc, plot_froc_curves, plot_overlay
+    from keras_hourglass.evaluation.report import MARKS_CSV_COLUMNS, format_table, write_marks_csv
+
+    records = predict_marks(standin_model(), small_set(), threshold=0.01, peak_finder=standin_find_peaks, keep_images=2)
+    result = froc(records, n_bootstrap=50, seed=0)
+    # The drawn curve is read with the reported rule: step values at the FPI points.
+    grid, sens = dense_curve(result)
+    assert np.all(sens == 1.0)  # the hit comes first, at FPI 0
+
+    assert os.path.getsize(plot_froc(result, tmp_path / "froc.png")) > 5000
+    as_json = json.loads(json.dumps(result.to_json()))
+    empty = froc([records[1]], n_bootstrap=10)  # no malignant finding: a plot with the warning, no crash
+    plot_froc(empty, tmp_path / "empty.png")
+    plot_froc_curves({"stand-in": result, "from json": as_json, "undefined": empty}, tmp_path / "all.png")
+    plot_overlay(records[0], tmp_path / "overlay.png", threshold=0.1)
+    plot_overlay(froc_record_without_pixels(), tmp_path / "overlay_nopix.png")
+    for name in ("froc.png", "empty.png", "all.png", "overlay.png", "overlay_nopix.png"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+
+    table = format_table(result)
+    assert "4.8" in table and "1.000" in table and "malignant findings 1" in table
+    assert "warning" in format_table(empty) and "n/a" in format_table(empty)
+
+    rows = write_marks_csv(tmp_path / "marks.csv", records, operating_threshold=0.2)
+    import csv
+
+    with open(tmp_path / "marks.csv") as fh:
+        table_rows = list(csv.DictReader(fh))
+    assert rows == len(table_rows) == 3 and tuple(table_rows[0]) == MARKS_CSV_COLUMNS
+    top = table_rows[0]
+    # transform [48, 64, 24, 32, not flipped]: original = image * 2.
+    assert (top["y"], top["x"], top["y_original"], top["x_original"]) == ("5.00", "9.00", "10.00", "18.00")
+    assert (top["status"], top["finding_label"], top["false_positive"], top["at_operating_point"]) == (
+        "hit", "malignant", "0", "1")
+    fp = table_rows[1]
+    assert (fp["status"], fp["false_positive"], fp["at_operating_point"]) == ("background", "1", "0")
+
+
+def froc_record_without_pixels():
+    from keras_hourglass.froc import ImageRecord
+
+    return ImageRecord("x", "p", marks=[[5, 5, 0.9]], boxes=[[0, 0, 10, 10]], labels=["benign"])

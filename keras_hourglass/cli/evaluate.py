@@ -1,0 +1,168 @@
+"""`hourglass evaluate`: FROC of a trained model on a prepared split.
+
+Writes to --out:
+
+- froc.json: the FROC (keras_hourglass.froc; keys in DESIGN.md).
+- froc.png: the curve with its bootstrap 95% band and operating points.
+- marks.csv: one row per mark (image and original DICOM coordinates, score,
+  match, whether it is kept at the operating point).
+- overlays/*.png: a few images with their boxes and the marks kept at the
+  operating point (malignant images first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+
+from keras_hourglass.errors import InputError
+
+EXAMPLES = textwrap.dedent(
+    """\
+    examples:
+      hourglass evaluate --model runs/demo/model.keras --data prepared --out eval/demo
+      hourglass evaluate --model runs/demo/model.keras --data prepared --split val --out eval/val \\
+          --max-marks 200 --overlays 8 --bootstrap 2000 --seed 1
+      hourglass evaluate --model runs/demo/model.keras --data prepared --out eval/quick \\
+          --max-images 50 --bootstrap 0          # a quick look, no confidence intervals
+
+    FROC rules: evaluation positives are malignant findings only; a mark inside a malignant
+    box (borders included) hits it; several marks on one finding count once and are not false
+    (--extra-hits false_positive makes them false); marks on benign/high-risk findings are
+    false; FPI = false marks / all images. Sensitivity at an FPI point is the step value of the
+    lowest threshold whose FPI is <= the point (--interpolation linear: LUNA16/MONAI-style).
+    CIs: bootstrap over patients, percentiles 2.5/97.5.
+    """
+)
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Adds `evaluate` to the `hourglass` subcommands. Returns: its parser."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="FROC evaluation of a model on a prepared split (froc.json, froc.png, marks.csv, overlays)",
+        description="Runs the model over a prepared split and computes the FROC with bootstrap CIs.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, help="trained model (RUN/model.keras)")
+    parser.add_argument("--data", required=True, help="prepared directory (output of `hourglass prepare`)")
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--max-marks", type=int, default=100, help="marks per image (default: 100)")
+    parser.add_argument("--overlays", type=int, default=6, help="overlay images to draw (default: 6)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates, 0 = no CIs (default: 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument("--operating-fpi", type=float, default=4.8,
+                        help="FPI of the operating point used in marks.csv and overlays (default: 4.8)")
+    parser.add_argument("--extra-hits", choices=("ignore", "false_positive"), default="ignore",
+                        help="several marks on one finding: ignore the extras (default) or count them as false")
+    parser.add_argument("--interpolation", choices=("step", "linear"), default="step",
+                        help="how sensitivity is read at an FPI point (default: step)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if not os.path.isfile(args.model):
+        raise InputError(args.model, "no such model file")
+    if not os.path.isdir(args.data):
+        raise InputError(args.data, "no such prepared directory")
+    for name in ("max_marks", "overlays", "bootstrap"):
+        value = getattr(args, name)
+        if value < (1 if name == "max_marks" else 0):
+            raise InputError(f"--{name.replace('_', '-')}", f"must be {'>= 1' if name == 'max_marks' else '>= 0'}, got {value}")
+    if args.max_images is not None and args.max_images < 1:
+        raise InputError("--max-images", f"must be >= 1, got {args.max_images}")
+    if args.operating_fpi <= 0:
+        raise InputError("--operating-fpi", f"must be > 0, got {args.operating_fpi}")
+
+
+def load_model(path: str):
+    """Loads a Keras model (compile=False) with the package's layers registered.
+
+    Raises:
+        InputError: the file is not a loadable Keras model.
+    """
+    import keras
+
+    import keras_hourglass.losses  # noqa: F401  (registers the losses)
+    import keras_hourglass.model  # noqa: F401  (registers the layers)
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as err:  # noqa: BLE001 - any failure here is a bad input file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(path, f"cannot load the Keras model: {reason[:200]}") from err
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the evaluation. Returns: 0."""
+    _check_args(args)
+    from keras_hourglass.data.pipeline import evaluation_dataset
+    from keras_hourglass.evaluation.plots import plot_froc, plot_overlay
+    from keras_hourglass.evaluation.predict import model_input_multiple, predict_marks
+    from keras_hourglass.evaluation.report import format_table, write_marks_csv
+    from keras_hourglass.froc import FPI_POINTS, POSITIVE_LABELS, fpi_key, froc
+
+    model = load_model(args.model)
+    dataset = evaluation_dataset(args.data, split=args.split, input_multiple=model_input_multiple(model))
+    records = predict_marks(
+        model,
+        dataset,
+        max_marks=args.max_marks,
+        max_images=args.max_images,
+        keep_images=args.overlays,
+        progress=not args.quiet,
+    )
+    if not records:
+        raise InputError(args.data, f"split {args.split!r} has no images")
+    fpi_points = sorted({*FPI_POINTS, args.operating_fpi})
+    result = froc(
+        records,
+        fpi_points=fpi_points,
+        extra_hits=args.extra_hits,
+        interpolation=args.interpolation,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    os.makedirs(args.out, exist_ok=True)
+    payload = result.to_json()
+    payload["model"] = os.path.abspath(args.model)
+    payload["data"] = os.path.abspath(args.data)
+    payload["split"] = args.split
+    payload["settings"]["max_marks"] = args.max_marks
+    payload["settings"]["operating_fpi"] = args.operating_fpi
+    json_path = os.path.join(args.out, "froc.json")
+    import json
+
+    with open(json_path, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2, allow_nan=False)
+        fh.write("\n")
+    plot_froc(result, os.path.join(args.out, "froc.png"), annotate_fpi=args.operating_fpi)
+    threshold = result.operating_points[fpi_key(args.operating_fpi)]["threshold"]
+    write_marks_csv(
+        os.path.join(args.out, "marks.csv"), records, operating_threshold=threshold, extra_hits=args.extra_hits
+    )
+    overlay_dir = os.path.join(args.out, "overlays")
+    chosen = [r for r in records if r.image is not None]
+    chosen.sort(key=lambda r: not any(label in POSITIVE_LABELS for label in r.labels))
+    if args.overlays:
+        os.makedirs(overlay_dir, exist_ok=True)
+    for i, record in enumerate(chosen[: args.overlays]):
+        plot_overlay(
+            record,
+            os.path.join(overlay_dir, f"{i:02d}_{record.image_id[:16]}.png"),
+            threshold=threshold if threshold is not None else float("inf"),
+        )
+    print(format_table(result))
+    print(f"operating point {fpi_key(args.operating_fpi)} FPI: threshold "
+          + ("none (no mark within the budget)" if threshold is None else f"{threshold:.6g}"))
+    print(f"froc.json: {json_path}")
+    sys.stdout.flush()
+    return 0
