@@ -25,24 +25,6 @@ from keras_hourglass.evaluation.predict import predict_marks  # noqa: E402
 from keras_hourglass.froc import froc  # noqa: E402
 
 
-def standin_find_peaks(heatmap, max_marks=100, threshold=0.0, pool_size=3, stride=1):
-    """The documented find_peaks interface: local maxima of a 3x3 window, top max_marks."""
-    heatmap = tf.convert_to_tensor(heatmap, tf.float32)
-    pooled = tf.nn.max_pool2d(heatmap, pool_size, 1, "SAME")
-    width = tf.shape(heatmap)[2]
-    peak = (heatmap >= pooled) & (heatmap > threshold)
-    flat = tf.reshape(tf.where(peak, heatmap, -np.inf), [tf.shape(heatmap)[0], -1])
-    k = tf.minimum(max_marks, tf.shape(flat)[1])
-    values, index = tf.math.top_k(flat, k)
-    valid = values > -np.inf
-    y = (tf.cast(index // width, tf.float32) + 0.5) * stride
-    x = (tf.cast(index % width, tf.float32) + 0.5) * stride
-    marks = tf.stack([y, x, values], axis=-1)
-    marks = tf.where(valid[..., None], marks, tf.constant([-1.0, -1.0, 0.0]))
-    marks = tf.pad(marks, [[0, 0], [0, max_marks - k], [0, 0]], constant_values=-1.0)
-    return marks, tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)
-
-
 def standin_model(multi_output: bool = False) -> keras.Model:
     image = keras.Input((None, None, 1), name="image")
     x = keras.layers.Conv2D(1, 1, kernel_initializer="ones", bias_initializer="zeros", name="conv")(image)
@@ -87,7 +69,7 @@ def small_set():
 
 
 def test_predict_marks_image_coordinates_and_padding():
-    records = predict_marks(standin_model(), small_set(), threshold=0.01, peak_finder=standin_find_peaks, keep_images=1)
+    records = predict_marks(standin_model(), small_set(), threshold=0.01, keep_images=1)
     first, second = records
     assert first.image_id == "img1" and first.patient_id == "pA"
     np.testing.assert_allclose(first.marks, [[5, 9, 0.25], [15, 21, 0.15]], atol=1e-6)  # padding spot dropped
@@ -104,10 +86,10 @@ def test_predict_marks_image_coordinates_and_padding():
 
 def test_predict_marks_uses_last_output_and_max_marks():
     records = predict_marks(
-        standin_model(multi_output=True), small_set(), threshold=0.01, max_marks=1, peak_finder=standin_find_peaks
+        standin_model(multi_output=True), small_set(), threshold=0.01, max_marks=1
     )
     np.testing.assert_allclose(records[0].marks, [[5, 9, 0.25]], atol=1e-6)  # not the x10 head
-    assert len(predict_marks(standin_model(), small_set(), max_images=1, peak_finder=standin_find_peaks)) == 1
+    assert len(predict_marks(standin_model(), small_set(), max_images=1)) == 1
 
 
 def fit_with(callbacks, epochs=1, multi_output=True):
@@ -120,9 +102,9 @@ def fit_with(callbacks, epochs=1, multi_output=True):
 
 
 def test_callback_writes_logs_before_model_checkpoint(tmp_path):
-    # With threshold None every zero-valued pixel is a plateau "peak" of score 0, so the last
-    # operating point has many FPs; sensitivity at 4.8 FPI is 1 (the hit at .25 comes first).
-    froc_cb = FrocCallback(small_set(), peak_finder=standin_find_peaks)
+    # The hit (.25) is the best mark of the set, so every sensitivity is 1 whatever the
+    # low-scoring background marks (threshold None keeps them) add.
+    froc_cb = FrocCallback(small_set())
     best = tmp_path / "best.keras"
     checkpoint = keras.callbacks.ModelCheckpoint(
         str(best), monitor="val_sensitivity", mode="max", save_best_only=True, verbose=0
@@ -136,7 +118,7 @@ def test_callback_writes_logs_before_model_checkpoint(tmp_path):
 
 
 def test_callback_every_n_epochs_and_no_malignant_policy():
-    cb = FrocCallback([small_set()[1]], every_n_epochs=2, peak_finder=standin_find_peaks)
+    cb = FrocCallback([small_set()[1]], every_n_epochs=2)
     with pytest.warns(RuntimeWarning, match="no malignant finding"):
         _, history = fit_with([cb], epochs=3, multi_output=False)
     assert [epoch for epoch, _ in cb.history] == [1, 2]  # every 2nd epoch + the last one
@@ -151,7 +133,7 @@ def test_plots_and_reports(tmp_path):
     from keras_hourglass.evaluation.plots import dense_curve, plot_froc, plot_froc_curves, plot_overlay
     from keras_hourglass.evaluation.report import MARKS_CSV_COLUMNS, format_table, write_marks_csv
 
-    records = predict_marks(standin_model(), small_set(), threshold=0.01, peak_finder=standin_find_peaks, keep_images=2)
+    records = predict_marks(standin_model(), small_set(), threshold=0.01, keep_images=2)
     result = froc(records, n_bootstrap=50, seed=0)
     # The drawn curve is read with the reported rule: step values at the FPI points.
     grid, sens = dense_curve(result)
@@ -190,3 +172,107 @@ def froc_record_without_pixels():
     from keras_hourglass.froc import ImageRecord
 
     return ImageRecord("x", "p", marks=[[5, 5, 0.9]], boxes=[[0, 0, 10, 10]], labels=["benign"])
+
+
+# --------------------------------------------------------------------------- hourglass evaluate
+
+
+def write_prep(root, split="test"):
+    """A prepared directory with two 64x48 images (transform: original 128x96, flipped).
+
+    m1 (patient pa): malignant [8,8,24,24] with a spot 1.0 at (15,15) -> heatmap .265 at (15,15): hit;
+        benign [40,20,50,30] with a spot .8 at (45,25) -> .215: false.
+    n1 (patient pb, normal): spot .6 at (30,30) -> .165: false.
+    Background .02 gives only low-scoring marks. So: .265 hit at FPI 0 -> sensitivity 1 everywhere.
+    """
+    from keras_hourglass.data import records
+
+    def image(spots):
+        pixels = np.full((64, 48), 0.02, np.float32)
+        for r, c, v in spots:
+            pixels[r, c] = v
+        return pixels
+
+    common = {"study_hash": "s", "transform": [128.0, 96.0, 64.0, 48.0, 1.0]}
+    malignant = records.make_example(
+        image([(15, 15, 1.0), (45, 25, 0.8)]), boxes=[[8, 8, 24, 24], [40, 20, 50, 30]],
+        box_labels=["malignant", "benign"], finding_types=["mass", "calcification"],
+        patient_hash="pa", image_hash="m1", **common,
+    )
+    normal = records.make_example(
+        image([(30, 30, 0.6)]), boxes=np.zeros((0, 4)), box_labels=[], finding_types=[],
+        patient_hash="pb", image_hash="n1", **common,
+    )
+    for stratum, example in (("malignant", malignant), ("normal", normal)):
+        records.write_records_atomic(
+            os.path.join(root, split, records.shard_file_name(stratum, 0)), [example.SerializeToString()]
+        )
+    return str(root)
+
+
+def run_cli(*argv):
+    from keras_hourglass.cli.main import main
+
+    return main(["evaluate", *map(str, argv)])
+
+
+def test_evaluate_cli_end_to_end(tmp_path, capsys):
+    import csv
+
+    prep = write_prep(tmp_path / "prep")
+    model_path = tmp_path / "model.keras"
+    standin_model(multi_output=True).save(model_path)
+    out = tmp_path / "eval"
+    rc = run_cli("--model", model_path, "--data", prep, "--out", out, "--overlays", 2, "--bootstrap", 100, "--quiet")
+    stdout = capsys.readouterr().out
+    assert rc == 0
+    assert "froc.json: " + str(out / "froc.json") in stdout and "4.8" in stdout
+    payload = json.loads((out / "froc.json").read_text())
+    assert payload["num_images"] == 2 and payload["num_patients"] == 2 and payload["num_malignant_findings"] == 1
+    assert payload["sensitivity_at_fpi"]["0.125"] == 1.0 and payload["max_sensitivity"] == 1.0
+    assert payload["ci95"]["4.8"] == [1.0, 1.0] or payload["num_bootstrap_undefined"] > 0
+    assert payload["split"] == "test" and payload["settings"]["max_marks"] == 100
+    assert (out / "froc.png").stat().st_size > 5000
+    assert len(list((out / "overlays").glob("*.png"))) == 2
+    with open(out / "marks.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    top = max(rows, key=lambda r: float(r["score"]))
+    # image (15, 15) -> original (15 * 2, (48 - 15) * 2) through the flipped transform.
+    assert (top["image_hash"], top["patient_hash"], top["status"]) == ("m1", "pa", "hit")
+    assert (float(top["y"]), float(top["x"])) == (15.0, 15.0)
+    assert (float(top["y_original"]), float(top["x_original"])) == (30.0, 66.0)
+    assert top["at_operating_point"] == "1"
+    benign = [r for r in rows if r["status"] == "non_positive"]
+    assert len(benign) == 1 and benign[0]["finding_label"] == "benign" and benign[0]["false_positive"] == "1"
+
+
+def test_evaluate_cli_bad_inputs(tmp_path, capsys):
+    prep = write_prep(tmp_path / "prep")
+    model_path = tmp_path / "model.keras"
+    standin_model().save(model_path)
+    garbage = tmp_path / "garbage.keras"
+    garbage.write_bytes(b"not a zip")
+    cases = [
+        (["--model", tmp_path / "missing.keras", "--data", prep], "missing.keras: no such model file"),
+        (["--model", model_path, "--data", tmp_path / "nodata"], "nodata: no such prepared directory"),
+        (["--model", garbage, "--data", prep], "garbage.keras: cannot load the Keras model"),
+        (["--model", model_path, "--data", prep, "--split", "val"], "prep: no TFRecords for split 'val'"),
+    ]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert run_cli(*argv, "--out", tmp_path / "out", "--quiet") == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("hourglass evaluate: error: ") and message in err and "\n" not in err, err
+
+
+def test_evaluate_cli_with_the_real_tiny_hourglass(tmp_path, capsys):
+    from keras_hourglass.model import build_hourglass
+
+    prep = write_prep(tmp_path / "prep")
+    model_path = tmp_path / "model.keras"
+    build_hourglass("tiny").save(model_path)
+    out = tmp_path / "eval"
+    assert run_cli("--model", model_path, "--data", prep, "--out", out, "--bootstrap", 0, "--overlays", 1, "--quiet") == 0
+    payload = json.loads((out / "froc.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert payload["num_images"] == 2 and 0 < payload["num_marks"] <= 200
+    assert set(payload["sensitivity_at_fpi"]) == {"0.125", "0.25", "0.5", "1", "2", "4", "4.8", "8"}
