@@ -69,6 +69,8 @@ import dataclasses
 import json
 import math
 import os
+import sys
+import types
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -620,3 +622,19 @@ def froc(
         settings=settings,
         warning=warning,
     )
+
+
+class _CallableModule(types.ModuleType):
+    """Makes `keras_hourglass.froc(...)` work in every import order.
+
+    `keras_hourglass.froc` is both this module and, by the package's lazy
+    public names, the `froc` function. Once `keras_hourglass.froc` has been
+    imported as a module, the package attribute is the module; calling it
+    calls `froc`.
+    """
+
+    def __call__(self, *args, **kwargs) -> FrocResult:
+        return froc(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

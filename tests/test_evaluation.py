@@ -276,3 +276,12 @@ def test_evaluate_cli_with_the_real_tiny_hourglass(tmp_path, capsys):
     payload = json.loads((out / "froc.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
     assert payload["num_images"] == 2 and 0 < payload["num_marks"] <= 200
     assert set(payload["sensitivity_at_fpi"]) == {"0.125", "0.25", "0.5", "1", "2", "4", "4.8", "8"}
+
+
+def test_callback_reads_a_prepared_directory(tmp_path, capsys):
+    prep = write_prep(tmp_path / "prep", split="val")
+    cb = FrocCallback(prep, verbose=1)  # split "val" by default
+    _, history = fit_with([cb])
+    assert history.history["val_sensitivity"] == [1.0]
+    assert cb.last_result.num_images == 2 and cb.last_result.num_patients == 2
+    assert "sensitivity@4.8 FPI 1.0000" in capsys.readouterr().out

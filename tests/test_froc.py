@@ -271,3 +271,11 @@ def test_bad_input_is_refused():
         froc([ImageRecord("a", "p")], extra_hits="twice")
     # Dict records are accepted.
     assert froc([{"image_id": "a", "patient_id": "p", "marks": [[1, 1, 0.5]]}], n_bootstrap=0).num_marks == 1
+
+
+def test_public_name_is_callable_in_any_import_order():
+    import keras_hourglass
+    import keras_hourglass.froc as module
+
+    assert module.froc([ImageRecord("a", "p")], n_bootstrap=0).num_images == 1
+    assert keras_hourglass.froc([ImageRecord("a", "p")], n_bootstrap=0).num_images == 1
