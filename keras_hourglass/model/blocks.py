@@ -98,9 +98,10 @@ class ResidualBlock(keras.layers.Layer):
         self.bn_momentum = float(bn_momentum)
         mid = max(1, self.filters // 2)
         self.bn1 = keras.layers.BatchNormalization(momentum=self.bn_momentum, name="bn1")
-        self.conv1 = keras.layers.Conv2D(mid, 1, padding="same", name="conv1")
+        # conv1 and conv2 feed a batch normalisation: a bias would be redundant.
+        self.conv1 = keras.layers.Conv2D(mid, 1, padding="same", use_bias=False, name="conv1")
         self.bn2 = keras.layers.BatchNormalization(momentum=self.bn_momentum, name="bn2")
-        self.conv2 = keras.layers.Conv2D(mid, 3, padding="same", name="conv2")
+        self.conv2 = keras.layers.Conv2D(mid, 3, padding="same", use_bias=False, name="conv2")
         self.bn3 = keras.layers.BatchNormalization(momentum=self.bn_momentum, name="bn3")
         self.conv3 = keras.layers.Conv2D(self.filters, 1, padding="same", name="conv3")
         self.projection = None

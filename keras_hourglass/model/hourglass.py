@@ -23,7 +23,7 @@ the serving signature pad to the multiple).
 
 Presets:
 
-- `"tiny"`: 2 stacks, depth 3, 16 features (about 35k parameters): tests
+- `"tiny"`: 2 stacks, depth 3, 16 features (about 24k parameters): tests
   and the demo.
 - `"paper"`: Newell's configuration, 256 features, depth 4 (4 poolings),
   2 stacks (Newell's 2-stack model loses little against 8 stacks and fits
@@ -183,29 +183,34 @@ def inference_model(model: keras.Model) -> keras.Model:
         final = model.get_layer("heatmap").output
     except ValueError:
         final = model.outputs[-1]
-    return keras.Model(model.inputs, final, name=f"{model.name}_inference")
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, final, name=f"{model.name}_inference")
 
 
 def model_stride(model: keras.Model) -> int:
     """Output stride of a built or loaded fully convolutional model.
 
-    Uses shape inference only (no forward pass) on a 16384 x 16384 input,
-    a multiple of every supported `input_multiple`.
+    Uses shape inference only (no forward pass): unknown input sizes are
+    probed with 16384, a multiple of every supported `input_multiple`;
+    fixed input sizes are used as they are.
 
     Args:
         model: a model with one image input [B, H, W, C] and heatmap output(s).
 
     Returns:
         The integer ratio of input height to output height.
+
+    Raises:
+        ValueError: the ratio is not an integer.
     """
-    size = 2**14
-    channels = model.inputs[0].shape[-1]
-    shape = model.compute_output_shape((1, size, size, channels))
+    _, height, width, channels = model.inputs[0].shape
+    height = height or 2**14
+    shape = model.compute_output_shape((1, height, width or 2**14, channels))
     if isinstance(shape, dict):
         shape = list(shape.values())
     if isinstance(shape, (list, tuple)) and shape and isinstance(shape[0], (list, tuple)):
         shape = shape[-1]
     out = shape[1]
-    if not out or size % int(out):
-        raise ValueError(f"cannot infer an integer output stride from output shape {shape}")
-    return size // int(out)
+    if not out or height % int(out):
+        raise ValueError(f"cannot infer an integer output stride from input height {height} and output shape {shape}")
+    return height // int(out)
