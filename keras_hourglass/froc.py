@@ -539,8 +539,10 @@ def froc(
         sensitivity_at_fpi = {k: float(s) for k, s in zip(keys, at)}
         mean_sensitivity: float | None = float(np.mean(at))
         max_sensitivity: float | None = float(curve_sens[-1]) if curve_sens.size else 0.0
-        first = int(np.argmax(curve_sens >= max_sensitivity - 1e-12)) if curve_sens.size else None
-        fpi_at_max: float | None = float(curve_fpi[first]) if first is not None else 0.0
+        fpi_at_max: float | None = 0.0  # a maximum of 0 is reached with no mark at all
+        if max_sensitivity > 0:
+            first = int(np.argmax(curve_sens >= max_sensitivity - 1e-12))
+            fpi_at_max = float(curve_fpi[first])
     else:
         sensitivity_at_fpi = {k: None for k in keys}
         mean_sensitivity = max_sensitivity = fpi_at_max = None

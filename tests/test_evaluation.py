@@ -113,6 +113,7 @@ def test_callback_writes_logs_before_model_checkpoint(tmp_path):
     assert history.history["val_sensitivity"] == [1.0]
     assert history.history["val_max_sensitivity"] == [1.0]
     assert history.history["val_mean_sensitivity"] == [1.0]
+    assert history.history["val_sensitivity_at_0.125"] == [1.0]  # per-FPI keys (tuning/objective.py)
     assert best.exists()
     assert froc_cb.last_result.num_images == 2
 
@@ -122,6 +123,7 @@ def test_callback_every_n_epochs_and_no_malignant_policy():
     with pytest.warns(RuntimeWarning, match="no malignant finding"):
         _, history = fit_with([cb], epochs=3, multi_output=False)
     assert [epoch for epoch, _ in cb.history] == [1, 2]  # every 2nd epoch + the last one
+    assert cb._predictor._predict.experimental_get_tracing_count() == 1  # traced once, reused
     values = history.history["val_sensitivity"]
     assert len(values) == 2 and all(math.isnan(v) for v in values)
 

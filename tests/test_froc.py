@@ -190,6 +190,13 @@ def test_no_malignant_finding_policy():
     assert all(p["sensitivity"] is None for p in payload["curve"])
 
 
+def test_no_hit_at_all_is_measured_zero_at_fpi_zero():
+    # Only false marks: the maximum sensitivity 0 needs no mark at all, so it is "reached" at FPI 0.
+    result = froc([ImageRecord("a", "p", marks=[[50, 50, 0.9]], boxes=[BOX], labels=["malignant"])], n_bootstrap=0)
+    assert result.max_sensitivity == 0.0 and result.fpi_at_max_sensitivity == 0.0
+    assert result.sensitivity_at_fpi["8"] == 0.0
+
+
 def test_no_marks_at_all_is_measured_zero():
     result = froc([ImageRecord("a", "p", boxes=[BOX], labels=["malignant"])], n_bootstrap=10)
     assert result.max_sensitivity == 0.0 and result.sensitivity_at_fpi["8"] == 0.0

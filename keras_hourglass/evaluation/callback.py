@@ -6,7 +6,9 @@ no bootstrap) and writes into `logs`:
 
 - `val_sensitivity`: sensitivity at `target_fpi` (default 4.8),
 - `val_mean_sensitivity`: mean over FPI 0.125 ... 8,
-- `val_max_sensitivity`: sensitivity with every mark kept.
+- `val_max_sensitivity`: sensitivity with every mark kept,
+- `val_sensitivity_at_<fpi>` for each FPI point (`val_sensitivity_at_0.125`
+  ... `val_sensitivity_at_8`, and the target FPI).
 
 Order matters: Keras calls callbacks in list order with the same `logs`
 dict, so `FrocCallback` must come *before* `ModelCheckpoint`,
@@ -39,7 +41,7 @@ from typing import Any, Iterable
 import keras
 
 from keras_hourglass.froc import FPI_POINTS, FrocResult, froc, fpi_key
-from keras_hourglass.evaluation.predict import model_input_multiple, predict_marks
+from keras_hourglass.evaluation.predict import MarkPredictor, model_input_multiple
 
 
 class FrocCallback(keras.callbacks.Callback):
@@ -95,7 +97,12 @@ class FrocCallback(keras.callbacks.Callback):
         self.last_result: FrocResult | None = None
         self.history: list[tuple[int, FrocResult]] = []
         self._dataset = None
+        self._predictor: MarkPredictor | None = None
         self._warned = False
+
+    def set_model(self, model) -> None:
+        super().set_model(model)
+        self._predictor = None  # traced for the previous model
 
     def _evaluation_data(self) -> Iterable[dict]:
         if self._dataset is None:
@@ -115,13 +122,9 @@ class FrocCallback(keras.callbacks.Callback):
 
     def evaluate(self) -> FrocResult:
         """Returns: the FROC of the current weights on the validation images."""
-        records = predict_marks(
-            self.model,
-            self._evaluation_data(),
-            max_marks=self.max_marks,
-            max_images=self.max_images,
-            peak_finder=self.peak_finder,
-        )
+        if self._predictor is None:
+            self._predictor = MarkPredictor(self.model, max_marks=self.max_marks, peak_finder=self.peak_finder)
+        records = self._predictor(self._evaluation_data(), max_images=self.max_images)
         fpi_points = sorted({*FPI_POINTS, self.target_fpi})
         return froc(records, fpi_points=fpi_points, extra_hits=self.extra_hits, n_bootstrap=0)
 
@@ -136,6 +139,8 @@ class FrocCallback(keras.callbacks.Callback):
             "mean_sensitivity": _mean_at_standard_points(result),
             "max_sensitivity": result.max_sensitivity,
         }
+        for key, value in result.sensitivity_at_fpi.items():
+            values[f"sensitivity_at_{key}"] = value
         values = {k: math.nan if v is None else float(v) for k, v in values.items()}
         if result.warning and not self._warned:
             warnings.warn(f"FrocCallback: {result.warning}; logging NaN", RuntimeWarning, stacklevel=2)

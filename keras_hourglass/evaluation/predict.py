@@ -111,6 +111,97 @@ def _make_predictor(model, *, max_marks: int, threshold: float, stride: int, pea
     return predict
 
 
+class MarkPredictor:
+    """A model's final heatmap + `find_peaks`, traced once, reusable.
+
+    The traced function shares the model's weights, so a predictor built
+    once (e.g. by `FrocCallback`) sees every weight update without being
+    traced again.
+
+    Args:
+        model: a heatmap model (image -> heatmap, or a training model whose
+            last output is the final heatmap).
+        max_marks: marks kept per image (the highest-scoring local maxima).
+            Keep it generous: the FROC sweeps thresholds itself, and a too
+            small value truncates the curve at high FPI.
+        threshold: minimum heatmap value of a mark; None keeps every local
+            maximum (the heatmap may be unbounded, e.g. a linear output).
+        stride: heatmap -> image scale; None reads it from the model
+            (`keras_hourglass.model.model_stride`).
+        peak_finder: a function with the signature of
+            `keras_hourglass.find_peaks` (default).
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        max_marks: int = 100,
+        threshold: float | None = None,
+        stride: int | None = None,
+        peak_finder: Callable | None = None,
+    ):
+        from keras_hourglass.model import inference_model, model_stride
+
+        if peak_finder is None:
+            from keras_hourglass.peaks import find_peaks as peak_finder
+        self.model = inference_model(model)
+        self.stride = int(model_stride(self.model) if stride is None else stride)
+        self.max_marks = int(max_marks)
+        self.threshold = float("-inf") if threshold is None else float(threshold)
+        self._predict = _make_predictor(
+            self.model, max_marks=self.max_marks, threshold=self.threshold, stride=self.stride, peak_finder=peak_finder
+        )
+
+    def __call__(
+        self,
+        dataset: Iterable[dict],
+        *,
+        max_images: int | None = None,
+        keep_images: int = 0,
+        progress: bool = False,
+    ) -> list[PredictedImage]:
+        """Runs over `dataset`; arguments as in `predict_marks`. Returns: one `PredictedImage` per image."""
+        elements = dataset if max_images is None else itertools.islice(dataset, int(max_images))
+        kept_malignant = kept_other = 0
+        records: list[PredictedImage] = []
+        for element in tqdm(elements, desc="predict", unit="image", disable=not progress, total=max_images):
+            element = _unbatch(element)
+            image = element["image"].astype(np.float32)
+            if image.ndim == 2:
+                image = image[..., None]
+            marks, count = self._predict(image[None])
+            marks = _numpy(marks)[0][: int(_numpy(count).reshape(-1)[0])].astype(np.float64)
+            height, width = _valid_size(element)
+            inside = (marks[:, 0] >= 0) & (marks[:, 1] >= 0) & (marks[:, 0] <= height) & (marks[:, 1] <= width)
+            marks = marks[inside]
+            marks = marks[np.argsort(-marks[:, 2], kind="stable")]
+            labels = [
+                v.decode("utf-8") if isinstance(v, bytes) else str(v)
+                for v in np.reshape(element.get("box_labels", np.zeros(0, dtype=object)), -1)
+            ]
+            record = PredictedImage(
+                image_id=_scalar_str(element.get("image_hash", str(len(records)))),
+                patient_id=_scalar_str(element.get("patient_hash", str(len(records)))),
+                marks=marks,
+                boxes=np.reshape(element.get("boxes", np.zeros((0, 4))), (-1, 4)),
+                labels=labels,
+                transform=[float(v) for v in np.reshape(element["transform"], -1)] if "transform" in element else None,
+                height=height,
+                width=width,
+            )
+            malignant = any(label in POSITIVE_LABELS for label in record.labels)
+            if keep_images and (kept_malignant if malignant else kept_other) < keep_images:
+                pixels = np.clip(image[:height, :width, 0], 0.0, 1.0)
+                record.image = (pixels * 255.0 + 0.5).astype(np.uint8)
+                if malignant:
+                    kept_malignant += 1
+                else:
+                    kept_other += 1
+            records.append(record)
+        return records
+
+
 def predict_marks(
     model,
     dataset: Iterable[dict],
@@ -147,55 +238,5 @@ def predict_marks(
         One `PredictedImage` per image, marks `[M, 3]` (y, x, score) in image
         coordinates, sorted by score descending.
     """
-    from keras_hourglass.model import inference_model, model_stride
-
-    if peak_finder is None:
-        from keras_hourglass.peaks import find_peaks as peak_finder
-    heatmap_model = inference_model(model)
-    if stride is None:
-        stride = model_stride(heatmap_model)
-    predict = _make_predictor(
-        heatmap_model,
-        max_marks=int(max_marks),
-        threshold=float("-inf") if threshold is None else float(threshold),
-        stride=int(stride),
-        peak_finder=peak_finder,
-    )
-    elements = dataset if max_images is None else itertools.islice(dataset, int(max_images))
-    kept_malignant = kept_other = 0
-    records: list[PredictedImage] = []
-    for element in tqdm(elements, desc="predict", unit="image", disable=not progress, total=max_images):
-        element = _unbatch(element)
-        image = element["image"].astype(np.float32)
-        if image.ndim == 2:
-            image = image[..., None]
-        marks, count = predict(image[None])
-        marks = _numpy(marks)[0][: int(_numpy(count).reshape(-1)[0])].astype(np.float64)
-        height, width = _valid_size(element)
-        inside = (marks[:, 0] >= 0) & (marks[:, 1] >= 0) & (marks[:, 0] <= height) & (marks[:, 1] <= width)
-        marks = marks[inside]
-        marks = marks[np.argsort(-marks[:, 2], kind="stable")]
-        labels = [
-            v.decode("utf-8") if isinstance(v, bytes) else str(v)
-            for v in np.reshape(element.get("box_labels", np.zeros(0, dtype=object)), -1)
-        ]
-        record = PredictedImage(
-            image_id=_scalar_str(element.get("image_hash", str(len(records)))),
-            patient_id=_scalar_str(element.get("patient_hash", str(len(records)))),
-            marks=marks,
-            boxes=np.reshape(element.get("boxes", np.zeros((0, 4))), (-1, 4)),
-            labels=labels,
-            transform=[float(v) for v in np.reshape(element["transform"], -1)] if "transform" in element else None,
-            height=height,
-            width=width,
-        )
-        malignant = any(label in POSITIVE_LABELS for label in record.labels)
-        if keep_images and (kept_malignant if malignant else kept_other) < keep_images:
-            pixels = np.clip(image[:height, :width, 0], 0.0, 1.0)
-            record.image = (pixels * 255.0 + 0.5).astype(np.uint8)
-            if malignant:
-                kept_malignant += 1
-            else:
-                kept_other += 1
-        records.append(record)
-    return records
+    predictor = MarkPredictor(model, max_marks=max_marks, threshold=threshold, stride=stride, peak_finder=peak_finder)
+    return predictor(dataset, max_images=max_images, keep_images=keep_images, progress=progress)
