@@ -286,3 +286,17 @@ def test_public_name_is_callable_in_any_import_order():
 
     assert module.froc([ImageRecord("a", "p")], n_bootstrap=0).num_images == 1
     assert keras_hourglass.froc([ImageRecord("a", "p")], n_bootstrap=0).num_images == 1
+
+
+def test_froc_plots_reports_and_cli_module_do_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    code = (
+        "import argparse, sys\n"
+        "import keras_hourglass.froc, keras_hourglass.evaluation.plots, keras_hourglass.evaluation.report\n"
+        "import keras_hourglass.cli.evaluate as cli\n"
+        "cli.register(argparse.ArgumentParser().add_subparsers())\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
