@@ -249,12 +249,12 @@ def _name(source: DicomSource) -> str | None:
     return getattr(source, "name", None) if not isinstance(source, bytes) else None
 
 
-def _read_dataset(source: DicomSource, *, defer: bool = True):
+def _read_dataset(source: DicomSource, *, defer: bool = True, name: str | None = None):
     """dcmread with big values (pixel data) deferred: nothing is decoded here."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    name = _name(source)
+    name = name if name is not None else _name(source)
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     if isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
         raise UnreadableDicomError(name, "no such file")
@@ -378,6 +378,29 @@ def check_header(header: DicomHeader, ds, *, max_pixels: int = DEFAULT_MAX_PIXEL
                   f"installed ({missing})")
 
 
+def load_header(source: DicomSource, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                check: bool = True):
+    """Parses the header (pixel data deferred, never decoded) and runs the acceptance checks.
+
+    Args:
+        source: a path, the file's bytes, or a binary file object.
+        name: the file name for messages when `source` is bytes (default: the path, if any).
+        max_pixels: the largest Rows * Columns accepted.
+        check: run the acceptance checks (see the module docstring).
+
+    Returns:
+        (pydicom Dataset, DicomHeader). The dataset is what `preprocess_pixels` needs for its LUTs.
+
+    Raises:
+        DicomError: a subclass naming the file and the reason.
+    """
+    ds = _read_dataset(source, name=name)
+    header = _header_from_dataset(ds, name if name is not None else _name(source))
+    if check:
+        check_header(header, ds, max_pixels=max_pixels)
+    return ds, header
+
+
 def read_header(source: DicomSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, check: bool = True) -> DicomHeader:
     """Reads and (by default) validates the header without decoding any pixel.
 
@@ -392,11 +415,7 @@ def read_header(source: DicomSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, ch
     Raises:
         DicomError: a subclass naming the file and the reason.
     """
-    ds = _read_dataset(source)
-    header = _header_from_dataset(ds, _name(source))
-    if check:
-        check_header(header, ds, max_pixels=max_pixels)
-    return header
+    return load_header(source, max_pixels=max_pixels, check=check)[1]
 
 
 # ------------------------------------------------------------------------------------- pixel step
@@ -663,9 +682,7 @@ def read_mammogram(source: DicomSource, *, long_side: int | None = DEFAULT_LONG_
     Raises:
         DicomError: a subclass naming the file and the reason; never a raw pydicom/numpy error.
     """
-    ds = _read_dataset(source)
-    header = _header_from_dataset(ds, _name(source))
-    check_header(header, ds, max_pixels=max_pixels)
+    ds, header = load_header(source, max_pixels=max_pixels)
     stored = stored_values(ds, header.path)
     return preprocess_pixels(stored, ds, header, long_side=long_side, voi=voi, orient=orient)
 
@@ -675,6 +692,6 @@ __all__ = [
     "FOR_PRESENTATION_SOP_CLASS", "FOR_PROCESSING_SOP_CLASS", "Mammogram", "MultiFrameError",
     "NoPixelDataError", "NotMammographyError", "PixelTransform", "TooLargeError", "UnreadableDicomError",
     "UnsupportedPhotometricError", "UnsupportedTransferSyntaxError", "apply_voi", "check_header",
-    "decide_flip", "output_shape", "preprocess_pixels", "read_header", "read_mammogram", "resize",
+    "decide_flip", "load_header", "output_shape", "preprocess_pixels", "read_header", "read_mammogram", "resize",
     "stored_values",
 ]
