@@ -1,0 +1,290 @@
+"""Annotation importers: one module per source format, one common output.
+
+Every importer turns an annotation table into `ImportResult`: image
+records (`ImageRecord`, each with its findings in the ORIGINAL DICOM pixel
+frame and the source rows it came from) and rejects (`Reject`: source
+file, row number, image path, reason code and message). Row numbers are
+1-based data-record numbers of the source CSV (the header is not counted;
+a quoted field with embedded newlines is still one record).
+
+Accounting invariant: every data row of every input table ends up in
+exactly one image record's `rows` or in exactly one `Reject`.
+
+Grouping rule (`group_rows`): when ANY row of an image is rejected, every
+other row of that image is rejected too (code ``sibling_rejected``). An
+image whose lesion row is unusable would otherwise be written with that
+lesion unannotated (a cancer trained as background), which is worse for a
+hypersensitive detector than losing the image.
+
+Registry: `IMPORTERS` maps the ``--format`` name to the module's
+``load(annotations, images_root, **options) -> ImportResult``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib
+import os
+from typing import Callable, Iterable, Iterator
+
+LABELS = ("normal", "benign", "high_risk", "malignant")
+FINDING_TYPES = ("mass", "calcification", "distortion", "asymmetry", "other")
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass
+class Finding:
+    """One annotated finding.
+
+    Attributes:
+        label: one of `LABELS` except "normal".
+        finding_type: one of `FINDING_TYPES`.
+        box: (y0, x0, y1, x1) in ORIGINAL continuous pixel coordinates, or
+            None when it comes from a mask at ingest (`mask_paths`).
+        row: the source row, "file:number".
+        mask_paths: ROI mask DICOM candidates (CBIS-DDSM), first usable wins.
+    """
+
+    label: str
+    finding_type: str
+    box: tuple[float, float, float, float] | None
+    row: str
+    mask_paths: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
+class ImageRecord:
+    """One image to ingest.
+
+    Attributes:
+        key: stable identity of the image (its path relative to the images
+            root); hashed into `image_hash`.
+        path: the DICOM file to read.
+        patient_id: RAW patient key (hashed by prepare, never written).
+        study_id: RAW study key.
+        laterality: "L", "R" or "" (then the DICOM header decides).
+        view: "CC", "MLO", ... or "".
+        findings: the findings (empty: a normal image).
+        rows: every source row ("file:number") of this image.
+        split: the dataset's own split ("train"/"val"/"test") or None.
+    """
+
+    key: str
+    path: str
+    patient_id: str
+    study_id: str
+    laterality: str
+    view: str
+    findings: list[Finding]
+    rows: list[str]
+    split: str | None = None
+
+
+@dataclasses.dataclass
+class Reject:
+    """One rejected source row.
+
+    Attributes:
+        row: "file:number".
+        image_path: the image path as given by the table ("" if none).
+        code: short reason category (manifest counts per code).
+        reason: one line for humans.
+        secrets: raw identifiers to redact from image_path/reason before writing.
+    """
+
+    row: str
+    image_path: str
+    code: str
+    reason: str
+    secrets: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
+class ImportResult:
+    """What an importer returns.
+
+    Attributes:
+        images: image records, sorted by key.
+        rejects: rejected rows.
+        total_rows: data rows read from all tables.
+        sources: the table file names, for the manifest.
+    """
+
+    images: list[ImageRecord]
+    rejects: list[Reject]
+    total_rows: int
+    sources: list[str]
+
+    def check_accounting(self) -> None:
+        """Raises AssertionError unless every row is in exactly one image or reject."""
+        rows = [r for image in self.images for r in image.rows] + [r.row for r in self.rejects]
+        if len(rows) != self.total_rows or len(set(rows)) != len(rows):
+            raise AssertionError(f"importer accounted for {len(rows)} rows ({len(set(rows))} distinct) "
+                                 f"of {self.total_rows}")
+
+
+@dataclasses.dataclass
+class ParsedRow:
+    """A valid source row before grouping by image (internal to importers)."""
+
+    row: str
+    key: str
+    path: str
+    patient_id: str
+    study_id: str
+    laterality: str
+    view: str
+    finding: Finding | None
+    split: str | None
+
+
+def read_csv_rows(path: str | os.PathLike, required: Iterable[str],
+                  aliases: dict[str, str] | None = None) -> Iterator[tuple[str, dict[str, str]]]:
+    """Reads a CSV into (row id, {column: value}) with stripped values.
+
+    Args:
+        path: the CSV file.
+        required: columns that must be present (after applying aliases).
+        aliases: alternative header spellings -> canonical column name.
+
+    Yields:
+        ("<file name>:<n>", row dict), n counting data records from 1.
+
+    Raises:
+        InputError: unreadable file or missing columns.
+    """
+    from keras_hourglass.errors import InputError
+
+    name = os.path.basename(os.fspath(path))
+    try:
+        handle = open(path, newline="", encoding="utf-8-sig")
+    except OSError as err:
+        raise InputError(path, f"cannot read annotation table: {err.strerror or err}") from None
+    with handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise InputError(path, "annotation table is empty (no header)") from None
+        except (csv.Error, UnicodeDecodeError) as err:
+            raise InputError(path, f"not a CSV file: {err}") from None
+        columns = [(aliases or {}).get(h.strip(), h.strip()) for h in header]
+        missing = [c for c in required if c not in columns]
+        if missing:
+            raise InputError(path, f"missing column(s) {', '.join(missing)}; found {', '.join(columns)}")
+        number = 0
+        try:
+            for values in reader:
+                if not any(v.strip() for v in values):
+                    continue  # blank line: not a record
+                number += 1
+                values = values + [""] * (len(columns) - len(values))
+                row = {c: v.strip() for c, v in zip(columns, values)}
+                if len(values) > len(columns) and any(v.strip() for v in values[len(columns):]):
+                    row["__extra__"] = "1"
+                yield f"{name}:{number}", row
+        except (csv.Error, UnicodeDecodeError) as err:
+            raise InputError(path, f"malformed CSV after data record {number}: {err}") from None
+
+
+def parse_float(value: str) -> float | None:
+    """Returns: the float in `value`, None when empty; raises ValueError if not a finite number."""
+    if value is None or value.strip() == "" or value.strip().lower() in ("nan", "none", "null"):
+        return None
+    number = float(value)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"not a finite number: {value!r}")
+    return number
+
+
+def box_from_xyxy(row: dict[str, str]) -> tuple[float, float, float, float] | None:
+    """Parses xmin, ymin, xmax, ymax into a (y0, x0, y1, x1) box.
+
+    Returns:
+        The box, or None when all four are empty.
+
+    Raises:
+        ValueError: partial, non-numeric, negative or degenerate (xmax <= xmin, ymax <= ymin).
+    """
+    values = [parse_float(row.get(k, "")) for k in ("xmin", "ymin", "xmax", "ymax")]
+    if all(v is None for v in values):
+        return None
+    if any(v is None for v in values):
+        raise ValueError("partial box: xmin, ymin, xmax, ymax must all be given or all be empty")
+    xmin, ymin, xmax, ymax = values
+    if xmax <= xmin or ymax <= ymin:
+        raise ValueError(f"degenerate box: xmin={xmin:g} xmax={xmax:g} ymin={ymin:g} ymax={ymax:g}")
+    return (ymin, xmin, ymax, xmax)
+
+
+def resolve(images_root: str | os.PathLike, relative: str) -> str:
+    """Returns: `relative` joined to `images_root` (an absolute path is kept)."""
+    return os.path.normpath(os.path.join(os.fspath(images_root), relative))
+
+
+def group_rows(parsed: list[ParsedRow], rejects: list[Reject]) -> list[ImageRecord]:
+    """Groups valid rows into images, applying the sibling rule (module doc).
+
+    Rows of one image must agree on patient_id (else all of its rows are
+    rejected, code ``inconsistent_image``). A normal row (no finding) next
+    to finding rows of the same image counts as ingested with them.
+
+    Args:
+        parsed: valid rows.
+        rejects: rejected rows so far; extended in place.
+
+    Returns:
+        Image records sorted by key.
+    """
+    by_key: dict[str, list[ParsedRow]] = {}
+    for row in parsed:
+        by_key.setdefault(row.key, []).append(row)
+    path_of_reject = {r.image_path: r for r in rejects if r.image_path}
+    images = []
+    for key in sorted(by_key):
+        rows = by_key[key]
+        first = rows[0]
+        reason = None
+        if key in path_of_reject:
+            bad = path_of_reject[key]
+            reason = ("sibling_rejected", f"another row of this image was rejected ({bad.row}: {bad.code})")
+        elif len({r.patient_id for r in rows}) > 1:
+            reason = ("inconsistent_image", "rows of this image give different patient_id values")
+        elif len({r.split for r in rows}) > 1:
+            reason = ("inconsistent_image", "rows of this image give different split values")
+        if reason:
+            secrets = tuple({r.patient_id for r in rows} | {r.study_id for r in rows})
+            for r in rows:
+                rejects.append(Reject(r.row, key, reason[0], reason[1], secrets))
+            continue
+        images.append(ImageRecord(
+            key=key, path=first.path, patient_id=first.patient_id, study_id=first.study_id,
+            laterality=first.laterality, view=first.view,
+            findings=[r.finding for r in rows if r.finding is not None],
+            rows=[r.row for r in rows], split=first.split))
+    return images
+
+
+IMPORTERS: dict[str, str] = {
+    "canonical": "keras_hourglass.data.importers.canonical",
+    "vindr": "keras_hourglass.data.importers.vindr",
+    "cbis-ddsm": "keras_hourglass.data.importers.cbis_ddsm",
+}
+
+
+def get_importer(fmt: str) -> Callable[..., ImportResult]:
+    """Returns: the ``load`` function of the importer registered as `fmt`.
+
+    Raises:
+        InputError: unknown format.
+    """
+    from keras_hourglass.errors import InputError
+
+    if fmt not in IMPORTERS:
+        raise InputError("--format", f"unknown format {fmt!r}; choose one of {', '.join(IMPORTERS)}")
+    return importlib.import_module(IMPORTERS[fmt]).load
+
+
+__all__ = ["Finding", "ImageRecord", "ImportResult", "IMPORTERS", "LABELS", "FINDING_TYPES", "ParsedRow",
+           "Reject", "box_from_xyxy", "get_importer", "group_rows", "read_csv_rows", "resolve"]

@@ -1,0 +1,110 @@
+"""`hourglass prepare`: annotation table + DICOMs -> TFRecords, manifest.json, rejects.csv."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from keras_hourglass.errors import InputError
+
+EPILOG = """\
+examples:
+  # canonical CSV (DESIGN.md), one machine, two decoding processes
+  hourglass prepare --annotations synth/annotations.csv --images-root synth --out prepared --workers 2
+
+  # VinDr-Mammo (study_id is the patient key; val carved out of its training split)
+  hourglass prepare --format vindr --annotations vindr/finding_annotations.csv --images-root vindr \\
+      --out prepared-vindr --size 1536 --workers 8
+
+  # CBIS-DDSM: several case-description tables, boxes from the ROI masks
+  hourglass prepare --format cbis-ddsm --images-root CBIS-DDSM --out prepared-cbis \\
+      --annotations mass_case_description_train_set.csv mass_case_description_test_set.csv \\
+                    calc_case_description_train_set.csv calc_case_description_test_set.csv
+
+  # across 4 machines sharing PREP (same command and --salt on each); the last one merges,
+  # or merge explicitly once all four are done:
+  hourglass prepare ... --out PREP --salt 5f3c... --shard-index 2 --num-shards 4
+  hourglass prepare --merge --out PREP
+
+An interrupted run resumes: rerun the same command (complete chunks are skipped).
+Output: PREP/<split>/<stratum>-sIIofNN-CCCCC.tfrecord, PREP/manifest.json, PREP/rejects.csv;
+a JSON summary on stdout. Exit 0 on success, 2 on bad arguments or inputs.
+"""
+
+
+def _birads(text: str) -> dict:
+    from keras_hourglass.data.importers.vindr import parse_birads_map
+
+    try:
+        return parse_birads_map(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1)")
+    return value
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Adds the `prepare` subcommand. Returns: its parser."""
+    parser = subparsers.add_parser(
+        "prepare", help="ingest DICOMs + annotations into sharded TFRecords (PHI hashed)",
+        description="Ingest mammograms and annotations into TFRecords split by patient, with "
+                    "manifest.json and rejects.csv (every input row accounted for).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--annotations", nargs="+", metavar="CSV",
+                        help="annotation table(s) (CBIS-DDSM: several case-description CSVs)")
+    parser.add_argument("--images-root", metavar="DIR", help="directory the image paths are relative to")
+    parser.add_argument("--out", required=True, metavar="PREP", help="output directory")
+    parser.add_argument("--format", default="canonical", choices=["canonical", "vindr", "cbis-ddsm"])
+    parser.add_argument("--size", type=int, default=1536, metavar="PIXELS",
+                        help="long side at training scale (default 1536 = 3840 / 2.5)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N", help="decoding processes (default 1)")
+    parser.add_argument("--decoder", default="pydicom", choices=["pydicom", "tfio"])
+    parser.add_argument("--shard-index", type=int, default=0, metavar="I")
+    parser.add_argument("--num-shards", type=int, default=1, metavar="N")
+    parser.add_argument("--salt", default=None, metavar="S",
+                        help="hashing salt (default: reuse the previous run's, else a new random one)")
+    parser.add_argument("--val-fraction", type=_fraction, default=0.1, metavar="F")
+    parser.add_argument("--test-fraction", type=_fraction, default=0.1, metavar="F")
+    parser.add_argument("--max-pixels", type=int, default=40_000_000, metavar="P",
+                        help="reject images with more pixels, checked before decoding")
+    parser.add_argument("--voi", default="auto", help="auto | window | none | window index (default auto)")
+    parser.add_argument("--orient", default="left", choices=["left", "right", "none"])
+    parser.add_argument("--images-per-file", type=int, default=256, metavar="N")
+    parser.add_argument("--birads-map", type=_birads, default=None, metavar="MAP",
+                        help="VinDr label map, e.g. '2=benign,3=benign,4=high_risk,5=malignant'")
+    parser.add_argument("--merge", action="store_true",
+                        help="only merge PREP/shards/*.json into manifest.json and rejects.csv")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs `hourglass prepare`. Returns: exit code 0 (errors raise InputError -> exit 2)."""
+    from keras_hourglass.data import manifest, prepare
+
+    if args.merge:
+        merged = manifest.merge(args.out, args.num_shards if args.num_shards > 1 else None)
+        print(json.dumps({"merged": True, "manifest": os.path.join(args.out, "manifest.json"),
+                          "inputs": merged["inputs"], "images_written": merged["images_written"],
+                          "rejects": merged["rejects"], "content_hash": merged["content_hash"]}, indent=2))
+        return 0
+    if not args.annotations or not args.images_root:
+        raise InputError("--annotations", "--annotations and --images-root are required (unless --merge)")
+    voi = int(args.voi) if args.voi.isdigit() else args.voi
+    if voi not in ("auto", "window", "none") and not isinstance(voi, int):
+        raise InputError("--voi", f"{args.voi!r} is not auto, window, none or an index")
+    config = prepare.PrepareConfig(
+        annotations=args.annotations, images_root=args.images_root, out=args.out, fmt=args.format,
+        size=args.size, workers=args.workers, decoder=args.decoder, shard_index=args.shard_index,
+        num_shards=args.num_shards, salt=args.salt, val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction, max_pixels=args.max_pixels, voi=voi, orient=args.orient,
+        images_per_file=args.images_per_file, quiet=args.quiet, birads_map=args.birads_map)
+    print(json.dumps(prepare.prepare(config), indent=2))
+    return 0

@@ -1,0 +1,119 @@
+"""Importer for CBIS-DDSM (mass and calc case-description CSVs + ROI masks).
+
+Pass one or more of ``mass_case_description_{train,test}_set.csv`` and
+``calc_case_description_{train,test}_set.csv`` as ``--annotations``. Quirks
+handled:
+
+- the calc tables spell ``breast density`` where the mass tables spell
+  ``breast_density`` (aliased; neither is needed);
+- path fields are quoted and may contain embedded newlines (the csv
+  module reads them as one record; all whitespace is removed from paths);
+- boxes come from the ROI mask DICOMs at ingest: the bounding box of the
+  nonzero mask pixels, rescaled when the mask size differs from the
+  image's. Some rows swap the ROI mask and cropped-image columns, so both
+  are candidates and the first that is a binary mask is used.
+
+Labels: MALIGNANT -> malignant; BENIGN and BENIGN_WITHOUT_CALLBACK ->
+benign. Split: "Training"/"Test" in the image path (Mass-Training_...,
+Calc-Test_...) -> train/test; prepare carves val out of train by salted
+patient hash. Study key: the StudyInstanceUID directory of the path
+(second component) when present, else the patient id. Mass and calc
+tables list the same mammogram under different folders; those are
+separate image records (same patient, so always in the same split).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from keras_hourglass.data.importers import (Finding, ImportResult, ParsedRow, Reject, group_rows,
+                                            read_csv_rows, resolve)
+
+REQUIRED = ("patient_id", "left or right breast", "image view", "abnormality type", "pathology",
+            "image file path", "cropped image file path", "ROI mask file path")
+ALIASES = {"breast density": "breast_density"}
+PATHOLOGY = {"MALIGNANT": "malignant", "BENIGN": "benign", "BENIGN_WITHOUT_CALLBACK": "benign"}
+TYPES = {"mass": "mass", "calcification": "calcification"}
+
+
+def clean_path(value: str) -> str:
+    """Returns: a path field with every whitespace character (embedded newlines too) removed."""
+    return re.sub(r"\s+", "", value or "")
+
+
+def _split(path: str) -> str | None:
+    head = path.split("/", 1)[0].lower()
+    if "training" in head:
+        return "train"
+    if "test" in head:
+        return "test"
+    return None
+
+
+def parse_row(row_id: str, row: dict[str, str], images_root: str) -> ParsedRow:
+    """Validates one CBIS-DDSM row. Raises ValueError(code, message)."""
+    patient_id = row["patient_id"]
+    if not patient_id:
+        raise ValueError("missing_field", "empty patient_id")
+    key = clean_path(row["image file path"])
+    if not key:
+        raise ValueError("missing_field", "empty image file path")
+    label = PATHOLOGY.get(row["pathology"].strip().upper())
+    if label is None:
+        raise ValueError("bad_label", f"pathology {row['pathology']!r} is not MALIGNANT, BENIGN or "
+                                      "BENIGN_WITHOUT_CALLBACK")
+    finding_type = TYPES.get(row["abnormality type"].strip().lower())
+    if finding_type is None:
+        raise ValueError("bad_finding_type", f"abnormality type {row['abnormality type']!r} is not mass or "
+                                             "calcification")
+    laterality = {"LEFT": "L", "RIGHT": "R"}.get(row["left or right breast"].strip().upper())
+    if laterality is None:
+        raise ValueError("bad_value", f"left or right breast {row['left or right breast']!r} is not LEFT/RIGHT")
+    split = _split(key)
+    if split is None:
+        raise ValueError("bad_split", "image file path names neither Training nor Test")
+    full = resolve(images_root, key)
+    if not os.path.isfile(full):
+        raise ValueError("missing_file", "image file not found under --images-root")
+    masks = []
+    for column in ("ROI mask file path", "cropped image file path"):
+        candidate = clean_path(row[column])
+        if candidate and os.path.isfile(resolve(images_root, candidate)):
+            masks.append(resolve(images_root, candidate))
+    if not masks:
+        raise ValueError("missing_file", "ROI mask file not found under --images-root")
+    parts = key.split("/")
+    study_id = parts[1] if len(parts) > 2 else patient_id
+    finding = Finding(label=label, finding_type=finding_type, box=None, row=row_id, mask_paths=tuple(masks))
+    return ParsedRow(row=row_id, key=key, path=full, patient_id=patient_id, study_id=study_id,
+                     laterality=laterality, view=row["image view"].strip().upper(), finding=finding, split=split)
+
+
+def load(annotations: str | list[str], images_root: str, **_options) -> ImportResult:
+    """Reads CBIS-DDSM case-description CSVs.
+
+    Args:
+        annotations: one or more case-description CSV paths.
+        images_root: directory the CSV paths are relative to.
+
+    Returns:
+        The `ImportResult`.
+    """
+    tables = [annotations] if isinstance(annotations, (str, os.PathLike)) else list(annotations)
+    names = [os.path.basename(os.fspath(t)) for t in tables]
+    if len(set(names)) != len(names):
+        from keras_hourglass.errors import InputError
+        raise InputError("--annotations", "two tables have the same file name; row ids would collide")
+    parsed, rejects, total = [], [], 0
+    for table in tables:
+        for row_id, row in read_csv_rows(table, REQUIRED, ALIASES):
+            total += 1
+            try:
+                parsed.append(parse_row(row_id, row, os.fspath(images_root)))
+            except ValueError as err:
+                code, message = err.args if len(err.args) == 2 else ("bad_value", str(err))
+                rejects.append(Reject(row_id, clean_path(row.get("image file path", "")), code, message,
+                                      (row.get("patient_id", ""),)))
+    images = group_rows(parsed, rejects)
+    return ImportResult(images=images, rejects=rejects, total_rows=total, sources=names)

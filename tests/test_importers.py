@@ -1,0 +1,262 @@
+"""Importers: canonical CSV, VinDr-Mammo, CBIS-DDSM (tiny fixtures written here)."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from keras_hourglass.data.importers import get_importer, ImportResult
+from keras_hourglass.errors import InputError
+
+FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
+PHI = {"PatientName": "Zyxwvut^Quintessa", "PatientID": "PID-ZQ-774411", "PatientBirthDate": "19380517",
+       "AccessionNumber": "ACC-99173355"}
+
+
+def write_mammogram(path, rows: int = 96, cols: int = 64, *, laterality: str = "L", seed: int = 0,
+                    modality: str = "MG", phi: dict | None = None, pixels: np.ndarray | None = None) -> str:
+    """Writes a small MG For Presentation DICOM (12-bit MONOCHROME2) with identifying tags."""
+    rng = np.random.default_rng(seed)
+    if pixels is None:
+        y, x = np.mgrid[0:rows, 0:cols]
+        inside = ((y - rows / 2) / (rows * 0.48)) ** 2 + (x / (cols * 0.8)) ** 2 <= 1
+        if laterality == "R":
+            inside = inside[:, ::-1]
+        pixels = np.where(inside, 1800 + rng.integers(0, 600, (rows, cols)), 60).astype(np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = FOR_PRESENTATION
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = FOR_PRESENTATION
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.Modality = modality
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.ImageLaterality = laterality
+    ds.ViewPosition = "CC"
+    for key, value in (phi or PHI).items():
+        setattr(ds, key, value)
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    ds.save_as(os.fspath(path), enforce_file_format=True)
+    return os.fspath(path)
+
+
+def write_mask(path, rows: int, cols: int, box: tuple[int, int, int, int], value: int = 255) -> str:
+    """Writes a binary ROI mask DICOM (8-bit) with `value` inside box (y0, x0, y1, x1)."""
+    mask = np.zeros((rows, cols), np.uint8)
+    y0, x0, y1, x1 = box
+    mask[y0:y1, x0:x1] = value
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "OT"
+    ds.Rows, ds.Columns = mask.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = mask.tobytes()
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    ds.save_as(os.fspath(path), enforce_file_format=True)
+    return os.fspath(path)
+
+
+def write_csv(path, header: list[str], rows: list[list]) -> str:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return os.fspath(path)
+
+
+CANONICAL = ["image_path", "patient_id", "study_id", "laterality", "view", "label", "finding_type",
+             "xmin", "ymin", "xmax", "ymax"]
+
+
+def _codes(result: ImportResult) -> dict[str, str]:
+    return {r.row.split(":")[1]: r.code for r in result.rejects}
+
+
+# ---------------------------------------------------------------------------------------- canonical
+def test_canonical_groups_rows_validates_and_accounts_for_every_row(tmp_path):
+    for name in ("a.dcm", "b.dcm", "c.dcm", "d.dcm", "e.dcm"):
+        (tmp_path / name).write_bytes(b"placeholder")  # the importer checks existence only
+    rows = [
+        ["a.dcm", "P1", "S1", "L", "CC", "malignant", "mass", 10, 20, 30, 40],       # 1 a: two findings
+        ["a.dcm", "P1", "S1", "L", "CC", "benign", "calcification", 1, 2, 3, 4],    # 2
+        ["b.dcm", "P2", "S2", "R", "MLO", "normal", "", "", "", "", ""],           # 3 b: normal
+        ["c.dcm", "P3", "S3", "L", "CC", "cancer", "mass", 1, 2, 3, 4],             # 4 bad label
+        ["c.dcm", "P3", "S3", "L", "CC", "benign", "mass", 1, 2, 3, 4],             # 5 sibling of 4
+        ["d.dcm", "P4", "S4", "L", "CC", "benign", "lump", 1, 2, 3, 4],             # 6 bad type
+        ["e.dcm", "P5", "S5", "L", "CC", "high_risk", "mass", 5, 2, 5, 4],          # 7 degenerate x
+        ["missing.dcm", "P6", "S6", "L", "CC", "normal", "", "", "", "", ""],      # 8 missing file
+        ["b.dcm", "P2", "S2", "R", "MLO", "normal", "", "1", "", "", ""],          # 9 partial box
+        ["", "P7", "S7", "L", "CC", "normal", "", "", "", "", ""],                 # 10 no path
+        ["e.dcm", "P5", "S5", "X", "CC", "benign", "mass", 1, 2, 3, 4],             # 11 bad laterality
+        ["f.dcm", "P8", "S8", "L", "CC", "malignant", "mass", "", "", "", ""],      # 12 missing box
+    ]
+    table = write_csv(tmp_path / "ann.csv", CANONICAL, rows)
+    result = get_importer("canonical")(table, str(tmp_path))
+    result.check_accounting()
+    assert result.total_rows == 12
+    images = {image.key: image for image in result.images}
+    assert sorted(images) == ["a.dcm"]
+    a = images["a.dcm"]
+    assert [f.label for f in a.findings] == ["malignant", "benign"]
+    assert a.findings[0].box == (20.0, 10.0, 40.0, 30.0)  # (y0, x0, y1, x1) from xmin,ymin,xmax,ymax
+    assert a.rows == ["ann.csv:1", "ann.csv:2"] and a.laterality == "L" and a.patient_id == "P1"
+    codes = _codes(result)
+    assert codes == {"3": "sibling_rejected", "4": "bad_label", "5": "sibling_rejected",
+                     "6": "bad_finding_type", "7": "degenerate_box", "8": "missing_file", "9": "bad_value",
+                     "10": "missing_field", "11": "bad_value", "12": "missing_box"}
+
+
+def test_canonical_split_column_and_header_errors(tmp_path):
+    (tmp_path / "a.dcm").write_bytes(b"x")
+    good = write_csv(tmp_path / "s.csv", CANONICAL + ["split"], [
+        ["a.dcm", "P1", "S1", "L", "CC", "normal", "", "", "", "", "", "test"],
+        ["a.dcm", "P1", "S1", "L", "CC", "normal", "", "", "", "", "", "holdout"]])
+    result = get_importer("canonical")(good, str(tmp_path))
+    assert _codes(result) == {"1": "sibling_rejected", "2": "bad_split"}
+    bad = write_csv(tmp_path / "bad.csv", ["image_path", "label"], [["a.dcm", "normal"]])
+    with pytest.raises(InputError, match="missing column"):
+        get_importer("canonical")(bad, str(tmp_path))
+    with pytest.raises(InputError, match="unknown format"):
+        get_importer("dicomdir")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(InputError, match="empty"):
+        get_importer("canonical")(str(empty), str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------ VinDr
+VINDR = ["study_id", "series_id", "image_id", "laterality", "view_position", "height", "width",
+         "breast_birads", "breast_density", "finding_categories", "finding_birads", "xmin", "ymin",
+         "xmax", "ymax", "split"]
+
+
+def test_vindr_labels_categories_paths_and_split(tmp_path):
+    for study, image in (("st1", "im1"), ("st1", "im2"), ("st2", "im3"), ("st3", "im4")):
+        path = tmp_path / "images" / study / f"{image}.dicom"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    rows = [
+        ["st1", "se", "im1", "L", "CC", 96, 64, "BI-RADS 4", "DENSITY C", "['Mass']", "BI-RADS 5",
+         10.5, 20.0, 30.0, 40.0, "training"],                                                   # 1 malignant
+        ["st1", "se", "im1", "L", "CC", 96, 64, "BI-RADS 4", "DENSITY C",
+         "['Suspicious Calcification', 'Mass']", "BI-RADS 4", 1, 2, 3, 4, "training"],          # 2 high_risk
+        ["st1", "se", "im2", "L", "MLO", 96, 64, "BI-RADS 1", "DENSITY C", "['No Finding']", "", "", "",
+         "", "", "training"],                                                                   # 3 normal
+        ["st2", "se", "im3", "R", "CC", 96, 64, "BI-RADS 3", "DENSITY B", "['Architectural Distortion']",
+         "BI-RADS 3", 5, 5, 9, 9, "test"],                                                      # 4 benign
+        ["st3", "se", "im4", "R", "CC", 96, 64, "BI-RADS 2", "DENSITY B", "[Mass", "BI-RADS 2", 5, 5, 9, 9,
+         "test"],                                                                               # 5 bad list
+        ["st9", "se", "im9", "R", "CC", 96, 64, "BI-RADS 2", "DENSITY B", "['No Finding']", "", "", "",
+         "", "", "test"],                                                                       # 6 missing file
+        ["st2", "se", "im3", "R", "CC", 96, 64, "BI-RADS 3", "DENSITY B", "['Skin Thickening']",
+         "BI-RADS 1", 5, 5, 9, 9, "test"],                                                      # 7 unmapped
+    ]
+    table = write_csv(tmp_path / "finding_annotations.csv", VINDR, rows)
+    result = get_importer("vindr")(table, str(tmp_path))
+    result.check_accounting()
+    images = {image.key: image for image in result.images}
+    assert sorted(images) == ["images/st1/im1.dicom", "images/st1/im2.dicom"]
+    im1 = images["images/st1/im1.dicom"]
+    assert [(f.label, f.finding_type) for f in im1.findings] == [("malignant", "mass"),
+                                                                 ("high_risk", "mass")]
+    assert im1.findings[0].box == (20.0, 10.5, 40.0, 30.0)
+    assert im1.patient_id == "st1" and im1.split == "train" and im1.laterality == "L"
+    assert images["images/st1/im2.dicom"].findings == []
+    assert _codes(result) == {"4": "sibling_rejected", "5": "bad_value", "6": "missing_file",
+                              "7": "bad_label"}
+    # A configurable map: BI-RADS 3 as high_risk, and 1 rejected no more.
+    result = get_importer("vindr")(table, str(tmp_path),
+                                   birads_map={1: "benign", 3: "high_risk", 4: "high_risk", 5: "malignant"})
+    im3 = {i.key: i for i in result.images}["images/st2/im3.dicom"]
+    assert [(f.label, f.finding_type) for f in im3.findings] == [("high_risk", "distortion"),
+                                                                 ("benign", "other")]
+    assert im3.split == "test"
+
+
+# ------------------------------------------------------------------------------------------- CBIS
+MASS = ["patient_id", "breast_density", "left or right breast", "image view", "abnormality id",
+        "abnormality type", "mass shape", "mass margins", "assessment", "pathology", "subtlety",
+        "image file path", "cropped image file path", "ROI mask file path"]
+CALC = ["patient_id", "breast density", "left or right breast", "image view", "abnormality id",
+        "abnormality type", "calc type", "calc distribution", "assessment", "pathology", "subtlety",
+        "image file path", "cropped image file path", "ROI mask file path"]
+
+
+def cbis_fixture(root) -> tuple[list[str], dict]:
+    """Two tables (mass train, calc test), images + masks; returns (tables, expected boxes)."""
+    image1 = "Mass-Training_P_00001_LEFT_CC/1.2.3/1.2.3.4/000000.dcm"
+    mask1 = "Mass-Training_P_00001_LEFT_CC_1/1.2.3/1.2.3.5/000001.dcm"
+    crop1 = "Mass-Training_P_00001_LEFT_CC_1/1.2.3/1.2.3.5/000000.dcm"
+    image2 = "Calc-Test_P_00002_RIGHT_MLO/1.2.9/1.2.9.4/000000.dcm"
+    mask2 = "Calc-Test_P_00002_RIGHT_MLO_1/1.2.9/1.2.9.5/000000.dcm"
+    crop2 = "Calc-Test_P_00002_RIGHT_MLO_1/1.2.9/1.2.9.5/000001.dcm"
+    write_mammogram(root / image1, 96, 64)
+    write_mask(root / mask1, 96, 64, (10, 12, 20, 30))
+    write_mammogram(root / crop1, 10, 18, seed=3)  # a cropped image: not binary
+    write_mammogram(root / image2, 96, 64, laterality="R")
+    write_mask(root / mask2, 48, 32, (5, 6, 10, 8))  # half-size mask: rescaled x2
+    write_mammogram(root / crop2, 10, 18, seed=4)
+    mass = write_csv(root / "mass_case_description_train_set.csv", MASS, [
+        ["P_00001", 3, "LEFT", "CC", 1, "mass", "OVAL", "SPICULATED", 5, "MALIGNANT", 4,
+         image1[:20] + "\n" + image1[20:], crop1, mask1 + "\n"],                  # 1: embedded newlines
+        ["P_00001", 3, "LEFT", "CC", 2, "mass", "OVAL", "SPICULATED", 5, "BENIGN", 4,
+         image1, mask1, crop1],                                                  # 2: swapped columns
+        ["P_00003", 3, "LEFT", "CC", 1, "mass", "OVAL", "SPICULATED", 5, "UNPROVEN", 4,
+         "Mass-Training_P_00003_LEFT_CC/1/2/000000.dcm", "", ""],                # 3: bad pathology
+    ])
+    calc = write_csv(root / "calc_case_description_test_set.csv", CALC, [
+        ["P_00002", 2, "RIGHT", "MLO", 1, "calcification", "PLEOMORPHIC", "CLUSTERED", 4,
+         "BENIGN_WITHOUT_CALLBACK", 3, image2, crop2, mask2],
+    ])
+    return [mass, calc], {image1: [(10, 12, 20, 30), (10, 12, 20, 30)], image2: [(10, 12, 20, 16)]}
+
+
+def test_cbis_tables_quirks_labels_and_split(tmp_path):
+    tables, _ = cbis_fixture(tmp_path)
+    result = get_importer("cbis-ddsm")(tables, str(tmp_path))
+    result.check_accounting()
+    assert result.total_rows == 4
+    images = {image.key: image for image in result.images}
+    mass = images["Mass-Training_P_00001_LEFT_CC/1.2.3/1.2.3.4/000000.dcm"]
+    assert [f.label for f in mass.findings] == ["malignant", "benign"]
+    assert mass.split == "train" and mass.patient_id == "P_00001" and mass.study_id == "1.2.3"
+    assert all(f.box is None and f.mask_paths for f in mass.findings)
+    calc = images["Calc-Test_P_00002_RIGHT_MLO/1.2.9/1.2.9.4/000000.dcm"]
+    assert calc.split == "test" and calc.laterality == "R" and calc.findings[0].finding_type == "calcification"
+    assert calc.findings[0].label == "benign"
+    assert [(r.row, r.code) for r in result.rejects] == [
+        ("mass_case_description_train_set.csv:3", "bad_label")]
+
+
+def test_cbis_mask_boxes_are_rescaled_and_cropped_images_are_skipped(tmp_path):
+    from keras_hourglass.data.ingest import mask_box
+
+    tables, expected = cbis_fixture(tmp_path)
+    result = get_importer("cbis-ddsm")(tables, str(tmp_path))
+    for image in result.images:
+        boxes = [mask_box(f.mask_paths, (96, 64)) for f in image.findings]
+        np.testing.assert_allclose(boxes, expected[image.key])
+    empty = write_mask(tmp_path / "empty.dcm", 8, 8, (0, 0, 0, 0))
+    with pytest.raises(ValueError, match="empty mask"):
+        mask_box((empty,), (8, 8))
