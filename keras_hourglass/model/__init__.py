@@ -5,6 +5,7 @@ from keras_hourglass.model.hourglass import (
     build_hourglass,
     inference_model,
     input_multiple,
+    model_input_multiple,
     model_stride,
     resolve_config,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "build_hourglass",
     "inference_model",
     "input_multiple",
+    "model_input_multiple",
     "model_stride",
     "resolve_config",
 ]

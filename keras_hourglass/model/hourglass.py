@@ -187,6 +187,20 @@ def inference_model(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, final, name=f"{model.name}_inference")
 
 
+def model_input_multiple(model: keras.Model) -> int:
+    """Divisor that a (loaded) model needs for image height and width.
+
+    Args:
+        model: a model from `build_hourglass` (read from its
+            `InputSizeCheck` layer) or any fully convolutional model.
+
+    Returns:
+        The `InputSizeCheck` multiple; for models without one, `model_stride(model)`.
+    """
+    multiples = [layer.multiple for layer in model.layers if isinstance(layer, InputSizeCheck)]
+    return max(multiples) if multiples else model_stride(model)
+
+
 def model_stride(model: keras.Model) -> int:
     """Output stride of a built or loaded fully convolutional model.
 
