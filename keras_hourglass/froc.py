@@ -42,6 +42,8 @@ Rules (all frames are the *image* frame, continuous pixel coordinates):
   2.5 / 97.5 per FPI point, for the mean and for the maximum sensitivity,
   and a band on a log-spaced FPI grid for the plots. Replicates that draw no
   positive finding have no sensitivity: they are left out and counted.
+  With fewer than 10 patients the CIs are still computed but `warning`
+  says they mean little.
 - **No positive finding at all.** Sensitivity is undefined: every
   sensitivity is `None` (`null` in JSON), the FPI side of the curve is still
   reported and `warning` says why. Never a crash, never a 0 that looks
@@ -90,6 +92,12 @@ BACKGROUND = "background"  # inside no finding: false
 NO_POSITIVES_WARNING = (
     "no {labels} finding in the evaluated images: sensitivity is undefined, "
     "all sensitivities are null; only the false-mark side of the curve is reported"
+)
+
+
+MIN_PATIENTS_FOR_CI = 10
+SMALL_SAMPLE_WARNING = (
+    "only {num_patients} patient(s): the bootstrap resamples too few patients for its 95% CIs to mean much"
 )
 
 
@@ -585,6 +593,10 @@ def froc(
             lower.append(None if ci is None else ci[0])
             upper.append(None if ci is None else ci[1])
         band = {"fpi": [float(f) for f in band_grid], "lower": lower, "upper": upper}
+
+    if n_bootstrap and defined and num_patients < MIN_PATIENTS_FOR_CI:
+        note = SMALL_SAMPLE_WARNING.format(num_patients=num_patients)
+        warning = note if warning is None else f"{warning}; {note}"
 
     settings = {
         "hit_rule": "mark inside a positive finding's box, borders included; a mark inside several positive boxes hits each",

@@ -233,6 +233,7 @@ def test_bootstrap_ci_degenerate_when_patients_are_identical():
         lo, hi = result.ci95[key]
         assert lo == hi == result.sensitivity_at_fpi[key], key
     assert result.ci95_max_sensitivity == [1.0, 1.0]
+    assert "only 6 patient(s)" in result.warning  # CIs on so few patients are flagged
 
 
 def test_json_contract():

@@ -142,7 +142,7 @@ class FrocCallback(keras.callbacks.Callback):
         for key, value in result.sensitivity_at_fpi.items():
             values[f"sensitivity_at_{key}"] = value
         values = {k: math.nan if v is None else float(v) for k, v in values.items()}
-        if result.warning and not self._warned:
+        if result.num_malignant_findings == 0 and not self._warned:
             warnings.warn(f"FrocCallback: {result.warning}; logging NaN", RuntimeWarning, stacklevel=2)
             self._warned = True
         if logs is not None:
