@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     from keras_hourglass.data.pipeline import evaluation_dataset
     from keras_hourglass.evaluation.plots import plot_froc, plot_overlay
-    from keras_hourglass.evaluation.predict import model_input_multiple, predict_marks
+    from keras_hourglass.evaluation.predict import predict_marks
+    from keras_hourglass.model import model_input_multiple
     from keras_hourglass.evaluation.report import format_table, write_marks_csv
     from keras_hourglass.froc import FPI_POINTS, POSITIVE_LABELS, fpi_key, froc
 

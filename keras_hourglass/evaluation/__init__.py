@@ -10,7 +10,6 @@ _LAZY = {
     "PredictedImage": "keras_hourglass.evaluation.predict",
     "predict_marks": "keras_hourglass.evaluation.predict",
     "MarkPredictor": "keras_hourglass.evaluation.predict",
-    "model_input_multiple": "keras_hourglass.evaluation.predict",
     "FrocCallback": "keras_hourglass.evaluation.callback",
     "plot_froc": "keras_hourglass.evaluation.plots",
     "plot_froc_curves": "keras_hourglass.evaluation.plots",

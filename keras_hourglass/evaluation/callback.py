@@ -41,7 +41,7 @@ from typing import Any, Iterable
 import keras
 
 from keras_hourglass.froc import FPI_POINTS, FrocResult, froc, fpi_key
-from keras_hourglass.evaluation.predict import MarkPredictor, model_input_multiple
+from keras_hourglass.evaluation.predict import MarkPredictor
 
 
 class FrocCallback(keras.callbacks.Callback):
@@ -108,6 +108,7 @@ class FrocCallback(keras.callbacks.Callback):
         if self._dataset is None:
             if isinstance(self.data, (str, os.PathLike)):
                 from keras_hourglass.data.pipeline import evaluation_dataset
+                from keras_hourglass.model import model_input_multiple
 
                 self._dataset = evaluation_dataset(
                     os.fspath(self.data), split=self.split, input_multiple=model_input_multiple(self.model)

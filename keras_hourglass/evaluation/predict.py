@@ -20,11 +20,6 @@ from tqdm.auto import tqdm
 
 from keras_hourglass.froc import POSITIVE_LABELS, ImageRecord
 
-# Padding to this multiple suits every supported model (stride <= 4, depth <= 5)
-# when a model does not say which multiple it needs.
-FALLBACK_INPUT_MULTIPLE = 128
-
-
 @dataclasses.dataclass
 class PredictedImage(ImageRecord):
     """An `ImageRecord` plus what evaluation reports need.
@@ -40,27 +35,6 @@ class PredictedImage(ImageRecord):
     height: int = 0
     width: int = 0
     image: np.ndarray | None = None
-
-
-def model_input_multiple(model, default: int = FALLBACK_INPUT_MULTIPLE) -> int:
-    """The multiple that image height and width must have for `model`.
-
-    Reads the `multiple` of the model's input size check layer
-    (`keras_hourglass.model.blocks.InputSizeCheck`); models without one get
-    `default`, which is a multiple of every supported Hourglass multiple.
-
-    Args:
-        model: a Keras model.
-        default: used when the model does not say.
-
-    Returns:
-        A positive integer.
-    """
-    for layer in getattr(model, "layers", ()):
-        multiple = getattr(layer, "multiple", None)
-        if isinstance(multiple, int) and multiple > 0:
-            return multiple
-    return int(default)
 
 
 def _numpy(value: Any) -> np.ndarray:
