@@ -75,7 +75,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="reject images with more pixels, checked before decoding")
     parser.add_argument("--voi", default="auto", help="auto | window | none | window index (default auto)")
     parser.add_argument("--orient", default="left", choices=["left", "right", "none"])
-    parser.add_argument("--images-per-file", type=int, default=256, metavar="N")
+    parser.add_argument("--images-per-file", type=int, default=64, metavar="N",
+                        help="images per TFRecord chunk, the unit of resumption (default 64, ~100-200 MB "
+                             "at 1536 px)")
     parser.add_argument("--birads-map", type=_birads, default=None, metavar="MAP",
                         help="VinDr label map, e.g. '2=benign,3=benign,4=high_risk,5=malignant'")
     parser.add_argument("--merge", action="store_true",

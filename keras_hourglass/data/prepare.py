@@ -94,7 +94,7 @@ class PrepareConfig:
     max_pixels: int = 40_000_000
     voi: str = "auto"
     orient: str = "left"
-    images_per_file: int = 256
+    images_per_file: int = 64
     quiet: bool = False
     birads_map: dict | None = None
 
@@ -245,39 +245,58 @@ def _chunk_done(out: str, chunk: _Chunk, relative: str) -> dict | None:
     return marker
 
 
-def _write_chunk(out: str, relative: str, chunk: _Chunk, results: dict[str, dict], salt: str) -> dict:
+def _write_chunk(out: str, relative: str, chunk: _Chunk, results: Iterable[dict], salt: str,
+                 on_image=lambda: None) -> dict:
+    """Streams one chunk's results into its TFRecord (temporary name, renamed when complete), then the marker.
+
+    Args:
+        out: PREP directory.
+        relative: the chunk file path relative to PREP.
+        chunk: the planned chunk.
+        results: ingest results in the order of `chunk.items`.
+        salt: dataset salt (for redaction).
+        on_image: called after each image (progress bar).
+
+    Returns:
+        The marker (also written to disk).
+    """
     from keras_hourglass.data import records
 
-    examples, rejects = [], []
-    findings = collections.Counter()
-    clipped = rows_ingested = 0
-    for item in chunk.items:
-        result = results[item.record.key]
-        if result["status"] != "ok":
-            secrets = (item.record.patient_id, item.record.study_id)
-            for row, code, reason in result["rejects"]:
-                rejects.append({"row": row, "image_path": phi.redact(item.record.key, secrets, salt),
-                                "code": code, "reason": reason})
-            continue
-        examples.append(records.make_example(
-            result["png"], height=result["height"], width=result["width"], boxes=result["boxes"],
-            box_labels=result["box_labels"], finding_types=result["finding_types"], label=item.stratum,
-            patient_hash=item.patient_hash, study_hash=item.study_hash, image_hash=item.image_hash,
-            laterality=result["laterality"], view=result["view"], transform=result["transform"],
-        ).SerializeToString())
-        findings.update(result["box_labels"])
-        clipped += result["clipped"]
-        rows_ingested += len(item.record.rows)
+    rejects: list[dict] = []
+    findings: collections.Counter = collections.Counter()
+    stats = {"clipped": 0, "rows": 0, "written": 0}
+
+    def examples():
+        for item, result in zip(chunk.items, results):
+            on_image()
+            if result["key"] != item.record.key:
+                raise RuntimeError("ingest results out of order")  # a bug, never bad input
+            if result["status"] != "ok":
+                secrets = (item.record.patient_id, item.record.study_id)
+                for row, code, reason in result["rejects"]:
+                    rejects.append({"row": row, "image_path": phi.redact(item.record.key, secrets, salt),
+                                    "code": code, "reason": reason})
+                continue
+            findings.update(result["box_labels"])
+            stats["clipped"] += result["clipped"]
+            stats["rows"] += len(item.record.rows)
+            stats["written"] += 1
+            yield records.make_example(
+                result["png"], height=result["height"], width=result["width"], boxes=result["boxes"],
+                box_labels=result["box_labels"], finding_types=result["finding_types"], label=item.stratum,
+                patient_hash=item.patient_hash, study_hash=item.study_hash, image_hash=item.image_hash,
+                laterality=result["laterality"], view=result["view"], transform=result["transform"],
+            ).SerializeToString()
+
     path = os.path.join(out, relative)
-    size = 0
-    if examples:
-        records.write_records_atomic(path, examples)
-        size = os.path.getsize(path)
-    elif os.path.exists(path):
-        os.remove(path)
+    records.write_records_atomic(path, examples())
+    size = os.path.getsize(path)
+    if stats["written"] == 0:
+        os.remove(path)  # every image rejected: no empty file, the marker says so
+        size = 0
     marker = {"fingerprint": chunk.fingerprint, "split": chunk.split, "stratum": chunk.stratum,
-              "images": [i.image_hash for i in chunk.items], "written": len(examples), "size": size,
-              "findings": dict(findings), "clipped": clipped, "rows_ingested": rows_ingested,
+              "images": [i.image_hash for i in chunk.items], "written": stats["written"], "size": size,
+              "findings": dict(findings), "clipped": stats["clipped"], "rows_ingested": stats["rows"],
               "rejects": rejects}
     manifest.write_json_atomic(_marker_path(out, relative), marker)
     return marker
@@ -350,12 +369,9 @@ def prepare(config: PrepareConfig) -> dict:
     stream = _results([item for i in todo for item in chunks[i].items], settings, salt, config.workers)
     for i in todo:
         chunk = chunks[i]
-        results = {}
-        for item in chunk.items:
-            results[item.record.key] = next(stream)
-            bar.update(1)
+        results = (next(stream) for _ in chunk.items)
         markers[i] = _write_chunk(config.out, chunk.relative(config.shard_index, config.num_shards), chunk,
-                                  results, salt)
+                                  results, salt, on_image=lambda: bar.update(1))
     stream.close()  # shuts the worker pool down
     bar.close()
 
