@@ -169,6 +169,7 @@ def test_every_weight_gets_a_gradient(small):
         ({"depth": 0}, "'depth'"),
         ({"output_stride": 8}, "'output_stride'"),
         ({"num_features": 2.5}, "'num_features'"),
+        ({"num_stacks": "two"}, "'num_stacks'"),
         ({"input_size": (64,)}, "'input_size'"),
     ],
 )

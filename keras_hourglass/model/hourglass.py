@@ -33,6 +33,7 @@ Presets:
 from __future__ import annotations
 
 import copy
+import numbers
 
 import keras
 
@@ -92,17 +93,22 @@ def resolve_config(preset: str = "tiny", **overrides) -> dict:
             raise ValueError(f"unknown model option {key!r}; valid options: {sorted(config)}")
         config[key] = value
     for key in ("num_stacks", "depth", "num_features", "stem_features", "num_residual"):
-        if isinstance(config[key], bool) or int(config[key]) != config[key] or config[key] < 1:
-            raise ValueError(f"model option {key!r} must be a positive integer, got {config[key]!r}")
-        config[key] = int(config[key])
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or int(value) != value or value < 1:
+            raise ValueError(f"model option {key!r} must be a positive integer, got {value!r}")
+        config[key] = int(value)
     if config["output_stride"] not in _STRIDES:
-        raise ValueError(f"model option 'output_stride' must be one of {_STRIDES}, got {config['output_stride']!r}")
+        raise ValueError(
+            f"model option 'output_stride' must be one of {_STRIDES}, got {config['output_stride']!r}"
+        )
     config["output_stride"] = int(config["output_stride"])
     config["intermediate_supervision"] = bool(config["intermediate_supervision"])
     if config["input_size"] is not None:
         size = tuple(config["input_size"])
         if len(size) != 2 or any(s is not None and (int(s) != s or s < 1) for s in size):
-            raise ValueError(f"model option 'input_size' must be None or (height, width), got {config['input_size']!r}")
+            raise ValueError(
+                f"model option 'input_size' must be None or (height, width), got {config['input_size']!r}"
+            )
         config["input_size"] = tuple(None if s is None else int(s) for s in size)
     keras.activations.get(config["output_activation"])  # raises ValueError if unknown
     return config
@@ -226,5 +232,7 @@ def model_stride(model: keras.Model) -> int:
         shape = shape[-1]
     out = shape[1]
     if not out or height % int(out):
-        raise ValueError(f"cannot infer an integer output stride from input height {height} and output shape {shape}")
+        raise ValueError(
+            f"cannot infer an integer output stride from input height {height} and output shape {shape}"
+        )
     return height // int(out)
