@@ -234,21 +234,26 @@ def match_image(
             best_mark[n] = candidates[0]
             finding_score[n] = marks[candidates[0], 2]
 
-    status = np.full(num_marks, BACKGROUND, dtype=object)
+    is_best = np.zeros(num_marks, dtype=bool)
     finding = np.full(num_marks, -1, dtype=np.int64)
-    for m in range(num_marks):
-        best_of = np.flatnonzero(best_mark == m)
-        if best_of.size:
-            status[m], finding[m] = HIT, best_of[0]
-        elif hits[m].any():
-            status[m], finding[m] = EXTRA_HIT, np.flatnonzero(hits[m])[0]
-        elif inside[m].any():
-            status[m], finding[m] = NON_POSITIVE, np.flatnonzero(inside[m])[0]
+    on_positive = hits.any(axis=1)
+    on_other = inside.any(axis=1) & ~on_positive
+    if on_other.any():
+        finding[on_other] = np.argmax(inside[on_other], axis=1)
+    if on_positive.any():
+        finding[on_positive] = np.argmax(hits[on_positive], axis=1)
+    for n in np.flatnonzero(best_mark >= 0)[::-1]:  # reversed: the lowest finding index wins
+        is_best[best_mark[n]] = True
+        finding[best_mark[n]] = n
+    status = np.full(num_marks, BACKGROUND, dtype="<U12")
+    status[on_other] = NON_POSITIVE
+    status[on_positive] = EXTRA_HIT
+    status[is_best] = HIT
     false_positive = (status == NON_POSITIVE) | (status == BACKGROUND)
     if extra_hits == "false_positive":
         false_positive |= status == EXTRA_HIT
     return ImageMatch(
-        status=status.astype(str) if num_marks else np.zeros(0, dtype="<U12"),
+        status=status,
         finding=finding,
         false_positive=false_positive,
         finding_score=finding_score,

@@ -301,3 +301,71 @@ def test_froc_plots_reports_and_cli_module_do_not_import_tensorflow():
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def brute_force_curve(records, extra_hits="ignore"):
+    """An independent, slow FROC: at every threshold, re-apply the rules from scratch."""
+    thresholds = sorted({m[2] for r in records for m in r.marks}, reverse=True)
+    findings = sum(lab == "malignant" for r in records for lab in r.labels)
+    curve = []
+    for t in thresholds:
+        hit, false = 0, 0
+        for r in records:
+            kept = [m for m in r.marks if m[2] >= t]
+            detected = set()
+            for y, x, score in sorted(kept, key=lambda m: -m[2]):
+                inside = [
+                    n for n, (b, lab) in enumerate(zip(r.boxes, r.labels))
+                    if lab == "malignant" and b[0] <= y <= b[2] and b[1] <= x <= b[3]
+                ]
+                new = [n for n in inside if n not in detected]
+                if not inside or (extra_hits == "false_positive" and not new):
+                    false += 1
+                detected.update(inside)
+            hit += len(detected)
+        curve.append((t, false / len(records), hit / findings))
+    return curve
+
+
+@pytest.mark.parametrize("extra_hits", ["ignore", "false_positive"])
+def test_sweep_matches_brute_force_on_random_cases(extra_hits):
+    rng = np.random.default_rng(7)
+    labels_pool = ["malignant", "benign", "high_risk"]
+    for _ in range(20):
+        records = []
+        for i in range(int(rng.integers(1, 6))):
+            n = int(rng.integers(0, 4))
+            y0, x0 = rng.integers(0, 30, (2, n))
+            boxes = np.stack([y0, x0, y0 + rng.integers(2, 12, n), x0 + rng.integers(2, 12, n)], axis=1)
+            labels = list(rng.choice(labels_pool, n)) if n else []
+            # Integer coordinates and scores on a coarse grid: borders and score ties happen.
+            marks = np.column_stack([rng.integers(0, 40, 8), rng.integers(0, 40, 8), rng.integers(1, 6, 8) / 5])
+            records.append(ImageRecord(f"i{i}", f"p{i % 3}", marks=marks, boxes=boxes.reshape(-1, 4), labels=labels))
+        if not any("malignant" in r.labels for r in records):
+            continue
+        result = froc(records, extra_hits=extra_hits, n_bootstrap=0)
+        expected = brute_force_curve(records, extra_hits)
+        np.testing.assert_allclose(result.curve_threshold, [c[0] for c in expected])
+        np.testing.assert_allclose(result.curve_fpi, [c[1] for c in expected])
+        np.testing.assert_allclose(result.curve_sensitivity, [c[2] for c in expected])
+
+
+def test_bootstrap_replicate_equals_explicit_patient_resampling():
+    # One replicate (n_bootstrap=1): its CI is [v, v] where v is the FROC of the resampled set,
+    # built here explicitly by copying every image of each drawn patient (patients in sorted order).
+    records = four_image_case()
+    for seed in range(5):
+        patients = sorted({r.patient_id for r in records})
+        drawn = np.random.default_rng(seed).integers(0, len(patients), len(patients))
+        resampled = [
+            ImageRecord(f"{r.image_id}#{k}", f"{r.patient_id}#{k}", r.marks, r.boxes, r.labels)
+            for k, p in enumerate(drawn) for r in records if r.patient_id == patients[p]
+        ]
+        result = froc(records, n_bootstrap=1, seed=seed)
+        if not any("malignant" in r.labels for r in resampled):
+            assert result.num_bootstrap_undefined == 1 and result.ci95["1"] is None
+            continue
+        explicit = froc(resampled, n_bootstrap=0)
+        for key in KEYS:
+            assert result.ci95[key] == [pytest.approx(explicit.sensitivity_at_fpi[key])] * 2, (seed, key)
+        assert result.ci95_max_sensitivity == [pytest.approx(explicit.max_sensitivity)] * 2
