@@ -5,8 +5,8 @@ any iterable of the same dicts): one image at a time, `image` padded to the
 model's input multiple, `boxes` (image frame), `box_labels`,
 `patient_hash`, `image_hash`, `transform` and the unpadded `height` /
 `width`. Marks come from `keras_hourglass.find_peaks` on the final heatmap,
-in image coordinates (stride = `model_stride(model)`); marks whose centre
-falls in the padding are dropped.
+in image coordinates (stride = `model_stride(model)`); marks outside the
+unpadded image, `[0, height) x [0, width)`, i.e. in the padding, are dropped.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ class MarkPredictor:
             marks, count = self._predict(image[None])
             marks = _numpy(marks)[0][: int(_numpy(count).reshape(-1)[0])].astype(np.float64)
             height, width = _valid_size(element)
-            inside = (marks[:, 0] >= 0) & (marks[:, 1] >= 0) & (marks[:, 0] <= height) & (marks[:, 1] <= width)
+            inside = (marks[:, 0] >= 0) & (marks[:, 1] >= 0) & (marks[:, 0] < height) & (marks[:, 1] < width)
             marks = marks[inside]
             marks = marks[np.argsort(-marks[:, 2], kind="stable")]
             labels = [
