@@ -1,0 +1,248 @@
+"""Tests of tuning/: search space, objective and tie-breaker, HyperModel, outputs, `hourglass tune`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+
+import pytest
+
+from keras_hourglass.errors import InputError
+from tuning import objective as objective_lib
+from tuning import search_space as ss
+
+# A very small Hourglass: input multiple 8, 32x32 images -> 8x8 heatmaps.
+TINY = {"num_stacks": 1, "depth": 1, "num_features": 4, "stem_features": 4}
+
+
+# ---------------------------------------------------------------------------------------------
+# Search space (no TensorFlow)
+
+
+def test_default_space_declares_the_documented_domains():
+    import keras_tuner
+
+    hp = keras_tuner.HyperParameters()
+    values = ss.SearchSpace().declare(hp)
+    assert set(values) == {"omega", "top_k", "sigmas", "learning_rate"}  # patch_size: loss default
+    by_name = {p.name: p for p in hp.space}
+    assert (by_name["omega"].min_value, by_name["omega"].max_value, by_name["omega"].sampling) == (1e-3, 1.0, "log")
+    assert (by_name["top_k"].min_value, by_name["top_k"].max_value) == (0, 8)
+    assert list(by_name["sigmas"].values) == ["1.5,3,6", "3", "1,2,4,8"]
+    assert by_name["learning_rate"].sampling == "log"
+    assert all(ss.parse_sigmas(s) for s in by_name["sigmas"].values)
+
+
+def test_space_file_overrides_only_listed_parameters(tmp_path):
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps({
+        "omega": {"min": 0.01, "max": 0.1},
+        "top_k": {"values": [0, 3]},
+        "sigmas": {"fixed": "2,4"},
+        "patch_size": {"values": [8, 16]},
+    }))
+    space = ss.load_space(path)
+    assert space.omega == ss.Range(0.01, 0.1, "log")  # omega defaults to log sampling
+    assert space.top_k == ss.Choice((0, 3))
+    assert space.sigmas == ss.Fixed("2,4")
+    assert space.patch_size == ss.Choice((8, 16))
+    assert space.learning_rate == ss.SearchSpace().learning_rate
+    assert space.tuned_names() == ["omega", "top_k", "learning_rate", "patch_size"]
+    # to_json round-trips through the file format.
+    assert ss.space_from_dict(space.to_json()) == space
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        ("{not json", "not valid JSON"),
+        ('["omega"]', "JSON object"),
+        ('{"gamma": {"min": 1, "max": 2}}', "unknown hyper-parameter 'gamma'"),
+        ('{"omega": {"min": 0.1, "max": 0.01}}', "must be smaller"),
+        ('{"omega": {"min": 0, "max": 1}}', "positive"),
+        ('{"top_k": {"min": -1, "max": 3}}', ">= 0"),
+        ('{"top_k": {"min": 0.5, "max": 3}}', "not an integer"),
+        ('{"sigmas": {"values": ["1,x"]}}', "not a number"),
+        ('{"sigmas": {"min": 1, "max": 3}}', "not a range"),
+        ('{"omega": {"values": []}}', "non-empty"),
+        ('{"omega": {"min": 0.1, "max": 1, "sampling": "cubic"}}', "sampling"),
+        ('{"omega": 0.01}', "expected an object"),
+    ],
+)
+def test_bad_space_file_names_the_file_and_the_reason(tmp_path, content, reason):
+    path = tmp_path / "bad_space.json"
+    path.write_text(content)
+    with pytest.raises(InputError) as info:
+        ss.load_space(path)
+    assert info.value.path == str(path)
+    assert reason in info.value.reason
+    assert "\n" not in str(info.value)
+
+
+def test_missing_space_file():
+    with pytest.raises(InputError, match="not found") as info:
+        ss.load_space("/nonexistent/space.json")
+    assert info.value.path == "/nonexistent/space.json"
+
+
+def test_flags_override_the_file():
+    space = ss.apply_flags(
+        ss.SearchSpace(), omega_range="0.001,1", top_k_range="3", lr_range="1e-4,1e-3",
+        sigmas=["1.5,3,6", "3"], patch_sizes="16",
+    )
+    assert space.omega == ss.Range(0.001, 1.0, "log")
+    assert space.top_k == ss.Fixed(3)
+    assert space.learning_rate == ss.Range(1e-4, 1e-3, "log")
+    assert space.sigmas == ss.Choice(("1.5,3,6", "3"))
+    assert space.patch_size == ss.Fixed(16)
+    with pytest.raises(InputError) as info:
+        ss.apply_flags(ss.SearchSpace(), omega_range="1,0.1")
+    assert info.value.path == "--omega-range"
+    with pytest.raises(InputError):
+        ss.apply_flags(ss.SearchSpace(), top_k_range="a,b")
+
+
+# ---------------------------------------------------------------------------------------------
+# Objective and tie-breaker (no TensorFlow)
+
+
+def test_objective_is_val_sensitivity_max():
+    obj = objective_lib.objective()
+    assert (obj.name, obj.direction) == ("val_sensitivity", "max")
+
+
+def test_rank_key_breaks_ties_in_the_documented_order():
+    base = {"val_sensitivity": 0.5, "val_mean_sensitivity": 0.3, "val_max_sensitivity": 0.8}
+    better_objective = dict(base, val_sensitivity=0.6, val_mean_sensitivity=0.0)
+    better_mean = dict(base, val_mean_sensitivity=0.4, val_max_sensitivity=0.1)
+    better_max = dict(base, val_max_sensitivity=0.9)
+    ranked = sorted(
+        [
+            ("base_high_omega", base, 0.5, "4"),
+            ("base_low_omega", base, 0.01, "5"),
+            ("base_low_omega_earlier", base, 0.01, "3"),
+            ("better_max", better_max, 1.0, "6"),
+            ("better_mean", better_mean, 1.0, "7"),
+            ("better_objective", better_objective, 1.0, "8"),
+            ("nan", dict(base, val_sensitivity=math.nan), 0.001, "0"),
+        ],
+        key=lambda t: objective_lib.rank_key(t[1], omega=t[2], order=t[3]),
+    )
+    assert [t[0] for t in ranked] == [
+        "better_objective", "better_mean", "better_max",
+        "base_low_omega_earlier", "base_low_omega", "base_high_omega", "nan",
+    ]
+
+
+def test_best_epoch_uses_objective_then_tie_breakers():
+    history = {
+        "loss": [3.0, 2.0, 1.0, 0.5],
+        "val_sensitivity": [0.2, 0.6, 0.6, 0.4],
+        "val_mean_sensitivity": [0.1, 0.2, 0.3, 0.9],
+    }
+    assert objective_lib.best_epoch(history) == 2
+    with pytest.raises(ValueError, match="FrocCallback"):
+        objective_lib.best_epoch({"loss": [1.0]})
+
+
+# ---------------------------------------------------------------------------------------------
+# HyperModel + tuner + outputs, in process, with an in-memory dataset and a stand-in callback
+
+
+def _memory_dataset(settings):
+    """Stand-in for the pipeline: 32x32 images, one box per image in heatmap pixels."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    images = rng.random((4, 32, 32, 1), dtype=np.float32)
+    boxes = -np.ones((4, settings["max_boxes"], 4), np.float32)
+    boxes[:, 0] = (2.0, 2.0, 5.0, 5.0)
+    return tf.data.Dataset.from_tensor_slices((images, boxes)).repeat().batch(settings["batch_size"])
+
+
+def _standin_froc(settings):
+    """Stand-in for FrocCallback: sensitivities from the compiled loss's settings, with ties."""
+    import keras
+
+    class StandInFroc(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            loss = self.model.loss[0] if isinstance(self.model.loss, (list, tuple)) else self.model.loss
+            logs["val_sensitivity"] = 0.5 if loss.omega < 0.1 else 0.25  # many exact ties
+            logs["val_mean_sensitivity"] = 0.1 + loss.top_k / 100.0  # ties broken by top_k
+            logs["val_max_sensitivity"] = 0.9
+            for fpi in (1, 2, 4.8):
+                logs[f"val_sensitivity_at_{fpi:g}"] = min(1.0, 0.1 * fpi)
+            logs["val_seen_omega"] = loss.omega  # what the model was really compiled with
+            logs["val_seen_top_k"] = float(loss.top_k)
+
+    return StandInFroc()
+
+
+def _hypermodel(**kwargs):
+    from tuning.hypermodel import HourglassHyperModel
+
+    options = dict(
+        space=ss.apply_flags(ss.SearchSpace(), patch_sizes="4"),
+        preset="tiny", model_overrides=TINY, batch_size=2, epochs=1, steps_per_epoch=1, seed=1,
+        train_data=_memory_dataset, validation_callback=_standin_froc, run_eagerly=True,
+    )
+    options.update(kwargs)
+    return HourglassHyperModel(None, **options)
+
+
+def test_hypermodel_build_compiles_the_loss_from_hyperparameters():
+    import keras_tuner
+
+    from keras_hourglass.losses import HypersensitiveLoss
+
+    hp = keras_tuner.HyperParameters()
+    hp.values.update({"omega": 0.02, "top_k": 5, "sigmas": "1,2,4,8", "learning_rate": 3e-4})
+    model = _hypermodel(model_overrides=dict(TINY, num_stacks=2)).build(hp)
+    losses = model.loss if isinstance(model.loss, (list, tuple)) else [model.loss]
+    assert len(losses) == 2  # one per stack (intermediate supervision)
+    for loss in losses:
+        assert isinstance(loss, HypersensitiveLoss)
+        assert (loss.omega, loss.top_k, loss.sigmas, loss.patch_size) == (0.02, 5, (1.0, 2.0, 4.0, 8.0), 4)
+    assert float(model.optimizer.learning_rate) == pytest.approx(3e-4)
+
+
+def test_search_outputs_trials_csv_best_json_and_plot(tmp_path):
+    import keras_tuner
+
+    from tuning import outputs, search
+
+    # omega in [0.001, 0.05]: the stand-in gives every trial the same objective, so the tie-breakers decide.
+    space = ss.apply_flags(ss.SearchSpace(), omega_range="0.001,0.05", patch_sizes="4")
+    tuner = search.make_tuner(_hypermodel(space=space), tmp_path, kind="random", max_trials=3, seed=3)
+    summary = search.run_search(tuner, tmp_path)
+    assert summary["role"] == "single" and summary["trials"] == 3
+    assert sorted(summary["trials_run"]) == sorted(tuner.oracle.trials)
+
+    records = outputs.load_trials(search.project_dir(tmp_path))
+    assert len(records) == 3 and all(r.status == "COMPLETED" for r in records)
+    for r in records:  # each trial trained with the loss its hyper-parameters describe
+        assert r.metrics["val_seen_omega"] == pytest.approx(r.values["omega"])
+        assert r.metrics["val_seen_top_k"] == r.values["top_k"]
+
+    with open(tmp_path / "trials.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3
+    assert {"trial_id", "status", "omega", "top_k", "sigmas", "learning_rate", "patch_size", "objective",
+            "sensitivity_at_1", "sensitivity_at_2", "sensitivity_at_4.8", "mean_sensitivity"} <= set(rows[0])
+    assert [float(r["sensitivity_at_2"]) for r in rows] == [pytest.approx(0.2)] * 3
+
+    # Best by objective, then higher mean sensitivity (here: higher top_k), then lower omega.
+    expected = min(records, key=lambda r: (-r.metrics["val_sensitivity"], -r.values["top_k"], r.values["omega"]))
+    with open(tmp_path / "best_hyperparameters.json") as handle:
+        config = json.load(handle)
+    assert config["values"] == expected.values
+    assert [r["trial_id"] for r in rows if r["is_best"] == "1"] == [expected.trial_id]
+    assert len({r.values["top_k"] for r in records}) > 1  # the tie-breaker had something to decide
+    # TFX convention: the JSON of HyperParameters.get_config(); it round-trips.
+    hp = keras_tuner.HyperParameters.from_config(config)
+    assert hp.values == config["values"]
+    assert json.loads(json.dumps(hp.get_config())) == config
+    assert (tmp_path / "objective.png").stat().st_size > 1000

@@ -1,0 +1,234 @@
+"""`hourglass tune`: KerasTuner search over the hypersensitive loss settings.
+
+TensorFlow and KerasTuner are imported only inside `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+from typing import Any
+
+from keras_hourglass.errors import InputError
+
+SETTINGS_FILE = "search.json"
+
+EXAMPLES = """\
+examples:
+  # one machine: 20 random trials, 3 epochs of 100 steps each
+  hourglass tune --data prepared --out tune --max-trials 20 --epochs 3 --steps-per-epoch 100
+
+  # rerun the same command after an interruption: finished trials are kept
+  hourglass tune --data prepared --out tune --max-trials 20 --epochs 3 --steps-per-epoch 100
+
+  # narrower space from flags, or a JSON file (flags win over the file)
+  hourglass tune --data prepared --out tune --omega-range 0.003,0.3 --top-k-range 1,5 \\
+      --sigmas 1.5,3,6 1,2,4,8
+  hourglass tune --data prepared --out tune --space space.json
+      # space.json: {"omega": {"min": 0.001, "max": 1}, "top_k": {"values": [0, 3, 6]},
+      #              "sigmas": {"fixed": "1.5,3,6"}, "patch_size": {"values": [16, 32]}}
+
+  # a cluster: the same command on every machine, one chief and N workers
+  KERASTUNER_TUNER_ID=chief  KERASTUNER_ORACLE_IP=10.0.0.1 KERASTUNER_ORACLE_PORT=8000 hourglass tune ...
+  KERASTUNER_TUNER_ID=tuner0 KERASTUNER_ORACLE_IP=10.0.0.1 KERASTUNER_ORACLE_PORT=8000 hourglass tune ...
+  KERASTUNER_TUNER_ID=tuner1 KERASTUNER_ORACLE_IP=10.0.0.1 KERASTUNER_ORACLE_PORT=8000 hourglass tune ...
+
+outputs (in --out): best_hyperparameters.json (for `hourglass train --hparams`), trials.csv,
+objective.png, search.json (the settings), hourglass_tune/ (KerasTuner's project: trials, oracle).
+Objective: val_sensitivity at --target-fpi (max); ties -> higher mean sensitivity, higher max
+sensitivity, lower omega, earlier trial.
+"""
+
+# Settings that define a search: a rerun in the same --out must agree on them.
+_SEARCH_KEYS = (
+    "tuner", "max_trials", "epochs", "steps_per_epoch", "executions_per_trial", "batch_size",
+    "target_fpi", "seed", "preset", "phase", "crop_size", "model_options", "space",
+)
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Adds `tune` to the `hourglass` subcommands. Returns: its parser."""
+    parser = subparsers.add_parser(
+        "tune",
+        help="tune the loss (omega, top_k, sigmas, learning rate) with KerasTuner",
+        description="KerasTuner search over the hypersensitive loss settings. Objective: validation "
+        "sensitivity at the target FPI (never val_loss). Resumes when rerun with the same --out; "
+        "runs distributed with KerasTuner's KERASTUNER_* environment variables.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--data", required=True, metavar="PREP", help="prepared data directory (train and val splits)")
+    parser.add_argument("--out", required=True, metavar="TUNE", help="output directory (reused to resume)")
+    parser.add_argument("--tuner", choices=("random", "bayesian", "hyperband"), default="random")
+    parser.add_argument("--max-trials", type=int, default=10, metavar="N", help="trials (random, bayesian; default 10)")
+    parser.add_argument("--epochs", type=int, default=3, metavar="E",
+                        help="epochs per trial (hyperband: the maximum; default 3)")
+    parser.add_argument("--steps-per-epoch", type=int, default=None, metavar="S",
+                        help="training steps per epoch (default: from the training split's size)")
+    parser.add_argument("--executions-per-trial", type=int, default=1, metavar="N",
+                        help="trainings per trial, metrics averaged (default 1)")
+    parser.add_argument("--batch-size", type=int, default=4, metavar="B", help="global batch size (default 4)")
+    parser.add_argument("--target-fpi", type=float, default=4.8, metavar="F",
+                        help="false marks per image at which sensitivity is the objective (default 4.8)")
+    parser.add_argument("--space", metavar="FILE", help="search space JSON file (see tuning/search_space.py)")
+    parser.add_argument("--omega-range", metavar="MIN,MAX", help="omega range, log sampling (one value: fixed)")
+    parser.add_argument("--top-k-range", metavar="MIN,MAX", help="top_k range (one value: fixed)")
+    parser.add_argument("--lr-range", metavar="MIN,MAX", help="learning-rate range, log sampling (one value: fixed)")
+    parser.add_argument("--sigmas", nargs="+", metavar="BANK", help="sigma banks to choose from, e.g. 1.5,3,6 3")
+    parser.add_argument("--patch-sizes", metavar="P1,P2", help="loss patch sizes to choose from (one value: fixed)")
+    parser.add_argument("--seed", type=int, default=None, help="seeds the oracle, the weights and the data order")
+    parser.add_argument("--preset", choices=("tiny", "paper"), default="paper", help="model preset (default paper)")
+    parser.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a model preset option, e.g. num_stacks=1 (repeatable)")
+    parser.add_argument("--phase", choices=("patch", "full"), default="patch", help="training phase (default patch)")
+    parser.add_argument("--crop-size", type=int, default=None, metavar="PIXELS",
+                        help="patch-phase crop side (default: the pipeline's)")
+    parser.add_argument("--strategy", choices=("default", "mirrored"), default="default",
+                        help="distribution strategy inside each trial (mirrored: all local GPUs)")
+    parser.add_argument("--run-eagerly", action="store_true",
+                        help="no graph tracing (saves ~10-30 s per trial on CPU, slower steps): smoke searches")
+    parser.add_argument("--overwrite", action="store_true", help="discard a previous search in --out and start over")
+    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0, help="Keras fit verbosity")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _parse_model_options(items: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise InputError("--model-option", f"{item!r} is not KEY=VALUE")
+        try:
+            options[key] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key] = text
+    return options
+
+
+def _validate(args) -> dict[str, Any]:
+    """Checks the arguments (no TensorFlow). Returns: the search settings."""
+    from tuning.search_space import SearchSpace, apply_flags, load_space
+
+    if not os.path.isdir(args.data):
+        raise InputError(args.data, "prepared data directory not found")
+    for flag, value in (("--max-trials", args.max_trials), ("--epochs", args.epochs),
+                        ("--executions-per-trial", args.executions_per_trial), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise InputError(flag, f"must be >= 1, got {value}")
+    if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
+        raise InputError("--steps-per-epoch", f"must be >= 1, got {args.steps_per_epoch}")
+    if args.crop_size is not None and args.crop_size < 1:
+        raise InputError("--crop-size", f"must be >= 1, got {args.crop_size}")
+    if not (math.isfinite(args.target_fpi) and args.target_fpi > 0):
+        raise InputError("--target-fpi", f"must be a positive number, got {args.target_fpi}")
+    space = load_space(args.space) if args.space else SearchSpace()
+    space = apply_flags(
+        space, omega_range=args.omega_range, top_k_range=args.top_k_range, lr_range=args.lr_range,
+        sigmas=args.sigmas, patch_sizes=args.patch_sizes,
+    )
+    model_options = _parse_model_options(args.model_option)
+    try:
+        from keras_hourglass.model.hourglass import resolve_config
+
+        resolve_config(args.preset, **model_options)
+    except ValueError as err:
+        raise InputError("--model-option", str(err)) from None
+    except ImportError:
+        pass
+    return {
+        "tuner": args.tuner,
+        "max_trials": args.max_trials,
+        "epochs": args.epochs,
+        "steps_per_epoch": args.steps_per_epoch,
+        "executions_per_trial": args.executions_per_trial,
+        "batch_size": args.batch_size,
+        "target_fpi": args.target_fpi,
+        "seed": args.seed,
+        "preset": args.preset,
+        "phase": args.phase,
+        "crop_size": args.crop_size,
+        "model_options": model_options,
+        "space": space.to_json(),
+        "data": os.path.abspath(args.data),
+        "_space": space,
+    }
+
+
+def _check_settings(out_dir: str, settings: dict[str, Any], overwrite: bool) -> None:
+    """Refuses to resume a search made with other settings; records the settings."""
+    path = os.path.join(out_dir, SETTINGS_FILE)
+    record = {k: settings[k] for k in (*_SEARCH_KEYS, "data")}
+    if os.path.exists(path) and not overwrite:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                previous = json.load(handle)
+        except (OSError, json.JSONDecodeError) as err:
+            raise InputError(path, f"cannot read the previous search's settings ({err.__class__.__name__})") from None
+        changed = [k for k in _SEARCH_KEYS if previous.get(k) != record[k]]
+        if changed:
+            raise InputError(
+                path,
+                f"--out holds a search with other settings ({', '.join(changed)}); "
+                "use another --out, the same settings, or --overwrite",
+            )
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=2)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def run(args) -> int:
+    """Runs the search; prints a JSON summary on stdout. Returns: 0."""
+    settings = _validate(args)
+    os.makedirs(args.out, exist_ok=True)
+    from tuning import search
+
+    if search.role() == "worker" and args.overwrite:
+        raise InputError("--overwrite", "only the chief (or a single machine) may discard a search")
+    _check_settings(args.out, settings, args.overwrite)
+
+    # KerasTuner prints progress on stdout; keep stdout for the JSON summary.
+    with contextlib.redirect_stdout(sys.stderr):
+        from tuning.hypermodel import HourglassHyperModel
+
+        strategy = None
+        if args.strategy == "mirrored":
+            from keras_hourglass.training.distribution import make_strategy
+
+            strategy, _ = make_strategy("mirrored")
+        hypermodel = HourglassHyperModel(
+            args.data,
+            space=settings["_space"],
+            preset=args.preset,
+            model_overrides=settings["model_options"],
+            phase=args.phase,
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            steps_per_epoch=args.steps_per_epoch,
+            crop_size=args.crop_size,
+            target_fpi=args.target_fpi,
+            seed=args.seed,
+            run_eagerly=args.run_eagerly,
+            verbose=args.verbose,
+        )
+        tuner = search.make_tuner(
+            hypermodel,
+            args.out,
+            kind=args.tuner,
+            max_trials=args.max_trials,
+            max_epochs=args.epochs,
+            executions_per_trial=args.executions_per_trial,
+            seed=args.seed,
+            distribution_strategy=strategy,
+            overwrite=args.overwrite,
+        )
+        summary = search.run_search(tuner, args.out)
+    summary["strategy"] = args.strategy
+    print(json.dumps(summary, indent=2, default=str))
+    return 0

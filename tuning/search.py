@@ -1,0 +1,147 @@
+"""Builds the KerasTuner tuner and runs a search (one machine, or a chief/worker role).
+
+- Resumable: the tuner always uses `directory=TUNE`, `project_name=PROJECT_NAME`
+  and `overwrite=False`, so rerunning the same command after an interruption
+  reloads the oracle; completed trials are kept and never run again, and the
+  trial that was running when the process died is run again from the start.
+- Distributed: KerasTuner's own mechanism. With `KERASTUNER_ORACLE_IP`,
+  `KERASTUNER_ORACLE_PORT` and `KERASTUNER_TUNER_ID` set, the process whose id
+  contains "chief" serves the oracle over gRPC (it runs no trials and returns
+  when every trial has ended) and the others (`tuner0`, `tuner1`, ...) ask it
+  for trials and report their results. Only the chief (or a non-distributed
+  search) writes the outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import keras_tuner
+
+from tuning import objective as objective_lib
+from tuning import outputs
+
+PROJECT_NAME = "hourglass_tune"
+TUNERS = ("random", "bayesian", "hyperband")
+
+
+def role() -> str:
+    """Returns: "chief", "worker" or "single" from the KerasTuner environment variables."""
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return "single"
+    return "chief" if "chief" in os.environ.get("KERASTUNER_TUNER_ID", "") else "worker"
+
+
+def tuner_id() -> str:
+    """Returns: this process's KerasTuner id (KerasTuner's default "tuner0" when unset)."""
+    return os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
+
+
+def _log(message: str) -> None:
+    print(f"hourglass tune [{tuner_id()}]: {message}", file=sys.stderr, flush=True)
+
+
+def _recording(base: type) -> type:
+    """Returns: `base` (a KerasTuner tuner class) that logs trials and remembers which it ran."""
+
+    class HourglassTuner(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.trials_run: list[dict[str, Any]] = []
+
+        def on_trial_begin(self, trial):
+            _log(f"trial {trial.trial_id} started: {trial.hyperparameters.values}")
+            super().on_trial_begin(trial)
+
+        def on_trial_end(self, trial):
+            self.trials_run.append({"trial_id": trial.trial_id, "status": trial.status})
+            message = f"trial {trial.trial_id} ended: {trial.status}"
+            if trial.status != "COMPLETED" and trial.message:
+                message += f": {trial.message.strip().splitlines()[-1]}"
+            _log(message)
+            super().on_trial_end(trial)
+
+    HourglassTuner.__name__ = HourglassTuner.__qualname__ = f"Hourglass{base.__name__}"
+    return HourglassTuner
+
+
+def make_tuner(
+    hypermodel: keras_tuner.HyperModel,
+    directory: str | os.PathLike,
+    *,
+    kind: str = "random",
+    max_trials: int = 10,
+    max_epochs: int = 1,
+    executions_per_trial: int = 1,
+    seed: int | None = None,
+    distribution_strategy=None,
+    overwrite: bool = False,
+    max_consecutive_failed_trials: int = 3,
+) -> keras_tuner.Tuner:
+    """Builds a tuner on `TUNE/PROJECT_NAME`, reloading an existing search there.
+
+    Args:
+        hypermodel: an `HourglassHyperModel`.
+        directory: the output directory `TUNE`.
+        kind: "random", "bayesian" or "hyperband".
+        max_trials: number of trials (random, bayesian).
+        max_epochs: Hyperband's maximum epochs per model (the others train `hypermodel.epochs`).
+        executions_per_trial: trainings per trial (metrics averaged).
+        seed: the oracle's seed.
+        distribution_strategy: a single-worker `tf.distribute.Strategy` each trial runs under.
+        overwrite: start over instead of resuming.
+        max_consecutive_failed_trials: KerasTuner's stop rule.
+
+    Returns:
+        A KerasTuner tuner whose objective is `val_sensitivity` (max).
+    """
+    if kind not in TUNERS:
+        raise ValueError(f"unknown tuner {kind!r}; choose one of {TUNERS}")
+    common = dict(
+        hypermodel=hypermodel,
+        objective=objective_lib.objective(),
+        seed=seed,
+        executions_per_trial=executions_per_trial,
+        directory=os.fspath(directory),
+        project_name=PROJECT_NAME,
+        overwrite=overwrite,
+        distribution_strategy=distribution_strategy,
+        max_consecutive_failed_trials=max_consecutive_failed_trials,
+    )
+    if kind == "random":
+        return _recording(keras_tuner.RandomSearch)(max_trials=max_trials, **common)
+    if kind == "bayesian":
+        return _recording(keras_tuner.BayesianOptimization)(max_trials=max_trials, **common)
+    return _recording(keras_tuner.Hyperband)(max_epochs=max_epochs, factor=3, **common)
+
+
+def project_dir(directory: str | os.PathLike) -> str:
+    """Returns: the KerasTuner project directory inside `TUNE`."""
+    return os.path.join(os.fspath(directory), PROJECT_NAME)
+
+
+def run_search(tuner: keras_tuner.Tuner, directory: str | os.PathLike) -> dict[str, Any]:
+    """Runs (or resumes, or serves) the search and writes the outputs where this role should.
+
+    Args:
+        tuner: from `make_tuner`.
+        directory: `TUNE`.
+
+    Returns:
+        A JSON-able summary: role, tuner id, the trials this process ran, and (chief or
+        single machine) the outputs of `tuning.outputs.write_outputs`.
+    """
+    this_role = role()
+    remaining = tuner.remaining_trials
+    _log(f"{this_role}: searching ({'?' if remaining is None else remaining} trials left)")
+    tuner.search()
+    summary: dict[str, Any] = {
+        "role": this_role,
+        "tuner_id": tuner_id(),
+        "trials_run": [t["trial_id"] for t in getattr(tuner, "trials_run", [])],
+    }
+    if this_role != "worker":
+        summary.update(outputs.write_outputs(project_dir(directory), directory))
+    return summary
