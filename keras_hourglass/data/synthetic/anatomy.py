@@ -7,6 +7,7 @@ larger = denser (brighter in MONOCHROME2). Right breasts are mirrored later, whe
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -25,18 +26,26 @@ def power_law_noise(shape: tuple[int, int], beta: float, rng: np.random.Generato
     h, w = shape
     # White Gaussian noise drawn directly in the (real-FFT) frequency domain, shaped by f^(-beta/2)
     # and brought back with one inverse FFT (float32: half the work of filtering spatial noise).
-    spectrum = rng.standard_normal((h, w // 2 + 1), dtype=np.float32) \
-        + 1j * rng.standard_normal((h, w // 2 + 1), dtype=np.float32)
+    spectrum = np.empty((h, w // 2 + 1), np.complex64)
+    spectrum.real = rng.standard_normal((h, w // 2 + 1), dtype=np.float32)
+    spectrum.imag = rng.standard_normal((h, w // 2 + 1), dtype=np.float32)
+    spectrum *= np.exp(_log_frequency_squared(h, w) * np.float32(-beta / 4.0))
+    spectrum[0, 0] = 0.0
+    field = np.fft.irfft2(spectrum, s=(h, w))
+    field -= field.mean()
+    std = float(field.std())
+    return (field / std if std > 0 else field).astype(np.float32, copy=False)
+
+
+@functools.lru_cache(maxsize=8)
+def _log_frequency_squared(h: int, w: int) -> np.ndarray:
     fy = np.fft.fftfreq(h).astype(np.float32)[:, None]
     fx = np.fft.rfftfreq(w).astype(np.float32)[None, :]
     f2 = fy * fy + fx * fx
     f2[0, 0] = 1.0
-    amplitude = f2 ** np.float32(-beta / 4.0)
-    amplitude[0, 0] = 0.0
-    field = np.fft.irfft2((spectrum * amplitude).astype(np.complex64), s=(h, w))
-    field -= field.mean()
-    std = float(field.std())
-    return (field / std if std > 0 else field).astype(np.float32, copy=False)
+    out = np.log(f2)
+    out.setflags(write=False)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,10 +111,14 @@ def elliptical_radius(geo: BreastGeometry, shape: tuple[int, int]) -> np.ndarray
     y = (np.arange(h, dtype=np.float32)[:, None] + 0.5 - geo.center_y) / geo.semi_y
     x = (np.arange(w, dtype=np.float32)[None, :] + 0.5) / geo.semi_x
     r = np.sqrt(y * y + x * x)
-    theta = np.arctan2(y, x)
+    # cos(k theta + phase) = Re(u**k * e^(i phase)) with u = (x + i y) / r: no trigonometry per pixel.
+    u = (x + 1j * y).astype(np.complex64) / np.maximum(r, np.float32(1e-6))
+    powers = {1: u}
     wobble = np.ones_like(r)
     for k, amp, phase in geo.harmonics:
-        wobble += amp * np.cos(k * theta + phase)
+        if k not in powers:
+            powers[k] = u ** k
+        wobble += np.float32(amp) * (powers[k] * np.complex64(np.exp(1j * phase))).real
     return (r / wobble).astype(np.float32)
 
 

@@ -241,12 +241,12 @@ def render_image(plan: ImagePlan, config: SynthConfig) -> tuple[np.ndarray, Dico
     geo = draw_geometry(shape, plan.view, rng, density=plan.density)
     density, thickness, allowed = breast_density_map(geo, shape, rng)
     rendered = [render_finding(spec, density, allowed, scale, rng) for spec in plan.findings]
-    intensity = np.clip(0.02 + thickness * (0.10 + 0.85 * density), 0.0, 1.0)
+    intensity = np.clip(0.02 + thickness * (0.10 + 0.85 * density), 0.0, 1.0).astype(np.float32)
     bits = plan.tags.bits_stored
     maxv = 2**bits - 1
     gain, offset = rng.uniform(0.7, 0.92) * maxv, rng.uniform(0.01, 0.05) * maxv
     signal = offset + gain * intensity
-    signal += rng.standard_normal(shape) * (0.0025 * maxv) * np.sqrt(intensity + 0.05)
+    signal += rng.standard_normal(shape, dtype=np.float32) * np.float32(0.0025 * maxv) * np.sqrt(intensity + 0.05)
     stored = np.clip(np.rint(signal), 0, maxv).astype(np.uint16)
     if plan.tags.photometric == "MONOCHROME1":
         stored = (maxv - stored).astype(np.uint16)

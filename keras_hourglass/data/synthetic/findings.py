@@ -118,11 +118,12 @@ def _mass(spec: FindingSpec, yy, xx, scale: float, rng: np.random.Generator) -> 
     contrast = rng.uniform(0.07, 0.16) * (0.7 + 0.7 * m)
     out = contrast * body * dome
     if rng.random() < 0.9 * m ** 1.5:  # spiculated
-        n = int(rng.integers(6, 20))
-        angles = np.linspace(0, 2 * np.pi, n, endpoint=False) + rng.uniform(-0.25, 0.25, n)
-        lengths = r0 * rng.uniform(0.8, 2.4, n)
-        out = out + contrast * 0.7 * _segment_lines(yy, xx, angles, np.full(n, r0 * 0.7), lengths,
-                                                    scale * rng.uniform(0.8, 1.4), rng)
+        n = int(rng.integers(5, 18))
+        angles = np.linspace(0, 2 * np.pi, n, endpoint=False) + rng.uniform(-0.6, 0.6, n)
+        lengths = r0 * rng.uniform(0.6, 2.2, n)
+        # Spicules start inside the body (no visible ring of line ends) and taper outwards.
+        out = out + contrast * rng.uniform(0.35, 0.6) * _segment_lines(
+            yy, xx, angles, r0 * rng.uniform(0.2, 0.5, n), lengths, scale * rng.uniform(0.6, 1.1), rng)
     return out
 
 
@@ -141,8 +142,8 @@ def _calcifications(spec: FindingSpec, yy, xx, scale: float, rng: np.random.Gene
     out = np.zeros(np.broadcast_shapes(yy.shape, xx.shape), np.float32)
     for py, px in pos:
         # Benign: uniform round specks; malignant: pleomorphic (size and elongation vary).
-        diameter = scale * float(np.clip(base + m * rng.uniform(-2.0, 2.0), 2.0, 6.0))
-        elong = 1.0 + 2.0 * m * rng.random()
+        diameter = scale * float(np.clip(base + m * rng.uniform(-1.5, 2.0), 2.0, 5.5))
+        elong = 1.0 + 1.3 * m * rng.random()
         a = rng.uniform(0, np.pi)
         dy, dx = yy - py, xx - px
         u = (dx * np.cos(a) + dy * np.sin(a)) / elong
