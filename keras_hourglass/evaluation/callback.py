@@ -101,8 +101,9 @@ class FrocCallback(keras.callbacks.Callback):
         self._warned = False
 
     def set_model(self, model) -> None:
+        if model is not getattr(self, "_model", None):
+            self._predictor = None  # traced for another model
         super().set_model(model)
-        self._predictor = None  # traced for the previous model
 
     def _evaluation_data(self) -> Iterable[dict]:
         if self._dataset is None:
