@@ -77,6 +77,15 @@ def write_mask(path, rows: int, cols: int, box: tuple[int, int, int, int], value
     return os.fspath(path)
 
 
+def crash_on_marked_images(batch):
+    """A stand-in ingest function whose process dies (like a codec segfault) on keys containing 'crash'."""
+    from keras_hourglass.data.ingest import process_many
+
+    if any("crash" in record.key for record, _settings, _salt in batch):
+        os._exit(11)
+    return process_many(batch)
+
+
 def write_csv(path, header: list[str], rows: list[list]) -> str:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)

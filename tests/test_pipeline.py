@@ -145,6 +145,28 @@ def test_distributed_iteration_and_auto_shard_policy(prep):
         assert sum(t.shape[0] for t in local) == 4
 
 
+@pytest.mark.slow
+def test_mirrored_strategy_over_two_logical_cpus(prep):
+    import subprocess
+    import sys
+
+    code = f"""
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from keras_hourglass.data import pipeline
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+dataset = pipeline.training_dataset({str(prep)!r}, batch_size=4, stride=4, input_multiple=16, patch_size=32,
+                                    seed=1)
+image, boxes = next(iter(strategy.experimental_distribute_dataset(dataset)))
+shapes = [tuple(t.shape) for t in strategy.experimental_local_results(boxes)]
+assert shapes == [(2, 16, 4), (2, 16, 4)], shapes
+print("OK", strategy.num_replicas_in_sync)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "OK 2" in out.stdout, out.stderr[-2000:]
+
+
 def test_missing_strata_are_skipped_and_missing_split_is_an_input_error(prep, tmp_path):
     images, boxes, info = next(iter(_stream(prep, split="test", batch_size=16)))
     assert set(info["label"].numpy()) == {b"malignant", b"normal"}

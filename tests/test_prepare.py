@@ -241,6 +241,26 @@ def test_two_worker_processes_write_the_same_records(tmp_path):
     assert one["content_hash"] == two["content_hash"]
 
 
+@pytest.mark.slow
+def test_a_worker_that_dies_costs_only_its_image(tmp_path):
+    from keras_hourglass.data import importers, ingest, prepare as prep
+    from test_importers import crash_on_marked_images
+
+    root = tmp_path / "in"
+    items = []
+    for i in range(6):
+        key = "crash.dcm" if i == 4 else f"ok{i}.dcm"
+        write_mammogram(root / key, 32, 24, seed=i)
+        record = importers.ImageRecord(key=key, path=str(root / key), patient_id=f"P{i}", study_id="S",
+                                       laterality="L", view="CC", findings=[], rows=[f"t.csv:{i + 1}"])
+        items.append(prep._Planned(record, f"h{i}", "p", "s", "train", "normal"))
+    settings = ingest.IngestSettings(long_side=16)
+    results = list(prep._results(items, settings, SALT, workers=2, batch=2, fn=crash_on_marked_images))
+    assert [r["key"] for r in results] == [p.record.key for p in items]  # order kept
+    assert [r["status"] for r in results] == ["ok"] * 4 + ["rejected", "ok"]
+    assert results[4]["rejects"] == [("t.csv:5", "decoder_crash", results[4]["rejects"][0][2])]
+
+
 def test_vindr_and_cbis_through_prepare(tmp_path):
     root = tmp_path / "cbis"
     tables, _ = cbis_fixture(root)

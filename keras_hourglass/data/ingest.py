@@ -102,7 +102,11 @@ def clip_boxes(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, 
     return clipped, changed, degenerate
 
 
-def _rejected(record: ImageRecord, code: str, reason: str, salt: str, secrets, bad_row: str | None = None):
+def rejected_result(record: ImageRecord, code: str, reason: str, salt: str, secrets=(),
+                    bad_row: str | None = None) -> dict:
+    """Builds the result of a rejected image: `bad_row` (or every row) gets the reason, the others
+    ``sibling_rejected``; identifiers in `secrets` (and the record's own) are scrubbed from the reason."""
+    secrets = [*secrets, record.patient_id, record.study_id]
     reason = phi.redact(reason, secrets, salt)
     rows = []
     for row in record.rows:
@@ -133,12 +137,12 @@ def process_image(record: ImageRecord, settings: IngestSettings, salt: str) -> d
         mammogram = read_mammogram(record.path, long_side=settings.long_side, voi=settings.voi,
                                    max_pixels=settings.max_pixels, orient=settings.orient)
     except InputError as err:
-        return _rejected(record, getattr(err, "code", "dicom_error"), err.reason, salt, secrets)
+        return rejected_result(record, getattr(err, "code", "dicom_error"), err.reason, salt, secrets)
     except MemoryError:
-        return _rejected(record, "too_large", "out of memory while decoding", salt, secrets)
+        return rejected_result(record, "too_large", "out of memory while decoding", salt, secrets)
     except Exception as err:  # noqa: BLE001 - a corrupt file must not stop a 100k-image ingest
         message = " ".join(str(err).split())[:200]
-        return _rejected(record, "unexpected_error", f"{type(err).__name__}: {message}", salt, secrets)
+        return rejected_result(record, "unexpected_error", f"{type(err).__name__}: {message}", salt, secrets)
     header = mammogram.header
     secrets += [header.patient_id, header.study_instance_uid, header.sop_instance_uid]
     height, width = mammogram.image.shape
@@ -149,7 +153,7 @@ def process_image(record: ImageRecord, settings: IngestSettings, salt: str) -> d
             try:
                 box = mask_box(finding.mask_paths, mammogram.transform.original_shape)
             except ValueError as err:
-                return _rejected(record, err.args[0], err.args[1], salt, secrets, finding.row)
+                return rejected_result(record, err.args[0], err.args[1], salt, secrets, finding.row)
         boxes.append(box)
         labels.append(finding.label)
         types.append(finding.finding_type)
@@ -159,7 +163,7 @@ def process_image(record: ImageRecord, settings: IngestSettings, salt: str) -> d
         image_boxes, changed, degenerate = clip_boxes(image_boxes, height, width)
         for finding, bad in zip(record.findings, degenerate):
             if bad:
-                return _rejected(record, "degenerate_box", "box has zero area inside the image after clipping",
+                return rejected_result(record, "degenerate_box", "box has zero area inside the image after clipping",
                                  salt, secrets, finding.row)
         clipped_count = int(changed.sum())
     else:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+from concurrent.futures.process import BrokenProcessPool
 import dataclasses
 import hashlib
 import json
@@ -302,24 +303,55 @@ def _write_chunk(out: str, relative: str, chunk: _Chunk, results: Iterable[dict]
     return marker
 
 
+def _isolated(work: list, fn, context) -> list[dict]:
+    """Runs `fn(work)` in a fresh one-process pool; when that process dies, splits the work down to
+    single images and rejects the one(s) that kill their process (code ``decoder_crash``)."""
+    try:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            return pool.submit(fn, work).result()
+    except BrokenProcessPool:
+        if len(work) > 1:
+            return [result for item in work for result in _isolated([item], fn, context)]
+        record, _settings, salt = work[0]
+        logger.warning("a decoding process died on one image; it is rejected (decoder_crash)")
+        return [ingest.rejected_result(record, "decoder_crash", "the decoding process died on this file "
+                                       "(e.g. a corrupt compressed stream crashed the codec)", salt)]
+
+
 def _results(items: list[_Planned], settings: ingest.IngestSettings, salt: str, workers: int,
-             batch: int = 4) -> Iterable[dict]:
-    """Yields ingest results in the order of `items` (workers > 1: a bounded window of batches)."""
+             batch: int = 4, fn=ingest.process_many) -> Iterable[dict]:
+    """Yields ingest results in the order of `items`.
+
+    With workers > 1, batches of `batch` images go to a spawn-context process pool with a bounded
+    window (memory stays flat). If a worker process dies (a codec segfault on a corrupt file), the
+    batches in flight are re-run in isolation, the culprit image is rejected, and a new pool continues:
+    one bad file never stops an ingest, and a rerun would not trip on it again.
+    """
     if workers <= 1:
         for item in items:
-            yield ingest.process_image(item.record, settings, salt)
+            yield fn([(item.record, settings, salt)])[0]
         return
-    batches = [items[i:i + batch] for i in range(0, len(items), batch)]
+    batches = [[(p.record, settings, salt) for p in items[i:i + batch]] for i in range(0, len(items), batch)]
     context = multiprocessing.get_context("spawn")  # never fork a process that has loaded TensorFlow
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        pending: collections.deque = collections.deque()
-        position = 0
-        while position < len(batches) or pending:
-            while position < len(batches) and len(pending) < 3 * workers:
-                work = [(p.record, settings, salt) for p in batches[position]]
-                pending.append(pool.submit(ingest.process_many, work))
-                position += 1
-            yield from pending.popleft().result()
+    position = 0
+    while position < len(batches):
+        in_flight: collections.deque = collections.deque()
+        broken = False
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            while position < len(batches) or in_flight:
+                while position < len(batches) and len(in_flight) < 3 * workers:
+                    in_flight.append((position, pool.submit(fn, batches[position])))
+                    position += 1
+                try:
+                    results = in_flight[0][1].result()
+                except BrokenProcessPool:
+                    broken = True
+                    break
+                in_flight.popleft()
+                yield from results
+        if broken:
+            for index, _future in in_flight:
+                yield from _isolated(batches[index], fn, context)
 
 
 def prepare(config: PrepareConfig) -> dict:
