@@ -246,6 +246,16 @@ def test_evaluate_cli_end_to_end(tmp_path, capsys):
     assert top["at_operating_point"] == "1"
     benign = [r for r in rows if r["status"] == "non_positive"]
     assert len(benign) == 1 and benign[0]["finding_label"] == "benign" and benign[0]["false_positive"] == "1"
+    with open(out / "findings.csv") as fh:
+        findings = list(csv.DictReader(fh))
+    assert [(f["image_hash"], f["label"], f["finding_type"]) for f in findings] == [
+        ("m1", "malignant", "mass"), ("m1", "benign", "calcification")]
+    # Box [8,8,24,24] -> original y * 2, x -> (48 - x) * 2 (flipped, then ordered): [16, 48, 48, 80].
+    malignant = findings[0]
+    assert [float(malignant[k]) for k in ("y0_original", "x0_original", "y1_original", "x1_original")] == [
+        16.0, 48.0, 48.0, 80.0]
+    assert float(malignant["best_score"]) == pytest.approx(0.265, abs=1e-4)
+    assert malignant["detected_at_operating_point"] == "1"
 
 
 def test_evaluate_cli_bad_inputs(tmp_path, capsys):

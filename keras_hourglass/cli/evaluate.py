@@ -6,6 +6,8 @@ Writes to --out:
 - froc.png: the curve with its bootstrap 95% band and operating points.
 - marks.csv: one row per mark (image and original DICOM coordinates, score,
   match, whether it is kept at the operating point).
+- findings.csv: one row per finding with its best mark score and whether it
+  is detected at the operating point (the missed cancers to review).
 - overlays/*.png: a few images with their boxes and the marks kept at the
   operating point (malignant images first).
 """
@@ -42,7 +44,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     """Adds `evaluate` to the `hourglass` subcommands. Returns: its parser."""
     parser = subparsers.add_parser(
         "evaluate",
-        help="FROC evaluation of a model on a prepared split (froc.json, froc.png, marks.csv, overlays)",
+        help="FROC evaluation of a model on a prepared split (froc.json, froc.png, marks.csv, findings.csv, overlays)",
         description="Runs the model over a prepared split and computes the FROC with bootstrap CIs.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from keras_hourglass.evaluation.plots import plot_froc, plot_overlay
     from keras_hourglass.evaluation.predict import predict_marks
     from keras_hourglass.model import model_input_multiple
-    from keras_hourglass.evaluation.report import format_table, write_marks_csv
+    from keras_hourglass.evaluation.report import format_table, write_findings_csv, write_marks_csv
     from keras_hourglass.froc import FPI_POINTS, POSITIVE_LABELS, fpi_key, froc
 
     model = load_model(args.model)
@@ -150,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
     write_marks_csv(
         os.path.join(args.out, "marks.csv"), records, operating_threshold=threshold, extra_hits=args.extra_hits
     )
+    write_findings_csv(os.path.join(args.out, "findings.csv"), records, operating_threshold=threshold)
     overlay_dir = os.path.join(args.out, "overlays")
     chosen = [r for r in records if r.image is not None]
     chosen.sort(key=lambda r: not any(label in POSITIVE_LABELS for label in r.labels))

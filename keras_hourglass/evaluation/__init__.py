@@ -16,6 +16,7 @@ _LAZY = {
     "plot_overlay": "keras_hourglass.evaluation.plots",
     "format_table": "keras_hourglass.evaluation.report",
     "write_marks_csv": "keras_hourglass.evaluation.report",
+    "write_findings_csv": "keras_hourglass.evaluation.report",
 }
 
 __all__ = list(_LAZY)

@@ -26,12 +26,14 @@ class PredictedImage(ImageRecord):
 
     Attributes:
         transform: `PixelTransform.to_list()` (original <-> image), or None.
+        finding_types: per box, its finding type (mass, calcification, ...).
         height, width: the unpadded image size (image frame).
         image: the unpadded image as uint8 `[H, W]` for overlays, kept only
             for the images selected by `keep_images`; else None.
     """
 
     transform: Any = None
+    finding_types: tuple[str, ...] = ()
     height: int = 0
     width: int = 0
     image: np.ndarray | None = None
@@ -45,6 +47,12 @@ def _scalar_str(value: Any) -> str:
     value = _numpy(value).reshape(-1)
     item = value[0] if value.size else ""
     return item.decode("utf-8") if isinstance(item, bytes) else str(item)
+
+
+def _strings(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.reshape(_numpy(value), -1)]
 
 
 def _unbatch(element: dict) -> dict:
@@ -150,10 +158,7 @@ class MarkPredictor:
             inside = (marks[:, 0] >= 0) & (marks[:, 1] >= 0) & (marks[:, 0] < height) & (marks[:, 1] < width)
             marks = marks[inside]
             marks = marks[np.argsort(-marks[:, 2], kind="stable")]
-            labels = [
-                v.decode("utf-8") if isinstance(v, bytes) else str(v)
-                for v in np.reshape(element.get("box_labels", np.zeros(0, dtype=object)), -1)
-            ]
+            labels = _strings(element.get("box_labels"))
             record = PredictedImage(
                 image_id=_scalar_str(element.get("image_hash", str(len(records)))),
                 patient_id=_scalar_str(element.get("patient_hash", str(len(records)))),
@@ -161,6 +166,7 @@ class MarkPredictor:
                 boxes=np.reshape(element.get("boxes", np.zeros((0, 4))), (-1, 4)),
                 labels=labels,
                 transform=[float(v) for v in np.reshape(element["transform"], -1)] if "transform" in element else None,
+                finding_types=tuple(_strings(element.get("finding_types"))),
                 height=height,
                 width=width,
             )

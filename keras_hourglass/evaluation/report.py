@@ -4,6 +4,9 @@
 - `write_marks_csv(path, records, ...)`: one row per mark, in image and in
   original DICOM coordinates, with its match and whether it is kept at the
   default operating point.
+- `write_findings_csv(path, records, ...)`: one row per finding (box), with
+  the best score of the marks inside it and whether it is detected at the
+  operating point: the list of missed cancers to review.
 """
 
 from __future__ import annotations
@@ -43,6 +46,29 @@ none). `false_positive`: 1 when the mark counts as a false mark under the
 FROC policy. `at_operating_point`: 1 when `score >= ` the threshold of the
 default operating point (e.g. 4.8 FPI).
 """
+
+
+FINDINGS_CSV_COLUMNS = (
+    "image_hash",
+    "patient_hash",
+    "finding_index",
+    "label",
+    "finding_type",
+    "y0",
+    "x0",
+    "y1",
+    "x1",
+    "y0_original",
+    "x0_original",
+    "y1_original",
+    "x1_original",
+    "best_score",
+    "detected_at_operating_point",
+)
+"""Columns of findings.csv. Boxes in the image frame and the original DICOM
+frame; `best_score`: the highest score of the marks inside the box (empty if
+none); `detected_at_operating_point`: 1 when `best_score >= ` the operating
+threshold (for non-positive findings: a mark sits on it, i.e. a false mark)."""
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -142,6 +168,55 @@ def write_marks_csv(
                     record.labels[finding] if finding >= 0 else "",
                     int(match.false_positive[m]),
                     int(operating_threshold is not None and score >= operating_threshold),
+                ])
+                rows += 1
+    return rows
+
+
+def write_findings_csv(
+    path: str | os.PathLike,
+    records: Iterable[ImageRecord],
+    *,
+    operating_threshold: float | None = None,
+) -> int:
+    """Writes findings.csv (columns `FINDINGS_CSV_COLUMNS`), one row per box.
+
+    Args:
+        path: output CSV.
+        records: `ImageRecord`s (a `PredictedImage` adds `transform` and
+            `finding_types`).
+        operating_threshold: threshold of the default operating point.
+
+    Returns:
+        The number of finding rows written.
+    """
+    rows = 0
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(FINDINGS_CSV_COLUMNS)
+        for record in records:
+            transform = getattr(record, "transform", None)
+            original = None
+            if transform is not None and len(transform) and record.boxes.shape[0]:
+                from keras_hourglass.data.dicom import PixelTransform
+
+                original = PixelTransform.from_list(transform).inverse_boxes(record.boxes)
+            types = tuple(getattr(record, "finding_types", ()) or ())
+            marks = record.marks
+            for n, (box, label) in enumerate(zip(record.boxes, record.labels)):
+                y0, x0, y1, x1 = box
+                inside = (marks[:, 0] >= y0) & (marks[:, 0] <= y1) & (marks[:, 1] >= x0) & (marks[:, 1] <= x1)
+                best = float(marks[inside, 2].max()) if inside.any() else None
+                writer.writerow([
+                    record.image_id,
+                    record.patient_id,
+                    n,
+                    label,
+                    types[n] if n < len(types) else "",
+                    *(f"{v:.2f}" for v in box),
+                    *((f"{v:.2f}" for v in original[n]) if original is not None else ("",) * 4),
+                    "" if best is None else f"{best:.6g}",
+                    int(best is not None and operating_threshold is not None and best >= operating_threshold),
                 ])
                 rows += 1
     return rows
