@@ -49,6 +49,14 @@ def _scalar_str(value: Any) -> str:
     return item.decode("utf-8") if isinstance(item, bytes) else str(item)
 
 
+def _known_length(dataset: Any) -> int | None:
+    """Returns: len(dataset) when it is known (lists, finite tf.data of known cardinality), else None."""
+    try:
+        return int(len(dataset))
+    except (TypeError, ValueError):
+        return None
+
+
 def _strings(value: Any) -> list[str]:
     if value is None:
         return []
@@ -147,7 +155,10 @@ class MarkPredictor:
         elements = dataset if max_images is None else itertools.islice(dataset, int(max_images))
         kept_malignant = kept_other = 0
         records: list[PredictedImage] = []
-        for element in tqdm(elements, desc="predict", unit="image", disable=not progress, total=max_images):
+        total = _known_length(dataset)
+        if max_images is not None:
+            total = int(max_images) if total is None else min(total, int(max_images))
+        for element in tqdm(elements, desc="predict", unit="image", disable=not progress, total=total):
             element = _unbatch(element)
             image = element["image"].astype(np.float32)
             if image.ndim == 2:
