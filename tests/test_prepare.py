@@ -306,3 +306,16 @@ def test_cli_help_errors_and_tfio(tmp_path, capsys):
                      "--out", str(tmp_path / "ok"), "--size", "48", "--quiet", "--salt", SALT])
     summary = json.loads(capsys.readouterr().out)
     assert code == 0 and summary["merged"] and summary["inputs"]["rows"] == 1
+
+
+@pytest.mark.tfio
+def test_tfio_decoder_writes_the_same_records_as_pydicom(tmp_path):
+    root = tmp_path / "in"
+    table = _dataset(root, images=4, patients=2)
+    prepare(_config(table, root, tmp_path / "py"))
+    prepare(_config(table, root, tmp_path / "tfio", decoder="tfio"))
+    a, b = _read_all(tmp_path / "py"), _read_all(tmp_path / "tfio")
+    assert sorted(a) == sorted(b) and len(a) == 4
+    for key in a:
+        np.testing.assert_allclose(a[key]["image"], b[key]["image"], atol=2e-3)
+        np.testing.assert_allclose(a[key]["boxes"], b[key]["boxes"], atol=1e-4)

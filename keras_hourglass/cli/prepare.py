@@ -64,7 +64,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=1536, metavar="PIXELS",
                         help="long side at training scale (default 1536 = 3840 / 2.5)")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="decoding processes (default 1)")
-    parser.add_argument("--decoder", default="pydicom", choices=["pydicom", "tfio"])
+    parser.add_argument("--decoder", default="pydicom", choices=["pydicom", "tfio"],
+                        help="pixel decoder (tfio: tensorflow-io, only in a TF 2.17.1 environment)")
     parser.add_argument("--shard-index", type=int, default=0, metavar="I")
     parser.add_argument("--num-shards", type=int, default=1, metavar="N")
     parser.add_argument("--salt", default=None, metavar="S",

@@ -34,7 +34,8 @@ class IngestSettings:
         voi: VOI rule of `read_mammogram` ("auto", "window", "none" or an index).
         orient: orientation rule ("left": chest wall on the left).
         max_pixels: reject images above this many pixels before decoding.
-        decoder: "pydicom" (the tfio decoder works only inside tf.data on TF 2.17).
+        decoder: "pydicom" or "tfio" (tensorflow-io's DCMTK decode + the same post-processing;
+            needs the TF 2.17.1 environment, see `keras_hourglass.data.tfio_decoder`).
     """
 
     long_side: int = 1536
@@ -130,13 +131,18 @@ def process_image(record: ImageRecord, settings: IngestSettings, salt: str) -> d
         finding_types, laterality, view, transform, clipped, voi_rule, orientation_rule}``
         or ``{"status": "rejected", key, rejects: [(row, code, reason), ...]}`` covering every row.
     """
-    from keras_hourglass.data.dicom import read_mammogram
+    if settings.decoder == "tfio":
+        from keras_hourglass.data.tfio_decoder import read_mammogram_tfio as read
+    else:
+        from keras_hourglass.data.dicom import read_mammogram as read
 
     secrets = [record.patient_id, record.study_id]
     try:
-        mammogram = read_mammogram(record.path, long_side=settings.long_side, voi=settings.voi,
+        mammogram = read(record.path, long_side=settings.long_side, voi=settings.voi,
                                    max_pixels=settings.max_pixels, orient=settings.orient)
     except InputError as err:
+        if type(err).__name__ == "TfioUnavailableError":
+            raise  # an environment problem, not a bad file
         return rejected_result(record, getattr(err, "code", "dicom_error"), err.reason, salt, secrets)
     except MemoryError:
         return rejected_result(record, "too_large", "out of memory while decoding", salt, secrets)

@@ -148,20 +148,10 @@ def _validate(config: PrepareConfig) -> None:
 
 
 def _check_tfio() -> None:
-    """The tfio decoder runs inside tf.data on TF 2.17 only; fail clearly elsewhere."""
-    try:
-        from keras_hourglass.data import tfio_decoder
-    except ModuleNotFoundError as err:
-        if err.name != "keras_hourglass.data.tfio_decoder":
-            raise
-        raise InputError("--decoder", "the tfio decoder is not part of this installation") from None
-    for name in ("require_tfio", "check_available", "ensure_available", "load_tfio"):
-        check = getattr(tfio_decoder, name, None)
-        if callable(check):
-            check()  # raises the clear error (naming the TF version it needs) when unavailable
-            break
-    raise InputError("--decoder", "prepare decodes with pydicom in worker processes; tensorflow-io decodes "
-                                  "only inside tf.data (evaluation/serving parity), use --decoder pydicom")
+    """Raises the tfio decoder's own clear error (naming the TF version it needs) where it cannot run."""
+    from keras_hourglass.data import tfio_decoder
+
+    tfio_decoder.require_tfio()
 
 
 def _settings_fingerprint(config: PrepareConfig, settings: ingest.IngestSettings, salt: str) -> str:
