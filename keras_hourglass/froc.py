@@ -311,6 +311,29 @@ class FrocResult:
     settings: dict[str, Any]
     warning: str | None = None
 
+    def operating_point(self, fpi: float) -> dict[str, float | None]:
+        """The operating point for an FPI budget (any value, not only `fpi_points`).
+
+        Args:
+            fpi: the false-marks-per-image budget.
+
+        Returns:
+            `{"threshold", "fpi", "sensitivity"}` of the lowest threshold whose
+            FPI is `<= fpi` (threshold None when no mark fits the budget;
+            sensitivity None when undefined).
+        """
+        defined = self.num_malignant_findings > 0
+        return _operating_point(
+            self.curve_threshold, self.curve_fpi, self.curve_sensitivity if defined else None, float(fpi)
+        )
+
+    def sensitivity(self, fpi: float) -> float | None:
+        """Sensitivity at any FPI, read with this result's interpolation rule (None if undefined)."""
+        if self.num_malignant_findings == 0:
+            return None
+        value = sensitivity_at(self.curve_fpi, self.curve_sensitivity, [float(fpi)], self.settings["interpolation"])
+        return float(value[0])
+
     def curve_points(self, max_points: int | None = 1000) -> list[dict[str, float | None]]:
         """The curve as a list of `{threshold, fpi, sensitivity, hits, false_marks}`.
 
@@ -376,6 +399,20 @@ class FrocResult:
         with open(path, "w", encoding="utf-8") as fh:
             json.dump(self.to_json(max_curve_points), fh, indent=2, allow_nan=False)
             fh.write("\n")
+
+
+def _operating_point(thresholds, curve_fpi, curve_sens, target: float) -> dict[str, float | None]:
+    """The lowest-threshold operating point whose FPI is <= target (step rule)."""
+    idx = int(np.searchsorted(curve_fpi, target * (1 + 1e-9) + 1e-12, side="right") - 1)
+    if curve_sens is None:
+        sensitivity = None
+    else:
+        sensitivity = _none_if_nan(curve_sens[idx]) if idx >= 0 else 0.0
+    return {
+        "threshold": float(thresholds[idx]) if idx >= 0 else None,
+        "fpi": float(curve_fpi[idx]) if idx >= 0 else 0.0,
+        "sensitivity": sensitivity,
+    }
 
 
 def _none_if_nan(value: float) -> float | None:
@@ -561,12 +598,7 @@ def froc(
         mean_sensitivity = max_sensitivity = fpi_at_max = None
         warning = NO_POSITIVES_WARNING.format(labels="/".join(positive_labels))
     for key, target in zip(keys, fpi_points):
-        idx = int(np.searchsorted(curve_fpi, target * (1 + 1e-9) + 1e-12, side="right") - 1)
-        operating_points[key] = {
-            "threshold": float(thresholds[idx]) if idx >= 0 else None,
-            "fpi": float(curve_fpi[idx]) if idx >= 0 else 0.0,
-            "sensitivity": (_none_if_nan(curve_sens[idx]) if idx >= 0 else 0.0) if defined else None,
-        }
+        operating_points[key] = _operating_point(thresholds, curve_fpi, curve_sens if defined else None, target)
 
     band_grid = np.logspace(np.log2(min(fpi_points)), np.log2(max(fpi_points)), band_points, base=2.0)
     ci95: dict[str, list[float] | None] = {k: None for k in keys}

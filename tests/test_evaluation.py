@@ -119,7 +119,7 @@ def test_callback_writes_logs_before_model_checkpoint(tmp_path):
 
 
 def test_callback_every_n_epochs_and_no_malignant_policy():
-    cb = FrocCallback([small_set()[1]], every_n_epochs=2)
+    cb = FrocCallback([small_set()[1]], target_fpi=0.3, every_n_epochs=2)
     with pytest.warns(RuntimeWarning, match="no malignant finding"):
         _, history = fit_with([cb], epochs=3, multi_output=False)
     assert [epoch for epoch, _ in cb.history] == [1, 2]  # every 2nd epoch + the last one
@@ -229,11 +229,13 @@ def test_evaluate_cli_end_to_end(tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert rc == 0
     assert "froc.json: " + str(out / "froc.json") in stdout and "4.8" in stdout
+    assert "operating point (FPI <= 4.8): threshold" in stdout
     payload = json.loads((out / "froc.json").read_text())
     assert payload["num_images"] == 2 and payload["num_patients"] == 2 and payload["num_malignant_findings"] == 1
     assert payload["sensitivity_at_fpi"]["0.125"] == 1.0 and payload["max_sensitivity"] == 1.0
     assert payload["ci95"]["4.8"] == [1.0, 1.0] or payload["num_bootstrap_undefined"] > 0
     assert payload["split"] == "test" and payload["settings"]["max_marks"] == 100
+    assert payload["operating_point"]["target_fpi"] == 4.8 and payload["operating_point"]["sensitivity"] == 1.0
     assert (out / "froc.png").stat().st_size > 5000
     assert len(list((out / "overlays").glob("*.png"))) == 2
     with open(out / "marks.csv") as fh:

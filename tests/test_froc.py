@@ -157,6 +157,10 @@ def test_hand_computed_four_image_case():
     assert strict.operating_points["1"]["threshold"] == pytest.approx(0.50)
     assert strict.fpi_at_max_sensitivity == pytest.approx(1.5)
 
+    # Any FPI budget: FPI <= 1.1 -> the .40 point (FPI 1); below the first point -> no threshold.
+    assert result.operating_point(1.1) == {"threshold": pytest.approx(0.40), "fpi": 1.0, "sensitivity": pytest.approx(2 * third)}
+    assert result.sensitivity(1.24) == pytest.approx(2 * third) and result.sensitivity(1.25) == 1.0
+
     # Linear: envelope (0,1/3) (.25,1/3) (.5,2/3) (.75,2/3) (1,2/3) (1.25,1); at 1.125 -> 5/6.
     linear = froc(four_image_case(), fpi_points=[0.125, 1.125], interpolation="linear", n_bootstrap=0)
     assert linear.sensitivity_at_fpi == {"0.125": pytest.approx(third), "1.125": pytest.approx(5 / 6)}

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from keras_hourglass.evaluation.predict import predict_marks
     from keras_hourglass.model import model_input_multiple
     from keras_hourglass.evaluation.report import format_table, write_findings_csv, write_marks_csv
-    from keras_hourglass.froc import FPI_POINTS, POSITIVE_LABELS, fpi_key, froc
+    from keras_hourglass.froc import POSITIVE_LABELS, froc
 
     model = load_model(args.model)
     dataset = evaluation_dataset(args.data, split=args.split, input_multiple=model_input_multiple(model))
@@ -124,10 +124,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if not records:
         raise InputError(args.data, f"split {args.split!r} has no images")
-    fpi_points = sorted({*FPI_POINTS, args.operating_fpi})
     result = froc(
         records,
-        fpi_points=fpi_points,
         extra_hits=args.extra_hits,
         interpolation=args.interpolation,
         n_bootstrap=args.bootstrap,
@@ -140,15 +138,16 @@ def run(args: argparse.Namespace) -> int:
     payload["data"] = os.path.abspath(args.data)
     payload["split"] = args.split
     payload["settings"]["max_marks"] = args.max_marks
-    payload["settings"]["operating_fpi"] = args.operating_fpi
+    operating = result.operating_point(args.operating_fpi)
+    payload["operating_point"] = {"target_fpi": args.operating_fpi, **operating}
     json_path = os.path.join(args.out, "froc.json")
     import json
 
     with open(json_path, "w", encoding="utf-8") as fh:
         json.dump(payload, fh, indent=2, allow_nan=False)
         fh.write("\n")
-    plot_froc(result, os.path.join(args.out, "froc.png"), annotate_fpi=args.operating_fpi)
-    threshold = result.operating_points[fpi_key(args.operating_fpi)]["threshold"]
+    plot_froc(result, os.path.join(args.out, "froc.png"))
+    threshold = operating["threshold"]
     write_marks_csv(
         os.path.join(args.out, "marks.csv"), records, operating_threshold=threshold, extra_hits=args.extra_hits
     )
@@ -165,8 +164,12 @@ def run(args: argparse.Namespace) -> int:
             threshold=threshold if threshold is not None else float("inf"),
         )
     print(format_table(result))
-    print(f"operating point {fpi_key(args.operating_fpi)} FPI: threshold "
-          + ("none (no mark within the budget)" if threshold is None else f"{threshold:.6g}"))
+    if threshold is None:
+        print(f"operating point (FPI <= {args.operating_fpi:g}): no mark fits the budget")
+    else:
+        sensitivity = operating["sensitivity"]
+        print(f"operating point (FPI <= {args.operating_fpi:g}): threshold {threshold:.6g}, "
+              f"FPI {operating['fpi']:.3g}, sensitivity " + ("n/a" if sensitivity is None else f"{sensitivity:.3f}"))
     print(f"froc.json: {json_path}")
     sys.stdout.flush()
     return 0

@@ -8,7 +8,7 @@ no bootstrap) and writes into `logs`:
 - `val_mean_sensitivity`: mean over FPI 0.125 ... 8,
 - `val_max_sensitivity`: sensitivity with every mark kept,
 - `val_sensitivity_at_<fpi>` for each FPI point (`val_sensitivity_at_0.125`
-  ... `val_sensitivity_at_8`, and the target FPI).
+  ... `val_sensitivity_at_8`).
 
 Order matters: Keras calls callbacks in list order with the same `logs`
 dict, so `FrocCallback` must come *before* `ModelCheckpoint`,
@@ -40,7 +40,7 @@ from typing import Any, Iterable
 
 import keras
 
-from keras_hourglass.froc import FPI_POINTS, FrocResult, froc, fpi_key
+from keras_hourglass.froc import FrocResult, froc
 from keras_hourglass.evaluation.predict import MarkPredictor
 
 
@@ -127,8 +127,7 @@ class FrocCallback(keras.callbacks.Callback):
         if self._predictor is None:
             self._predictor = MarkPredictor(self.model, max_marks=self.max_marks, peak_finder=self.peak_finder)
         records = self._predictor(self._evaluation_data(), max_images=self.max_images)
-        fpi_points = sorted({*FPI_POINTS, self.target_fpi})
-        return froc(records, fpi_points=fpi_points, extra_hits=self.extra_hits, n_bootstrap=0)
+        return froc(records, extra_hits=self.extra_hits, n_bootstrap=0)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if not self._due(epoch):
@@ -137,8 +136,8 @@ class FrocCallback(keras.callbacks.Callback):
         self.last_result = result
         self.history.append((epoch, result))
         values = {
-            "sensitivity": result.sensitivity_at_fpi[fpi_key(self.target_fpi)],
-            "mean_sensitivity": _mean_at_standard_points(result),
+            "sensitivity": result.sensitivity(self.target_fpi),
+            "mean_sensitivity": result.mean_sensitivity,
             "max_sensitivity": result.max_sensitivity,
         }
         for key, value in result.sensitivity_at_fpi.items():
@@ -158,10 +157,3 @@ class FrocCallback(keras.callbacks.Callback):
                 f"mean {values['mean_sensitivity']:.4f}, max {values['max_sensitivity']:.4f}"
             )
 
-
-def _mean_at_standard_points(result: FrocResult) -> float | None:
-    """Mean over the 8 standard FPI points (the target FPI may have added a 9th)."""
-    values = [result.sensitivity_at_fpi.get(fpi_key(f)) for f in FPI_POINTS]
-    if any(v is None for v in values):
-        return None
-    return float(sum(values) / len(values))
