@@ -93,3 +93,24 @@ def test_saved_model_reloads_with_its_loss(tmp_path, loss):
     assert type(loaded.loss) is type(loss)
     assert loaded.loss.get_config() == loss.get_config()
     np.testing.assert_allclose(loaded.evaluate(images, boxes, batch_size=4, verbose=0), before, rtol=1e-5)
+
+
+def test_endpoint_layer_adds_the_same_loss(tmp_path):
+    from keras_hourglass.losses import HypersensitiveLossEndpoint
+
+    base = tiny_net(seed=5)
+    image = keras.Input((None, None, 1), name="image")
+    boxes_in = keras.Input((3, 4), name="boxes")
+    heatmap = HypersensitiveLossEndpoint(HypersensitiveLoss(**LOSS_KWARGS), name="hs")(base(image), boxes_in)
+    model = keras.Model({"image": image, "boxes": boxes_in}, heatmap)
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    images, boxes = tiny_data()
+    inputs = {"image": images, "boxes": boxes}
+    expected = float(HypersensitiveLoss(**LOSS_KWARGS)(boxes, base.predict(images, verbose=0)))
+    np.testing.assert_allclose(model.evaluate(inputs, batch_size=4, verbose=0), expected, rtol=1e-5)
+    history = model.fit(inputs, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    path = tmp_path / "endpoint.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.get_layer("hs").loss_fn.get_config() == HypersensitiveLoss(**LOSS_KWARGS).get_config()

@@ -1,6 +1,7 @@
 """Heatmap losses: the paper's hypersensitive loss and the Newell L2 baseline."""
 
+from keras_hourglass.losses.endpoint import HypersensitiveLossEndpoint
 from keras_hourglass.losses.gaussian_l2 import GaussianL2Loss
 from keras_hourglass.losses.hypersensitive import HypersensitiveLoss
 
-__all__ = ["GaussianL2Loss", "HypersensitiveLoss"]
+__all__ = ["GaussianL2Loss", "HypersensitiveLoss", "HypersensitiveLossEndpoint"]

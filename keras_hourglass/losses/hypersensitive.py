@@ -37,7 +37,10 @@ Decisions (fixed by the project; see also `boxes.py`, `matching.py`,
   than a false negative"; with per-pixel means omega=0.01 left the
   background almost unpenalised in an earlier trial (DESIGN.md).
 - Images without boxes: `L_DET = 0` and `L_BG` covers the whole image minus
-  the top-k windows. An all-zero prediction gives finite values.
+  the top-k windows. An all-zero (or all-negative) patch has no mass: `x0`
+  falls back to the box centre, so the loss and its gradient stay finite.
+- Bad box rows (NaN, inf, empty or inverted boxes, -1 padding) are ignored;
+  a box whose patch lies entirely outside the heatmap contributes nothing.
 
 Each principle can be switched off: `recenter=False` (a), a single sigma
 (b), `top_k=0` (c), `omega=1.0` (d).
@@ -89,6 +92,11 @@ class HypersensitiveLoss(keras.losses.Loss):
         name: loss name.
         reduction: Keras reduction over the per-image losses.
         dtype: computation dtype (default `keras.backend.floatx()`).
+
+    The per-image sums make the loss grow with the number of boxes and the
+    area of the background; see the module docstring for every decision.
+    The XLA-compiled matching works on `[B, MAX_BOXES, P, P]` patches, so it
+    compiles once per (batch, MAX_BOXES) shape, whatever the image size.
 
     Example:
 
