@@ -226,15 +226,13 @@ def load_inference_model(model_path: str | os.PathLike):
 
 
 def _input_multiple(model, stride: int) -> int:
-    from keras_hourglass.model import hourglass
+    """H and W divisor of a (loaded) Hourglass: its `InputSizeCheck` layer's multiple."""
+    from keras_hourglass.model.blocks import InputSizeCheck
 
-    fn = getattr(hourglass, "model_input_multiple", None)
-    if fn is not None:
-        return fn(model)
-    config = getattr(model, "hourglass_config", None)
-    if config is not None:
-        return hourglass.input_multiple(config)
-    raise RuntimeError("cannot determine the model's input multiple")
+    multiples = [layer.multiple for layer in model.layers if isinstance(layer, InputSizeCheck)]
+    if multiples:
+        return max(multiples)
+    return stride  # a model without the check layer: the stride is the only known constraint
 
 
 def export_keras_model(

@@ -9,15 +9,18 @@ load tensorflow-io, and disables XLA unless started with a flag. So
    library, and rejects ops that are not registered in plain TensorFlow, the
    deny-list (`DENIED_OPS`, tensorflow-io's `IO>` namespace, `Xla*` ops) and
    any node or function with `_XlaMustCompile` / `_XlaCompile` set true;
-2. runs `saved_model_cli show --all` and `saved_model_cli run` on both
-   signatures (a zero image; a 16-bit PNG) in subprocesses that import only
-   TensorFlow (not keras_hourglass, not Keras), and checks the output shapes;
-3. optionally replays the warmup records (as TF Serving does on load).
+2. runs `saved_model_cli show --all` and `saved_model_cli run` (serving_default,
+   zero image) in subprocesses that do not import keras_hourglass, and checks the
+   signatures and output shapes;
+3. replays the warmup records (both signatures) in a plain-TensorFlow
+   subprocess, as TF Serving does on load, failing if keras_hourglass (or
+   export/serving) had to be imported. (TF itself may import Keras lazily.)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -172,14 +175,6 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
-def _run(cmd: list[str], cwd: str, timeout: float) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=_clean_env(), capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1]
-        raise RuntimeError(f"`{' '.join(cmd[:2])}` exited {proc.returncode}: {tail}")
-    return proc.stdout
-
-
 def parse_show_all(text: str) -> dict[str, dict]:
     """Parses `saved_model_cli show --all` into signature -> {inputs, outputs}.
 
@@ -214,80 +209,98 @@ def parse_show_all(text: str) -> dict[str, dict]:
     return signatures
 
 
+# Run in a clean subprocess (plain TensorFlow + tensorflow-serving-api protos): replays the warmup
+# records on the SavedModel the way TF Serving does on load, prints the output shapes as JSON, and
+# fails if anything of ours had to be imported.
+_REPLAY_SCRIPT = r"""
+import json, os, sys
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+path = sys.argv[1]
+model = tf.saved_model.load(path)
+records = []
+warmup = os.path.join(path, "assets.extra", "tf_serving_warmup_requests")
+for raw in tf.data.TFRecordDataset(warmup):
+    request = prediction_log_pb2.PredictionLog.FromString(raw.numpy()).predict_log.request
+    name = request.model_spec.signature_name or "serving_default"
+    outputs = model.signatures[name](**{k: tf.make_ndarray(v) for k, v in request.inputs.items()})
+    records.append({"signature": name, "outputs": {k: list(v.shape) for k, v in outputs.items()}})
+ours = sorted(m for m in sys.modules if m.split(".")[0] in ("keras_hourglass", "export", "serving"))
+if ours:
+    sys.exit("the SavedModel needed Python modules beyond TensorFlow: " + ", ".join(ours[:5]))
+print(json.dumps(records))
+"""
+
+
 def run_saved_model_cli(
     path: str | os.PathLike,
     *,
     image_hw: tuple[int, int] = (64, 48),
-    timeout: float = 300.0,
-) -> tuple[dict[str, dict], dict[str, tuple]]:
-    """Runs `saved_model_cli show --all` and `run` (both signatures) in subprocesses.
+    replay: bool = True,
+    timeout: float = 600.0,
+) -> tuple[dict[str, dict], dict[str, tuple], list[dict]]:
+    """Checks a SavedModel in subprocesses that import TensorFlow only.
 
-    The subprocesses run the `saved_model_cli` console script of this Python
-    environment from a scratch directory, with PYTHONPATH cleared: they
-    import TensorFlow only, so the SavedModel must not depend on our code.
+    Runs, concurrently, from a scratch directory with PYTHONPATH cleared:
+    `saved_model_cli show --all`; `saved_model_cli run --signature_def
+    serving_default` on a zero image `[1, H, W, 1]`; and (if `replay`) a
+    plain-TensorFlow script that replays the warmup records as TF Serving
+    does on load and fails if a keras_hourglass/export/serving module
+    got imported. Nothing of ours is needed to run the SavedModel.
 
     Returns:
-        `(signatures, output_shapes)`: the parsed `show --all` and the shape
-        of every output of `run` (keys `signature/output`): serving_default
-        on a zero image `[1, H, W, 1]`, detect_png on one 16-bit PNG of H x W.
+        `(signatures, output_shapes, replayed)`: the parsed `show --all`;
+        output key -> shape of `run`; per warmup record, its signature and
+        output shapes.
+
+    Raises:
+        RuntimeError: a subprocess failed (its last stderr line included).
     """
     import numpy as np
-
-    from export.warmup import _png, _ramp
 
     path = os.path.abspath(path)
     cli = _saved_model_cli()
     h, w = image_hw
-    shapes: dict[str, tuple] = {}
     with tempfile.TemporaryDirectory(prefix="hourglass-verify-") as scratch:
-        shown = _run([*cli, "show", "--all", "--dir", path], scratch, timeout)
-        # TF >= 2.15's saved_model_cli evaluates --input_exprs with ast.literal_eval
-        # (no np.zeros(...)), so the inputs go through .npy files (--inputs).
+        # TF >= 2.15's saved_model_cli evaluates --input_exprs with ast.literal_eval (no
+        # np.zeros(...)), so the input goes through an .npy file (--inputs).
         image = os.path.join(scratch, "image.npy")
         np.save(image, np.zeros((1, h, w, 1), np.float32))
-        png = os.path.join(scratch, "image_bytes.npy")
-        np.save(png, np.array([_png(_ramp(h, w), 16)], dtype=object), allow_pickle=True)
-        threshold = os.path.join(scratch, "threshold.npy")
-        np.save(threshold, np.zeros([1], np.float32))
-        runs = {
-            "serving_default": f"image={image}",
-            "detect_png": f"image_bytes={png};threshold={threshold}",
+        outdir = os.path.join(scratch, "out")
+        commands = {
+            "saved_model_cli show": [*cli, "show", "--all", "--dir", path],
+            "saved_model_cli run": [
+                *cli, "run", "--dir", path, "--tag_set", "serve", "--signature_def", "serving_default",
+                "--inputs", f"image={image}", "--outdir", outdir, "--overwrite",
+            ],
         }
-        for signature, inputs in runs.items():
-            outdir = os.path.join(scratch, signature)
-            _run(
-                [
-                    *cli, "run", "--dir", path, "--tag_set", "serve", "--signature_def", signature,
-                    "--inputs", inputs, "--outdir", outdir, "--overwrite",
-                ],
-                scratch,
-                timeout,
-            )
-            for f in sorted(os.listdir(outdir)):
-                if f.endswith(".npy"):
-                    shapes[f"{signature}/{f[: -len('.npy')]}"] = tuple(np.load(os.path.join(outdir, f)).shape)
-    return parse_show_all(shown), shapes
-
-
-def replay_warmup(path: str | os.PathLike) -> int:
-    """Runs every warmup record through the SavedModel, as TF Serving does on load.
-
-    Returns:
-        The number of records replayed (0 if the SavedModel has none).
-    """
-    import tensorflow as tf
-
-    from export.warmup import read_warmup_requests, warmup_path
-
-    if not os.path.exists(warmup_path(path)):
-        return 0
-    loaded = tf.saved_model.load(os.fspath(path))
-    records = read_warmup_requests(path)
-    for log in records:
-        request = log.predict_log.request
-        fn = loaded.signatures[request.model_spec.signature_name or "serving_default"]
-        fn(**{k: tf.make_ndarray(v) for k, v in request.inputs.items()})
-    return len(records)
+        if replay:
+            commands["warmup replay"] = [sys.executable, "-c", _REPLAY_SCRIPT, path]
+        procs = {
+            key: subprocess.Popen(cmd, cwd=scratch, env=_clean_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+            for key, cmd in commands.items()
+        }
+        outputs = {}
+        try:
+            for key, proc in procs.items():
+                stdout, stderr = proc.communicate(timeout=timeout)
+                if proc.returncode != 0:
+                    tail = (stderr.strip().splitlines() or ["(no stderr)"])[-1]
+                    raise RuntimeError(f"{key} exited {proc.returncode}: {tail}")
+                outputs[key] = stdout
+        finally:
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        shapes = {
+            f[: -len(".npy")]: tuple(np.load(os.path.join(outdir, f)).shape)
+            for f in sorted(os.listdir(outdir))
+            if f.endswith(".npy")
+        }
+    replayed = json.loads(outputs["warmup replay"].strip().splitlines()[-1]) if replay else []
+    return parse_show_all(outputs["saved_model_cli show"]), shapes, replayed
 
 
 def verify_saved_model(
@@ -307,7 +320,8 @@ def verify_saved_model(
         max_marks: if given, the expected number of mark rows.
         image_hw: image size for the `saved_model_cli run` check.
         run_cli: run `saved_model_cli show --all` and `run` in subprocesses.
-        warmup: replay the warmup records in this process.
+        warmup: with `run_cli`, also replay the warmup records in a clean
+            plain-TensorFlow subprocess.
 
     Returns:
         A `VerificationReport`.
@@ -321,15 +335,17 @@ def verify_saved_model(
     report = VerificationReport(op_counts=dict(counts))
     if run_cli:
         try:
-            report.signatures, report.cli_output_shapes = run_saved_model_cli(path, image_hw=image_hw)
+            report.signatures, report.cli_output_shapes, replayed = run_saved_model_cli(
+                path, image_hw=image_hw, replay=warmup
+            )
         except (RuntimeError, subprocess.TimeoutExpired) as err:
-            raise VerificationError(path, [f"saved_model_cli failed: {err}"]) from None
+            raise VerificationError(path, [f"saved_model_cli/replay failed: {err}"]) from None
+        report.warmup_records = len(replayed)
         problems += _check_cli(report, stride, max_marks, image_hw)
-    if warmup:
-        try:
-            report.warmup_records = replay_warmup(path)
-        except Exception as err:  # noqa: BLE001 - any failure means TF Serving would fail too
-            problems.append(f"warmup replay failed: {type(err).__name__}: {str(err).splitlines()[0]}")
+        for i, record in enumerate(replayed):
+            marks = record["outputs"].get("marks")
+            if max_marks and (not marks or marks[1:] != [max_marks, 3]):
+                problems.append(f"warmup record {i} ({record['signature']}): marks shape {marks}")
     if problems:
         raise VerificationError(path, problems)
     return report
@@ -341,14 +357,11 @@ def _check_cli(report: VerificationReport, stride, max_marks, image_hw) -> list[
     problems = [f"signature {s} missing" for s in SIGNATURE_NAMES if s not in report.signatures]
     shapes = report.cli_output_shapes
     h, w = image_hw
-    expected = {}
-    for sig in SIGNATURE_NAMES:
-        expected[f"{sig}/num_marks"] = (1,)
-        expected[f"{sig}/long_side"] = (1,)
-        if max_marks:
-            expected[f"{sig}/marks"] = (1, max_marks, 3)
+    expected = {"num_marks": (1,), "long_side": (1,)}
+    if max_marks:
+        expected["marks"] = (1, max_marks, 3)
     if stride:
-        expected["serving_default/heatmap"] = (1, -(-h // stride), -(-w // stride), 1)
+        expected["heatmap"] = (1, -(-h // stride), -(-w // stride), 1)
     for key, shape in expected.items():
         if shapes.get(key) != shape:
             problems.append(f"saved_model_cli run: output {key} has shape {shapes.get(key)}, expected {shape}")

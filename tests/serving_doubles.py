@@ -1,8 +1,7 @@
 """Test doubles for the export and serving tests.
 
-- `standin_model` / `standin_find_peaks`: tiny stand-ins with the interfaces
-  of `keras_hourglass.model` and `keras_hourglass.peaks`, used until those
-  modules are available.
+- `tiny_hourglass`: the smallest real Hourglass, for fast export tests.
+- `random_image`: a float32 image with a few bright blobs.
 """
 
 from __future__ import annotations
@@ -10,38 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def standin_model(stride: int = 2, seed: int = 0):
-    """A 2-layer conv 'heatmap' model: image [B,H,W,1] -> heatmap [B,H/stride,W/stride,1]."""
+def tiny_hourglass(seed: int = 0):
+    """The smallest real Hourglass: 1 stack, depth 2, stride 4 (input multiple 16), ~3k weights."""
     import keras
 
+    from keras_hourglass.model import build_hourglass
+
     keras.utils.set_random_seed(seed)
-    image = keras.Input((None, None, 1), name="image")
-    x = keras.layers.Conv2D(4, 3, strides=stride, padding="same", activation="relu")(image)
-    heatmap = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid", name="heatmap")(x)
-    return keras.Model(image, heatmap, name="standin_hourglass")
-
-
-def standin_find_peaks(heatmap, max_marks=100, threshold=0.0, pool_size=3, stride=1):
-    """Plain-TF peak finder with the `keras_hourglass.peaks.find_peaks` contract."""
-    import tensorflow as tf
-
-    heatmap = tf.convert_to_tensor(heatmap, tf.float32)[..., 0]
-    batch = tf.shape(heatmap)[0]
-    width = tf.shape(heatmap)[2]
-    pooled = tf.nn.max_pool2d(heatmap[..., None], pool_size, 1, "SAME")[..., 0]
-    keep = (heatmap >= pooled) & (heatmap > threshold)
-    scores = tf.reshape(tf.where(keep, heatmap, tf.fill(tf.shape(heatmap), -1.0)), [batch, -1])
-    k = tf.minimum(max_marks, tf.shape(scores)[1])
-    top, idx = tf.math.top_k(scores, k)
-    pad = max_marks - k
-    top = tf.pad(top, [[0, 0], [0, pad]], constant_values=-1.0)
-    idx = tf.pad(idx, [[0, 0], [0, pad]])
-    valid = top > -1.0
-    y = (tf.cast(idx // width, tf.float32) + 0.5) * stride
-    x = (tf.cast(idx % width, tf.float32) + 0.5) * stride
-    marks = tf.stack([y, x, top], axis=-1)
-    marks = tf.where(valid[..., None], marks, tf.constant([-1.0, -1.0, 0.0]))
-    return marks, tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)
+    return build_hourglass("tiny", num_stacks=1, depth=2, num_features=8, stem_features=4)
 
 
 def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -12,18 +12,22 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from export import saved_model as sm  # noqa: E402
+from export.cli import register  # noqa: E402,F401 - the CLI module imports without TensorFlow work
 from export.signatures import HourglassDetector, decode_png_image  # noqa: E402
 from export.verify import VerificationError, check_ops, verify_saved_model  # noqa: E402
 from export.warmup import read_warmup_requests  # noqa: E402
 from keras_hourglass.errors import InputError  # noqa: E402
-from serving_doubles import random_image, standin_find_peaks, standin_model  # noqa: E402
+from keras_hourglass.cli.main import main  # noqa: E402
+from keras_hourglass.peaks import find_peaks  # noqa: E402
+from serving_doubles import random_image, tiny_hourglass  # noqa: E402
 
-STRIDE, MULTIPLE, MAX_MARKS, THRESHOLD, LONG_SIDE = 2, 4, 6, 0.05, 64
+# tiny_hourglass: 1 stack, depth 2, output stride 4 -> input multiple 16.
+STRIDE, MULTIPLE, MAX_MARKS, THRESHOLD, LONG_SIDE = 4, 16, 6, -1e9, 64
 
 
-def make_detector(peak_fn=standin_find_peaks, seed=0) -> HourglassDetector:
+def make_detector(peak_fn=None, seed=0) -> HourglassDetector:
     return HourglassDetector(
-        standin_model(stride=STRIDE, seed=seed),
+        tiny_hourglass(seed=seed),
         stride=STRIDE,
         input_multiple=MULTIPLE,
         max_marks=MAX_MARKS,
@@ -34,11 +38,17 @@ def make_detector(peak_fn=standin_find_peaks, seed=0) -> HourglassDetector:
 
 
 @pytest.fixture(scope="module")
+def loaded(exported):
+    return tf.saved_model.load(exported[1].path)
+
+
+@pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """One fully verified export (op check + saved_model_cli show/run + warmup replay)."""
     detector = make_detector()
     base = tmp_path_factory.mktemp("serving") / "hourglass"
     result = sm.export_detector(detector, base, verify="full", verify_image_hw=(30, 21))
+    assert detector.input_multiple == sm._input_multiple(detector.model, STRIDE)
     return detector, result
 
 
@@ -70,34 +80,37 @@ def test_signatures_as_saved_model_cli_shows_them(exported):
         "num_marks": ["DT_INT32", "(-1)"],
         "long_side": ["DT_INT32", "(-1)"],
     }
-    # saved_model_cli run (subprocess, plain TF) on a 30 x 21 image: heatmap cropped to ceil(/2).
+    # saved_model_cli run (subprocess, plain TF) on a 30 x 21 image: heatmap cropped to ceil(/4).
     shapes = result.verification["cli_output_shapes"]
-    assert shapes["serving_default/heatmap"] == [1, 15, 11, 1]
-    assert shapes["detect_png/marks"] == [1, MAX_MARKS, 3]
+    assert shapes == {"heatmap": [1, 8, 6, 1], "marks": [1, MAX_MARKS, 3], "num_marks": [1], "long_side": [1]}
+    # The warmup records (both signatures) were replayed in a plain-TensorFlow subprocess.
     assert result.verification["warmup_records_replayed"] == 3
 
 
 def _reference(detector, images: np.ndarray, threshold: float):
-    """Keras model on zero-padded images + stand-in find_peaks on the cropped heatmap."""
+    """Keras model on zero-padded images + find_peaks on the cropped heatmap, marks clipped to the image."""
     _, h, w, _ = images.shape
     ph, pw = -h % MULTIPLE, -w % MULTIPLE
     padded = np.pad(images, [(0, 0), (0, ph), (0, pw), (0, 0)])
     heatmap = np.asarray(detector.model(padded, training=False))[:, : -(-h // STRIDE), : -(-w // STRIDE)]
-    marks, num = standin_find_peaks(heatmap, max_marks=MAX_MARKS, threshold=threshold, stride=STRIDE)
-    return heatmap, np.asarray(marks), np.asarray(num)
+    marks, num = find_peaks(heatmap, max_marks=MAX_MARKS, threshold=threshold, stride=STRIDE)
+    marks, num = np.array(marks), np.asarray(num)
+    valid = np.arange(MAX_MARKS)[None, :] < num[:, None]
+    marks[..., 0] = np.where(valid, np.minimum(marks[..., 0], h), marks[..., 0])
+    marks[..., 1] = np.where(valid, np.minimum(marks[..., 1], w), marks[..., 1])
+    return heatmap, marks, num
 
 
-@pytest.mark.parametrize("hw", [(32, 40), (30, 41)])
-def test_serving_default_equals_keras_plus_find_peaks(exported, hw):
-    detector, result = exported
-    loaded = tf.saved_model.load(result.path)
+@pytest.mark.parametrize("hw", [(32, 48), (30, 41)])
+def test_serving_default_equals_keras_plus_find_peaks(exported, loaded, hw):
+    detector, _ = exported
     images = np.stack([random_image(*hw, seed=1), random_image(*hw, seed=2)])[..., None]
     out = loaded.signatures["serving_default"](image=tf.constant(images))
     heatmap, marks, num = _reference(detector, images, THRESHOLD)
     assert out["heatmap"].shape == heatmap.shape
     np.testing.assert_allclose(out["heatmap"].numpy(), heatmap, atol=1e-5)
     np.testing.assert_array_equal(out["num_marks"].numpy(), num)
-    assert num.min() > 0
+    assert num.min() > 0  # threshold -1e9: every local maximum is a mark
     np.testing.assert_allclose(out["marks"].numpy(), marks, atol=1e-4)
     np.testing.assert_array_equal(out["long_side"].numpy(), [LONG_SIDE, LONG_SIDE])
 
@@ -116,13 +129,12 @@ def test_png_decoding_normalises_8_and_16_bit_to_unit_range():
     np.testing.assert_allclose(d16, values16 / 65535.0, atol=1e-7)
 
 
-def test_detect_png_mixed_sizes_and_bit_depths_equal_reference(exported):
-    detector, result = exported
-    loaded = tf.saved_model.load(result.path)
+def test_detect_png_mixed_sizes_and_bit_depths_equal_reference(exported, loaded):
+    detector, _ = exported
     a, b = random_image(30, 41, seed=3), random_image(24, 16, seed=4)
     # Per-image thresholds: the second one is so high that no mark survives.
     out = loaded.signatures["detect_png"](
-        image_bytes=tf.constant([_png(a, 16), _png(b, 8)]), threshold=tf.constant([THRESHOLD, 2.0])
+        image_bytes=tf.constant([_png(a, 16), _png(b, 8)]), threshold=tf.constant([THRESHOLD, 1e9])
     )
     qa = np.round(a * 65535) / 65535
     _, marks_a, num_a = _reference(detector, qa[None, ..., None].astype(np.float32), THRESHOLD)
@@ -150,7 +162,7 @@ def test_export_with_pyfunc_fails_verification_and_publishes_nothing(tmp_path):
     def py_peaks(heatmap, **kwargs):
         heatmap = tf.numpy_function(lambda h: h, [heatmap], tf.float32, stateful=False)
         heatmap.set_shape([None, None, None, 1])
-        return standin_find_peaks(heatmap, **kwargs)
+        return find_peaks(heatmap, **kwargs)
 
     base = tmp_path / "hourglass"
     with pytest.raises(VerificationError, match="PyFunc"):
@@ -158,17 +170,19 @@ def test_export_with_pyfunc_fails_verification_and_publishes_nothing(tmp_path):
     assert os.listdir(base) == []  # neither a version nor the temp dir
 
 
-def test_export_with_jit_compile_fails_verification(tmp_path):
-    xla_peaks = tf.function(standin_find_peaks, jit_compile=True)
-    base = tmp_path / "hourglass"
-    with pytest.raises(VerificationError, match="_XlaMustCompile"):
-        sm.export_detector(make_detector(peak_fn=xla_peaks), base, verify="ops")
-    assert os.listdir(base) == []
+def test_jit_compiled_function_fails_the_op_check(tmp_path):
+    module = tf.Module()
+    module.f = tf.function(lambda x: tf.nn.relu(x) * 2.0, jit_compile=True,
+                           input_signature=[tf.TensorSpec([None], tf.float32)])
+    tf.saved_model.save(module, str(tmp_path), signatures={"serving_default": module.f.get_concrete_function()})
+    _, problems = check_ops(tmp_path)
+    assert any("_XlaMustCompile=true" in p for p in problems)
 
 
 def test_check_ops_accepts_the_real_export(exported):
     counts, problems = check_ops(exported[1].path)
     assert problems == [] and counts["DecodePng"] >= 1 and "PyFunc" not in counts
+    assert "Assert" in counts  # the model's InputSizeCheck survives: the signature pads before it
 
 
 def test_refuses_to_overwrite_an_existing_version(exported, tmp_path):
@@ -217,9 +231,10 @@ def test_atomic_versions_under_a_polling_watcher(tmp_path):
     poller = Poller(base)
     poller.start()
     try:
-        versions = [sm.export_detector(make_detector(seed=i), base, verify="none").version for i in range(3)]
+        detector = make_detector()
+        versions = [sm.export_detector(detector, base, verify="none").version for _ in range(3)]
         # Control: the unsafe way (write straight into BASE/<n>) IS caught by the same poller.
-        sm.export_detector(make_detector(), base, verify="none", _atomic=False)
+        sm.export_detector(detector, base, verify="none", _atomic=False)
         time.sleep(0.05)
     finally:
         poller.stop.set()
@@ -233,3 +248,23 @@ def test_atomic_versions_under_a_polling_watcher(tmp_path):
 def test_verify_rejects_a_directory_without_a_saved_model(tmp_path):
     with pytest.raises(VerificationError, match="no saved_model.pb"):
         verify_saved_model(tmp_path, run_cli=False, warmup=False)
+
+
+def test_cli_export_writes_versions_and_refuses_overwrite(tmp_path, capsys):
+    import json
+
+    model_path = tmp_path / "run" / "model.keras"
+    model_path.parent.mkdir()
+    tiny_hourglass(seed=5).save(model_path)
+    (model_path.parent / "config.json").write_text(json.dumps({"data": {"size": 96}}))
+    base = tmp_path / "serving" / "hourglass"
+    argv = ["export", "--model", str(model_path), "--base-path", str(base), "--verify", "ops", "--max-marks", "4"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["version"] == 1 and out["metadata"]["input_multiple"] == MULTIPLE
+    assert out["metadata"]["long_side"] == 96 and out["metadata"]["max_marks"] == 4
+    assert main([*argv, "--version", "1"]) == 2
+    assert "1: version already exists" in capsys.readouterr().err
+    assert main(["export", "--model", str(tmp_path / "nope.keras"), "--base-path", str(base)]) == 2
+    assert "nope.keras: no such model file" in capsys.readouterr().err
+    assert sm.list_versions(base) == [1]
