@@ -188,6 +188,50 @@ def test_pixel_data_shorter_than_header_is_unreadable(tmp_path):
     _expect(save(tmp_path, ds), "unreadable", dicom.UnreadableDicomError)
 
 
+def test_fuzzed_files_never_raise_raw_errors(tmp_path):
+    # Random byte corruption and truncation of uncompressed, RLE and JPEG 2000 files: every outcome is
+    # a valid image or a DicomError (pydicom's lazy element parsing and pylibjpeg-rle's Rust panics
+    # included), never a raw exception.
+    import io
+    import warnings
+
+    sources = []
+    for uid in (None, RLELossless, JPEG2000Lossless):
+        ds = make_ds(breast(), WindowCenter=2000, WindowWidth=3000, ImageLaterality="L")
+        if uid is not None:
+            ds.compress(uid)
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        sources.append(buf.getvalue())
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    path = tmp_path / "fuzz.dcm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(240):
+            data = bytearray(sources[i % 3])
+            for _ in range(int(rng.integers(1, 8))):
+                data[int(rng.integers(len(data)))] = int(rng.integers(256))
+            if rng.random() < 0.2:
+                data = data[: int(rng.integers(len(data)))]
+            path.write_bytes(bytes(data))
+            try:
+                img = dicom.read_mammogram(path, long_side=32).image
+                assert img.dtype == np.float32 and np.isfinite(img).all() and 0 <= img.min() <= img.max() <= 1
+                outcomes.add("ok")
+            except dicom.DicomError as err:
+                assert err.path == os.fspath(path) and err.code in dicom.ERROR_CODES
+                outcomes.add(err.code)
+    assert {"ok", "unreadable"} <= outcomes and len(outcomes) >= 4
+
+
+def test_bad_options_are_programming_errors(tmp_path):
+    path = save(tmp_path, make_ds(breast()))
+    for kwargs in ({"long_side": 0}, {"voi": -1}, {"voi": True}, {"orient": "up"}):
+        with pytest.raises(ValueError):
+            dicom.read_mammogram(path, **kwargs)
+
+
 # ---------------------------------------------------------------------------------- header reading
 def test_read_header_fields_and_no_raw_ids_in_repr(tmp_path):
     ds = make_ds(breast(), ImageLaterality="R", ViewPosition="MLO", WindowCenter=[2000, 1500],

@@ -121,6 +121,11 @@ class TooLargeError(DicomError):
     code = "too_large"
 
 
+ERROR_CODES = tuple(c.code for c in (UnreadableDicomError, ForProcessingError, NotMammographyError, NoPixelDataError,
+                                     MultiFrameError, UnsupportedPhotometricError, UnsupportedTransferSyntaxError,
+                                     TooLargeError))
+
+
 # ------------------------------------------------------------------------------------- dataclasses
 @dataclasses.dataclass(frozen=True)
 class DicomHeader:
@@ -395,9 +400,15 @@ def load_header(source: DicomSource, *, name: str | None = None, max_pixels: int
         DicomError: a subclass naming the file and the reason.
     """
     ds = _read_dataset(source, name=name)
-    header = _header_from_dataset(ds, name if name is not None else _name(source))
-    if check:
-        check_header(header, ds, max_pixels=max_pixels)
+    name = name if name is not None else _name(source)
+    try:  # pydicom converts raw elements lazily: corrupt values fail here, not in dcmread
+        header = _header_from_dataset(ds, name)
+        if check:
+            check_header(header, ds, max_pixels=max_pixels)
+    except DicomError:
+        raise
+    except Exception as err:
+        raise UnreadableDicomError(name, f"cannot parse DICOM header: {_one_line(err)}") from None
     return ds, header
 
 
@@ -613,6 +624,10 @@ def stored_values(ds, path: str | None = None) -> np.ndarray:
         raise
     except Exception as err:  # truncated data, decoder failures, bad lengths...
         raise UnreadableDicomError(path, f"cannot decode pixel data: {_one_line(err)}") from None
+    except BaseException as err:  # pyo3 decoders (pylibjpeg-rle) panic with a BaseException subclass
+        if type(err).__name__ != "PanicException":
+            raise
+        raise UnreadableDicomError(path, f"pixel decoder crashed on corrupt data: {_one_line(err)}") from None
     arr = np.asarray(arr)
     if arr.ndim != 2:
         raise UnreadableDicomError(path, f"decoded pixel array has shape {arr.shape}, expected 2D")
@@ -639,6 +654,7 @@ def preprocess_pixels(stored: np.ndarray, ds, header: DicomHeader, *, long_side:
     """
     from pydicom.pixels import apply_modality_lut
 
+    validate_options(long_side=long_side, voi=voi, orient=orient)
     path = header.path
     if stored.shape != (header.rows, header.columns):
         raise UnreadableDicomError(path, f"pixel array {stored.shape} does not match Rows x Columns "
@@ -646,10 +662,6 @@ def preprocess_pixels(stored: np.ndarray, ds, header: DicomHeader, *, long_side:
     try:
         values = apply_modality_lut(stored, ds)
         image, voi_rule = apply_voi(values, ds, voi)
-    except ValueError as err:
-        if "voi must" in str(err) or "window index" in str(err):
-            raise
-        raise UnreadableDicomError(path, f"cannot apply the modality/VOI LUT: {_one_line(err)}") from None
     except Exception as err:
         raise UnreadableDicomError(path, f"cannot apply the modality/VOI LUT: {_one_line(err)}") from None
     if header.photometric == "MONOCHROME1":
@@ -682,16 +694,37 @@ def read_mammogram(source: DicomSource, *, long_side: int | None = DEFAULT_LONG_
     Raises:
         DicomError: a subclass naming the file and the reason; never a raw pydicom/numpy error.
     """
+    validate_options(long_side=long_side, voi=voi, orient=orient)
     ds, header = load_header(source, max_pixels=max_pixels)
     stored = stored_values(ds, header.path)
-    return preprocess_pixels(stored, ds, header, long_side=long_side, voi=voi, orient=orient)
+    try:
+        return preprocess_pixels(stored, ds, header, long_side=long_side, voi=voi, orient=orient)
+    except DicomError:
+        raise
+    except Exception as err:  # never a raw traceback for a bad file
+        raise UnreadableDicomError(header.path, f"cannot preprocess the pixels: {_one_line(err)}") from None
+
+
+def validate_options(*, long_side: int | None, voi: str | int, orient: str) -> None:
+    """Raises ValueError for options `read_mammogram` does not understand (programming errors).
+
+    Args:
+        long_side, voi, orient: as in `read_mammogram`.
+    """
+    if long_side is not None and (not isinstance(long_side, (int, np.integer)) or long_side <= 0):
+        raise ValueError(f"long_side must be a positive integer or None, got {long_side!r}")
+    if not (voi in ("auto", "window", "none")
+            or isinstance(voi, (int, np.integer)) and not isinstance(voi, bool) and voi >= 0):
+        raise ValueError(f"voi must be 'auto', 'window', 'none' or a window index >= 0, got {voi!r}")
+    if orient not in ("left", "right", "none"):
+        raise ValueError(f"orient must be 'left', 'right' or 'none', got {orient!r}")
 
 
 __all__ = [
-    "DEFAULT_LONG_SIDE", "DEFAULT_MAX_PIXELS", "DicomError", "DicomHeader", "ForProcessingError",
+    "DEFAULT_LONG_SIDE", "DEFAULT_MAX_PIXELS", "DicomError", "ERROR_CODES", "DicomHeader", "ForProcessingError",
     "FOR_PRESENTATION_SOP_CLASS", "FOR_PROCESSING_SOP_CLASS", "Mammogram", "MultiFrameError",
     "NoPixelDataError", "NotMammographyError", "PixelTransform", "TooLargeError", "UnreadableDicomError",
     "UnsupportedPhotometricError", "UnsupportedTransferSyntaxError", "apply_voi", "check_header",
     "decide_flip", "load_header", "output_shape", "preprocess_pixels", "read_header", "read_mammogram", "resize",
-    "stored_values",
+    "stored_values", "validate_options",
 ]

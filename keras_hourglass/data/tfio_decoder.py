@@ -149,6 +149,7 @@ def decode_dicom_tfio(source: Any, *, long_side: int | None = dicom.DEFAULT_LONG
         TfioUnavailableError: tensorflow-io cannot run here. A bad file raises, when the dataset is
         iterated, a `tf.errors.OpError` whose message is the `DicomError` line (file and reason).
     """
+    dicom.validate_options(long_side=long_side, voi=voi, orient=orient)
     tfio = require_tfio()
     import tensorflow as tf
 
@@ -198,6 +199,7 @@ def read_mammogram_tfio(path: str | os.PathLike, *, long_side: int | None = dico
         TfioUnavailableError: tensorflow-io cannot run here.
         DicomError: a bad file (same checks as `read_mammogram`, plus the syntaxes DCMTK lacks).
     """
+    dicom.validate_options(long_side=long_side, voi=voi, orient=orient)
     tfio = require_tfio()
     import tensorflow as tf
 
@@ -215,7 +217,12 @@ def read_mammogram_tfio(path: str | os.PathLike, *, long_side: int | None = dico
         raise dicom.UnreadableDicomError(name, f"tensorflow-io cannot decode the pixel data: "
                                                f"{' '.join(str(err).split())[:200]}") from None
     stored = _stored_from_dcmtk(raw, header)
-    return dicom.preprocess_pixels(stored, ds, header, long_side=long_side, voi=voi, orient=orient)
+    try:
+        return dicom.preprocess_pixels(stored, ds, header, long_side=long_side, voi=voi, orient=orient)
+    except dicom.DicomError:
+        raise
+    except Exception as err:  # never a raw traceback for a bad file
+        raise dicom.UnreadableDicomError(name, f"cannot preprocess the pixels: {err}") from None
 
 
 __all__ = ["REQUIRED_TF", "REQUIRED_TFIO", "TfioUnavailableError", "decode_dicom_tfio", "read_mammogram_tfio",
