@@ -269,3 +269,28 @@ def test_cbis_mask_boxes_are_rescaled_and_cropped_images_are_skipped(tmp_path):
     empty = write_mask(tmp_path / "empty.dcm", 8, 8, (0, 0, 0, 0))
     with pytest.raises(ValueError, match="empty mask"):
         mask_box((empty,), (8, 8))
+
+
+def test_cbis_falls_back_to_the_tcia_folder_layout(tmp_path):
+    from keras_hourglass.data.ingest import mask_box
+
+    # NBIA download: other folder names below the first component; mask and crop as 1-1/1-2.
+    write_mammogram(tmp_path / "Mass-Test_P_00009_LEFT_MLO/07-20-2016-DDSM-1/1.000000-full-2/1-1.dcm", 96, 64)
+    write_mammogram(tmp_path / "Mass-Test_P_00009_LEFT_MLO_1/07-21-2016-DDSM-2/1.000000-ROI-3/1-1.dcm", 10, 18)
+    write_mask(tmp_path / "Mass-Test_P_00009_LEFT_MLO_1/07-21-2016-DDSM-2/1.000000-ROI-3/1-2.dcm", 96, 64,
+               (30, 10, 40, 20))
+    write_mammogram(tmp_path / "Mass-Test_P_00010_LEFT_CC/a/b/1-1.dcm", 96, 64)
+    write_mammogram(tmp_path / "Mass-Test_P_00010_LEFT_CC/a/c/1-1.dcm", 96, 64)
+    table = write_csv(tmp_path / "mass_case_description_test_set.csv", MASS, [
+        ["P_00009", 2, "LEFT", "MLO", 1, "mass", "ROUND", "CIRCUMSCRIBED", 4, "MALIGNANT", 3,
+         "Mass-Test_P_00009_LEFT_MLO/1.2.3/1.2.3.4/000000.dcm",
+         "Mass-Test_P_00009_LEFT_MLO_1/1.2.3/1.2.3.5/000000.dcm",
+         "Mass-Test_P_00009_LEFT_MLO_1/1.2.3/1.2.3.5/000001.dcm"],
+        ["P_00010", 2, "LEFT", "CC", 1, "mass", "ROUND", "CIRCUMSCRIBED", 4, "BENIGN", 3,
+         "Mass-Test_P_00010_LEFT_CC/1/2/000000.dcm", "x/000000.dcm", "x/000001.dcm"],
+    ])
+    result = get_importer("cbis-ddsm")([table], str(tmp_path))
+    (image,) = result.images
+    assert image.path.endswith("1.000000-full-2/1-1.dcm")
+    assert mask_box(image.findings[0].mask_paths, (96, 64)) == (30, 10, 40, 20)
+    assert [(r.row.split(":")[1], r.code) for r in result.rejects] == [("2", "ambiguous_file")]

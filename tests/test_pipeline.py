@@ -102,6 +102,17 @@ def test_patch_contains_the_positive_it_was_centred_on_and_benign_is_background(
     assert seen["malignant"] > 5 and seen["high_risk"] > 5, seen
 
 
+def test_normal_crops_show_tissue_not_background(tmp_path):
+    rng = np.random.default_rng(2)
+    image = np.zeros((128, 128), np.float32)
+    image[96:, :24] = rng.uniform(0.3, 0.6, size=(32, 24))  # tissue only in the lower-left corner
+    _write(tmp_path, "train", "normal", 0, [records.make_example(
+        image, boxes=np.zeros((0, 4)), box_labels=[], finding_types=[], patient_hash="p", study_hash="s",
+        image_hash="i")])
+    crops = next(iter(_stream(tmp_path, batch_size=32, augment=False, with_info=False)))[0].numpy()
+    assert all((crop > 0.25).mean() > 0.1 for crop in crops)  # a uniform crop would mostly miss it
+
+
 def test_flips_move_boxes_with_the_pixels(prep):
     for image, boxes, info in _stream(prep, augment=True, seed=11).take(10):
         for img, rows in zip(image.numpy(), boxes.numpy()):

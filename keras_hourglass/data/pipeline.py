@@ -17,8 +17,11 @@ Phases:
 
 - ``"patch"``: a ``patch_size`` crop (paper: 1280 native = 512 at training
   scale) centred on a random finding of the image (any label) with jitter
-  that keeps that finding inside the crop; normals: a uniformly random
-  crop. The crop is kept inside the image when the image is larger and
+  that keeps that finding inside the crop; images without findings
+  (normals): a random crop centred on a random TISSUE block (blocks of
+  patch_size/8 whose mean intensity exceeds `TISSUE_THRESHOLD`; uniformly
+  random when none does), so negatives show breast, not the black
+  background that fills half of a mammogram. The crop is kept inside the image when the image is larger and
   zero-padded bottom/right when it is smaller. Boxes are shifted, clipped
   to the crop, and dropped when nothing of them is left.
 - ``"full"``: the whole image, padded bottom/right to a multiple of
@@ -55,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 GAIN_RANGE = (0.9, 1.1)
 LOG_GAMMA_RANGE = 0.15
+TISSUE_THRESHOLD = 0.05
+"""Mean intensity above which a block counts as tissue (background is ~0 after VOI)."""
 JITTER_FRACTION = 0.25
 """Patch centre jitter: at most this fraction of the patch size (and never
 so much that the centred finding leaves the crop)."""
@@ -122,7 +127,19 @@ def _crop_origin(image, boxes, patch_size: int, seeds):
                                         maxval=tf.maximum(width - patch_size, 0) + 1, dtype=tf.int32)
         return tf.stack([y, x])
 
-    origin = tf.cond(num > 0, centred, uniform)
+    def tissue():
+        block = max(1, patch_size // 8)
+        pooled = tf.nn.avg_pool2d(image[tf.newaxis], ksize=block, strides=block, padding="VALID")
+        candidates = tf.cast(tf.where(pooled[0, :, :, 0] > TISSUE_THRESHOLD), tf.int32)
+        count = tf.shape(candidates)[0]
+
+        def pick():
+            index = tf.random.stateless_uniform([], seeds[0], minval=0, maxval=count, dtype=tf.int32)
+            return candidates[index] * block + block // 2 - patch_size // 2
+
+        return tf.cond(count > 0, pick, uniform)
+
+    origin = tf.cond(num > 0, centred, tissue)
     limits = tf.stack([tf.maximum(height - patch_size, 0), tf.maximum(width - patch_size, 0)])
     return tf.clip_by_value(origin, 0, limits)
 

@@ -13,6 +13,16 @@ handled:
   image's. Some rows swap the ROI mask and cropped-image columns, so both
   are candidates and the first that is a binary mask is used.
 
+File layout: the CSV paths are tried first (relative to --images-root).
+TCIA's NBIA download uses other folder names below the first component
+(``Mass-Training_P_00001_LEFT_CC/07-20-2016-DDSM-74994/1.000000-full
+mammogram images-24515/1-1.dcm``), so when a CSV path is missing the
+importer falls back to the DICOM files under ``<images-root>/<first path
+component>/``: exactly one for the full mammogram (else the row is
+rejected as ambiguous), and every file of the ROI folder as a mask
+candidate (``1-1.dcm``/``1-2.dcm`` hold the mask and the crop in either
+order; the binary one is the mask).
+
 Labels: MALIGNANT -> malignant; BENIGN and BENIGN_WITHOUT_CALLBACK ->
 benign. Split: "Training"/"Test" in the image path (Mass-Training_...,
 Calc-Test_...) -> train/test; prepare carves val out of train by salted
@@ -42,6 +52,43 @@ def clean_path(value: str) -> str:
     return re.sub(r"\s+", "", value or "")
 
 
+class _Locator:
+    """Finds CBIS-DDSM files by their CSV path or, failing that, by their top folder (TCIA layout)."""
+
+    def __init__(self, images_root: str):
+        self.root = images_root
+        self._listing: dict[str, list[str]] = {}
+
+    def files_under(self, top: str) -> list[str]:
+        if top not in self._listing:
+            found = []
+            for directory, _dirs, names in os.walk(os.path.join(self.root, top)):
+                found += [os.path.join(directory, n) for n in names if n.lower().endswith(".dcm")]
+            self._listing[top] = sorted(found)
+        return self._listing[top]
+
+    def image(self, key: str) -> str | None:
+        full = resolve(self.root, key)
+        if os.path.isfile(full):
+            return full
+        candidates = self.files_under(key.split("/", 1)[0])
+        if len(candidates) > 1:
+            raise ValueError("ambiguous_file", f"image file missing and {len(candidates)} DICOM files under its "
+                                               "top folder")
+        return candidates[0] if candidates else None
+
+    def masks(self, paths: list[str]) -> list[str]:
+        exact = [resolve(self.root, p) for p in paths if p and os.path.isfile(resolve(self.root, p))]
+        if exact:
+            return exact
+        tops = []
+        for path in paths:
+            top = path.split("/", 1)[0] if path else ""
+            if top and top not in tops:
+                tops.append(top)
+        return [f for top in tops for f in self.files_under(top)]
+
+
 def _split(path: str) -> str | None:
     head = path.split("/", 1)[0].lower()
     if "training" in head:
@@ -51,7 +98,7 @@ def _split(path: str) -> str | None:
     return None
 
 
-def parse_row(row_id: str, row: dict[str, str], images_root: str) -> ParsedRow:
+def parse_row(row_id: str, row: dict[str, str], locator: _Locator) -> ParsedRow:
     """Validates one CBIS-DDSM row. Raises ValueError(code, message)."""
     patient_id = row["patient_id"]
     if not patient_id:
@@ -73,14 +120,10 @@ def parse_row(row_id: str, row: dict[str, str], images_root: str) -> ParsedRow:
     split = _split(key)
     if split is None:
         raise ValueError("bad_split", "image file path names neither Training nor Test")
-    full = resolve(images_root, key)
-    if not os.path.isfile(full):
+    full = locator.image(key)
+    if full is None:
         raise ValueError("missing_file", "image file not found under --images-root")
-    masks = []
-    for column in ("ROI mask file path", "cropped image file path"):
-        candidate = clean_path(row[column])
-        if candidate and os.path.isfile(resolve(images_root, candidate)):
-            masks.append(resolve(images_root, candidate))
+    masks = locator.masks([clean_path(row["ROI mask file path"]), clean_path(row["cropped image file path"])])
     if not masks:
         raise ValueError("missing_file", "ROI mask file not found under --images-root")
     parts = key.split("/")
@@ -106,11 +149,12 @@ def load(annotations: str | list[str], images_root: str, **_options) -> ImportRe
         from keras_hourglass.errors import InputError
         raise InputError("--annotations", "two tables have the same file name; row ids would collide")
     parsed, rejects, total = [], [], 0
+    locator = _Locator(os.fspath(images_root))
     for table in tables:
         for row_id, row in read_csv_rows(table, REQUIRED, ALIASES):
             total += 1
             try:
-                parsed.append(parse_row(row_id, row, os.fspath(images_root)))
+                parsed.append(parse_row(row_id, row, locator))
             except ValueError as err:
                 code, message = err.args if len(err.args) == 2 else ("bad_value", str(err))
                 rejects.append(Reject(row_id, clean_path(row.get("image file path", "")), code, message,
