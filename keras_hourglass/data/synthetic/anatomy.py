@@ -12,13 +12,16 @@ import functools
 import numpy as np
 
 
-def power_law_noise(shape: tuple[int, int], beta: float, rng: np.random.Generator) -> np.ndarray:
+def power_law_noise(shape: tuple[int, int], beta: float, rng: np.random.Generator,
+                    anisotropy: float = 1.0) -> np.ndarray:
     """Gaussian noise with a 1/f^beta power spectrum (FFT filtering of white noise).
 
     Args:
         shape: (H, W).
         beta: spectral exponent of the power (mammographic parenchyma: about 3).
         rng: the random generator.
+        anisotropy: > 1 stretches structures along x (ducts and ligaments running from the chest
+            wall to the nipple); 1 is isotropic.
 
     Returns:
         float32 `[H, W]`, zero mean, unit standard deviation.
@@ -29,7 +32,7 @@ def power_law_noise(shape: tuple[int, int], beta: float, rng: np.random.Generato
     spectrum = np.empty((h, w // 2 + 1), np.complex64)
     spectrum.real = rng.standard_normal((h, w // 2 + 1), dtype=np.float32)
     spectrum.imag = rng.standard_normal((h, w // 2 + 1), dtype=np.float32)
-    spectrum *= np.exp(_log_frequency_squared(h, w) * np.float32(-beta / 4.0))
+    spectrum *= np.exp(_log_frequency_squared(h, w, float(anisotropy)) * np.float32(-beta / 4.0))
     spectrum[0, 0] = 0.0
     field = np.fft.irfft2(spectrum, s=(h, w))
     field -= field.mean()
@@ -38,9 +41,9 @@ def power_law_noise(shape: tuple[int, int], beta: float, rng: np.random.Generato
 
 
 @functools.lru_cache(maxsize=8)
-def _log_frequency_squared(h: int, w: int) -> np.ndarray:
-    fy = np.fft.fftfreq(h).astype(np.float32)[:, None]
-    fx = np.fft.rfftfreq(w).astype(np.float32)[None, :]
+def _log_frequency_squared(h: int, w: int, anisotropy: float = 1.0) -> np.ndarray:
+    fy = np.fft.fftfreq(h).astype(np.float32)[:, None] / np.float32(anisotropy)
+    fx = np.fft.rfftfreq(w).astype(np.float32)[None, :] * np.float32(anisotropy)
     f2 = fy * fy + fx * fx
     f2[0, 0] = 1.0
     out = np.log(f2)
@@ -153,10 +156,10 @@ def breast_density_map(geo: BreastGeometry, shape: tuple[int, int], rng: np.rand
     thickness = np.clip((1.0 - r) / 0.12, 0.0, 1.0) ** 0.6
     # Fibroglandular tissue: thresholded power-law noise, concentrated in the central region.
     noise = power_law_noise(shape, geo.beta, rng)
-    fine = power_law_noise(shape, 1.6, rng)
+    fine = power_law_noise(shape, 2.0, rng, anisotropy=1.5)  # slightly elongated towards the nipple
     envelope = np.clip(1.15 - r ** 1.6, 0.0, 1.0)
     threshold = float(np.interp(geo.density, [0.0, 1.0], [1.4, -1.0]))
-    gland = 1.0 / (1.0 + np.exp(-(noise + 0.25 * fine - threshold) * 2.2))
+    gland = 1.0 / (1.0 + np.exp(-(noise + 0.35 * fine - threshold) * 2.2))
     density = 0.08 + 0.55 * gland * envelope
     # Skin line: a thin denser rim just inside the outline.
     skin_width = 0.012 + 0.006 * rng.random()
