@@ -246,3 +246,138 @@ def test_search_outputs_trials_csv_best_json_and_plot(tmp_path):
     assert hp.values == config["values"]
     assert json.loads(json.dumps(hp.get_config())) == config
     assert (tmp_path / "objective.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------------------------
+# `hourglass tune` on real prepared data (synth -> prepare), as users run it
+
+
+TUNE_FLAGS = [
+    "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--preset", "tiny",
+    "--model-option", "num_stacks=1", "--model-option", "depth=1", "--model-option", "num_features=4",
+    "--model-option", "stem_features=4", "--crop-size", "32", "--patch-sizes", "4", "--seed", "1",
+    "--val-images", "6", "--run-eagerly",
+]
+
+
+def make_prepared(root) -> str:
+    """A tiny prepared directory (24 synthetic 64-pixel images, train and val splits)."""
+    import contextlib
+    import io
+
+    from keras_hourglass.cli.main import main
+
+    synth, prep = os.path.join(root, "synth"), os.path.join(root, "prep")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["synth", "--out", synth, "--images", "24", "--seed", "1", "--height", "128", "--width", "96",
+                     "--malignant-rate", "0.4", "--high-risk-rate", "0.1", "--benign-rate", "0.2",
+                     "--no-progress"]) == 0
+        assert main(["prepare", "--annotations", os.path.join(synth, "annotations.csv"), "--images-root", synth,
+                     "--out", prep, "--size", "64", "--val-fraction", "0.5", "--test-fraction", "0",
+                     "--salt", "s", "--quiet"]) == 0
+    return prep
+
+
+def tune_command(prep, out, *extra) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "keras_hourglass.cli.main", "tune", "--data", prep, "--out", out,
+            *TUNE_FLAGS, *extra]
+
+
+def clean_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KERASTUNER_")}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return make_prepared(str(tmp_path_factory.mktemp("tune_data")))
+
+
+def test_cli_bad_space_file_exits_2_naming_the_file(tmp_path, capsys):
+    from keras_hourglass.cli.main import main
+
+    space = tmp_path / "space.json"
+    space.write_text('{"omega": {"min": 1, "max": 0.1}}')
+    data = tmp_path / "prep"
+    data.mkdir()
+    code = main(["tune", "--data", str(data), "--out", str(tmp_path / "tune"), "--space", str(space)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [f"hourglass tune: error: {space}: omega: min (1.0) must be smaller than max (0.1)"]
+    assert not (tmp_path / "tune").exists()  # nothing written on bad input
+    assert main(["tune", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "t")]) == 2
+    assert "missing: prepared data directory not found" in capsys.readouterr().err
+
+
+def test_cli_refuses_to_resume_a_search_with_other_settings(tmp_path, capsys):
+    from keras_hourglass.cli.main import main
+
+    data = tmp_path / "prep"
+    data.mkdir()
+    out = tmp_path / "tune"
+    out.mkdir()
+    (out / "search.json").write_text(json.dumps({"tuner": "bayesian"}))
+    code = main(["tune", "--data", str(data), "--out", str(out), "--preset", "tiny"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'search.json'}: --out holds a search with other settings (tuner" in err
+
+
+def test_killed_search_resumes_without_rerunning_completed_trials(prepared, tmp_path):
+    """SIGKILL during trial 2, rerun the same command: trial 1 is kept, trial 2 reruns, 2 trials in all."""
+    import signal
+    import subprocess
+    import time
+
+    from keras_hourglass.training.config import TrainConfig, apply_hparams, load_hparams
+
+    out = str(tmp_path / "tune")
+    command = tune_command(prepared, out, "--max-trials", "2")
+    project = os.path.join(out, "hourglass_tune")
+    first_trial, second_trial = (os.path.join(project, f"trial_{i}", "trial.json") for i in (0, 1))
+
+    log1 = open(tmp_path / "run1.log", "w")
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log1, env=clean_env())
+    deadline = time.monotonic() + 60
+    try:
+        while not os.path.exists(second_trial):  # trial 2 created = trial 1 ended and saved
+            assert proc.poll() is None, "search ended before it could be killed: " + open(tmp_path / "run1.log").read()
+            assert time.monotonic() < deadline, "trial 2 never started"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log1.close()
+    assert proc.returncode == -signal.SIGKILL
+    with open(first_trial) as handle:
+        first = handle.read()
+    assert json.loads(first)["status"] == "COMPLETED"
+    assert not os.path.exists(os.path.join(out, "trials.csv"))  # the killed run never got to its outputs
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=90, env=clean_env())
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "trial 0 started" not in rerun.stderr  # completed trial not retrained
+    assert "trial 1 started" in rerun.stderr  # the interrupted trial is run again
+    with open(first_trial) as handle:
+        assert handle.read() == first  # ... and its record untouched
+    summary = json.loads(rerun.stdout)
+    assert summary["trials_run"] == ["1"] and summary["trials"] == 2
+    with open(os.path.join(out, "trials.csv"), newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["trial_id"], r["status"]) for r in rows] == [("0", "COMPLETED"), ("1", "COMPLETED")]
+    for row in rows:  # real FROC numbers from the FrocCallback, in [0, 1]
+        for column in ("objective", "sensitivity_at_1", "sensitivity_at_2", "sensitivity_at_4.8", "mean_sensitivity"):
+            assert 0.0 <= float(row[column]) <= 1.0
+
+    # best_hyperparameters.json is what `hourglass train --hparams` reads.
+    best_path = os.path.join(out, "best_hyperparameters.json")
+    values = load_hparams(best_path)
+    assert values == summary["best_values"]
+    config = apply_hparams(TrainConfig(), values, source=best_path)
+    assert (config.omega, config.top_k, config.patch_size) == (values["omega"], values["top_k"], 4)
+    assert config.sigmas == tuple(float(s) for s in values["sigmas"].split(","))

@@ -46,7 +46,7 @@ sensitivity, lower omega, earlier trial.
 # Settings that define a search: a rerun in the same --out must agree on them.
 _SEARCH_KEYS = (
     "tuner", "max_trials", "epochs", "steps_per_epoch", "executions_per_trial", "batch_size",
-    "target_fpi", "seed", "preset", "phase", "crop_size", "model_options", "space",
+    "target_fpi", "val_images", "seed", "preset", "phase", "crop_size", "model_options", "space",
 )
 
 
@@ -74,6 +74,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=4, metavar="B", help="global batch size (default 4)")
     parser.add_argument("--target-fpi", type=float, default=4.8, metavar="F",
                         help="false marks per image at which sensitivity is the objective (default 4.8)")
+    parser.add_argument("--val-images", type=int, default=None, metavar="N",
+                        help="validate on the first N images of the val split (default: all)")
     parser.add_argument("--space", metavar="FILE", help="search space JSON file (see tuning/search_space.py)")
     parser.add_argument("--omega-range", metavar="MIN,MAX", help="omega range, log sampling (one value: fixed)")
     parser.add_argument("--top-k-range", metavar="MIN,MAX", help="top_k range (one value: fixed)")
@@ -122,6 +124,8 @@ def _validate(args) -> dict[str, Any]:
             raise InputError(flag, f"must be >= 1, got {value}")
     if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
         raise InputError("--steps-per-epoch", f"must be >= 1, got {args.steps_per_epoch}")
+    if args.val_images is not None and args.val_images < 1:
+        raise InputError("--val-images", f"must be >= 1, got {args.val_images}")
     if args.crop_size is not None and args.crop_size < 1:
         raise InputError("--crop-size", f"must be >= 1, got {args.crop_size}")
     if not (math.isfinite(args.target_fpi) and args.target_fpi > 0):
@@ -148,6 +152,7 @@ def _validate(args) -> dict[str, Any]:
         "executions_per_trial": args.executions_per_trial,
         "batch_size": args.batch_size,
         "target_fpi": args.target_fpi,
+        "val_images": args.val_images,
         "seed": args.seed,
         "preset": args.preset,
         "phase": args.phase,
@@ -213,6 +218,7 @@ def run(args) -> int:
             steps_per_epoch=args.steps_per_epoch,
             crop_size=args.crop_size,
             target_fpi=args.target_fpi,
+            val_images=args.val_images,
             seed=args.seed,
             run_eagerly=args.run_eagerly,
             verbose=args.verbose,

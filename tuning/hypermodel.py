@@ -1,8 +1,12 @@
 """`HourglassHyperModel`: the Hourglass + HypersensitiveLoss as a KerasTuner HyperModel.
 
 `build(hp)` declares the search space (`tuning.search_space.SearchSpace`) and
-returns `build_hourglass(preset)` compiled with
-`HypersensitiveLoss(omega, top_k, patch_size, sigmas)` and Adam(learning_rate).
+returns `build_hourglass(preset)` compiled with `HypersensitiveLoss(omega,
+top_k, patch_size, sigmas)` and Adam(learning_rate). The trial's values are
+applied to a `keras_hourglass.training.config.TrainConfig` with the same
+`apply_hparams` and `make_loss` that `hourglass train --hparams` uses, so a
+parameter left out of the space takes the training default, and
+`best_hyperparameters.json` retrains exactly the loss that was tuned.
 `fit(hp, model)` trains on the pipeline's training dataset with the
 `FrocCallback` on the validation split and returns the metrics of the best
 epoch (objective `val_sensitivity`, then the tie-breakers of
@@ -24,33 +28,12 @@ import keras
 import keras_tuner
 
 from tuning import objective as objective_lib
-from tuning.search_space import SearchSpace, parse_sigmas
+from tuning.search_space import SearchSpace
 
 #: Signature of a training-data factory: (settings) -> infinite tf.data.Dataset of (image, boxes).
 TrainDataFn = Callable[[Mapping[str, Any]], Any]
 #: Signature of a validation-callback factory: (settings) -> keras callback writing val_sensitivity.
 CallbackFn = Callable[[Mapping[str, Any]], keras.callbacks.Callback]
-
-
-def loss_kwargs(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Maps hyper-parameter values to `HypersensitiveLoss` keyword arguments.
-
-    Args:
-        values: {name: value} with some of omega, top_k, sigmas ("1.5,3,6"), patch_size.
-
-    Returns:
-        The keyword arguments for the parameters present (others keep the loss defaults).
-    """
-    kwargs: dict[str, Any] = {}
-    if "omega" in values:
-        kwargs["omega"] = float(values["omega"])
-    if "top_k" in values:
-        kwargs["top_k"] = int(values["top_k"])
-    if "sigmas" in values:
-        kwargs["sigmas"] = parse_sigmas(values["sigmas"])
-    if "patch_size" in values:
-        kwargs["patch_size"] = int(values["patch_size"])
-    return kwargs
 
 
 def _num_outputs(model: keras.Model) -> int:
@@ -68,16 +51,21 @@ class HourglassHyperModel(keras_tuner.HyperModel):
         phase: "patch" or "full" (the training pipeline's phase).
         batch_size: global batch size.
         epochs: epochs per execution (Hyperband passes its own).
-        steps_per_epoch: training steps per epoch.
-        crop_size: patch-phase crop side in image pixels (the pipeline's patch_size).
+        steps_per_epoch: training steps per epoch (default: the training default,
+            `images_per_epoch // batch_size`).
+        crop_size: patch-phase crop side in image pixels (default: the training default).
         max_boxes: rows of the box tensor.
         target_fpi: FPI at which `val_sensitivity` is read.
-        seed: seeds the weights and the data order (same seed, same trial values -> same run).
-        train_data: optional factory replacing the pipeline (tests, custom data); it gets
+        val_images: validate on the first N images of the val split (None: all).
+        seed: seeds the weights and the data order (every trial starts from the same
+            initial weights, so trials differ only by their hyper-parameters).
+        jit_compile: XLA for the train step (None: Keras' "auto", as `hourglass train`).
+        train_data: optional factory replacing the pipeline (custom data, tests); it gets
             {"data_dir", "phase", "batch_size", "stride", "input_multiple", "crop_size",
-            "max_boxes", "seed"}.
-        validation_callback: optional factory replacing `FrocCallback`; it gets
-            {"data_dir", "target_fpi", "input_multiple", "stride"}.
+            "max_boxes", "seed", "target_fpi"} and returns an infinite dataset of
+            (image, boxes).
+        validation_callback: optional factory replacing `FrocCallback` (same settings dict);
+            the callback must write `val_sensitivity` into the epoch logs.
         run_eagerly: compile with `run_eagerly=True`: no graph tracing (which costs ~10-30 s
             per trial on CPU), slower steps. For smoke searches of a few steps and debugging.
         verbose: Keras fit verbosity.
@@ -97,34 +85,41 @@ class HourglassHyperModel(keras_tuner.HyperModel):
         crop_size: int | None = None,
         max_boxes: int = 16,
         target_fpi: float = 4.8,
+        val_images: int | None = None,
         seed: int | None = None,
+        jit_compile: bool | None = None,
         train_data: TrainDataFn | None = None,
         validation_callback: CallbackFn | None = None,
         run_eagerly: bool = False,
         verbose: int = 0,
     ):
         super().__init__(name="hourglass", tunable=True)
+        from keras_hourglass.model import input_multiple, resolve_config
+        from keras_hourglass.training.config import TrainConfig
+
+        if phase not in ("patch", "full"):
+            raise ValueError(f"phase must be 'patch' or 'full', got {phase!r}")
         self.data_dir = None if data_dir is None else os.fspath(data_dir)
         self.space = space or SearchSpace()
-        self.preset = preset
-        self.model_overrides = dict(model_overrides or {})
-        self.phase = phase
-        self.batch_size = int(batch_size)
         self.epochs = int(epochs)
-        self.steps_per_epoch = steps_per_epoch
-        self.crop_size = crop_size
-        self.max_boxes = int(max_boxes)
-        self.target_fpi = float(target_fpi)
+        self.val_images = val_images
         self.seed = seed
         self.train_data = train_data
         self.validation_callback = validation_callback
         self.run_eagerly = bool(run_eagerly)
         self.verbose = verbose
-        from keras_hourglass.model import input_multiple, resolve_config
-
-        config = resolve_config(preset, **self.model_overrides)
-        self.stride = int(config["output_stride"])
-        self.input_multiple = int(input_multiple(config))
+        fixed: dict[str, Any] = dict(
+            preset=preset, model=dict(model_overrides or {}), phase=phase, batch_size=int(batch_size),
+            steps_per_epoch=steps_per_epoch, max_boxes=int(max_boxes), target_fpi=float(target_fpi),
+            seed=0 if seed is None else int(seed), jit_compile=jit_compile,
+        )
+        if crop_size is not None:
+            fixed["crop_size"] = int(crop_size)
+        #: The settings that are not tuned, as `hourglass train` holds them.
+        self.base_config = TrainConfig(**fixed)
+        model_config = resolve_config(preset, **self.base_config.model)
+        self.stride = int(model_config["output_stride"])
+        self.input_multiple = int(input_multiple(model_config))
 
     # -- KerasTuner hooks -------------------------------------------------------------------
 
@@ -132,20 +127,28 @@ class HourglassHyperModel(keras_tuner.HyperModel):
         """Declares the search space on `hp` (called once by the tuner)."""
         self.space.declare(hp)
 
-    def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
-        """Returns: the compiled Hourglass for the trial's values (under the tuner's strategy scope)."""
-        from keras_hourglass.losses import HypersensitiveLoss
-        from keras_hourglass.model import build_hourglass
+    def train_config(self, hp: keras_tuner.HyperParameters):
+        """Returns: the `TrainConfig` of a trial: the fixed settings with the trial's values applied."""
+        from keras_hourglass.training.config import apply_hparams
 
         values = self.space.declare(hp)
-        if self.seed is not None:
-            keras.utils.set_random_seed(int(self.seed))
-        model = build_hourglass(self.preset, **self.model_overrides)
-        loss = HypersensitiveLoss(**loss_kwargs(values))
-        learning_rate = float(values.get("learning_rate", 1e-3))
-        losses = [loss] * _num_outputs(model) if _num_outputs(model) > 1 else loss
+        return apply_hparams(self.base_config, values, source="hyperparameters").validate()
+
+    def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
+        """Returns: the compiled Hourglass for the trial's values (under the tuner's strategy scope)."""
+        from keras_hourglass.model import build_hourglass
+        from keras_hourglass.training.train import make_loss
+
+        config = self.train_config(hp)
+        keras.utils.set_random_seed(int(config.seed))
+        model = build_hourglass(config.preset, **config.model)
+        count = _num_outputs(model)
+        losses = [make_loss(config) for _ in range(count)]
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate), loss=losses, run_eagerly=self.run_eagerly
+            optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+            loss=losses if count > 1 else losses[0],
+            jit_compile="auto" if config.jit_compile is None else config.jit_compile,
+            run_eagerly=self.run_eagerly,
         )
         return model
 
@@ -160,19 +163,21 @@ class HourglassHyperModel(keras_tuner.HyperModel):
                 other `model.fit` arguments are passed on.
 
         Returns:
-            {metric: value} of the best epoch, with `val_sensitivity`.
+            {metric: value} of the best epoch (objective, then tie-breakers), with
+            `val_sensitivity`.
 
         Raises:
             ValueError: the validation callback did not write `val_sensitivity`.
         """
+        config = self.train_config(hp)
         callbacks = list(kwargs.pop("callbacks", None) or [])
         epochs = int(kwargs.pop("epochs", self.epochs))
         initial_epoch = int(kwargs.pop("initial_epoch", 0))
         kwargs.pop("verbose", None)
-        dataset = self._training_dataset(model)
-        steps = self.steps_per_epoch or self._default_steps()
-        validation = self._validation_callback()
-        # The validation callback must run first: KerasTuner's checkpoint callback reads its value.
+        dataset = self._training_dataset(config, _num_outputs(model))
+        steps = config.steps_per_epoch or max(1, int(config.images_per_epoch) // int(config.batch_size))
+        validation = self._validation_callback(config)
+        # The validation callback must come first: KerasTuner's checkpoint callback reads its keys.
         history = model.fit(
             dataset,
             epochs=epochs,
@@ -188,51 +193,39 @@ class HourglassHyperModel(keras_tuner.HyperModel):
 
     # -- data ------------------------------------------------------------------------------
 
-    def _settings(self) -> dict[str, Any]:
+    def _settings(self, config) -> dict[str, Any]:
         return {
             "data_dir": self.data_dir,
-            "phase": self.phase,
-            "batch_size": self.batch_size,
+            "phase": config.phase,
+            "batch_size": int(config.batch_size),
             "stride": self.stride,
             "input_multiple": self.input_multiple,
-            "crop_size": self.crop_size,
-            "max_boxes": self.max_boxes,
+            "crop_size": int(config.crop_size),
+            "max_boxes": int(config.max_boxes),
             "seed": self.seed,
-            "target_fpi": self.target_fpi,
+            "target_fpi": float(config.target_fpi),
         }
 
-    def _training_dataset(self, model: keras.Model):
-        settings = self._settings()
+    def _training_dataset(self, config, num_outputs: int):
         if self.train_data is not None:
-            dataset = self.train_data(settings)
+            dataset = self.train_data(self._settings(config))
         else:
-            from keras_hourglass.data import pipeline
+            from keras_hourglass.training.train import prep_dataset_fn
 
-            extra = {} if self.crop_size is None else {"patch_size": int(self.crop_size)}
-            dataset = pipeline.training_dataset(
-                self.data_dir,
-                split="train",
-                phase=self.phase,
-                batch_size=self.batch_size,
-                stride=self.stride,
-                input_multiple=self.input_multiple,
-                max_boxes=self.max_boxes,
-                seed=self.seed,
-                **extra,
+            dataset = prep_dataset_fn(self.data_dir, config)(
+                config.phase, int(config.batch_size), self.seed, self.stride, self.input_multiple
             )
-        count = _num_outputs(model)
-        if count > 1:
-            dataset = dataset.map(lambda image, boxes: (image, tuple([boxes] * count)))
+        if num_outputs > 1:  # intermediate supervision: the boxes once per output
+            dataset = dataset.map(lambda image, boxes: (image, tuple(boxes for _ in range(num_outputs))))
         return dataset
 
-    def _default_steps(self) -> int:
-        from keras_hourglass.data import pipeline
-
-        return int(pipeline.steps_per_epoch(self.data_dir, split="train", batch_size=self.batch_size))
-
-    def _validation_callback(self) -> keras.callbacks.Callback:
+    def _validation_callback(self, config) -> keras.callbacks.Callback:
         if self.validation_callback is not None:
-            return self.validation_callback(self._settings())
-        from keras_hourglass.evaluation import FrocCallback
+            return self.validation_callback(self._settings(config))
+        from keras_hourglass.data.pipeline import evaluation_dataset
+        from keras_hourglass.evaluation.callback import FrocCallback
 
-        return FrocCallback(self.data_dir, target_fpi=self.target_fpi)
+        validation = evaluation_dataset(self.data_dir, split="val", input_multiple=self.input_multiple)
+        if self.val_images:
+            validation = validation.take(int(self.val_images))
+        return FrocCallback(validation, target_fpi=float(config.target_fpi))
