@@ -335,6 +335,19 @@ def test_modality_lut_rescale_is_applied_before_window(tmp_path):
     assert img[1, 1] == 0.0  # 900 is far below the window
 
 
+def test_pixel_padding_is_background_and_out_of_minmax(tmp_path):
+    pix = breast()
+    pix[:, 40:] = 4095  # padded border (a MONOCHROME2 file padded with the maximum value)
+    res = read(save(tmp_path, make_ds(pix, PixelPaddingValue=4095)))
+    assert res.voi_rule == "minmax+padding"
+    assert np.all(res.image[:, 40:] == 0.0)  # background, not white
+    assert res.image[BLOB].mean() == 1.0  # the range comes from the unpadded pixels (blob = 4000)
+    ranged = read(save(tmp_path, make_ds(pix, PixelPaddingValue=4095, PixelPaddingRangeLimit=4000), "r.dcm"))
+    assert np.all(ranged.image[BLOB] == 0.0)  # 4000 lies in the padding range [4000, 4095]
+    plain = read(save(tmp_path, make_ds(pix), "p.dcm"))
+    assert plain.voi_rule == "minmax" and plain.image[:, 40:].min() == 1.0
+
+
 def test_invalid_window_falls_back_to_minmax(tmp_path):
     res = read(save(tmp_path, make_ds(breast(), WindowCenter=100, WindowWidth=0)))
     assert res.voi_rule == "minmax" and res.image.max() == 1.0

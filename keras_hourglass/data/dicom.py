@@ -24,7 +24,9 @@ Pipeline (each step is pydicom's own function where one exists):
    scaled to [0, 1] by its own output range: [y_min, y_max] of `apply_windowing` (obtained from
    pydicom itself), or the min..max of the LUT Data for a VOI LUT (robust to LUT descriptors that
    claim more bits than the table uses).
-5. MONOCHROME1 is inverted after VOI, so tissue is bright and air dark for every file.
+5. MONOCHROME1 is inverted after VOI, so tissue is bright and air dark for every file. Pixels equal
+   to Pixel Padding Value (or in its range with Pixel Padding Range Limit) are excluded from min-max
+   and set to 0 (background) afterwards; `voi_rule` then ends with "+padding".
 6. Resize so the long side is `long_side` (aspect ratio kept; size = `output_shape(rows, cols,
    long_side)`, deterministic), area averaging (PIL BOX) when shrinking, bilinear when enlarging.
 7. Orientation: with `orient="left"` (default) the chest wall is on the LEFT of the output image and
@@ -497,18 +499,45 @@ def _normalise(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip((values - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def _minmax(values: np.ndarray) -> np.ndarray:
+def _minmax(values: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64)
-    return _normalise(v, float(v.min()), float(v.max()))
+    inside = v[valid] if valid is not None and valid.any() else v
+    return _normalise(v, float(inside.min()), float(inside.max()))
 
 
-def apply_voi(values: np.ndarray, ds, voi: str | int = "auto") -> tuple[np.ndarray, str]:
+def padding_mask(stored: np.ndarray, ds) -> np.ndarray | None:
+    """Pixels equal to Pixel Padding Value (or within [value, Pixel Padding Range Limit]), if any.
+
+    Args:
+        stored: stored pixel values (padding is given in stored units, before the modality LUT).
+        ds: the dataset.
+
+    Returns:
+        bool `[rows, cols]`, or None when the file declares no padding.
+    """
+    value = ds.get("PixelPaddingValue", None)
+    if value is None or isinstance(value, (bytes, str)):
+        return None
+    try:
+        lo = hi = int(value)
+        limit = ds.get("PixelPaddingRangeLimit", None)
+        if limit is not None and not isinstance(limit, (bytes, str)):
+            lo, hi = min(lo, int(limit)), max(lo, int(limit))
+    except (TypeError, ValueError):
+        return None
+    mask = (stored >= lo) & (stored <= hi)
+    return mask if mask.any() else None
+
+
+def apply_voi(values: np.ndarray, ds, voi: str | int = "auto",
+              valid: np.ndarray | None = None) -> tuple[np.ndarray, str]:
     """VOI step on modality-LUT output, scaled to [0, 1] (MONOCHROME1 NOT yet inverted).
 
     Args:
         values: output of `apply_modality_lut`.
         ds: the dataset (VOI LUT Sequence, Window Center/Width, VOILUTFunction).
         voi: "auto", "window", an int window index, or "none" (see the module docstring).
+        valid: pixels that count for min-max (padding excluded); None = all.
 
     Returns:
         (float32 image in [0, 1], rule that ran).
@@ -516,7 +545,7 @@ def apply_voi(values: np.ndarray, ds, voi: str | int = "auto") -> tuple[np.ndarr
     from pydicom.pixels import apply_voi as pd_apply_voi, apply_windowing
 
     if voi == "none":
-        return _minmax(values), "minmax"
+        return _minmax(values, valid), "minmax"
     if voi == "auto":
         order = ("lut", "window")
         index = 0
@@ -550,7 +579,7 @@ def apply_voi(values: np.ndarray, ds, voi: str | int = "auto") -> tuple[np.ndarr
                     return _normalise(out, lo, hi), f"window[{i}]:{func}"
                 except Exception:  # e.g. width < 1 or an unknown VOILUTFunction
                     continue
-    return _minmax(values), "minmax"
+    return _minmax(values, valid), "minmax"
 
 
 def decide_flip(image: np.ndarray, header: DicomHeader, orient: str = "left") -> tuple[bool, str]:
@@ -659,13 +688,17 @@ def preprocess_pixels(stored: np.ndarray, ds, header: DicomHeader, *, long_side:
     if stored.shape != (header.rows, header.columns):
         raise UnreadableDicomError(path, f"pixel array {stored.shape} does not match Rows x Columns "
                                          f"{header.rows}x{header.columns}")
+    padding = padding_mask(stored, ds)
     try:
         values = apply_modality_lut(stored, ds)
-        image, voi_rule = apply_voi(values, ds, voi)
+        image, voi_rule = apply_voi(values, ds, voi, None if padding is None else ~padding)
     except Exception as err:
         raise UnreadableDicomError(path, f"cannot apply the modality/VOI LUT: {_one_line(err)}") from None
     if header.photometric == "MONOCHROME1":
         image = 1.0 - image
+    if padding is not None:  # padding is background: dark, whatever the VOI made of it
+        image = np.where(padding, np.float32(0.0), image)
+        voi_rule += "+padding"
     shape = output_shape(header.rows, header.columns, long_side)
     image = resize(image, shape)
     flip, rule = decide_flip(image, header, orient)
@@ -725,6 +758,6 @@ __all__ = [
     "FOR_PRESENTATION_SOP_CLASS", "FOR_PROCESSING_SOP_CLASS", "Mammogram", "MultiFrameError",
     "NoPixelDataError", "NotMammographyError", "PixelTransform", "TooLargeError", "UnreadableDicomError",
     "UnsupportedPhotometricError", "UnsupportedTransferSyntaxError", "apply_voi", "check_header",
-    "decide_flip", "load_header", "output_shape", "preprocess_pixels", "read_header", "read_mammogram", "resize",
+    "decide_flip", "load_header", "output_shape", "padding_mask", "preprocess_pixels", "read_header", "read_mammogram", "resize",
     "stored_values", "validate_options",
 ]
