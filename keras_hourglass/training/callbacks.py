@@ -1,0 +1,311 @@
+"""Training callbacks: crash-safe backup/resume, history CSV, TensorBoard, best checkpoint.
+
+All of them count epochs *globally* across the two training phases (patch, then
+full image): `epoch_offset` is the number of epochs of earlier phases, so the
+logs of phase 2 continue those of phase 1 instead of restarting at 0.
+
+Multi-worker: every worker runs every callback (saving may need every worker),
+but each writes under its `distribution.WriteDir`: the chief into RUN, the
+other workers into a temporary directory that is deleted at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+
+import keras
+
+BACKUP_STATE = "state.json"
+
+
+def _atomic_write_json(path: str, payload: dict) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as handle:
+        json.dump(payload, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def read_backup_state(backup_dir: str) -> dict | None:
+    """The last completed backup in `backup_dir`, or None.
+
+    Returns:
+        `{"completed_epochs": int, "weights": file name, "phase": str, ...}`; None when
+        there is no state file or it names a weights file that does not exist.
+    """
+    path = os.path.join(backup_dir, BACKUP_STATE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as handle:
+        state = json.load(handle)
+    if not os.path.exists(os.path.join(backup_dir, state["weights"])):
+        return None
+    return state
+
+
+def restore_from_backup(model: keras.Model, backup_dir: str) -> int:
+    """Loads the model weights and optimizer state of the last backup.
+
+    Args:
+        model: a compiled model (its optimizer is built here if needed).
+        backup_dir: the directory written by `EpochBackup` (RUN/backup).
+
+    Returns:
+        The number of epochs completed (0 when there is nothing to restore).
+    """
+    state = read_backup_state(backup_dir)
+    if state is None:
+        return 0
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    model.load_weights(os.path.join(backup_dir, state["weights"]))
+    return int(state["completed_epochs"])
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """Saves weights + optimizer state after every epoch, crash-consistently.
+
+    Unlike `keras.callbacks.BackupAndRestore` (Keras 3.15), which writes
+    `latest.weights.h5` and then `training_metadata.json` in place (a kill
+    between the two leaves weights and epoch count out of step) and has no
+    multi-worker logic (workers sharing a `backup_dir` race), this callback
+    writes `epoch-NNNN.weights.h5` under a temporary name, renames it, and only
+    then atomically replaces `state.json`, which names the weights file and the
+    number of completed epochs. The previous weights file is deleted last, so a
+    SIGKILL at any moment leaves a consistent (state, weights) pair.
+
+    Args:
+        write_dir: where this task writes (the chief: RUN/backup; other
+            workers: a temporary directory).
+        epoch_offset: epochs of earlier phases.
+        phase: the phase name stored in the state.
+        extra_state: more keys to store in `state.json`.
+    """
+
+    def __init__(self, write_dir: str, epoch_offset: int = 0, phase: str = "",
+                 extra_state: dict | None = None):
+        super().__init__()
+        self.write_dir = write_dir
+        self.epoch_offset = int(epoch_offset)
+        self.phase = phase
+        self.extra_state = dict(extra_state or {})
+
+    def on_epoch_end(self, epoch, logs=None):
+        os.makedirs(self.write_dir, exist_ok=True)
+        completed = self.epoch_offset + epoch + 1
+        name = f"epoch-{completed:04d}.weights.h5"
+        tmp_name = f"tmp-{os.getpid()}-{name}"
+        self.model.save_weights(os.path.join(self.write_dir, tmp_name), overwrite=True)
+        os.replace(os.path.join(self.write_dir, tmp_name), os.path.join(self.write_dir, name))
+        previous = read_backup_state(self.write_dir)
+        _atomic_write_json(os.path.join(self.write_dir, BACKUP_STATE), {
+            "completed_epochs": completed,
+            "phase": self.phase,
+            "weights": name,
+            "time": time.time(),
+            **self.extra_state,
+        })
+        if previous and previous["weights"] != name:
+            try:
+                os.remove(os.path.join(self.write_dir, previous["weights"]))
+            except FileNotFoundError:
+                pass
+
+
+def _clean(value):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return value
+    return value if math.isfinite(value) else str(value)
+
+
+class HistoryCSV(keras.callbacks.Callback):
+    """Appends one row per epoch (global epoch number, phase, every log value) to a CSV.
+
+    On resume, call `truncate_history(path, completed_epochs)` first so that
+    epochs the interrupted run logged but did not back up are not duplicated.
+    """
+
+    def __init__(self, path: str, epoch_offset: int = 0, phase: str = ""):
+        super().__init__()
+        self.path = path
+        self.epoch_offset = int(epoch_offset)
+        self.phase = phase
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": self.epoch_offset + epoch + 1, "phase": self.phase}
+        row.update({k: _clean(v) for k, v in sorted((logs or {}).items())})
+        fields = list(row)
+        exists = os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        if exists:
+            with open(self.path, newline="") as handle:
+                header = next(csv.reader(handle), [])
+            fields = header + [f for f in fields if f not in header]
+            if fields != header:  # a new column: rewrite with the wider header
+                rows = read_history(self.path)
+                with open(self.path, "w", newline="") as handle:
+                    writer = csv.DictWriter(handle, fieldnames=fields, restval="")
+                    writer.writeheader()
+                    writer.writerows(rows)
+        with open(self.path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields, restval="")
+            if not exists:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def read_history(path: str) -> list[dict]:
+    """Rows of a history CSV as dicts (strings)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def truncate_history(path: str, completed_epochs: int) -> None:
+    """Drops the rows of epochs after `completed_epochs` (logged but not backed up)."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields = reader.fieldnames or []
+        rows = [r for r in reader if int(r["epoch"]) <= completed_epochs]
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _display(heatmap):
+    """Min-max scales a [N, h, w, 1] heatmap to [0, 1] per image for display."""
+    import tensorflow as tf
+
+    heatmap = tf.convert_to_tensor(heatmap, tf.float32)
+    low = tf.reduce_min(heatmap, axis=[1, 2, 3], keepdims=True)
+    high = tf.reduce_max(heatmap, axis=[1, 2, 3], keepdims=True)
+    return (heatmap - low) / tf.maximum(high - low, 1e-6)
+
+
+class TensorBoardLogger(keras.callbacks.Callback):
+    """Epoch scalars and heatmaps of a fixed validation batch for TensorBoard.
+
+    Writes under `log_dir/train` every epoch: each numeric log value as a scalar
+    (`epoch_<name>`, step = global epoch), the learning rate, and, when `images`
+    is given, `heatmaps` = the model's final heatmap for those images (min-max
+    scaled per image); the images themselves are written once as `images`.
+
+    Args:
+        log_dir: the TensorBoard directory (RUN/logs).
+        epoch_offset: epochs of earlier phases.
+        images: a fixed batch `[N, H, W, 1]` (same size) or None.
+        heatmap_fn: image batch -> final heatmap `[N, h, w, 1]` (default: the
+            last output of the model).
+    """
+
+    def __init__(self, log_dir: str, epoch_offset: int = 0, images=None, heatmap_fn=None):
+        super().__init__()
+        import tensorflow as tf
+
+        self.log_dir = log_dir
+        self.epoch_offset = int(epoch_offset)
+        self.images = images
+        self.heatmap_fn = heatmap_fn
+        self._writer = tf.summary.create_file_writer(os.path.join(log_dir, "train"))
+
+    def _heatmaps(self):
+        if self.heatmap_fn is not None:
+            return self.heatmap_fn(self.images)
+        out = self.model(self.images, training=False)
+        return out[-1] if isinstance(out, (list, tuple)) else out
+
+    def on_train_begin(self, logs=None):
+        import tensorflow as tf
+
+        if self.images is not None:
+            with self._writer.as_default():
+                tf.summary.image("images", self.images, step=self.epoch_offset,
+                                 max_outputs=len(self.images))
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        step = self.epoch_offset + epoch + 1
+        with self._writer.as_default():
+            for key, value in (logs or {}).items():
+                try:
+                    value = float(value)
+                except (TypeError, ValueError):
+                    continue
+                tf.summary.scalar(f"epoch_{key}", value, step=step)
+            optimizer = getattr(self.model, "optimizer", None)
+            if optimizer is not None:
+                tf.summary.scalar("learning_rate", float(keras.ops.convert_to_numpy(
+                    optimizer.learning_rate)), step=step)
+            if self.images is not None:
+                tf.summary.image("heatmaps", _display(self._heatmaps()), step=step,
+                                 max_outputs=len(self.images))
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        self._writer.flush()
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Saves the *inference* model whenever the monitored value improves (default: max).
+
+    The monitored key must already be in the epoch logs, so the callback that
+    computes it (`FrocCallback` for `val_sensitivity`) must come before this one
+    in the callback list. The best value survives a resume: it is kept in
+    `state_path` (JSON) next to the checkpoint.
+
+    Args:
+        path: the `.keras` file (RUN/best.keras), written atomically.
+        state_path: JSON with the best value and epoch (RUN/best.json).
+        save_fn: `path -> None` that writes the model (default: `model.save`).
+        monitor: key of the epoch logs.
+        mode: "max" or "min".
+        epoch_offset: epochs of earlier phases.
+    """
+
+    def __init__(self, path: str, state_path: str, save_fn=None, monitor: str = "val_sensitivity",
+                 mode: str = "max", epoch_offset: int = 0):
+        super().__init__()
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.path = path
+        self.state_path = state_path
+        self.save_fn = save_fn
+        self.monitor = monitor
+        self.mode = mode
+        self.epoch_offset = int(epoch_offset)
+        self.best = None
+        if os.path.exists(state_path):
+            with open(state_path) as handle:
+                self.best = json.load(handle).get("value")
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        if not math.isfinite(value) or not self._improved(value):
+            return
+        self.best = value
+        tmp = os.path.join(os.path.dirname(self.path) or ".", f"tmp-{os.getpid()}-{os.path.basename(self.path)}")
+        (self.save_fn or self.model.save)(tmp)
+        os.replace(tmp, self.path)
+        _atomic_write_json(self.state_path, {"monitor": self.monitor, "mode": self.mode, "value": value,
+                                             "epoch": self.epoch_offset + epoch + 1})

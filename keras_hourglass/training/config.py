@@ -1,0 +1,212 @@
+"""Training hyper-parameters: defaults, `--hparams` JSON, and command-line flags.
+
+Precedence (lowest to highest): the defaults of `TrainConfig` < the `--hparams`
+JSON < flags given explicitly on the command line.
+
+`--hparams` accepts either the JSON of `keras_tuner.HyperParameters.get_config()`
+(as written by `hourglass tune` to TUNE/best_hyperparameters.json and by TFX:
+`{"space": [...], "values": {"omega": 0.01, ...}}`) or a plain `{"name": value}`
+object. Known names are the fields of `TrainConfig` (e.g. `omega`, `top_k`,
+`learning_rate`, `sigmas`, `patch_size`, `batch_size`) and the model options of
+`keras_hourglass.model.hourglass.resolve_config` (e.g. `num_features`, `depth`),
+which go to `TrainConfig.model`. `sigmas` may be a list or a comma-separated
+string. KerasTuner's bookkeeping names (`tuner/...`) are ignored; any other
+unknown name is an error (it would otherwise be silently not tuned).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+from keras_hourglass.errors import InputError
+
+LOSSES = ("hypersensitive", "l2")
+PHASES = ("patch", "full", "both")
+
+
+@dataclass
+class TrainConfig:
+    """Everything `hourglass train` needs besides data, output and strategy.
+
+    Args:
+        loss: "hypersensitive" (the paper) or "l2" (Gaussian L2, Newell et al.).
+        omega: background weight of the hypersensitive loss.
+        top_k: predicted blobs excused from the background loss.
+        patch_size: detector patch of the loss, in heatmap pixels.
+        sigmas: reference blob sigmas (heatmap pixels) of the loss.
+        recenter: recentre the reference blob on the predicted blob.
+        l2_sigma: target sigma of the L2 baseline.
+        phase: "patch", "full" or "both" (patches first, then whole images).
+        patch_epochs: epochs of phase 1 (patches).
+        full_epochs: epochs of phase 2 (whole images).
+        steps_per_epoch: steps per epoch; None = images_per_epoch // batch_size.
+        images_per_epoch: images per epoch when steps_per_epoch is None.
+        batch_size: the *global* batch (split over replicas).
+        learning_rate: Adam learning rate (phase 1, or the only phase).
+        full_learning_rate: Adam learning rate of phase 2 (None: learning_rate).
+        crop_size: side of the training patches of phase 1, in image pixels.
+        max_boxes: box slots per image in the training targets.
+        augment: random flips etc. in the input pipeline.
+        preset: model preset ("tiny" or "paper").
+        model: model option overrides (see `resolve_config`).
+        seed: seed of weights initialisation and input pipeline.
+        jit_compile: XLA for the train step (None: Keras' "auto").
+        val_images: validation images for the FROC callback (None: all, 0: none).
+        target_fpi: false positives per image at which `val_sensitivity` is read.
+    """
+
+    loss: str = "hypersensitive"
+    omega: float = 0.01
+    top_k: int = 3
+    patch_size: int = 32
+    sigmas: tuple = (1.5, 3.0, 6.0)
+    recenter: bool = True
+    l2_sigma: float = 2.0
+    phase: str = "both"
+    patch_epochs: int = 5
+    full_epochs: int = 5
+    steps_per_epoch: int | None = None
+    images_per_epoch: int = 512
+    batch_size: int = 8
+    learning_rate: float = 1e-4
+    full_learning_rate: float | None = None
+    crop_size: int = 256
+    max_boxes: int = 16
+    augment: bool = True
+    preset: str = "tiny"
+    model: dict = field(default_factory=dict)
+    seed: int = 0
+    jit_compile: bool | None = None
+    val_images: int | None = 64
+    target_fpi: float = 4.8
+
+    def validate(self) -> "TrainConfig":
+        """Checks values. Raises: InputError naming the option."""
+        def bad(name, reason):
+            raise InputError(f"--{name.replace('_', '-')}", reason)
+
+        if self.loss not in LOSSES:
+            bad("loss", f"must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.phase not in PHASES:
+            bad("phase", f"must be one of {', '.join(PHASES)}, got {self.phase!r}")
+        for name in ("omega", "learning_rate", "l2_sigma", "target_fpi"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                bad(name, f"must be a finite number >= 0, got {value!r}")
+        if self.learning_rate <= 0:
+            bad("learning_rate", "must be > 0")
+        for name in ("patch_size", "batch_size", "crop_size", "max_boxes", "images_per_epoch"):
+            if int(getattr(self, name)) < 1:
+                bad(name, f"must be >= 1, got {getattr(self, name)!r}")
+        for name in ("top_k", "patch_epochs", "full_epochs"):
+            if int(getattr(self, name)) < 0:
+                bad(name, f"must be >= 0, got {getattr(self, name)!r}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            bad("steps_per_epoch", f"must be >= 1, got {self.steps_per_epoch!r}")
+        if not self.sigmas or any(float(s) <= 0 for s in self.sigmas):
+            bad("sigmas", f"must be numbers > 0, got {self.sigmas!r}")
+        if self.epochs_of("patch") + self.epochs_of("full") < 1:
+            bad("epochs", "no epoch to train")
+        return self
+
+    def epochs_of(self, phase: str) -> int:
+        """Epochs the given phase runs under the configured `phase` choice."""
+        if phase == "patch":
+            return int(self.patch_epochs) if self.phase in ("patch", "both") else 0
+        return int(self.full_epochs) if self.phase in ("full", "both") else 0
+
+    def phases(self) -> list[tuple[str, int]]:
+        """`[(phase, epochs), ...]` in training order, phases with 0 epochs left out."""
+        return [(p, self.epochs_of(p)) for p in ("patch", "full") if self.epochs_of(p) > 0]
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["sigmas"] = list(self.sigmas)
+        return out
+
+
+def parse_sigmas(value) -> tuple:
+    """`"1.5,3,6"`, `[1.5, 3, 6]` or `3` -> `(1.5, 3.0, 6.0)`. Raises ValueError."""
+    if isinstance(value, str):
+        parts = [p for p in value.replace(" ", "").split(",") if p]
+    elif isinstance(value, (int, float)):
+        parts = [value]
+    else:
+        parts = list(value)
+    sigmas = tuple(float(p) for p in parts)
+    if not sigmas:
+        raise ValueError("empty list of sigmas")
+    return sigmas
+
+
+def load_hparams(path: str) -> dict:
+    """Reads `--hparams`: KerasTuner `HyperParameters.get_config()` JSON or a flat dict.
+
+    Returns:
+        `{name: value}`.
+
+    Raises:
+        InputError: unreadable file, not JSON, or not an object.
+    """
+    try:
+        with open(path) as handle:
+            payload = json.load(handle)
+    except OSError as err:
+        raise InputError(path, f"cannot read ({err.strerror})") from None
+    except json.JSONDecodeError as err:
+        raise InputError(path, f"not valid JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(payload, dict):
+        raise InputError(path, "expected a JSON object")
+    if "values" in payload and isinstance(payload.get("space", []), list):
+        values = payload["values"]
+        if not isinstance(values, dict):
+            raise InputError(path, "'values' must be an object")
+        return dict(values)
+    return dict(payload)
+
+
+def apply_hparams(config: TrainConfig, hparams: dict, source: str = "--hparams") -> TrainConfig:
+    """Returns a copy of `config` with the hyper-parameters applied.
+
+    Raises:
+        InputError: an unknown name or a value of the wrong type (naming `source`).
+    """
+    from keras_hourglass.model.hourglass import PRESETS
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"model"}
+    model_keys = set().union(*(set(p) for p in PRESETS.values()))
+    updates, model = {}, dict(config.model)
+    for key, value in hparams.items():
+        if key.startswith("tuner/"):
+            continue
+        try:
+            if key == "sigmas":
+                updates[key] = parse_sigmas(value)
+            elif key in names:
+                updates[key] = value
+            elif key in model_keys:
+                model[key] = value
+            else:
+                raise ValueError(f"unknown hyper-parameter {key!r}")
+        except (TypeError, ValueError) as err:
+            raise InputError(source, str(err)) from None
+    return dataclasses.replace(config, model=model, **updates)
+
+
+def describe_precedence() -> str:
+    return "defaults < --hparams JSON < explicit flags"
+
+
+def manifest_hash(prep_dir: str) -> str | None:
+    """sha256 of PREP/manifest.json (None when there is none)."""
+    import hashlib
+
+    path = os.path.join(prep_dir, "manifest.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()

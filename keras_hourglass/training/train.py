@@ -1,0 +1,340 @@
+"""Two-phase training of the Hourglass (patches, then whole images), distributed and resumable.
+
+`train()` is what `hourglass train` runs:
+
+1. choose the strategy (`distribution.make_strategy`) and build the model and
+   one Adam optimizer under its scope (seeded);
+2. restore the last backup of RUN/backup if there is one (weights, optimizer
+   state, number of completed epochs) and skip what is done;
+3. for each phase: compile, then `fit` (inside `multiworker_fit_fix`) with the
+   callbacks FrocCallback -> HistoryCSV -> TensorBoardLogger -> BestCheckpoint
+   -> EpochBackup (epochs numbered globally across the phases);
+4. write RUN/model.keras (the inference model: image -> final heatmap) and
+   RUN/config.json.
+
+Only the chief writes into RUN; other workers write the same files into a
+temporary directory that is deleted (`distribution.WriteDir`). Resuming needs
+RUN to be on storage every worker can read (all workers restore from the
+chief's RUN/backup), which is also what the TensorFlow multi-worker guide
+assumes for checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from typing import Callable
+
+from keras_hourglass.errors import InputError
+from keras_hourglass.training.config import TrainConfig, manifest_hash
+
+log = logging.getLogger(__name__)
+
+#: `dataset_fn(phase, batch_size, seed, stride, multiple) -> tf.data.Dataset` of
+#: `(image [b, H, W, 1], boxes [b, MAX_BOXES, 4] heatmap frame)`, infinite; `batch_size` is
+#: the batch of *one input pipeline* (the per-replica batch under a strategy).
+DatasetFn = Callable[[str, int, int, int, int], "object"]
+
+
+def package_versions() -> dict:
+    """Versions of the packages that determine the result."""
+    import keras
+    import numpy
+    import tensorflow as tf
+
+    from keras_hourglass.version import __version__
+
+    return {"keras_hourglass": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+def make_loss(config: TrainConfig):
+    """The Keras loss for `config.loss`."""
+    from keras_hourglass.losses import GaussianL2Loss, HypersensitiveLoss
+
+    if config.loss == "l2":
+        return GaussianL2Loss(sigma=config.l2_sigma)
+    return HypersensitiveLoss(omega=config.omega, top_k=int(config.top_k), patch_size=int(config.patch_size),
+                              sigmas=tuple(config.sigmas), recenter=config.recenter)
+
+
+def prep_dataset_fn(prep_dir: str, config: TrainConfig) -> DatasetFn:
+    """The default `DatasetFn`: `keras_hourglass.data.pipeline.training_dataset` on PREP/train."""
+    from keras_hourglass.data import pipeline
+
+    def dataset_fn(phase, batch_size, seed, stride, multiple):
+        return pipeline.training_dataset(
+            prep_dir, split="train", phase=phase, batch_size=batch_size, stride=stride,
+            input_multiple=multiple, patch_size=config.crop_size, max_boxes=config.max_boxes,
+            seed=seed, augment=config.augment, images_per_epoch=config.images_per_epoch)
+
+    return dataset_fn
+
+
+def _targets_for(num_outputs: int):
+    """Repeats the boxes once per model output (intermediate supervision)."""
+    def to_targets(image, boxes):
+        if num_outputs == 1:
+            return image, boxes
+        return image, tuple(boxes for _ in range(num_outputs))
+    return to_targets
+
+
+def _distributed_dataset(strategy, dataset_fn: DatasetFn, phase: str, global_batch: int, seed: int,
+                         stride: int, multiple: int, num_outputs: int):
+    """The training data for `fit`: one input pipeline per worker, each batched per replica.
+
+    Each worker's pipeline is seeded with `seed + input_pipeline_id` so workers
+    draw different images; within a worker the replicas take consecutive
+    per-replica batches, i.e. the global batch is split across replicas.
+    """
+    import tensorflow as tf
+
+    from keras_hourglass.training.distribution import per_replica_batch_size
+
+    per_replica_batch_size(global_batch, strategy.num_replicas_in_sync)
+    to_targets = _targets_for(num_outputs)
+    if strategy.num_replicas_in_sync == 1 and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return dataset_fn(phase, global_batch, seed, stride, multiple).map(to_targets)
+
+    def from_context(context: tf.distribute.InputContext):
+        batch = context.get_per_replica_batch_size(global_batch)
+        dataset = dataset_fn(phase, batch, seed + context.input_pipeline_id, stride, multiple)
+        return dataset.map(to_targets).prefetch(2)
+
+    return strategy.distribute_datasets_from_function(from_context)
+
+
+def _steps(config: TrainConfig) -> int:
+    if config.steps_per_epoch:
+        return int(config.steps_per_epoch)
+    return max(1, int(config.images_per_epoch) // int(config.batch_size))
+
+
+def _epoch_agreement(strategy, completed: int) -> None:
+    """Fails if the workers restored different epoch counts (RUN not shared)."""
+    import tensorflow as tf
+
+    from keras_hourglass.training.multiworker_fix import in_multi_worker_mode
+
+    if not in_multi_worker_mode(strategy):
+        return
+
+    @tf.function
+    def gather():
+        value = tf.constant([float(completed)])
+        return tf.distribute.get_replica_context().all_gather(value, axis=0)
+
+    values = strategy.experimental_local_results(strategy.run(gather))[0].numpy()
+    low, high = float(values.min()), float(values.max())
+    if low != high:
+        raise InputError("backup", f"workers restored different epochs ({int(low)} vs {int(high)}): RUN must be "
+                                   "on storage shared by every worker")
+
+
+def _validation(prep_dir: str | None, config: TrainConfig, multiple: int, validation):
+    """(FrocCallback or None, fixed image batch for TensorBoard or None)."""
+    import tensorflow as tf
+
+    if validation is None and prep_dir is not None and config.val_images != 0:
+        from keras_hourglass.data import pipeline
+
+        validation = pipeline.evaluation_dataset(prep_dir, split="val", input_multiple=multiple)
+        if config.val_images:
+            validation = validation.take(int(config.val_images))
+    if validation is None:
+        return None, None
+    images = []
+    for element in validation.take(4):
+        image = element["image"] if isinstance(element, dict) else element[0]
+        images.append(image)
+    shapes = {tuple(i.shape) for i in images}
+    fixed = tf.concat(images, axis=0) if len(shapes) == 1 and images else None
+    try:
+        from keras_hourglass.evaluation.callback import FrocCallback
+    except ImportError as err:  # pragma: no cover - the evaluation package ships with the library
+        raise InputError("keras_hourglass.evaluation", f"FrocCallback unavailable ({err})") from None
+    return FrocCallback(validation, target_fpi=config.target_fpi), fixed
+
+
+def _fingerprint(summary: dict) -> str:
+    """Hash of what must not change between a run and its resumption."""
+    import hashlib
+
+    keep = {k: summary[k] for k in ("model", "loss", "seed")}
+    keep["manifest_sha256"] = summary["data"]["manifest_sha256"]
+    keep["hyperparameters"] = {k: v for k, v in summary["hyperparameters"].items()
+                               if k not in ("val_images", "target_fpi")}
+    keep["global_batch_size"] = summary["strategy"]["global_batch_size"]
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _save_atomic(model, path: str) -> None:
+    tmp = os.path.join(os.path.dirname(path), f"tmp-{os.getpid()}-{os.path.basename(path)}")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, strategy=None,
+          strategy_info=None, strategy_name: str = "auto", dataset_fn: DatasetFn | None = None,
+          validation=None, model_fn: Callable[[], object] | None = None, verbose="auto",
+          command: list[str] | None = None, return_model: bool = False):
+    """Trains (or resumes training) and writes the run directory.
+
+    Args:
+        config: the hyper-parameters (validated here).
+        run_dir: RUN; created if needed; an existing RUN/backup is resumed from.
+        prep_dir: PREP (prepared data); needed unless `dataset_fn` is given.
+        strategy: a ready `tf.distribute.Strategy` (else made from `strategy_name`;
+            create it before any other TensorFlow work when it is multi-worker).
+        strategy_info: the `StrategyInfo` of `strategy` (from `make_strategy`).
+        strategy_name: `auto`, `default`, `mirrored` or `multi-worker`.
+        dataset_fn: training data (default: `prep_dataset_fn(prep_dir, config)`).
+        validation: a dataset for `FrocCallback` (default: PREP/val, `config.val_images`
+            images; none when `prep_dir` is None).
+        model_fn: `() -> keras.Model` (default: `build_hourglass(config.preset, **config.model)`);
+            called under the strategy scope.
+        verbose: Keras `fit` verbosity ("auto" = progress bar, 2 = one line per epoch, 0 = silent).
+        command: the command line, for config.json.
+        return_model: also return the trained (training) model.
+
+    Returns:
+        The summary also written to RUN/config.json (its `result` part filled; its
+        `result.write_dir` says where this task wrote), or `(summary, model)`.
+    """
+    import keras
+    import tensorflow as tf
+
+    from keras_hourglass.model.hourglass import inference_model, input_multiple, model_stride, resolve_config
+    from keras_hourglass.training import callbacks as cb
+    from keras_hourglass.training.distribution import StrategyInfo, WriteDir, make_strategy
+    from keras_hourglass.training.multiworker_fix import keras_needs_fix, multiworker_fit_fix
+
+    config.validate()
+    if strategy is None:
+        strategy, info = make_strategy(strategy_name)
+    elif strategy_info is not None:
+        info = strategy_info
+    else:
+        info = StrategyInfo(name=type(strategy).__name__, num_replicas=int(strategy.num_replicas_in_sync),
+                            num_workers=1, task_type=None, task_id=None, is_chief=True, devices=())
+    if dataset_fn is None:
+        if prep_dir is None:
+            raise InputError("--data", "no prepared data given")
+        if not os.path.isdir(prep_dir):
+            raise InputError(prep_dir, "not a directory")
+        dataset_fn = prep_dataset_fn(prep_dir, config)
+    os.makedirs(run_dir, exist_ok=True)
+    write = WriteDir(run_dir, info)
+    backup_dir = os.path.join(run_dir, "backup")  # every worker restores from the chief's backup
+    model_config = resolve_config(config.preset, **config.model) if model_fn is None else None
+
+    keras.utils.set_random_seed(int(config.seed))
+    with strategy.scope():
+        if model_fn is not None:
+            model = model_fn()
+        else:
+            from keras_hourglass.model.hourglass import build_hourglass
+
+            model = build_hourglass(config.preset, **config.model)
+        optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
+    stride = model_stride(model)
+    multiple = input_multiple(model_config) if model_config else stride
+    num_outputs = len(model.outputs)
+    final_model = inference_model(model) if model_fn is None else model
+
+    summary = {
+        "command": command if command is not None else sys.argv,
+        "data": {"prep_dir": os.path.abspath(prep_dir) if prep_dir else None,
+                 "manifest_sha256": manifest_hash(prep_dir) if prep_dir else None},
+        "hyperparameters": config.to_json(),
+        "model": {"preset": config.preset, "config": model_config, "output_stride": stride,
+                  "input_multiple": multiple, "num_outputs": num_outputs},
+        "loss": make_loss(config).get_config(),
+        "seed": int(config.seed),
+        "strategy": {**info.to_json(), "global_batch_size": config.batch_size,
+                     "per_replica_batch_size": config.batch_size // max(1, info.num_replicas),
+                     "learning_rate_scaled": False,
+                     "multiworker_fit_fix": bool(info.name == "multi-worker" and keras_needs_fix())},
+        "versions": package_versions(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+    fingerprint = _fingerprint(summary)
+    state = cb.read_backup_state(backup_dir)
+    if state and state.get("fingerprint") != fingerprint:
+        raise InputError(backup_dir, "was written by a run with other hyper-parameters, model or data; "
+                                     "use a new --out or delete it to start over")
+    completed = int(state["completed_epochs"]) if state else 0
+    if info.is_chief:
+        with open(write.join("config.json"), "w") as handle:
+            json.dump({**summary, "result": None}, handle, indent=2, default=str)
+    _epoch_agreement(strategy, completed)
+    resumed_from = completed
+    history_path = write.join("history.csv")
+    if completed:
+        cb.truncate_history(history_path, completed)
+        log.info("resuming from %s after epoch %d", backup_dir, completed)
+
+    froc_callback, fixed_images = _validation(prep_dir, config, multiple, validation)
+    steps = _steps(config)
+    losses = [make_loss(config) for _ in range(num_outputs)]
+    # One compile for both phases: the loss is the same and the model is fully
+    # convolutional, so phase 2 only retraces the step for the whole-image shapes.
+    with strategy.scope():
+        model.compile(optimizer=optimizer, loss=losses if num_outputs > 1 else losses[0],
+                      jit_compile="auto" if config.jit_compile is None else config.jit_compile)
+        if completed:
+            cb.restore_from_backup(model, backup_dir)
+    offset = 0
+    for phase, epochs in config.phases():
+        if completed >= offset + epochs:
+            offset += epochs
+            continue
+        rate = config.learning_rate if phase == "patch" or config.full_learning_rate is None \
+            else config.full_learning_rate
+        optimizer.learning_rate.assign(rate)
+        initial = completed - offset
+        # A resumed run re-seeds its pipeline, so it does not replay the batches already seen.
+        seed = int(config.seed) + 1000 * (offset + initial)
+        data = _distributed_dataset(strategy, dataset_fn, phase, int(config.batch_size), seed, stride,
+                                    multiple, num_outputs)
+        callbacks = [c for c in (froc_callback,) if c is not None]
+        callbacks += [
+            cb.HistoryCSV(history_path, epoch_offset=offset, phase=phase),
+            cb.TensorBoardLogger(write.join("logs"), epoch_offset=offset, images=fixed_images,
+                                 heatmap_fn=lambda images: final_model(images, training=False)),
+            cb.BestCheckpoint(write.join("best.keras"), write.join("best.json"),
+                              save_fn=lambda path: final_model.save(path), epoch_offset=offset),
+            cb.EpochBackup(write.join("backup"), epoch_offset=offset, phase=phase,
+                           extra_state={"fingerprint": fingerprint}),
+        ]
+        with multiworker_fit_fix(strategy):
+            model.fit(data, epochs=epochs, initial_epoch=initial, steps_per_epoch=steps,
+                      callbacks=callbacks, verbose=verbose, shuffle=False)
+        offset += epochs
+        completed = offset
+
+    _save_atomic(final_model, write.join("model.keras"))
+    history = cb.read_history(history_path)
+    best_path = write.join("best.json")
+    best = json.load(open(best_path)) if os.path.exists(best_path) else None
+    summary["result"] = {
+        "run_dir": os.path.abspath(run_dir),
+        "model": os.path.abspath(os.path.join(run_dir, "model.keras")),
+        "best": {**best, "path": os.path.abspath(os.path.join(run_dir, "best.keras"))} if best else None,
+        "epochs_completed": completed,
+        "resumed_from_epoch": resumed_from,
+        "final_logs": history[-1] if history else None,
+        "history": history,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "write_dir": write.path,
+    }
+    with open(write.join("config.json"), "w") as handle:
+        json.dump(summary, handle, indent=2, default=str)
+    write.cleanup()
+    return (summary, model) if return_model else summary

@@ -1,0 +1,181 @@
+"""Strategy choice, the MultiWorkerMirroredStrategy fix, and multi-replica equivalence."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from keras_hourglass.errors import InputError
+from keras_hourglass.training import distribution as dist
+from keras_hourglass.training import multiworker_fix as fix
+
+WORKER = os.path.join(os.path.dirname(__file__), "workers", "train_worker.py")
+
+
+def _tf_config(n: int, index: int = 0, chief: bool = False) -> str:
+    cluster = {"worker": [f"localhost:{2000 + i}" for i in range(n)]}
+    if chief:
+        cluster["chief"] = ["localhost:1999"]
+    return json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+
+
+@pytest.mark.parametrize("name, gpus, env, expected", [
+    ("auto", 0, {}, "default"),
+    ("auto", 1, {}, "default"),
+    ("auto", 2, {}, "mirrored"),
+    ("auto", 0, {"TF_CONFIG": _tf_config(2)}, "multi-worker"),
+    ("auto", 4, {"TF_CONFIG": _tf_config(2)}, "multi-worker"),
+    ("auto", 2, {"TF_CONFIG": _tf_config(1)}, "mirrored"),  # a one-task cluster is not multi-worker
+    ("mirrored", 0, {}, "mirrored"),
+    ("default", 8, {"TF_CONFIG": _tf_config(2)}, "default"),
+    ("multi-worker", 0, {"TF_CONFIG": _tf_config(1)}, "multi-worker"),
+])
+def test_resolve_strategy_name(name, gpus, env, expected):
+    assert dist.resolve_strategy_name(name, num_gpus=gpus, environ=env) == expected
+
+
+def test_bad_strategy_inputs_name_the_culprit():
+    with pytest.raises(InputError, match="TF_CONFIG: not valid JSON"):
+        dist.resolve_strategy_name("auto", num_gpus=0, environ={"TF_CONFIG": "{oops"})
+    with pytest.raises(InputError, match="TF_CONFIG: --strategy multi-worker needs"):
+        dist.resolve_strategy_name("multi-worker", num_gpus=0, environ={})
+    with pytest.raises(InputError, match="--strategy: unknown strategy"):
+        dist.resolve_strategy_name("tpu", num_gpus=0, environ={})
+
+
+def test_chief_and_batch_split():
+    assert dist.is_chief_task(None, None, None)
+    assert dist.is_chief_task("worker", 0, json.loads(_tf_config(2)))
+    assert not dist.is_chief_task("worker", 1, json.loads(_tf_config(2)))
+    assert not dist.is_chief_task("worker", 0, json.loads(_tf_config(2, chief=True)))
+    assert dist.is_chief_task("chief", 0, json.loads(_tf_config(2, chief=True)))
+    assert dist.per_replica_batch_size(8, 2) == 4
+    with pytest.raises(InputError, match="--batch-size: global batch 6 must be a positive multiple of the 4"):
+        dist.per_replica_batch_size(6, 4)
+
+
+def test_fix_version_guard():
+    assert fix.keras_needs_fix("3.15.1")
+    assert fix.keras_needs_fix("3.5.0")
+    assert fix.keras_needs_fix("3.15.0.dev2025")
+    assert not fix.keras_needs_fix("3.16.0")
+    assert not fix.keras_needs_fix("2.15.0")
+
+
+def test_fix_is_a_no_op_without_multi_worker_and_restores_originals():
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    before = (tf_trainer.TensorFlowTrainer.__dict__["_maybe_symbolic_build"], tf_trainer.reduce_per_replica)
+    with fix.multiworker_fit_fix(tf.distribute.get_strategy()) as applied:
+        assert applied is False
+        assert tf_trainer.reduce_per_replica is before[1]
+    # A one-worker MultiWorkerMirroredStrategy is not multi-worker mode either.
+    assert not fix.in_multi_worker_mode(tf.distribute.get_strategy())
+    after = (tf_trainer.TensorFlowTrainer.__dict__["_maybe_symbolic_build"], tf_trainer.reduce_per_replica)
+    assert after == before
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("localhost", 0))
+        sockets.append(s)
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _run_workers(commands: list[tuple[list[str], dict]], timeout: float) -> list[dict]:
+    """Runs processes in parallel; returns the RESULT json of each; kills all on timeout."""
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for cmd, env in commands]
+    outputs = []
+    try:
+        for proc in procs:
+            out, _ = proc.communicate(timeout=timeout)
+            outputs.append(out)
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            proc.kill()
+        pytest.fail(f"worker processes did not finish within {timeout} s (hang?)")
+    results = []
+    for proc, out in zip(procs, outputs):
+        assert proc.returncode == 0, out[-3000:]
+        line = [ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1]
+        results.append(json.loads(line[len("RESULT "):]))
+    return results
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", **extra)
+    return env
+
+
+@pytest.mark.slow
+def test_two_workers_train_identically_and_only_the_chief_writes(tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    run = tmp_path / "run"  # the same RUN for both, as on a shared filesystem
+    commands = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        cmd = [sys.executable, WORKER, "--run", str(run), "--strategy", "auto", "--model", "hourglass",
+               "--patch-epochs", "1", "--full-epochs", "1", "--steps", "2", "--batch-size", "4", "--canary"]
+        commands.append((cmd, _env(TF_CONFIG=tf_config)))
+    chief, other = _run_workers(commands, timeout=400)
+
+    # Both really ran multi-worker, with the fix, and the fix was needed.
+    for result, index in ((chief, 0), (other, 1)):
+        assert result["info"]["name"] == "multi-worker"
+        assert result["info"]["num_replicas"] == 2 and result["info"]["task_id"] == index
+        assert result["summary"]["strategy"]["multiworker_fit_fix"] is fix.keras_needs_fix()
+        if fix.keras_needs_fix():
+            assert result["canary"]["failed"], "Keras fit now works unfixed: narrow KNOWN_BROKEN"
+            assert "PerReplica" in result["canary"]["error"]
+    assert chief["info"]["is_chief"] and not other["info"]["is_chief"]
+
+    # Synchronous data parallelism: identical final weights.
+    assert chief["digest"] == other["digest"]
+
+    # Only the chief's files exist; the other worker wrote to a temporary dir that is gone.
+    assert chief["summary"]["result"]["write_dir"] == str(run)
+    assert other["summary"]["result"]["write_dir"] != str(run)
+    assert not os.path.exists(other["summary"]["result"]["write_dir"])
+    assert {"model.keras", "config.json", "history.csv", "backup", "logs"} <= set(os.listdir(run))
+    config = json.loads((run / "config.json").read_text())
+    assert config["strategy"]["task_id"] == 0 and config["strategy"]["num_replicas"] == 2
+    rows = (run / "history.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 2  # header + one row per epoch: one writer, not two
+    state = json.loads((run / "backup" / "state.json").read_text())
+    assert state["completed_epochs"] == 2
+
+
+@pytest.mark.slow
+def test_mirrored_two_cpu_replicas_matches_one_device(tmp_path):
+    common = ["--model", "conv", "--patch-epochs", "1", "--full-epochs", "1", "--steps", "3",
+              "--batch-size", "4", "--size", "32"]
+    one, two = _run_workers([
+        ([sys.executable, WORKER, "--run", str(tmp_path / "one"), "--strategy", "default", *common], _env()),
+        ([sys.executable, WORKER, "--run", str(tmp_path / "two"), "--strategy", "mirrored",
+          "--cpu-replicas", "2", *common], _env()),
+    ], timeout=300)
+    assert one["info"]["num_replicas"] == 1
+    assert two["info"]["name"] == "mirrored" and two["info"]["num_replicas"] == 2
+    assert two["summary"]["strategy"]["per_replica_batch_size"] == 2
+    for w1, w2 in zip(one["weights"], two["weights"], strict=True):
+        np.testing.assert_allclose(np.array(w1), np.array(w2), rtol=1e-4, atol=1e-5)
+    # Same loss curve too, and training did move: the loss changed between the epochs.
+    l1 = [float(r["loss"]) for r in one["summary"]["result"]["history"]]
+    l2 = [float(r["loss"]) for r in two["summary"]["result"]["history"]]
+    np.testing.assert_allclose(l1, l2, rtol=1e-4)
+    assert abs(l1[0] - l1[1]) > 1e-3 * abs(l1[0])
