@@ -138,7 +138,10 @@ def test_files_read_back_oriented_and_typed(synth):
         third = mam.image.shape[1] // 3
         assert mam.image[:, :third].mean() > mam.image[:, -third:].mean() + 0.1  # chest wall left
         rules.add(mam.orientation_rule)
+        padded = "PixelPaddingValue" in pydicom.dcmread(path, stop_before_pixels=True)
+        assert mam.voi_rule.endswith("+padding") == padded
     assert rules == {"tags+pixels"}
+    assert any(p.tags.pixel_padding is not None for p in plan_dataset(dataclasses.replace(CONFIG, num_images=40)))
 
 
 def test_dicom_content_variety(synth):

@@ -43,14 +43,15 @@ _GIVEN = ("Marjatta", "Ngozi", "Hendrika", "Giuliana", "Agnieszka", "Solange", "
           "Prudence", "Ximena", "Harumi", "Folasade", "Rosalind", "Ingeborg", "Ottilie", "Wilhelmina",
           "Dagny", "Philippa", "Esperanza", "Theodora", "Liesbeth", "Annunziata", "Mirela", "Bronwyn")
 
-# Device profiles: (photometric, bits, syntax, voi style, ImageLaterality tag, PatientOrientation tag)
+# Device profiles: (photometric, bits, syntax, voi style, ImageLaterality tag, PatientOrientation tag,
+# air padded with Pixel Padding Value 0)
 _PROFILES = (
-    ("MONOCHROME2", 12, "raw", "window", True, True),
-    ("MONOCHROME1", 14, "rle", "windows_sigmoid", True, True),
-    ("MONOCHROME2", 14, "j2k", "lut_and_windows", True, False),
-    ("MONOCHROME2", 12, "raw", "windows", False, True),
-    ("MONOCHROME1", 12, "raw", "lut", True, True),
-    ("MONOCHROME2", 14, "rle", "window", True, False),
+    ("MONOCHROME2", 12, "raw", "window", True, True, False),
+    ("MONOCHROME1", 14, "rle", "windows_sigmoid", True, True, False),
+    ("MONOCHROME2", 14, "j2k", "lut_and_windows", True, False, False),
+    ("MONOCHROME2", 12, "raw", "windows", False, True, True),
+    ("MONOCHROME1", 12, "raw", "lut", True, True, False),
+    ("MONOCHROME2", 14, "rle", "window", True, False, False),
 )
 
 
@@ -172,7 +173,7 @@ def plan_dataset(config: SynthConfig) -> list[ImagePlan]:
             year = first_year + 2 * exam
             study_date = f"{year}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}"
             profile = (offset + exam_counter) % len(_PROFILES)
-            photometric, bits, syntax, voi_style, lat_tag, orient_tag = _PROFILES[profile]
+            photometric, bits, syntax, voi_style, lat_tag, orient_tag, padded = _PROFILES[profile]
             exam_counter += 1
             study_uid = _uid(config.seed, "study", patient, exam)
             views = [("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")]
@@ -196,7 +197,8 @@ def plan_dataset(config: SynthConfig) -> list[ImagePlan]:
                     sop_uid=_uid(config.seed, "image", index), study_date=study_date, laterality=side,
                     view=view, photometric=photometric, bits_stored=bits, windows=(), voi_function="LINEAR",
                     voi_lut=None, transfer_syntax=syntaxes[syntax], image_laterality_tag=lat_tag,
-                    patient_orientation=orient_tag, pixel_spacing_mm=spacing, instance_number=k + 1)
+                    patient_orientation=orient_tag, pixel_spacing_mm=spacing, instance_number=k + 1,
+                    pixel_padding=0 if padded else None)
                 plans.append(ImagePlan(index, f"images/p{patient:05d}/s{exam + 1}/{side}_{view}.dcm", patient,
                                        side, view, label, findings, density, profile, tags))
         patient += 1
@@ -247,7 +249,9 @@ def render_image(plan: ImagePlan, config: SynthConfig) -> tuple[np.ndarray, Dico
     gain, offset = rng.uniform(0.7, 0.92) * maxv, rng.uniform(0.01, 0.05) * maxv
     signal = offset + gain * intensity
     signal += rng.standard_normal(shape, dtype=np.float32) * np.float32(0.0025 * maxv) * np.sqrt(intensity + 0.05)
-    stored = np.clip(np.rint(signal), 0, maxv).astype(np.uint16)
+    stored = np.clip(np.rint(signal), 1, maxv).astype(np.uint16)
+    if plan.tags.pixel_padding is not None:  # the detector's air region, padded (as some vendors do)
+        stored[thickness <= 0.0] = plan.tags.pixel_padding
     if plan.tags.photometric == "MONOCHROME1":
         stored = (maxv - stored).astype(np.uint16)
     mirror = plan.laterality == "R"  # right breasts are stored with the chest wall on the right

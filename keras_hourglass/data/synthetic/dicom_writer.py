@@ -30,6 +30,7 @@ class DicomTags:
         patient_orientation: write PatientOrientation.
         pixel_spacing_mm: Imager Pixel Spacing.
         series_number, instance_number: numbering.
+        pixel_padding: Pixel Padding Value (stored units) marking the air around the breast, or None.
     """
 
     patient_name: str
@@ -53,6 +54,7 @@ class DicomTags:
     pixel_spacing_mm: float = 0.47
     series_number: int = 1
     instance_number: int = 1
+    pixel_padding: int | None = None
 
 
 _ORIENTATION = {("L", "CC"): ["A", "R"], ("R", "CC"): ["P", "L"], ("L", "MLO"): ["A", "FR"],
@@ -119,6 +121,8 @@ def write_mammogram_dicom(path: str | os.PathLike, stored: np.ndarray, tags: Dic
         names = ("NORMAL", "HARDER", "SOFTER")
         ds.WindowCenterWidthExplanation = [names[i % 3] for i in range(len(tags.windows))]
         ds.VOILUTFunction = tags.voi_function
+    if tags.pixel_padding is not None:
+        ds.add_new(0x00280120, "US", int(tags.pixel_padding))  # Pixel Padding Value (US: unsigned data)
     if tags.voi_lut is not None:
         item = Dataset()
         lut = np.asarray(tags.voi_lut, dtype="<u2")
