@@ -24,7 +24,9 @@ Pipeline (each step is pydicom's own function where one exists):
    scaled to [0, 1] by its own output range: [y_min, y_max] of `apply_windowing` (obtained from
    pydicom itself), or the min..max of the LUT Data for a VOI LUT (robust to LUT descriptors that
    claim more bits than the table uses).
-5. MONOCHROME1 is inverted after VOI, so tissue is bright and air dark for every file. Pixels equal
+5. MONOCHROME1 is inverted after VOI, so tissue is bright and air dark for every file. (Presentation
+   LUT Shape is not applied on top: in DX/MG images INVERSE accompanies MONOCHROME1 and denotes that
+   same inversion.) Pixels equal
    to Pixel Padding Value (or in its range with Pixel Padding Range Limit) are excluded from min-max
    and set to 0 (background) afterwards; `voi_rule` then ends with "+padding".
 6. Resize so the long side is `long_side` (aspect ratio kept; size = `output_shape(rows, cols,

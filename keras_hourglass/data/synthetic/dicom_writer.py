@@ -112,6 +112,8 @@ def write_mammogram_dicom(path: str | os.PathLike, stored: np.ndarray, tags: Dic
     ds.FieldOfViewHorizontalFlip = "NO"
     ds.ImagerPixelSpacing = [f"{tags.pixel_spacing_mm:.4f}"] * 2
     ds.PixelIntensityRelationship = "LOG"
+    # DX/MG IOD: IDENTITY with MONOCHROME2, INVERSE with MONOCHROME1 (the same inversion, not a second).
+    ds.PresentationLUTShape = "INVERSE" if tags.photometric == "MONOCHROME1" else "IDENTITY"
     ds.RescaleIntercept = "0"
     ds.RescaleSlope = "1"
     ds.RescaleType = "US"
