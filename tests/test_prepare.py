@@ -310,6 +310,11 @@ def test_cli_help_errors_and_tfio(tmp_path, capsys):
 
 @pytest.mark.tfio
 def test_tfio_decoder_writes_the_same_records_as_pydicom(tmp_path):
+    from keras_hourglass.data.tfio_decoder import tfio_status
+
+    available, reason = tfio_status()
+    if not available and os.environ.get("HOURGLASS_REQUIRE_TFIO", "") in ("", "0"):
+        pytest.skip(reason)
     root = tmp_path / "in"
     table = _dataset(root, images=4, patients=2)
     prepare(_config(table, root, tmp_path / "py"))

@@ -161,6 +161,7 @@ def merge(prep_dir: str, num_shards: int | None = None) -> dict:
         "images_written": totals["images_written"],
         "findings": totals["findings"],
         "boxes_clipped": totals["boxes_clipped"],
+        "preprocessing_rules_fired": totals.get("rules_fired", {}),
         "rejects": {"rows": totals["rows_rejected"], "by_code": dict(sorted(by_code.items()))},
         "files": files,
         "content_hash": content_hash(prep_dir, [f["path"] for f in files]),

@@ -255,6 +255,7 @@ def _write_chunk(out: str, relative: str, chunk: _Chunk, results: Iterable[dict]
 
     rejects: list[dict] = []
     findings: collections.Counter = collections.Counter()
+    rules: dict[str, collections.Counter] = {"voi": collections.Counter(), "orientation": collections.Counter()}
     stats = {"clipped": 0, "rows": 0, "written": 0}
 
     def examples():
@@ -269,6 +270,8 @@ def _write_chunk(out: str, relative: str, chunk: _Chunk, results: Iterable[dict]
                                     "code": code, "reason": reason})
                 continue
             findings.update(result["box_labels"])
+            rules["voi"][result["voi_rule"]] += 1
+            rules["orientation"][result["orientation_rule"]] += 1
             stats["clipped"] += result["clipped"]
             stats["rows"] += len(item.record.rows)
             stats["written"] += 1
@@ -288,7 +291,7 @@ def _write_chunk(out: str, relative: str, chunk: _Chunk, results: Iterable[dict]
     marker = {"fingerprint": chunk.fingerprint, "split": chunk.split, "stratum": chunk.stratum,
               "images": [i.image_hash for i in chunk.items], "written": stats["written"], "size": size,
               "findings": dict(findings), "clipped": stats["clipped"], "rows_ingested": stats["rows"],
-              "rejects": rejects}
+              "rules": {key: dict(counter) for key, counter in rules.items()}, "rejects": rejects}
     manifest.write_json_atomic(_marker_path(out, relative), marker)
     return marker
 
@@ -400,6 +403,7 @@ def prepare(config: PrepareConfig) -> dict:
     counts = {"rows_ingested": 0, "rows_rejected": 0, "images_seen": images_seen, "images_written_total": 0,
               "images_written": {s: {label: 0 for label in LABELS} for s in ("train", "val", "test")},
               "findings": {label: 0 for label in LABELS if label != "normal"}, "boxes_clipped": 0,
+              "rules_fired": {"voi": {}, "orientation": {}},
               "split_conflicts": split_stats["conflicts"] if config.shard_index == 0 else 0}
     rejects = [_reject_dict(r, salt) for r in import_rejects]
     files = []
@@ -411,6 +415,9 @@ def prepare(config: PrepareConfig) -> dict:
         for label, n in marker["findings"].items():
             counts["findings"][label] += n
         counts["boxes_clipped"] += marker["clipped"]
+        for kind, fired in marker.get("rules", {}).items():
+            for rule, n in fired.items():
+                counts["rules_fired"][kind][rule] = counts["rules_fired"][kind].get(rule, 0) + n
         rejects += marker["rejects"]
         if marker["written"]:
             files.append({"path": chunk.relative(config.shard_index, config.num_shards),

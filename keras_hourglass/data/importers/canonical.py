@@ -12,6 +12,7 @@ prepare assign the split by salted patient hash.
 from __future__ import annotations
 
 import os
+import re
 
 from keras_hourglass.data.importers import (FINDING_TYPES, LABELS, SPLITS, Finding, ImportResult, ParsedRow,
                                             Reject, box_from_xyxy, group_rows, read_csv_rows, resolve)
@@ -58,6 +59,9 @@ def parse_row(row_id: str, row: dict[str, str], images_root: str) -> ParsedRow:
     except ValueError as err:
         code = "degenerate_box" if "degenerate" in str(err) else "bad_value"
         raise ValueError(code, str(err)) from None
+    view = row["view"].strip().upper()
+    if not re.fullmatch(r"[A-Z0-9_]{0,8}", view):
+        raise ValueError("bad_value", "view is not a short code such as CC or MLO")
     split = row.get("split", "").strip().lower() or None
     if split is not None and split not in SPLITS:
         raise ValueError("bad_split", f"split {row['split']!r} is not one of {', '.join(SPLITS)} or empty")
@@ -78,7 +82,7 @@ def parse_row(row_id: str, row: dict[str, str], images_root: str) -> ParsedRow:
         raise ValueError("missing_file", "image file not found under --images-root")
     return ParsedRow(row=row_id, key=path, path=full, patient_id=row["patient_id"],
                      study_id=row["study_id"] or row["patient_id"], laterality=laterality,
-                     view=row["view"].strip().upper(), finding=finding, split=split)
+                     view=view, finding=finding, split=split)
 
 
 def load(annotations: str | list[str], images_root: str, **_options) -> ImportResult:
