@@ -154,6 +154,12 @@ def test_plots_and_reports(tmp_path):
     table = format_table(result)
     assert "4.8" in table and "1.000" in table and "malignant findings 1" in table
     assert "warning" in format_table(empty) and "n/a" in format_table(empty)
+    from keras_hourglass.evaluation.report import format_markdown_table
+
+    markdown = format_markdown_table({"stand-in": result, "undefined": as_json | {"max_sensitivity": None}})
+    lines = markdown.splitlines()
+    assert lines[0].startswith("| model | sens@1 FPI [95% CI] | sens@2 FPI") and len(lines) == 4
+    assert lines[2].startswith("| stand-in | 1.000 [1.000, 1.000] |")
 
     rows = write_marks_csv(tmp_path / "marks.csv", records, operating_threshold=0.2)
     import csv

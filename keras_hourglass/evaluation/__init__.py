@@ -15,6 +15,7 @@ _LAZY = {
     "plot_froc_curves": "keras_hourglass.evaluation.plots",
     "plot_overlay": "keras_hourglass.evaluation.plots",
     "format_table": "keras_hourglass.evaluation.report",
+    "format_markdown_table": "keras_hourglass.evaluation.report",
     "write_marks_csv": "keras_hourglass.evaluation.report",
     "write_findings_csv": "keras_hourglass.evaluation.report",
 }

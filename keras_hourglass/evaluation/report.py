@@ -1,6 +1,9 @@
 """Text and CSV reports of an evaluation (no TensorFlow).
 
 - `format_table(result)`: the sensitivity table printed by `hourglass evaluate`.
+- `format_markdown_table({name: result}, fpi_points=(1, 2, 4.8))`: one row per
+  model (e.g. the loss ablation), sensitivity [95% CI] at the chosen FPI
+  points and the maximum sensitivity.
 - `write_marks_csv(path, records, ...)`: one row per mark, in image and in
   original DICOM coordinates, with its match and whether it is kept at the
   default operating point.
@@ -111,6 +114,42 @@ def format_table(result: FrocResult | Mapping[str, Any]) -> str:
     )
     if data.get("warning"):
         lines.append(f"warning: {data['warning']}")
+    return "\n".join(lines)
+
+
+def _with_ci(value: float | None, ci: Sequence[float] | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
+
+
+def format_markdown_table(
+    results: Mapping[str, FrocResult | Mapping[str, Any]],
+    fpi_points: Sequence[float] = (1.0, 2.0, 4.8),
+) -> str:
+    """A markdown table comparing several FROC results.
+
+    Args:
+        results: row name -> `FrocResult` or froc.json dict.
+        fpi_points: FPI points shown (they must be among the results' points).
+
+    Returns:
+        The table (header, separator, one row per result), no trailing newline.
+    """
+    from keras_hourglass.froc import fpi_key
+
+    keys = [fpi_key(f) for f in fpi_points]
+    header = ["model", *(f"sens@{k} FPI [95% CI]" for k in keys), "max sens [95% CI]", "FPI at max"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, result in results.items():
+        data = result.to_json(max_curve_points=0) if isinstance(result, FrocResult) else result
+        ci = data.get("ci95") or {}
+        cells = [name]
+        cells += [_with_ci(data["sensitivity_at_fpi"].get(k), ci.get(k)) for k in keys]
+        cells.append(_with_ci(data.get("max_sensitivity"), data.get("ci95_max_sensitivity")))
+        fpi_max = data.get("fpi_at_max_sensitivity")
+        cells.append("n/a" if fpi_max is None else f"{fpi_max:.3g}")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
