@@ -130,6 +130,22 @@ def test_reject_unsupported_transfer_syntax(tmp_path):
     assert "1.2.840.10008.1.2.4.100" in str(err)
 
 
+def test_reject_syntax_whose_plugin_is_missing(tmp_path, monkeypatch):
+    # Here every syntax pydicom knows has a plugin installed; simulate a site without pylibjpeg-rle.
+    real = pydicom.pixels.get_decoder
+
+    class Missing:
+        is_available = False
+        UID = RLELossless
+        missing_dependencies = ["pylibjpeg-rle - requires pylibjpeg>=2.0 and pylibjpeg-rle>=2.0"]
+
+    monkeypatch.setattr(pydicom.pixels, "get_decoder", lambda uid: Missing() if uid == RLELossless else real(uid))
+    ds = make_ds(breast())
+    ds.compress(RLELossless)
+    err = _expect(save(tmp_path, ds), "unsupported_transfer_syntax", dicom.UnsupportedTransferSyntaxError)
+    assert "not installed" in str(err) and "pylibjpeg-rle" in str(err) and "RLE Lossless" in str(err)
+
+
 def test_reject_non_monochrome(tmp_path):
     rgb = np.zeros((ROWS, COLS, 3), np.uint8)
     ds = make_ds(breast(), photometric="RGB", SamplesPerPixel=3, BitsAllocated=8, BitsStored=8, HighBit=7,

@@ -380,8 +380,9 @@ def check_header(header: DicomHeader, ds, *, max_pixels: int = DEFAULT_MAX_PIXEL
         raise UnsupportedTransferSyntaxError(
             path, f"no pixel decoder exists for transfer syntax {header.transfer_syntax_uid}") from None
     if not decoder.is_available:
-        missing = "; ".join(f"{k}: {', '.join(v)}" for k, v in decoder.missing_dependencies.items()) \
-            if isinstance(decoder.missing_dependencies, dict) else str(decoder.missing_dependencies)
+        deps = decoder.missing_dependencies
+        missing = "; ".join(f"{k}: {', '.join(v)}" for k, v in deps.items()) if isinstance(deps, dict) \
+            else "; ".join(str(d) for d in deps)
         raise UnsupportedTransferSyntaxError(
             path, f"transfer syntax {header.transfer_syntax_uid} ({decoder.UID.name}) needs a plugin that is not "
                   f"installed ({missing})")
