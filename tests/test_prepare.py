@@ -140,6 +140,20 @@ def test_patients_never_straddle_splits(tmp_path):
     assert sorted(tuple(v) for v in by_patient.values()) == [("test",), ("test",), ("train",), ("train",)]
 
 
+def test_small_datasets_still_get_val_and_test_patients():
+    from keras_hourglass.data.importers import ImageRecord
+    from keras_hourglass.data.splits import assign_splits
+
+    images = [ImageRecord(key=f"{i}.dcm", path="", patient_id=f"P{i}", study_id="S", laterality="L", view="CC",
+                          findings=[], rows=[str(i)]) for i in range(3)]
+    split_of, stats = assign_splits(images, "s", val_fraction=0.01, test_fraction=0.01)
+    assert sorted(split_of.values()) == ["test", "train", "val"]
+    assert assign_splits(images, "s", val_fraction=0.01, test_fraction=0.01)[0] == split_of  # stable
+    assert set(assign_splits(images, "s", val_fraction=0.0, test_fraction=0.0)[0].values()) == {"train"}
+    assert set(assign_splits(images[:1], "s", val_fraction=0.5, test_fraction=0.4)[0].values()) <= {
+        "train", "val", "test"}
+
+
 def _variants(value: str) -> set[bytes]:
     texts = {value, value.upper(), value.lower(), value.replace("^", " "), value.replace("^", ", ")}
     if value.isdigit() and len(value) == 8:

@@ -14,8 +14,13 @@ Rules, per patient (raw key; only its salted hash is ever written):
 3. If the dataset gives no ``val`` split anywhere, val is carved out of
    its train patients by the salted hash (u < val_fraction).
 
-The assignment depends only on (patient key, salt, fractions), so every
-machine of a sharded run agrees on it.
+4. Small datasets: a hashed split (test, val) with a positive fraction
+   that drew no patient gets the train patient with the smallest draw,
+   as long as train keeps at least one patient (so a 40-image demo still
+   has a val and a test split).
+
+The assignment depends only on (the table's patient keys, salt,
+fractions), so every machine of a sharded run agrees on it.
 """
 
 from __future__ import annotations
@@ -66,6 +71,13 @@ def assign_splits(images: Iterable[ImageRecord], salt: str, *, val_fraction: flo
         else:
             split = "train"
         patient_split[patient] = split
+    draws = {patient: phi.unit_interval(patient, salt, "split") for patient in given}
+    hashed = {"test": test_fraction if not any_given else 0.0, "val": val_fraction if not any_val else 0.0}
+    for split, fraction in hashed.items():
+        members = [p for p, s in patient_split.items() if s == split]
+        train = sorted((p for p, s in patient_split.items() if s == "train"), key=draws.__getitem__)
+        if fraction > 0 and not members and len(train) > 1:
+            patient_split[train[0]] = split
     counts = {name: 0 for name in _ORDER}
     for split in patient_split.values():
         counts[split] += 1
