@@ -450,6 +450,7 @@ def test_transform_round_trips(flipped):
     assert np.all(fwd[:, 2] > fwd[:, 0]) and np.all(fwd[:, 3] > fwd[:, 1])
     np.testing.assert_allclose(fwd[1], [0, 0, 1536, 1229], atol=1e-9)
     np.testing.assert_allclose(t.inverse_boxes(fwd), boxes, atol=1e-9)
+    assert t.forward_boxes(np.zeros((0, 4))).shape == (0, 4)
     assert dicom.PixelTransform.from_list(t.to_list()) == t
     assert all(isinstance(v, float) for v in t.to_list())
     with pytest.raises(ValueError):
