@@ -148,6 +148,10 @@ def test_canonical_split_column_and_header_errors(tmp_path):
         get_importer("canonical")(bad, str(tmp_path))
     with pytest.raises(InputError, match="unknown format"):
         get_importer("dicomdir")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes((",".join(CANONICAL) + "\na.dcm,P\xe9,S1,L,CC,normal,,,,,\n").encode("latin-1"))
+    (image,) = get_importer("canonical")(str(latin), str(tmp_path)).images
+    assert image.patient_id == "P\xe9"
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     with pytest.raises(InputError, match="empty"):

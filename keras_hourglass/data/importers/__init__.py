@@ -25,8 +25,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import importlib
+import io
+import logging
 import os
 from typing import Callable, Iterable, Iterator
+
+logger = logging.getLogger(__name__)
 
 LABELS = ("normal", "benign", "high_risk", "malignant")
 FINDING_TYPES = ("mass", "calcification", "distortion", "asymmetry", "other")
@@ -158,16 +162,24 @@ def read_csv_rows(path: str | os.PathLike, required: Iterable[str],
 
     name = os.path.basename(os.fspath(path))
     try:
-        handle = open(path, newline="", encoding="utf-8-sig")
+        with open(path, "rb") as raw:
+            data = raw.read()
     except OSError as err:
         raise InputError(path, f"cannot read annotation table: {err.strerror or err}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        # Spreadsheet exports from Windows are often cp1252/latin-1; every byte decodes in latin-1.
+        logger.warning("%s is not UTF-8; reading it as latin-1", name)
+        text = data.decode("latin-1")
+    handle = io.StringIO(text, newline="")
     with handle:
         reader = csv.reader(handle)
         try:
             header = next(reader)
         except StopIteration:
             raise InputError(path, "annotation table is empty (no header)") from None
-        except (csv.Error, UnicodeDecodeError) as err:
+        except csv.Error as err:
             raise InputError(path, f"not a CSV file: {err}") from None
         columns = [(aliases or {}).get(h.strip(), h.strip()) for h in header]
         missing = [c for c in required if c not in columns]
@@ -184,7 +196,7 @@ def read_csv_rows(path: str | os.PathLike, required: Iterable[str],
                 if len(values) > len(columns) and any(v.strip() for v in values[len(columns):]):
                     row["__extra__"] = "1"
                 yield f"{name}:{number}", row
-        except (csv.Error, UnicodeDecodeError) as err:
+        except csv.Error as err:
             raise InputError(path, f"malformed CSV after data record {number}: {err}") from None
 
 
