@@ -181,8 +181,9 @@ class HourglassDetector:
 def build_export_archive(detector: HourglassDetector) -> keras.export.ExportArchive:
     """Builds the `ExportArchive` holding both signatures.
 
-    The functions are `tf.function(jit_compile=False)`: nothing is compiled
-    with XLA (TF Serving disables XLA unless started with a flag).
+    The functions are `tf.function(jit_compile=False, autograph=False)`:
+    nothing is compiled with XLA (TF Serving disables XLA unless started with
+    a flag), and there is no Python control flow on tensors to convert.
 
     Returns:
         A `keras.export.ExportArchive`; call `write_out(path)` to save it.
@@ -193,6 +194,7 @@ def build_export_archive(detector: HourglassDetector) -> keras.export.ExportArch
     @tf.function(
         input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32, name="image")],
         jit_compile=False,
+        autograph=False,
     )
     def serving_default(image):
         return detector.detect(image)
@@ -203,6 +205,7 @@ def build_export_archive(detector: HourglassDetector) -> keras.export.ExportArch
             tf.TensorSpec([None], tf.float32, name="threshold"),
         ],
         jit_compile=False,
+        autograph=False,
     )
     def detect_png(image_bytes, threshold):
         return detector.detect_png(image_bytes, threshold)

@@ -1,6 +1,7 @@
 """Test doubles for the export and serving tests.
 
 - `tiny_hourglass`: the smallest real Hourglass, for fast export tests.
+- `conv_model`: a 2-layer conv heatmap model where the network does not matter.
 - `random_image`: a float32 image with a few bright blobs.
 """
 
@@ -17,6 +18,19 @@ def tiny_hourglass(seed: int = 0):
 
     keras.utils.set_random_seed(seed)
     return build_hourglass("tiny", num_stacks=1, depth=2, num_features=8, stem_features=4)
+
+
+def conv_model(stride: int = 2, seed: int = 0):
+    """A 2-layer conv heatmap model (image -> heatmap at `stride`): for tests where the network is
+    irrelevant (atomic publication, verification failures) and tracing a real Hourglass 4 times
+    would only cost time."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    image = keras.Input((None, None, 1), name="image")
+    x = keras.layers.Conv2D(4, 3, strides=stride, padding="same", activation="relu")(image)
+    heatmap = keras.layers.Conv2D(1, 3, padding="same", name="heatmap")(x)
+    return keras.Model(image, heatmap, name="conv_heatmap")
 
 
 def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -19,7 +19,7 @@ from export.warmup import read_warmup_requests  # noqa: E402
 from keras_hourglass.errors import InputError  # noqa: E402
 from keras_hourglass.cli.main import main  # noqa: E402
 from keras_hourglass.peaks import find_peaks  # noqa: E402
-from serving_doubles import random_image, tiny_hourglass  # noqa: E402
+from serving_doubles import conv_model, random_image, tiny_hourglass  # noqa: E402
 
 # tiny_hourglass: 1 stack, depth 2, output stride 4 -> input multiple 16.
 STRIDE, MULTIPLE, MAX_MARKS, THRESHOLD, LONG_SIDE = 4, 16, 6, -1e9, 64
@@ -158,6 +158,10 @@ def test_warmup_records_are_prediction_logs_for_both_signatures(exported):
     assert max(big.shape[:2]) == LONG_SIDE
 
 
+def small_detector(peak_fn=None) -> HourglassDetector:
+    return HourglassDetector(conv_model(stride=2), stride=2, input_multiple=4, max_marks=MAX_MARKS, peak_fn=peak_fn)
+
+
 def test_export_with_pyfunc_fails_verification_and_publishes_nothing(tmp_path):
     def py_peaks(heatmap, **kwargs):
         heatmap = tf.numpy_function(lambda h: h, [heatmap], tf.float32, stateful=False)
@@ -166,7 +170,7 @@ def test_export_with_pyfunc_fails_verification_and_publishes_nothing(tmp_path):
 
     base = tmp_path / "hourglass"
     with pytest.raises(VerificationError, match="PyFunc"):
-        sm.export_detector(make_detector(peak_fn=py_peaks), base, verify="ops")
+        sm.export_detector(small_detector(peak_fn=py_peaks), base, verify="ops")
     assert os.listdir(base) == []  # neither a version nor the temp dir
 
 
@@ -185,11 +189,14 @@ def test_check_ops_accepts_the_real_export(exported):
     assert "Assert" in counts  # the model's InputSizeCheck survives: the signature pads before it
 
 
-def test_refuses_to_overwrite_an_existing_version(exported, tmp_path):
-    _, result = exported
-    base = os.path.dirname(result.path)
+def test_refuses_to_overwrite_an_existing_version(tmp_path):
+    base = tmp_path / "hourglass"
+    (base / "1").mkdir(parents=True)
+    (base / "1" / "saved_model.pb").write_bytes(b"an older export")
     with pytest.raises(InputError, match="already exists"):
-        sm.export_detector(make_detector(), base, version=1, verify="none")
+        sm.export_detector(small_detector(), base, version=1, verify="none")
+    assert (base / "1" / "saved_model.pb").read_bytes() == b"an older export"
+    assert sm.next_version(base) == 2 and sorted(os.listdir(base)) == ["1"]
 
 
 def _complete(version_dir: str) -> bool:
@@ -221,7 +228,7 @@ class Poller(threading.Thread):
     def run(self):
         while not self.stop.is_set():
             for name in sm.list_versions(self.base) if os.path.isdir(self.base) else []:
-                if name not in self.seen:
+                if name not in self.seen and name not in self.partial:
                     (self.seen if _complete(os.path.join(self.base, str(name))) else self.partial).add(name)
             time.sleep(0.001)
 
@@ -231,7 +238,7 @@ def test_atomic_versions_under_a_polling_watcher(tmp_path):
     poller = Poller(base)
     poller.start()
     try:
-        detector = make_detector()
+        detector = small_detector()
         versions = [sm.export_detector(detector, base, verify="none").version for _ in range(3)]
         # Control: the unsafe way (write straight into BASE/<n>) IS caught by the same poller.
         sm.export_detector(detector, base, verify="none", _atomic=False)
