@@ -44,4 +44,4 @@ test-tfio: $(TFIO_VENV)/.installed
 	if [ $$status -eq 5 ]; then echo "test-tfio: no tfio test collected"; exit 0; fi; exit $$status
 
 clean:
-	rm -rf $(VENV) $(DEMO) build *.egg-info
+	rm -rf $(VENV) $(TFIO_VENV) $(DEMO) build *.egg-info

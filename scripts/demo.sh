@@ -12,7 +12,8 @@ mkdir -p "$OUT"
 step() { printf '\n==> %s\n' "$*"; }
 
 step "1/6 synthesise mammograms (DICOM + canonical CSV) into $OUT/synth"
-"$HOURGLASS" synth --out "$OUT/synth" --images 240 --seed 7 --malignant-rate 0.25
+"$HOURGLASS" synth --out "$OUT/synth" --images 240 --seed 7 \
+  --malignant-rate 0.25 --high-risk-rate 0.1 --benign-rate 0.15
 
 step "2/6 prepare TFRecords (patient-level split, PHI hashed) into $OUT/prepared"
 "$HOURGLASS" prepare --annotations "$OUT/synth/annotations.csv" --images-root "$OUT/synth" \
