@@ -39,6 +39,17 @@ def test_round_trip_is_exact_for_16_bit_pixels_boxes_and_strings():
     assert int(parsed["height"]) == 33 and int(parsed["width"]) == 47
 
 
+def test_png16_is_a_standard_png_for_pil_too():
+    from keras_hourglass.data.png16 import decode_png16, encode_png16
+
+    rng = np.random.default_rng(3)
+    for shape in [(1, 1), (2, 3), (17, 5)]:
+        pixels = rng.integers(0, 65536, size=shape, dtype=np.uint16)
+        np.testing.assert_array_equal(decode_png16(encode_png16(pixels)), pixels)
+    with pytest.raises(ValueError, match="NaN"):
+        encode_png16(np.array([[np.nan]], np.float32))
+
+
 def test_float_images_quantise_to_1_over_65535_and_normals_have_no_boxes():
     image = np.linspace(0, 1, 20 * 30, dtype=np.float32).reshape(20, 30)
     example = _example(image, boxes=np.zeros((0, 4)), box_labels=[], finding_types=[])

@@ -9,6 +9,8 @@ A float image in [0, 1] maps to ``round(x * 65535)``; decoding divides by
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -37,8 +39,17 @@ def to_uint16(image: np.ndarray) -> np.ndarray:
     return np.round(np.clip(array, 0.0, 1.0) * 65535.0).astype(np.uint16)
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
 def encode_png16(image: np.ndarray, compress_level: int = 1) -> bytes:
     """Encodes a grayscale image as a 16-bit PNG.
+
+    A direct numpy + zlib writer (one IDAT, the PNG "Sub" filter on every
+    row): about twice as fast as PIL's 16-bit path and smaller on
+    mammograms, whose rows are smooth. Any PNG decoder reads it
+    (tf.io.decode_png, PIL).
 
     Args:
         image: float in [0, 1] or uint16, `[H, W]` or `[H, W, 1]`.
@@ -48,9 +59,17 @@ def encode_png16(image: np.ndarray, compress_level: int = 1) -> bytes:
         The PNG bytes.
     """
     array = to_uint16(image)
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=compress_level)
-    return buffer.getvalue()
+    height, width = array.shape
+    if height == 0 or width == 0:
+        raise ValueError("cannot encode an empty image")
+    raw = array.astype(">u2").view(np.uint8).reshape(height, 2 * width)
+    rows = np.empty((height, 2 * width + 1), np.uint8)
+    rows[:, 0] = 1  # filter type Sub: each byte minus the byte one pixel (2 bytes) to its left, mod 256
+    rows[:, 1:3] = raw[:, :2]
+    rows[:, 3:] = raw[:, 2:] - raw[:, :-2]
+    header = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)  # 16-bit grayscale, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), compress_level)) + _png_chunk(b"IEND", b""))
 
 
 def decode_png16(data: bytes) -> np.ndarray:
