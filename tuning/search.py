@@ -134,9 +134,17 @@ def run_search(tuner: keras_tuner.Tuner, directory: str | os.PathLike) -> dict[s
         single machine) the outputs of `tuning.outputs.write_outputs`.
     """
     this_role = role()
-    remaining = tuner.remaining_trials
-    _log(f"{this_role}: searching ({'?' if remaining is None else remaining} trials left)")
+    if this_role == "worker":  # the oracle is the chief's; a worker only asks it for trials
+        _log(f"worker: searching (oracle {os.environ['KERASTUNER_ORACLE_IP']}:{os.environ.get('KERASTUNER_ORACLE_PORT')})")
+    else:
+        remaining = tuner.remaining_trials
+        _log(f"{this_role}: searching ({'?' if remaining is None else remaining} trials left)")
     tuner.search()
+    if this_role == "chief":
+        # KerasTuner saves the oracle in `end_trial` *before* it drops the trial from its ongoing
+        # trials, and a chief saves nothing after the last one: save again, or a restarted chief
+        # would take the last trials for interrupted ones and run them again.
+        tuner.oracle.save()
     summary: dict[str, Any] = {
         "role": this_role,
         "tuner_id": tuner_id(),
