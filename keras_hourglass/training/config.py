@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from keras_hourglass.errors import InputError
 
 LOSSES = ("hypersensitive", "l2")
+INT_FIELDS = ("top_k", "patch_size", "patch_epochs", "full_epochs", "steps_per_epoch", "images_per_epoch",
+              "batch_size", "crop_size", "max_boxes", "seed", "val_images")
 PHASES = ("patch", "full", "both")
 
 
@@ -70,11 +72,11 @@ class TrainConfig:
     patch_epochs: int = 5
     full_epochs: int = 5
     steps_per_epoch: int | None = None
-    images_per_epoch: int = 512
+    images_per_epoch: int = 8000
     batch_size: int = 8
     learning_rate: float = 1e-4
     full_learning_rate: float | None = None
-    crop_size: int = 256
+    crop_size: int = 512
     max_boxes: int = 16
     augment: bool = True
     preset: str = "tiny"
@@ -88,6 +90,19 @@ class TrainConfig:
         """Checks values. Raises: InputError naming the option."""
         def bad(name, reason):
             raise InputError(f"--{name.replace('_', '-')}", reason)
+
+        for name in INT_FIELDS:
+            value = getattr(self, name)
+            if value is None and name in ("steps_per_epoch", "val_images"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+                bad(name, f"must be an integer, got {value!r}")
+            setattr(self, name, int(value))
+        for name in ("omega", "learning_rate", "l2_sigma", "target_fpi"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                bad(name, f"must be a number, got {value!r}")
+            setattr(self, name, float(value))
 
         if self.loss not in LOSSES:
             bad("loss", f"must be one of {', '.join(LOSSES)}, got {self.loss!r}")

@@ -136,29 +136,35 @@ def _epoch_agreement(strategy, completed: int) -> None:
                                    "on storage shared by every worker")
 
 
-def _validation(prep_dir: str | None, config: TrainConfig, multiple: int, validation):
-    """(FrocCallback or None, fixed image batch for TensorBoard or None)."""
+def _fixed_images(dataset, count: int = 4):
+    """The first `count` images of an evaluation dataset, zero-padded to one size: `[N, H, W, 1]`."""
     import tensorflow as tf
 
-    if validation is None and prep_dir is not None and config.val_images != 0:
+    images = [(e["image"] if isinstance(e, dict) else e[0]) for e in dataset.take(count)]
+    if not images:
+        return None
+    height = max(int(i.shape[1]) for i in images)
+    width = max(int(i.shape[2]) for i in images)
+    return tf.concat([tf.image.pad_to_bounding_box(i, 0, 0, height, width) for i in images], axis=0)
+
+
+def _validation(prep_dir: str | None, config: TrainConfig, multiple: int, validation):
+    """(FrocCallback or None, fixed image batch for TensorBoard or None).
+
+    The validation set is `validation` (a dataset of evaluation dicts) or PREP/val
+    (its first `config.val_images` images; all when None; none when 0).
+    """
+    from keras_hourglass.evaluation.callback import FrocCallback
+
+    if validation is None:
+        if prep_dir is None or config.val_images == 0:
+            return None, None
         from keras_hourglass.data import pipeline
 
         validation = pipeline.evaluation_dataset(prep_dir, split="val", input_multiple=multiple)
-        if config.val_images:
-            validation = validation.take(int(config.val_images))
-    if validation is None:
-        return None, None
-    images = []
-    for element in validation.take(4):
-        image = element["image"] if isinstance(element, dict) else element[0]
-        images.append(image)
-    shapes = {tuple(i.shape) for i in images}
-    fixed = tf.concat(images, axis=0) if len(shapes) == 1 and images else None
-    try:
-        from keras_hourglass.evaluation.callback import FrocCallback
-    except ImportError as err:  # pragma: no cover - the evaluation package ships with the library
-        raise InputError("keras_hourglass.evaluation", f"FrocCallback unavailable ({err})") from None
-    return FrocCallback(validation, target_fpi=config.target_fpi), fixed
+    if config.val_images:
+        validation = validation.take(int(config.val_images))
+    return FrocCallback(validation, target_fpi=config.target_fpi), _fixed_images(validation)
 
 
 def _fingerprint(summary: dict) -> str:
@@ -182,7 +188,7 @@ def _save_atomic(model, path: str) -> None:
 def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, strategy=None,
           strategy_info=None, strategy_name: str = "auto", dataset_fn: DatasetFn | None = None,
           validation=None, model_fn: Callable[[], object] | None = None, verbose="auto",
-          command: list[str] | None = None, return_model: bool = False):
+          command: list[str] | None = None, callbacks: list | None = None, return_model: bool = False):
     """Trains (or resumes training) and writes the run directory.
 
     Args:
@@ -200,6 +206,8 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
             called under the strategy scope.
         verbose: Keras `fit` verbosity ("auto" = progress bar, 2 = one line per epoch, 0 = silent).
         command: the command line, for config.json.
+        callbacks: more Keras callbacks, run after the built-in ones but before the backup
+            (their `epoch` argument counts within the phase).
         return_model: also return the trained (training) model.
 
     Returns:
@@ -209,7 +217,7 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
     import keras
     import tensorflow as tf
 
-    from keras_hourglass.model.hourglass import inference_model, input_multiple, model_stride, resolve_config
+    from keras_hourglass.model.hourglass import inference_model, model_input_multiple, model_stride, resolve_config
     from keras_hourglass.training import callbacks as cb
     from keras_hourglass.training.distribution import StrategyInfo, WriteDir, make_strategy
     from keras_hourglass.training.multiworker_fix import keras_needs_fix, multiworker_fit_fix
@@ -231,7 +239,10 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
     os.makedirs(run_dir, exist_ok=True)
     write = WriteDir(run_dir, info)
     backup_dir = os.path.join(run_dir, "backup")  # every worker restores from the chief's backup
-    model_config = resolve_config(config.preset, **config.model) if model_fn is None else None
+    try:
+        model_config = resolve_config(config.preset, **config.model) if model_fn is None else None
+    except ValueError as err:
+        raise InputError("--model-option", str(err)) from None
 
     keras.utils.set_random_seed(int(config.seed))
     with strategy.scope():
@@ -243,9 +254,9 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
             model = build_hourglass(config.preset, **config.model)
         optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
     stride = model_stride(model)
-    multiple = input_multiple(model_config) if model_config else stride
+    multiple = model_input_multiple(model)
     num_outputs = len(model.outputs)
-    final_model = inference_model(model) if model_fn is None else model
+    final_model = inference_model(model)
 
     summary = {
         "command": command if command is not None else sys.argv,
@@ -303,19 +314,20 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
         seed = int(config.seed) + 1000 * (offset + initial)
         data = _distributed_dataset(strategy, dataset_fn, phase, int(config.batch_size), seed, stride,
                                     multiple, num_outputs)
-        callbacks = [c for c in (froc_callback,) if c is not None]
-        callbacks += [
+        phase_callbacks = [c for c in (froc_callback,) if c is not None]
+        phase_callbacks += [
             cb.HistoryCSV(history_path, epoch_offset=offset, phase=phase),
             cb.TensorBoardLogger(write.join("logs"), epoch_offset=offset, images=fixed_images,
                                  heatmap_fn=lambda images: final_model(images, training=False)),
             cb.BestCheckpoint(write.join("best.keras"), write.join("best.json"),
                               save_fn=lambda path: final_model.save(path), epoch_offset=offset),
+            *(callbacks or []),
             cb.EpochBackup(write.join("backup"), epoch_offset=offset, phase=phase,
                            extra_state={"fingerprint": fingerprint}),
         ]
         with multiworker_fit_fix(strategy):
             model.fit(data, epochs=epochs, initial_epoch=initial, steps_per_epoch=steps,
-                      callbacks=callbacks, verbose=verbose, shuffle=False)
+                      callbacks=phase_callbacks, verbose=verbose, shuffle=False)
         offset += epochs
         completed = offset
 

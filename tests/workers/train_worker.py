@@ -30,6 +30,18 @@ def tiny_conv():
     return keras.Model(image, x)
 
 
+def EpochDelay(seconds: float):
+    import time
+
+    import keras
+
+    class _Delay(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            time.sleep(seconds)
+
+    return _Delay()
+
+
 def run_canary(strategy) -> dict:
     """Keras `fit` under the strategy *without* the fix: documents that the fix is needed."""
     import keras
@@ -78,6 +90,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--loss", default="hypersensitive")
+    parser.add_argument("--epoch-delay", type=float, default=0.0,
+                        help="sleep this long after each epoch (gives a kill test a window)")
     parser.add_argument("--canary", action="store_true",
                         help="first try a plain Keras fit without the fix and report how it fails")
     args = parser.parse_args()
@@ -104,12 +118,14 @@ def main() -> int:
     stride = 1 if args.model == "conv" else 4
     summary, model = train(config, args.run, strategy=strategy, strategy_info=info,
                            dataset_fn=make_dataset_fn(args.size, stride), model_fn=model_fn, verbose=2,
+                           callbacks=[EpochDelay(args.epoch_delay)] if args.epoch_delay else None,
                            return_model=True)
     weights = [np.asarray(w) for w in model.get_weights()]
     digest = hashlib.sha256(b"".join(np.ascontiguousarray(w).tobytes() for w in weights)).hexdigest()
     print("RESULT " + json.dumps({"summary": summary, "digest": digest,
                                   "weights": [np.asarray(w).tolist() for w in weights] if args.model == "conv" else None,
-                                  "info": info.to_json(), "canary": canary}, default=str))
+                                  "info": info.to_json(), "canary": canary,
+                                  "optimizer_iterations": int(model.optimizer.iterations.numpy())}, default=str))
     sys.stdout.flush()
     return 0
 

@@ -1,0 +1,253 @@
+"""`hourglass train`: two-phase training (patches, then whole images), distributed, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+EPILOG = """examples:
+  # the paper's recipe on one machine (Adam 1e-4, omega 0.01, k 3), 10 + 10 epochs of 8,000 images
+  hourglass train --data data/prepared --out runs/hs --preset paper --patch-epochs 10 --full-epochs 10
+
+  # small and quick (CPU): tiny model, 3 + 2 epochs of 40 steps, one log line per epoch
+  hourglass train --data data/prepared --out runs/tiny --epochs 5 --steps-per-epoch 40 \\
+      --batch-size 4 --crop-size 128 --quiet
+
+  # the Gaussian L2 baseline, or the hypersensitive loss with one principle switched off
+  hourglass train --data data/prepared --out runs/l2 --loss l2
+  hourglass train --data data/prepared --out runs/no-topk --top-k 0
+
+  # the tuner's best hyper-parameters; explicit flags still win
+  hourglass train --data data/prepared --out runs/best --hparams tune/best_hyperparameters.json --epochs 20
+
+  # all GPUs of this machine, global batch 32 (16 per GPU with 2 GPUs)
+  hourglass train --data data/prepared --out runs/hs --strategy mirrored --batch-size 32
+
+  # several machines: run the same command on each, with TF_CONFIG naming the cluster and this task
+  TF_CONFIG='{"cluster": {"worker": ["host0:2222", "host1:2222"]}, "task": {"type": "worker", "index": 0}}' \\
+      hourglass train --data /shared/prepared --out /shared/runs/hs --strategy multi-worker
+
+strategies: auto (default) = multi-worker if TF_CONFIG names more than one task, else mirrored if more than
+one GPU is visible, else default (one device). mirrored without GPUs uses the logical CPU devices
+(--cpu-replicas N splits the CPU into N). --batch-size is the GLOBAL batch, split evenly across all
+replicas of all workers; the learning rate is NOT scaled with the number of replicas.
+
+resume: after every epoch RUN/backup holds the weights, optimizer state and epoch count. Running the same
+command again after a crash or preemption continues after the last completed epoch (a different
+configuration in the same RUN is refused). Multi-worker: only the chief (worker 0, or the "chief" task)
+writes RUN; RUN must be on storage every worker can read.
+
+--hparams: the JSON of keras_tuner HyperParameters.get_config() (TUNE/best_hyperparameters.json:
+{"space": [...], "values": {...}}) or a plain {"name": value} object. Precedence: defaults < --hparams <
+explicit flags.
+
+outputs: RUN/model.keras (inference model: image -> final heatmap), RUN/best.keras (+ best.json, the
+best epoch by val_sensitivity at --target-fpi on the validation split), RUN/config.json (data manifest
+hash, hyper-parameters, model config, seed, strategy, package versions, command line, result),
+RUN/history.csv, RUN/logs (TensorBoard: scalars and validation heatmaps), RUN/backup. The JSON summary
+goes to stdout.
+"""
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _sigmas(text: str) -> tuple:
+    from keras_hourglass.training.config import parse_sigmas
+
+    try:
+        return parse_sigmas(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+
+
+def _model_option(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Adds `train` to the CLI. Args: subparsers: from `add_subparsers`. Returns: the parser."""
+    parser = subparsers.add_parser(
+        "train", help="train the Hourglass (patches, then whole images); multi-GPU / multi-worker; resumable",
+        description="Train the hypersensitive Hourglass in two phases as in the paper: phase 1 on patches "
+                    "centred on findings, phase 2 fine-tuning on whole images (same model).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    io = parser.add_argument_group("data and output")
+    io.add_argument("--data", required=True, metavar="PREP", help="directory written by `hourglass prepare`")
+    io.add_argument("--out", required=True, metavar="RUN", help="run directory (created; resumed if it has a backup)")
+    io.add_argument("--hparams", metavar="JSON", help="hyper-parameters (KerasTuner get_config() JSON or {name: value})")
+
+    loss = parser.add_argument_group("loss (default: the paper's hypersensitive loss)")
+    loss.add_argument("--loss", choices=["hypersensitive", "l2"], default=None,
+                      help="hypersensitive (default) or l2 (Gaussian L2 baseline)")
+    loss.add_argument("--omega", type=_number, default=None, help="background weight (default 0.01; 1.0 = off)")
+    loss.add_argument("--top-k", type=_non_negative, default=None, metavar="K",
+                      help="predicted blobs excused from the background loss (default 3; 0 = off)")
+    loss.add_argument("--patch-size", type=_positive, default=None, metavar="P",
+                      help="detector patch of the loss, heatmap pixels (default 32)")
+    loss.add_argument("--sigmas", type=_sigmas, default=None, metavar="S1,S2,...",
+                      help="reference blob sigmas, heatmap pixels (default 1.5,3,6; one value = off)")
+    loss.add_argument("--no-recenter", dest="recenter", action="store_const", const=False, default=None,
+                      help="centre reference blobs on the box centre (principle (a) off)")
+    loss.add_argument("--l2-sigma", type=_number, default=None, help="target sigma of --loss l2 (default 2)")
+
+    sched = parser.add_argument_group("schedule")
+    sched.add_argument("--phase", choices=["patch", "full", "both"], default=None,
+                       help="patches, whole images, or both in that order (default both)")
+    sched.add_argument("--epochs", type=_positive, default=None, metavar="E",
+                       help="total epochs; with --phase both split in half (patch gets the odd one) "
+                            "unless --patch-epochs/--full-epochs say otherwise")
+    sched.add_argument("--patch-epochs", type=_non_negative, default=None, help="epochs of phase 1 (default 5)")
+    sched.add_argument("--full-epochs", type=_non_negative, default=None, help="epochs of phase 2 (default 5)")
+    sched.add_argument("--steps-per-epoch", type=_positive, default=None, metavar="S",
+                       help="steps per epoch (default: images-per-epoch // batch-size)")
+    sched.add_argument("--images-per-epoch", type=_positive, default=None, metavar="N",
+                       help="images per epoch (default 8000, the paper's)")
+    sched.add_argument("--batch-size", type=_positive, default=None, metavar="B",
+                       help="GLOBAL batch size, split across replicas (default 8)")
+    sched.add_argument("--learning-rate", type=_number, default=None, metavar="LR",
+                       help="Adam learning rate (default 1e-4; not scaled with replicas)")
+    sched.add_argument("--full-learning-rate", type=_number, default=None, metavar="LR",
+                       help="learning rate of phase 2 (default: --learning-rate)")
+    sched.add_argument("--crop-size", type=_positive, default=None, metavar="PIXELS",
+                       help="phase-1 patch side at training scale (default 512; a multiple of the model's "
+                            "input multiple)")
+    sched.add_argument("--max-boxes", type=_positive, default=None, help="box slots per image (default 16)")
+    sched.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=None,
+                       help="no flips / intensity jitter")
+    sched.add_argument("--seed", type=int, default=None, help="seed of initialisation and data (default 0)")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--preset", choices=["tiny", "paper"], default=None, help="model size (default tiny)")
+    model.add_argument("--model-option", type=_model_option, action="append", default=None, metavar="KEY=VALUE",
+                       help="override a preset key, e.g. num_features=32 (repeatable)")
+    model.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="XLA-compile the train step (default: Keras 'auto')")
+
+    val = parser.add_argument_group("validation")
+    val.add_argument("--val-images", type=_non_negative, default=None, metavar="N",
+                     help="validation images for the per-epoch FROC (default 64; 0 = no validation)")
+    val.add_argument("--target-fpi", type=_number, default=None,
+                     help="FPI at which val_sensitivity is read (default 4.8)")
+
+    dist = parser.add_argument_group("distribution")
+    dist.add_argument("--strategy", choices=["auto", "default", "mirrored", "multi-worker"], default="auto",
+                      help="tf.distribute strategy (default auto)")
+    dist.add_argument("--cpu-replicas", type=_positive, default=None, metavar="N",
+                      help="split the CPU into N logical devices (for mirrored without GPUs)")
+
+    parser.add_argument("--quiet", action="store_true", help="one log line per epoch instead of progress bars")
+    parser.set_defaults(func=run)
+    return parser
+
+
+FLAG_FIELDS = ("loss", "omega", "top_k", "patch_size", "sigmas", "recenter", "l2_sigma", "phase",
+               "steps_per_epoch", "images_per_epoch", "batch_size", "learning_rate", "full_learning_rate",
+               "crop_size", "max_boxes", "augment", "seed", "preset", "jit_compile", "val_images", "target_fpi")
+
+
+def build_config(args: argparse.Namespace):
+    """TrainConfig from defaults < --hparams < explicit flags. Raises: InputError."""
+    import dataclasses
+
+    from keras_hourglass.errors import InputError
+    from keras_hourglass.training.config import TrainConfig, apply_hparams, load_hparams
+
+    config = TrainConfig()
+    if args.hparams:
+        config = apply_hparams(config, load_hparams(args.hparams), source=args.hparams)
+    explicit = {name: getattr(args, name) for name in FLAG_FIELDS if getattr(args, name) is not None}
+    if args.model_option:
+        explicit["model"] = {**config.model, **dict(args.model_option)}
+    config = dataclasses.replace(config, **explicit)
+
+    patch, full, total = args.patch_epochs, args.full_epochs, args.epochs
+    phase = config.phase
+    if total is not None:
+        if phase == "patch":
+            patch = total if patch is None else patch
+        elif phase == "full":
+            full = total if full is None else full
+        elif patch is None and full is None:
+            patch, full = total - total // 2, total // 2
+        elif patch is None:
+            patch = total - full
+        elif full is None:
+            full = total - patch
+        if phase == "both" and (patch < 0 or full < 0 or patch + full != total):
+            raise InputError("--epochs", f"{total} != --patch-epochs {patch} + --full-epochs {full}")
+        if phase == "patch" and patch != total or phase == "full" and full != total:
+            raise InputError("--epochs", f"{total} disagrees with the epochs given for --phase {phase}")
+    if patch is not None:
+        config = dataclasses.replace(config, patch_epochs=patch)
+    if full is not None:
+        config = dataclasses.replace(config, full_epochs=full)
+    return config.validate()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs `hourglass train`. Returns: 0. Raises: InputError on bad arguments or inputs."""
+    import os
+
+    from keras_hourglass.errors import InputError
+
+    config = build_config(args)
+    if not os.path.isdir(args.data):
+        raise InputError(args.data, "not a directory (run `hourglass prepare` first)")
+    if not os.path.exists(os.path.join(args.data, "manifest.json")):
+        raise InputError(args.data, "no manifest.json: not a directory written by `hourglass prepare`")
+    if os.path.isfile(args.out):
+        raise InputError(args.out, "exists and is a file")
+
+    from keras_hourglass.training.distribution import configure_cpu_replicas, make_strategy
+
+    if args.cpu_replicas:
+        configure_cpu_replicas(args.cpu_replicas)
+    strategy, info = make_strategy(args.strategy)  # before any other TensorFlow work (multi-worker)
+
+    from keras_hourglass.training.train import train
+
+    summary = train(config, args.out, prep_dir=args.data, strategy=strategy, strategy_info=info,
+                    verbose=2 if args.quiet else "auto", command=["hourglass", *sys.argv[1:]]
+                    if sys.argv and sys.argv[0].endswith("hourglass") else sys.argv)
+    result = summary["result"]
+    print(json.dumps({
+        "run_dir": result["run_dir"], "model": result["model"], "best": result["best"],
+        "epochs_completed": result["epochs_completed"], "resumed_from_epoch": result["resumed_from_epoch"],
+        "final_logs": result["final_logs"], "strategy": summary["strategy"]["name"],
+        "num_replicas": summary["strategy"]["num_replicas"], "is_chief": summary["strategy"]["is_chief"],
+    }, default=str))
+    return 0
