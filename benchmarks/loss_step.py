@@ -76,15 +76,22 @@ def make_batch(batch: int, size: int, max_boxes: int, seed: int = 0):
     return images, boxes
 
 
-def timed(fn, repeats: int) -> float:
-    """Median seconds per call after one warm-up (compilation) call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved(fns: dict, repeats: int) -> dict:
+    """Median seconds per call of each function, timed round-robin.
+
+    Each function is called once first (tracing/compilation). The timed calls
+    alternate between the functions so that load from other processes on a
+    shared machine affects every configuration alike.
+    """
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def bench_train_step(size, batch, max_boxes, steps):
@@ -92,7 +99,7 @@ def bench_train_step(size, batch, max_boxes, steps):
     h = size // STRIDE
     target = GaussianL2Loss(sigma=2.0).target(boxes, np.zeros((batch, h, h, 1), "float32"))
     target = target.numpy()[..., None]
-    rows = []
+    fns, model_name = {}, None
     for loss_name in ("hypersensitive", "gaussian_l2", "mse"):
         for jit in (False, True):
             model, model_name = build_model()
@@ -103,12 +110,14 @@ def bench_train_step(size, batch, max_boxes, steps):
             else:
                 loss, y = keras.losses.MeanSquaredError(), target
             model.compile(optimizer="adam", loss=loss, jit_compile=jit)
-            seconds = timed(lambda: model.train_on_batch(images, y), steps)
-            rows.append(
-                dict(kind="train_step", size=size, heatmap=h, batch=batch, loss=loss_name,
-                     jit_compile=jit, model=model_name, seconds=seconds)
-            )
-            print(f"  train {size}px {loss_name:15s} jit={jit!s:5s} {seconds * 1e3:8.1f} ms", flush=True)
+            fns[(loss_name, jit)] = lambda model=model, y=y: model.train_on_batch(images, y)
+    rows = []
+    for (loss_name, jit), seconds in interleaved(fns, steps).items():
+        rows.append(
+            dict(kind="train_step", size=size, heatmap=h, batch=batch, loss=loss_name,
+                 jit_compile=jit, model=model_name, seconds=seconds)
+        )
+        print(f"  train {size}px {loss_name:15s} jit={jit!s:5s} {seconds * 1e3:8.1f} ms", flush=True)
     return rows
 
 
@@ -125,7 +134,7 @@ def bench_loss_alone(size, batch, max_boxes, repeats):
         "gaussian_l2": (GaussianL2Loss(sigma=2.0), False),
         "gaussian_l2 (whole loss XLA)": (GaussianL2Loss(sigma=2.0), True),
     }
-    rows = []
+    fns = {}
     for name, (loss, outer_jit) in variants.items():
 
         @tf.function(jit_compile=outer_jit)
@@ -135,13 +144,14 @@ def bench_loss_alone(size, batch, max_boxes, repeats):
                 value = loss(y_true, y_pred)
             return value, tape.gradient(value, y_pred)
 
-        seconds = timed(lambda: [t.numpy() for t in value_and_grad(boxes_t, heatmap_t)], repeats)
+        fns[name] = lambda f=value_and_grad: [t.numpy() for t in f(boxes_t, heatmap_t)]
+    naive = "naive per-box NumPy reference (value only)"
+    medians = interleaved(fns, repeats)
+    medians |= interleaved({naive: lambda: reference_hypersensitive(boxes, heatmap)}, max(2, repeats // 5))
+    rows = []
+    for name, seconds in medians.items():
         rows.append(dict(kind="loss_alone", size=size, heatmap=h, batch=batch, loss=name, seconds=seconds))
-        print(f"  loss  {size}px {name:32s} {seconds * 1e3:8.2f} ms", flush=True)
-    seconds = timed(lambda: reference_hypersensitive(boxes, heatmap), max(1, repeats // 10))
-    rows.append(dict(kind="loss_alone", size=size, heatmap=h, batch=batch,
-                     loss="naive per-box NumPy reference (value only)", seconds=seconds))
-    print(f"  loss  {size}px naive reference {seconds * 1e3:8.1f} ms", flush=True)
+        print(f"  loss  {size}px {name:44s} {seconds * 1e3:8.2f} ms", flush=True)
     return rows
 
 
@@ -187,7 +197,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-boxes", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5, help="timed training steps per setting")
+    parser.add_argument("--steps", type=int, default=7, help="timed training steps per setting")
     parser.add_argument("--repeats", type=int, default=20, help="timed loss-alone calls")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "loss_step.json")

@@ -1,4 +1,4 @@
-"""The hypersensitive loss (Kim et al., section 2.3, equations 1-6).
+"""The hypersensitive loss of the paper (section 2.3, equations 1-6).
 
     L = L_DET + omega * L_BG
 
@@ -28,9 +28,11 @@ Decisions (fixed by the project; see also `boxes.py`, `matching.py`,
   reference on its own patch (shared pixels count once per box).
 - `L_BG` (eq. 5) = sum over pixels of `(M(k) * O)^2`; `M(k)` is 0 inside
   every detector patch of the image and inside a `mask_size` window around
-  each of the top-k predicted blobs (positive 3x3-NMS local maxima of the
-  gradient-stopped heatmap, excluding those inside a detector patch so that
-  a true detection never uses up one of the k slots), 1 elsewhere.
+  each of the top-k predicted blobs (strictly positive local maxima of the
+  gradient-stopped heatmap by `pool_size` max-pool NMS, one pixel per exact
+  plateau, excluding those inside a detector patch so that a true detection
+  never uses up one of the k slots), 1 elsewhere. No gradient flows
+  through the mask.
 - Normalisation: both terms are sums over pixels per image (no per-pixel
   mean). A missed blob and a false-positive blob then cost the same at any
   image size, so `omega` is literally "how much cheaper a false positive is
