@@ -124,6 +124,12 @@ def test_callback_every_n_epochs_and_no_malignant_policy():
         _, history = fit_with([cb], epochs=3, multi_output=False)
     assert [epoch for epoch, _ in cb.history] == [1, 2]  # every 2nd epoch + the last one
     assert cb._predictor._predict.experimental_get_tracing_count() == 1  # traced once, reused
+    # KerasTuner deep-copies search callbacks per trial: a fresh copy, same settings, no old model.
+    import copy
+
+    clone = copy.deepcopy(cb)
+    assert clone.target_fpi == 0.3 and clone.every_n_epochs == 2 and clone.data is cb.data
+    assert clone._predictor is None and clone.history == [] and clone.model is None
     values = history.history["val_sensitivity"]
     assert len(values) == 2 and all(math.isnan(v) for v in values)
 
@@ -306,3 +312,6 @@ def test_callback_reads_a_prepared_directory(tmp_path, capsys):
     assert history.history["val_sensitivity"] == [1.0]
     assert cb.last_result.num_images == 2 and cb.last_result.num_patients == 2
     assert "sensitivity@4.8 FPI 1.0000" in capsys.readouterr().out
+    import copy
+
+    assert copy.deepcopy(cb)._dataset is None  # the cached tf.data pipeline is not deep-copied

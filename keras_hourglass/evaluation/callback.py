@@ -33,6 +33,7 @@ skips them); the last epoch of `fit` is always evaluated.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import warnings
@@ -99,6 +100,24 @@ class FrocCallback(keras.callbacks.Callback):
         self._dataset = None
         self._predictor: MarkPredictor | None = None
         self._warned = False
+
+    def __deepcopy__(self, memo: dict) -> "FrocCallback":
+        """A fresh callback with the same settings, sharing `data`.
+
+        KerasTuner deep-copies the callbacks of `search` for every trial; a
+        `tf.data.Dataset` or a traced function cannot be deep-copied, and the
+        copy must not keep the previous trial's model. Datasets are immutable,
+        so sharing `data` is safe.
+        """
+        clone = copy.copy(self)
+        clone._model = None
+        clone._predictor = None
+        clone._dataset = None
+        clone.last_result = None
+        clone.history = []
+        clone._warned = False
+        memo[id(self)] = clone
+        return clone
 
     def set_model(self, model) -> None:
         if model is not getattr(self, "_model", None):
