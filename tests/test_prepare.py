@@ -171,6 +171,10 @@ def test_no_patient_identifier_in_any_output_byte(tmp_path):
         # rejected rows whose image path and reason would carry the patient id
         [f"{csv_ids[0]}/missing.dcm", csv_ids[0], "STUDY-0", "L", "CC", "normal", "", "", "", "", ""],
         ["img002.dcm", csv_ids[2], "STUDY-2", "L", "CC", "benign", "lump", 1, 1, 2, 2],
+        # shifted columns: identifiers in cells whose value a reason might echo
+        ["img003.dcm", csv_ids[3], "STUDY-3", "L", "CC", PHI["PatientName"], "mass", 1, 1, 2, 2],
+        ["img001.dcm", csv_ids[1], "STUDY-1", "L", "CC", "benign", "mass", PHI["PatientBirthDate"], 1, "x", 2],
+        ["img001.dcm", csv_ids[1], "STUDY-1", PHI["AccessionNumber"], "CC", "benign", "mass", 1, 1, 2, 2],
     ]
     table = _dataset(root, images=8, patients=4, extra_rows=extra)
     prepare(_config(table, root, tmp_path / "prep"))
@@ -190,7 +194,7 @@ def test_no_patient_identifier_in_any_output_byte(tmp_path):
         for secret in secrets:
             assert secret not in blob, f"{secret!r} found in {name}"
     rejects = _rejects(tmp_path / "prep")
-    assert len(rejects) == 3 and any("<id:" in r["image_path"] for r in rejects)
+    assert len(rejects) == 8 and any("<id:" in r["image_path"] for r in rejects)
 
 
 def test_interrupted_run_resumes_to_the_same_records(tmp_path):

@@ -7,6 +7,10 @@ file, row number, image path, reason code and message). Row numbers are
 1-based data-record numbers of the source CSV (the header is not counted;
 a quoted field with embedded newlines is still one record).
 
+Reject reasons name the column and the rule but never echo a cell's
+value: in a table whose columns are shifted, any cell may hold an
+identifier, and rejects.csv must stay free of them.
+
 Accounting invariant: every data row of every input table ends up in
 exactly one image record's `rows` or in exactly one `Reject`.
 
@@ -204,9 +208,12 @@ def parse_float(value: str) -> float | None:
     """Returns: the float in `value`, None when empty; raises ValueError if not a finite number."""
     if value is None or value.strip() == "" or value.strip().lower() in ("nan", "none", "null"):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("a box value is not a number") from None  # never echo the cell (PHI)
     if number != number or number in (float("inf"), float("-inf")):
-        raise ValueError(f"not a finite number: {value!r}")
+        raise ValueError("a box value is not a finite number")
     return number
 
 
@@ -226,7 +233,7 @@ def box_from_xyxy(row: dict[str, str]) -> tuple[float, float, float, float] | No
         raise ValueError("partial box: xmin, ymin, xmax, ymax must all be given or all be empty")
     xmin, ymin, xmax, ymax = values
     if xmax <= xmin or ymax <= ymin:
-        raise ValueError(f"degenerate box: xmin={xmin:g} xmax={xmax:g} ymin={ymin:g} ymax={ymax:g}")
+        raise ValueError("degenerate box: xmax <= xmin or ymax <= ymin")
     return (ymin, xmin, ymax, xmax)
 
 

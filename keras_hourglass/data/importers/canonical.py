@@ -25,7 +25,7 @@ def _laterality(value: str) -> str:
     value = value.strip().upper()
     mapped = {"L": "L", "LEFT": "L", "R": "R", "RIGHT": "R", "": ""}.get(value)
     if mapped is None:
-        raise ValueError(f"laterality {value!r} is not L, R or empty")
+        raise ValueError("laterality is not L, R or empty")
     return mapped
 
 
@@ -52,7 +52,7 @@ def parse_row(row_id: str, row: dict[str, str], images_root: str) -> ParsedRow:
         raise ValueError("missing_field", "empty patient_id")
     label = row["label"].strip().lower()
     if label not in LABELS:
-        raise ValueError("bad_label", f"label {row['label']!r} is not one of {', '.join(LABELS)}")
+        raise ValueError("bad_label", f"label is not one of {', '.join(LABELS)}")
     try:
         box = box_from_xyxy(row)
         laterality = _laterality(row["laterality"])
@@ -64,7 +64,7 @@ def parse_row(row_id: str, row: dict[str, str], images_root: str) -> ParsedRow:
         raise ValueError("bad_value", "view is not a short code such as CC or MLO")
     split = row.get("split", "").strip().lower() or None
     if split is not None and split not in SPLITS:
-        raise ValueError("bad_split", f"split {row['split']!r} is not one of {', '.join(SPLITS)} or empty")
+        raise ValueError("bad_split", f"split is not one of {', '.join(SPLITS)} or empty")
     finding = None
     if label == "normal":
         if box is not None:
@@ -73,7 +73,7 @@ def parse_row(row_id: str, row: dict[str, str], images_root: str) -> ParsedRow:
         finding_type = row["finding_type"].strip().lower()
         if finding_type not in FINDING_TYPES:
             raise ValueError("bad_finding_type",
-                             f"finding_type {row['finding_type']!r} is not one of {', '.join(FINDING_TYPES)}")
+                             f"finding_type is not one of {', '.join(FINDING_TYPES)}")
         if box is None:
             raise ValueError("missing_box", f"a {label} finding needs xmin, ymin, xmax, ymax")
         finding = Finding(label=label, finding_type=finding_type, box=box, row=row_id)

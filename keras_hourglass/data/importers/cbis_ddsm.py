@@ -108,15 +108,15 @@ def parse_row(row_id: str, row: dict[str, str], locator: _Locator) -> ParsedRow:
         raise ValueError("missing_field", "empty image file path")
     label = PATHOLOGY.get(row["pathology"].strip().upper())
     if label is None:
-        raise ValueError("bad_label", f"pathology {row['pathology']!r} is not MALIGNANT, BENIGN or "
+        raise ValueError("bad_label", f"pathology is not MALIGNANT, BENIGN or "
                                       "BENIGN_WITHOUT_CALLBACK")
     finding_type = TYPES.get(row["abnormality type"].strip().lower())
     if finding_type is None:
-        raise ValueError("bad_finding_type", f"abnormality type {row['abnormality type']!r} is not mass or "
+        raise ValueError("bad_finding_type", f"abnormality type is not mass or "
                                              "calcification")
     laterality = {"LEFT": "L", "RIGHT": "R"}.get(row["left or right breast"].strip().upper())
     if laterality is None:
-        raise ValueError("bad_value", f"left or right breast {row['left or right breast']!r} is not LEFT/RIGHT")
+        raise ValueError("bad_value", "left or right breast is not LEFT or RIGHT")
     split = _split(key)
     if split is None:
         raise ValueError("bad_split", "image file path names neither Training nor Test")

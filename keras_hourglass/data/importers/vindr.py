@@ -58,11 +58,11 @@ def _categories(text: str) -> list[str]:
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        raise ValueError("bad_value", f"finding_categories {text!r} is not a Python list literal") from None
+        raise ValueError("bad_value", "finding_categories is not a Python list literal") from None
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value) or not value:
-        raise ValueError("bad_value", f"finding_categories {text!r} is not a non-empty list of names")
+        raise ValueError("bad_value", "finding_categories is not a non-empty list of names")
     return [v.strip() for v in value]
 
 
@@ -94,10 +94,10 @@ def parse_row(row_id: str, row: dict[str, str], images_root: str, birads_map: di
     categories = _categories(row["finding_categories"])
     split = SPLIT_MAP.get(row["split"].strip().lower())
     if split is None:
-        raise ValueError("bad_split", f"split {row['split']!r} is not training or test")
+        raise ValueError("bad_split", "split is not training or test")
     laterality = {"L": "L", "R": "R"}.get(row["laterality"].strip().upper())
     if laterality is None:
-        raise ValueError("bad_value", f"laterality {row['laterality']!r} is not L or R")
+        raise ValueError("bad_value", "laterality is not L or R")
     try:
         box = box_from_xyxy(row)
     except ValueError as err:
@@ -109,10 +109,10 @@ def parse_row(row_id: str, row: dict[str, str], images_root: str, birads_map: di
     else:
         match = re.fullmatch(r"(?:bi-?rads\s*)?(\d)\w?", row["finding_birads"].strip(), flags=re.IGNORECASE)
         if not match:
-            raise ValueError("bad_label", f"finding_birads {row['finding_birads']!r} is not 'BI-RADS n'")
+            raise ValueError("bad_label", "finding_birads is not 'BI-RADS n'")
         label = birads_map.get(int(match.group(1)))
         if label is None:
-            raise ValueError("bad_label", f"finding_birads {row['finding_birads']!r} has no label in the "
+            raise ValueError("bad_label", f"finding BI-RADS {match.group(1)} has no label in the "
                                           f"BI-RADS map {birads_map}")
         if box is None:
             raise ValueError("missing_box", f"a {label} finding needs xmin, ymin, xmax, ymax")
