@@ -246,6 +246,48 @@ def test_search_outputs_trials_csv_best_json_and_plot(tmp_path):
     assert hp.values == config["values"]
     assert json.loads(json.dumps(hp.get_config())) == config
     assert (tmp_path / "objective.png").stat().st_size > 1000
+    # The shared settings are recorded as fixed values, for `hourglass train --hparams`.
+    assert {k: config["values"][k] for k in ("preset", "batch_size", *TINY)} == {"preset": "tiny", "batch_size": 2, **TINY}
+
+
+def test_a_trial_runs_under_the_tuners_distribution_strategy(tmp_path):
+    import tensorflow as tf
+
+    from tuning import search
+
+    seen = []
+
+    def recording_froc(settings):
+        callback = _standin_froc(settings)
+        original = callback.on_epoch_end
+
+        def on_epoch_end(epoch, logs=None):
+            seen.append((type(callback.model.distribute_strategy).__name__,
+                         type(callback.model.trainable_weights[0].value).__name__))
+            original(epoch, logs)
+
+        callback.on_epoch_end = on_epoch_end
+        return callback
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    hypermodel = _hypermodel(validation_callback=recording_froc)
+    tuner = search.make_tuner(hypermodel, tmp_path, max_trials=1, seed=1, distribution_strategy=strategy)
+    assert search.run_search(tuner, tmp_path)["status_counts"] == {"COMPLETED": 1}
+    assert seen == [("MirroredStrategy", "MirroredVariable")]  # built in strategy.scope(), trained on it
+
+
+def test_hyperband_passes_its_epochs_to_fit(tmp_path):
+    from tuning import outputs, search
+
+    tuner = search.make_tuner(_hypermodel(), tmp_path, kind="hyperband", max_epochs=2, seed=1)
+    summary = search.run_search(tuner, tmp_path)
+    records = outputs.load_trials(search.project_dir(tmp_path))
+    assert summary["trials"] == len(records) >= 1
+    assert all(r.status == "COMPLETED" for r in records)
+    epochs = {r.hp_config["values"]["tuner/epochs"] for r in records}
+    assert epochs <= {1, 2} and 2 in epochs
+    with open(tmp_path / "best_hyperparameters.json") as handle:
+        assert not any(k.startswith("tuner/") for k in json.load(handle)["values"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,6 +352,17 @@ def test_cli_bad_space_file_exits_2_naming_the_file(tmp_path, capsys):
     assert not (tmp_path / "tune").exists()  # nothing written on bad input
     assert main(["tune", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "t")]) == 2
     assert "missing: prepared data directory not found" in capsys.readouterr().err
+
+
+def test_cli_rejects_a_val_split_without_malignant_images(tmp_path, capsys):
+    from keras_hourglass.cli.main import main
+
+    data = tmp_path / "prep"
+    data.mkdir()
+    written = {"train": {"malignant": 3}, "val": {"normal": 5, "benign": 1, "high_risk": 0, "malignant": 0}}
+    (data / "manifest.json").write_text(json.dumps({"images_written": written}))
+    assert main(["tune", "--data", str(data), "--out", str(tmp_path / "tune")]) == 2
+    assert f"{data / 'manifest.json'}: the val split has no malignant image" in capsys.readouterr().err
 
 
 def test_cli_refuses_to_resume_a_search_with_other_settings(tmp_path, capsys):
@@ -380,4 +433,7 @@ def test_killed_search_resumes_without_rerunning_completed_trials(prepared, tmp_
     assert values == summary["best_values"]
     config = apply_hparams(TrainConfig(), values, source=best_path)
     assert (config.omega, config.top_k, config.patch_size) == (values["omega"], values["top_k"], 4)
+    # ... and the fixed settings the loss was tuned with: the same model, batch and crop.
+    assert (config.preset, config.batch_size, config.crop_size) == ("tiny", 2, 32)
+    assert config.model == TINY
     assert config.sigmas == tuple(float(s) for s in values["sigmas"].split(","))

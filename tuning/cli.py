@@ -130,6 +130,7 @@ def _validate(args) -> dict[str, Any]:
         raise InputError("--crop-size", f"must be >= 1, got {args.crop_size}")
     if not (math.isfinite(args.target_fpi) and args.target_fpi > 0):
         raise InputError("--target-fpi", f"must be a positive number, got {args.target_fpi}")
+    _check_validation_split(args.data)
     space = load_space(args.space) if args.space else SearchSpace()
     space = apply_flags(
         space, omega_range=args.omega_range, top_k_range=args.top_k_range, lr_range=args.lr_range,
@@ -162,6 +163,20 @@ def _validate(args) -> dict[str, Any]:
         "data": os.path.abspath(args.data),
         "_space": space,
     }
+
+
+def _check_validation_split(prep_dir: str) -> None:
+    """Fails early when the objective would be undefined: no malignant image in the val split."""
+    path = os.path.join(prep_dir, "manifest.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            written = json.load(handle).get("images_written", {})
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return  # no readable manifest: the data pipeline reports what is wrong
+    val = written.get("val") if isinstance(written, dict) else None
+    if isinstance(val, dict) and not val.get("malignant"):
+        raise InputError(path, "the val split has no malignant image: validation sensitivity (the objective) "
+                               "is undefined; prepare with a larger --val-fraction")
 
 
 def _check_settings(out_dir: str, settings: dict[str, Any], overwrite: bool) -> None:
@@ -234,7 +249,15 @@ def run(args) -> int:
             distribution_strategy=strategy,
             overwrite=args.overwrite,
         )
-        summary = search.run_search(tuner, args.out)
+        try:
+            summary = search.run_search(tuner, args.out)
+        except RuntimeError as err:  # KerasTuner: too many consecutive failed trials
+            if "consecutive failures" not in str(err):
+                raise
+            last = [line for line in str(err).strip().splitlines() if line.strip()][-1]
+            print(f"hourglass tune: error: trials keep failing; the last one: {last} "
+                  f"(full log in {search.project_dir(args.out)}/trial_*/trial.json)", file=sys.stderr)
+            return 1
     summary["strategy"] = args.strategy
     print(json.dumps(summary, indent=2, default=str))
     return 0

@@ -123,16 +123,40 @@ class HourglassHyperModel(keras_tuner.HyperModel):
 
     # -- KerasTuner hooks -------------------------------------------------------------------
 
+    def fixed_values(self) -> dict[str, Any]:
+        """The settings every trial shares that `hourglass train --hparams` also reads.
+
+        They are declared as `hp.Fixed`, so `best_hyperparameters.json` retrains the model the
+        loss was tuned for: the preset, its scalar model options, the global batch size and
+        (patch phase) the crop size. Explicit `hourglass train` flags still win over them.
+
+        Returns:
+            {name: value}.
+        """
+        config = self.base_config
+        values: dict[str, Any] = {"preset": config.preset, "batch_size": int(config.batch_size)}
+        if config.phase == "patch":
+            values["crop_size"] = int(config.crop_size)
+        for key, value in sorted(config.model.items()):
+            if isinstance(value, (bool, int, float, str)):
+                values[key] = value
+        return values
+
     def declare_hyperparameters(self, hp: keras_tuner.HyperParameters) -> None:
-        """Declares the search space on `hp` (called once by the tuner)."""
-        self.space.declare(hp)
+        """Declares the search space and the fixed settings on `hp` (called once by the tuner)."""
+        self._declare(hp)
+
+    def _declare(self, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
+        values = self.space.declare(hp)
+        for name, value in self.fixed_values().items():
+            values[name] = hp.Fixed(name, value)
+        return values
 
     def train_config(self, hp: keras_tuner.HyperParameters):
         """Returns: the `TrainConfig` of a trial: the fixed settings with the trial's values applied."""
         from keras_hourglass.training.config import apply_hparams
 
-        values = self.space.declare(hp)
-        return apply_hparams(self.base_config, values, source="hyperparameters").validate()
+        return apply_hparams(self.base_config, self._declare(hp), source="hyperparameters").validate()
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         """Returns: the compiled Hourglass for the trial's values (under the tuner's strategy scope)."""
