@@ -26,6 +26,7 @@ examples:
   # or merge explicitly once all four are done:
   hourglass prepare ... --out PREP --salt 5f3c... --shard-index 2 --num-shards 4
   hourglass prepare --merge --out PREP
+  # (without shared storage: copy every machine's PREP/<split>/ and PREP/shards/ into one PREP first)
 
 An interrupted run resumes: rerun the same command (complete chunks are skipped).
 Output: PREP/<split>/<stratum>-sIIofNN-CCCCC.tfrecord, PREP/manifest.json, PREP/rejects.csv;
@@ -60,18 +61,24 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="annotation table(s) (CBIS-DDSM: several case-description CSVs)")
     parser.add_argument("--images-root", metavar="DIR", help="directory the image paths are relative to")
     parser.add_argument("--out", required=True, metavar="PREP", help="output directory")
-    parser.add_argument("--format", default="canonical", choices=["canonical", "vindr", "cbis-ddsm"])
+    parser.add_argument("--format", default="canonical", choices=["canonical", "vindr", "cbis-ddsm"],
+                        help="annotation table format (default canonical)")
     parser.add_argument("--size", type=int, default=1536, metavar="PIXELS",
                         help="long side at training scale (default 1536 = 3840 / 2.5)")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="decoding processes (default 1)")
     parser.add_argument("--decoder", default="pydicom", choices=["pydicom", "tfio"],
                         help="pixel decoder (tfio: tensorflow-io, only in a TF 2.17.1 environment)")
-    parser.add_argument("--shard-index", type=int, default=0, metavar="I")
-    parser.add_argument("--num-shards", type=int, default=1, metavar="N")
+    parser.add_argument("--shard-index", type=int, default=0, metavar="I",
+                        help="this machine's part: images whose salted hash mod N == I (default 0)")
+    parser.add_argument("--num-shards", type=int, default=1, metavar="N",
+                        help="number of machines sharing the work (default 1; >1 needs --salt)")
     parser.add_argument("--salt", default=None, metavar="S",
                         help="hashing salt (default: reuse the previous run's, else a new random one)")
-    parser.add_argument("--val-fraction", type=_fraction, default=0.1, metavar="F")
-    parser.add_argument("--test-fraction", type=_fraction, default=0.1, metavar="F")
+    parser.add_argument("--val-fraction", type=_fraction, default=0.1, metavar="F",
+                        help="share of patients in val (carved out of train when the dataset has its own "
+                             "train/test split; default 0.1)")
+    parser.add_argument("--test-fraction", type=_fraction, default=0.1, metavar="F",
+                        help="share of patients in test when the dataset has no split (default 0.1)")
     parser.add_argument("--max-pixels", type=int, default=40_000_000, metavar="P",
                         help="reject images with more pixels, checked before decoding")
     parser.add_argument("--voi", default="auto", help="auto | window | none | window index (default auto)")
