@@ -73,6 +73,7 @@ def test_every_row_ingested_or_rejected_and_boxes_reach_the_image_frame(tmp_path
     (root / "corrupt.dcm").write_bytes(b"DICM" * 50)
     write_mammogram(root / "ct.dcm", 96, 64, modality="CT")
     write_mammogram(root / "edge.dcm", 96, 64, laterality="L")
+    write_mammogram(root / "lat.dcm", 96, 64, laterality="L")
     extra = [
         ["corrupt.dcm", "MRN-X1", "S", "L", "CC", "normal", "", "", "", "", ""],          # unreadable
         ["ct.dcm", "MRN-X2", "S", "L", "CC", "benign", "mass", 1, 1, 5, 5],                # not MG
@@ -81,6 +82,7 @@ def test_every_row_ingested_or_rejected_and_boxes_reach_the_image_frame(tmp_path
         ["img000.dcm", "MRN-55500000", "STUDY-0", "R", "CC", "benign", "mass", 70, 100, 90, 120],  # outside
         ["nothere.dcm", "MRN-X4", "S", "L", "CC", "normal", "", "", "", "", ""],          # missing file
         ["img001.dcm", "MRN-55500001", "STUDY-1", "L", "CC", "cancer", "mass", 1, 1, 2, 2],  # bad label
+        ["lat.dcm", "MRN-X5", "S", "R", "CC", "malignant", "mass", 1, 1, 9, 9],           # file says L
     ]
     table = _dataset(root, extra_rows=extra)
     summary = prepare(_config(table, root, tmp_path / "prep"))
@@ -93,7 +95,7 @@ def test_every_row_ingested_or_rejected_and_boxes_reach_the_image_frame(tmp_path
     codes = {r["row"].split(":")[1]: r["code"] for r in rejects}
     assert codes == {"1": "sibling_rejected", "17": "unreadable", "18": "not_mammography",
                      "19": "not_mammography", "21": "degenerate_box", "22": "missing_file",
-                     "23": "bad_label", "2": "sibling_rejected"}
+                     "23": "bad_label", "2": "sibling_rejected", "24": "laterality_mismatch"}
     assert all(r["reason"] for r in rejects)
     assert manifest["boxes_clipped"] == 1
     written = _read_all(tmp_path / "prep")

@@ -8,6 +8,10 @@ ROI masks, maps boxes from the ORIGINAL to the IMAGE frame
 the image as a 16-bit PNG. The result never contains raw identifiers:
 reasons are scrubbed of the record's and the header's ids.
 
+A table laterality that contradicts the DICOM's (ImageLaterality /
+Laterality) rejects the image (``laterality_mismatch``): the annotation
+may belong to another image, and a mislocated box is worse than none.
+
 An image is all-or-nothing: if one of its findings is unusable, every row
 of the image is rejected (see `keras_hourglass.data.importers`).
 """
@@ -139,7 +143,7 @@ def process_image(record: ImageRecord, settings: IngestSettings, salt: str) -> d
     secrets = [record.patient_id, record.study_id]
     try:
         mammogram = read(record.path, long_side=settings.long_side, voi=settings.voi,
-                                   max_pixels=settings.max_pixels, orient=settings.orient)
+                         max_pixels=settings.max_pixels, orient=settings.orient)
     except InputError as err:
         if type(err).__name__ == "TfioUnavailableError":
             raise  # an environment problem, not a bad file
@@ -151,6 +155,10 @@ def process_image(record: ImageRecord, settings: IngestSettings, salt: str) -> d
         return rejected_result(record, "unexpected_error", f"{type(err).__name__}: {message}", salt, secrets)
     header = mammogram.header
     secrets += [header.patient_id, header.study_instance_uid, header.sop_instance_uid]
+    if record.laterality and header.laterality and record.laterality != header.laterality:
+        # The table and the file disagree on the breast: the annotation may belong to another image.
+        return rejected_result(record, "laterality_mismatch", "the table's laterality differs from the "
+                               "DICOM's ImageLaterality/Laterality", salt, secrets)
     height, width = mammogram.image.shape
     boxes, labels, types = [], [], []
     for finding in record.findings:
@@ -169,8 +177,8 @@ def process_image(record: ImageRecord, settings: IngestSettings, salt: str) -> d
         image_boxes, changed, degenerate = clip_boxes(image_boxes, height, width)
         for finding, bad in zip(record.findings, degenerate):
             if bad:
-                return rejected_result(record, "degenerate_box", "box has zero area inside the image after clipping",
-                                 salt, secrets, finding.row)
+                return rejected_result(record, "degenerate_box", "box has zero area inside the image after "
+                                       "clipping", salt, secrets, finding.row)
         clipped_count = int(changed.sum())
     else:
         image_boxes = np.zeros((0, 4))
