@@ -43,5 +43,15 @@ test-tfio: $(TFIO_VENV)/.installed
 	status=0; HOURGLASS_REQUIRE_TFIO=1 $(TFIO_PY) -m pytest -q -m tfio tests || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "test-tfio: no tfio test collected"; exit 0; fi; exit $$status
 
+# Benchmarks (not CI): each benchmark in its own subprocess with a timeout -> benchmarks/results.json
+# and BENCHMARKS.md (ratios measured in one run, absolute times beside them). BENCH_FLAGS=--quick: smoke run.
+bench: venv
+	$(PY) benchmarks/run_all.py $(BENCH_FLAGS)
+
+# The reliability tests with soak-sized counts (5000 fuzzed DICOMs, 3 kills, the full PHI run).
+soak: venv
+	HOURGLASS_SOAK=1 $(PY) -m pytest -q -p no:randomly tests/test_reliability_fuzz.py \
+	  tests/test_reliability_pydicom_corpus.py tests/test_reliability_prepare_kill.py tests/test_reliability_phi.py
+
 clean:
 	rm -rf $(VENV) $(TFIO_VENV) $(DEMO) build *.egg-info
