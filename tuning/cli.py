@@ -90,7 +90,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--crop-size", type=int, default=None, metavar="PIXELS",
                         help="patch-phase crop side (default: the pipeline's)")
     parser.add_argument("--strategy", choices=("default", "mirrored"), default="default",
-                        help="distribution strategy inside each trial (mirrored: all local GPUs)")
+                        help="distribution strategy inside each trial (mirrored: all local GPUs); "
+                             "--batch-size is the global batch")
+    parser.add_argument("--cpu-replicas", type=int, default=None, metavar="N",
+                        help="with --strategy mirrored and no GPU: split the CPU into N replicas")
     parser.add_argument("--run-eagerly", action="store_true",
                         help="no graph tracing (saves ~10-30 s per trial on CPU, slower steps): smoke searches")
     parser.add_argument("--overwrite", action="store_true", help="discard a previous search in --out and start over")
@@ -124,6 +127,13 @@ def _validate(args) -> dict[str, Any]:
             raise InputError(flag, f"must be >= 1, got {value}")
     if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
         raise InputError("--steps-per-epoch", f"must be >= 1, got {args.steps_per_epoch}")
+    if args.cpu_replicas is not None:
+        if args.cpu_replicas < 1:
+            raise InputError("--cpu-replicas", f"must be >= 1, got {args.cpu_replicas}")
+        if args.strategy != "mirrored":
+            raise InputError("--cpu-replicas", "needs --strategy mirrored")
+        if args.batch_size % args.cpu_replicas:
+            raise InputError("--batch-size", f"{args.batch_size} is not divisible by {args.cpu_replicas} replicas")
     if args.val_images is not None and args.val_images < 1:
         raise InputError("--val-images", f"must be >= 1, got {args.val_images}")
     if args.crop_size is not None and args.crop_size < 1:
@@ -204,7 +214,11 @@ def _check_settings(out_dir: str, settings: dict[str, Any], overwrite: bool) -> 
 
 
 def run(args) -> int:
-    """Runs the search; prints a JSON summary on stdout. Returns: 0."""
+    """Runs the search; prints a JSON summary on stdout.
+
+    Returns:
+        0, or 1 when the search ended without a completed trial (the outputs are still written).
+    """
     settings = _validate(args)
     os.makedirs(args.out, exist_ok=True)
     from tuning import search
@@ -217,11 +231,16 @@ def run(args) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         from tuning.hypermodel import HourglassHyperModel
 
-        strategy = None
+        strategy, replicas = None, 1
         if args.strategy == "mirrored":
-            from keras_hourglass.training.distribution import make_strategy
+            from keras_hourglass.training.distribution import configure_cpu_replicas, make_strategy
 
-            strategy, _ = make_strategy("mirrored")
+            if args.cpu_replicas:
+                configure_cpu_replicas(args.cpu_replicas)
+            strategy, info = make_strategy("mirrored")
+            replicas = info.num_replicas
+            if args.batch_size % replicas:
+                raise InputError("--batch-size", f"{args.batch_size} is not divisible by {replicas} replicas")
         hypermodel = HourglassHyperModel(
             args.data,
             space=settings["_space"],
@@ -258,6 +277,9 @@ def run(args) -> int:
             print(f"hourglass tune: error: trials keep failing; the last one: {last} "
                   f"(full log in {search.project_dir(args.out)}/trial_*/trial.json)", file=sys.stderr)
             return 1
-    summary["strategy"] = args.strategy
+    summary["strategy"] = {"name": args.strategy, "replicas_per_trial": replicas}
     print(json.dumps(summary, indent=2, default=str))
+    if summary.get("role") != "worker" and summary.get("best_trial_id") is None:
+        print("hourglass tune: error: no trial completed (see the trial messages above)", file=sys.stderr)
+        return 1
     return 0

@@ -56,12 +56,21 @@ def _recording(base: type) -> type:
             super().on_trial_begin(trial)
 
         def on_trial_end(self, trial):
-            self.trials_run.append({"trial_id": trial.trial_id, "status": trial.status})
-            message = f"trial {trial.trial_id} ended: {trial.status}"
-            if trial.status != "COMPLETED" and trial.message:
-                message += f": {trial.message.strip().splitlines()[-1]}"
+            super().on_trial_end(trial)  # the oracle scores the trial (a NaN objective -> not COMPLETED)
+            try:
+                ended = self.oracle.get_trial(trial.trial_id)
+            except Exception:  # pragma: no cover - the chief went away; report what we know
+                ended = trial
+            self.trials_run.append({"trial_id": trial.trial_id, "status": ended.status})
+            message = f"trial {trial.trial_id} ended: {ended.status}"
+            if ended.status != "COMPLETED":
+                if trial.message:
+                    message += f": {trial.message.strip().splitlines()[-1]}"
+                elif ended.score is None or ended.score != ended.score:
+                    message += ": the objective is NaN (no malignant finding among the validation images?)"
+            else:
+                message += f", {objective_lib.OBJECTIVE_NAME}={ended.score:.4f}"
             _log(message)
-            super().on_trial_end(trial)
 
     HourglassTuner.__name__ = HourglassTuner.__qualname__ = f"Hourglass{base.__name__}"
     return HourglassTuner
