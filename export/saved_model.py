@@ -143,6 +143,7 @@ def export_detector(
     meta = {
         "format": "keras-hourglass-export/1",
         "keras_hourglass_version": __version__,
+        "tensorflow_version": _tf_version(),
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "signatures": list(SIGNATURE_NAMES),
         "stride": detector.stride,
@@ -158,9 +159,7 @@ def export_detector(
         build_export_archive(detector).write_out(staging, verbose=False)
         write_warmup_requests(
             staging,
-            build_warmup_requests(
-                model_name=model_name, long_side=detector.long_side or 512, default_threshold=detector.threshold
-            ),
+            build_warmup_requests(model_name=model_name, long_side=detector.long_side or 512),
         )
         with open(metadata_path(staging), "w") as f:
             json.dump(meta, f, indent=2)
@@ -183,6 +182,12 @@ def export_detector(
             shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExportResult(str(final), int(final.name), meta, report)
+
+
+def _tf_version() -> str:
+    import tensorflow as tf
+
+    return tf.__version__
 
 
 def _publish(staging: str, base: Path, version: int | None) -> Path:

@@ -21,11 +21,13 @@ with its default settings (XLA off):
 - `detect_png`:
     inputs:  `image_bytes` string `[B]`: 8- or 16-bit grayscale PNGs of
              preprocessed images, each of any size;
-             `threshold` float32 `[B]`: one score threshold per image (a
-             per-image vector rather than a scalar so the request also works
-             in TF Serving's REST "instances" row format, where every input
-             must share the batch dimension; clients send the export default
-             when the user gives none).
+             `threshold` float32 `[B]`: one score threshold per image; NaN
+             means "the export's default threshold" (so the input is
+             effectively optional: TF Serving requires every signature input,
+             and TF Serving's REST JSON accepts NaN). A per-image vector
+             rather than a scalar, so the request also works in the REST
+             "instances" row format, where every input shares the batch
+             dimension.
     outputs: `marks` float32 `[B, max_marks, 3]` in each PNG's own pixel
              coordinates, `num_marks` int32 `[B]`, `long_side` int32 `[B]`.
     Images of different sizes may share one request: the batch is mapped
@@ -162,9 +164,11 @@ class HourglassDetector:
             out = self.detect(image, threshold=thr)
             return out["marks"][0], out["num_marks"][0]
 
+        threshold = tf.cast(threshold, tf.float32)
+        threshold = tf.where(tf.math.is_nan(threshold), tf.constant(self.threshold, tf.float32), threshold)
         marks, num_marks = tf.map_fn(
             one,
-            (image_bytes, tf.cast(threshold, tf.float32)),
+            (image_bytes, threshold),
             fn_output_signature=(
                 tf.TensorSpec([self.max_marks, 3], tf.float32),
                 tf.TensorSpec([], tf.int32),

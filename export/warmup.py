@@ -48,7 +48,7 @@ def build_warmup_requests(
     *,
     model_name: str = "hourglass",
     long_side: int = 512,
-    default_threshold: float = 0.0,
+    threshold: float = float("nan"),
     float_image_hw: tuple[int, int] = (128, 96),
 ) -> list:
     """Builds the warmup `PredictionLog`s.
@@ -56,7 +56,8 @@ def build_warmup_requests(
     Args:
         model_name: model name put in each request's model_spec.
         long_side: long side (pixels) of the detect_png warmup image.
-        default_threshold: threshold sent with the detect_png requests.
+        threshold: threshold sent with the detect_png requests (NaN: the
+            export default, as clients send it).
         float_image_hw: size of the serving_default warmup image.
 
     Returns:
@@ -82,14 +83,14 @@ def build_warmup_requests(
             "detect_png",
             {
                 "image_bytes": np.array([_png(_ramp(long_side, int(long_side * 0.8)), 16)], dtype=object),
-                "threshold": np.array([default_threshold], np.float32),
+                "threshold": np.array([threshold], np.float32),
             },
         ),
         log(
             "detect_png",
             {
                 "image_bytes": np.array(small, dtype=object),
-                "threshold": np.full([2], default_threshold, np.float32),
+                "threshold": np.full([2], threshold, np.float32),
             },
         ),
     ]

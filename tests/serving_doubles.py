@@ -3,6 +3,9 @@
 - `tiny_hourglass`: the smallest real Hourglass, for fast export tests.
 - `conv_model`: a 2-layer conv heatmap model where the network does not matter.
 - `random_image`: a float32 image with a few bright blobs.
+- `write_mammogram_dicom`, `breast_pixels`: tiny valid MG DICOM files.
+- `TFServingPredictionServiceDouble`, `TFServingRestDouble`: TEST DOUBLES of TF Serving
+  (gRPC PredictionService and REST predict) over one exported SavedModel.
 """
 
 from __future__ import annotations
@@ -42,3 +45,217 @@ def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
         cy, cx = rng.uniform(0, h), rng.uniform(0, w)
         image += 0.8 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 4.0**2))
     return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------ DICOM files
+def write_mammogram_dicom(path, pixels: np.ndarray, *, laterality: str = "L") -> str:
+    """Writes a minimal valid MG 'For Presentation' DICOM (uint16 pixels, explicit VR little endian)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from keras_hourglass.data import dicom
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = dicom.FOR_PRESENTATION_SOP_CLASS
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = dicom.FOR_PRESENTATION_SOP_CLASS
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.PatientID = "TEST-PATIENT"
+    ds.Modality = "MG"
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.ImageLaterality = laterality
+    ds.ViewPosition = "CC"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    return str(path)
+
+
+def breast_pixels(rows: int = 96, cols: int = 72, seed: int = 0) -> np.ndarray:
+    """12-bit pixels: a bright half-ellipse 'breast' on the left edge with two dense blobs."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    inside = ((y + 0.5 - rows / 2) / (rows * 0.48)) ** 2 + ((x + 0.5) / (cols * 0.75)) ** 2 <= 1
+    img = np.where(inside, 1500 + 200 * rng.random((rows, cols)), 50)
+    for cy, cx in ((rows * 0.35, cols * 0.3), (rows * 0.7, cols * 0.45)):
+        img += 2000 * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * 3.0**2)) * inside
+    return np.clip(img, 0, 4095).astype(np.uint16)
+
+
+# ------------------------------------------------------------------ TF Serving test doubles (gRPC)
+class TFServingPredictionServiceDouble:
+    """TEST DOUBLE of TensorFlow Serving's gRPC PredictionService over one SavedModel.
+
+    Not TF Serving: it implements `Predict` with tensorflow-serving-api's generated
+    servicer base class, the way TF Serving answers (NOT_FOUND "Servable not found
+    for request: ..." for an unknown model/version, FAILED_PRECONDITION 'Serving
+    signature key "x" not found.', INVALID_ARGUMENT when the inputs do not match the
+    signature), and returns UNAVAILABLE for the first `unavailable_first` calls.
+    """
+
+    def __init__(self, saved_model_dir: str, *, model_name: str = "hourglass", version: int = 1,
+                 unavailable_first: int = 0):
+        import threading
+
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        self.model_name, self.version, self.unavailable_first = model_name, version, unavailable_first
+        self.calls = 0
+        self._lock = threading.Lock()
+        self._loaded = tf.saved_model.load(saved_model_dir)
+        double = self
+
+        class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+            def Predict(self, request, context):  # noqa: N802 - gRPC method name
+                return double.predict(request, context, grpc)
+
+        self.servicer = Servicer()
+
+    def predict(self, request, context, grpc):
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        with self._lock:
+            self.calls += 1
+            unavailable = self.calls <= self.unavailable_first
+        if unavailable:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "test double: server starting")
+        spec = request.model_spec
+        if spec.name != self.model_name or (spec.HasField("version") and spec.version.value != self.version):
+            which = f"Specific({spec.name}, {spec.version.value})" if spec.HasField("version") else f"Latest({spec.name})"
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {which}")
+        name = spec.signature_name or "serving_default"
+        if name not in self._loaded.signatures:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{name}" not found.')
+        fn = self._loaded.signatures[name]
+        expected = set(fn.structured_input_signature[1])
+        if set(request.inputs) != expected:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"input size does not match signature: {len(request.inputs)}!={len(expected)}")
+        outputs = fn(**{k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()})
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = self.model_name
+        response.model_spec.version.value = self.version
+        response.model_spec.signature_name = name
+        for key, value in outputs.items():
+            response.outputs[key].CopyFrom(tf.make_tensor_proto(value.numpy()))
+        return response
+
+    def start(self):
+        """Starts a gRPC server on 127.0.0.1 (free port). Returns: (server, "127.0.0.1:PORT")."""
+        from concurrent import futures
+
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        options = [("grpc.max_receive_message_length", 256 * 2**20), ("grpc.max_send_message_length", 256 * 2**20)]
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=options)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self.servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        return server, f"127.0.0.1:{port}"
+
+
+# ------------------------------------------------------------------ TF Serving test doubles (REST)
+class TFServingRestDouble:
+    """TEST DOUBLE of TensorFlow Serving's REST predict API over one SavedModel (http.server).
+
+    Speaks `POST /v1/models/NAME[/versions/N]:predict` with the "instances" (row) and
+    "inputs" (columnar) forms, `{"b64": ...}` binary values and NaN in JSON, answers
+    {"predictions": [...]} / {"outputs": {...}}, and errors as {"error": msg} with 404
+    (unknown model), 400 (unknown signature, bad inputs) and 503 for the first
+    `unavailable_first` calls.
+    """
+
+    def __init__(self, saved_model_dir: str, *, model_name: str = "hourglass", version: int = 1,
+                 unavailable_first: int = 0):
+        import tensorflow as tf
+
+        self.model_name, self.version, self.unavailable_first = model_name, version, unavailable_first
+        self.calls = 0
+        self._loaded = tf.saved_model.load(saved_model_dir)
+
+    def handle(self, path: str, body: bytes) -> tuple[int, dict]:
+        import base64
+        import json
+        import re
+
+        import tensorflow as tf
+
+        self.calls += 1
+        if self.calls <= self.unavailable_first:
+            return 503, {"error": "test double: server starting"}
+        match = re.fullmatch(r"/v1/models/([^/:]+)(?:/versions/(\d+))?:predict", path)
+        if not match:
+            return 404, {"error": f"Malformed request: POST {path}"}
+        name, version = match.group(1), match.group(2)
+        if name != self.model_name or (version is not None and int(version) != self.version):
+            which = f"Specific({name}, {version})" if version else f"Latest({name})"
+            return 404, {"error": f"Servable not found for request: {which}"}
+        request = json.loads(body)
+        signature = request.get("signature_name", "serving_default")
+        if signature not in self._loaded.signatures:
+            return 400, {"error": f'Serving signature name: "{signature}" not found in signature def'}
+        fn = self._loaded.signatures[signature]
+        specs = fn.structured_input_signature[1]
+
+        def decode(value):
+            if isinstance(value, dict) and set(value) == {"b64"}:
+                return base64.b64decode(value["b64"])
+            if isinstance(value, list):
+                return [decode(v) for v in value]
+            return value
+
+        if "instances" in request:
+            rows = request["instances"]
+            rows = rows if isinstance(rows[0], dict) else [{next(iter(specs)): r} for r in rows]
+            columns = {k: [decode(row[k]) for row in rows] for k in rows[0]}
+        else:
+            inputs = request["inputs"]
+            columns = {k: decode(v) for k, v in inputs.items()} if isinstance(inputs, dict) else {next(iter(specs)): decode(inputs)}
+        if set(columns) != set(specs):
+            return 400, {"error": f"input size does not match signature: {len(columns)}!={len(specs)}"}
+        tensors = {
+            k: tf.constant(np.array(v, dtype=object) if specs[k].dtype == tf.string else np.array(v, specs[k].dtype.as_numpy_dtype))
+            for k, v in columns.items()
+        }
+        outputs = {k: v.numpy().tolist() for k, v in fn(**tensors).items()}
+        if "instances" in request:
+            batch = len(next(iter(outputs.values())))
+            return 200, {"predictions": [{k: v[i] for k, v in outputs.items()} for i in range(batch)]}
+        return 200, {"outputs": outputs}
+
+    def start(self):
+        """Starts an HTTP server on 127.0.0.1 (free port) in a thread. Returns: (server, "http://127.0.0.1:PORT")."""
+        import http.server
+        import json
+        import threading
+
+        double = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server method name
+                length = int(self.headers.get("Content-Length", 0))
+                status, payload = double.handle(self.path, self.rfile.read(length))
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server, f"http://127.0.0.1:{server.server_address[1]}"

@@ -1,0 +1,99 @@
+"""`hourglass predict`: marks for DICOM files from TF Serving (gRPC or REST) or a local SavedModel."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EPILOG = """\
+examples:
+  # no server: run the exported SavedModel in this process
+  hourglass predict --saved-model serving/hourglass/1 exam/*.dcm
+  # TF Serving gRPC (port 8500), a pinned version, overlays
+  hourglass predict --grpc localhost:8500 --version 3 --overlay-dir overlays exam/L_CC.dcm
+  # TF Serving REST (port 8501); sends a 16-bit PNG (signature detect_png)
+  hourglass predict --rest http://localhost:8501 --threshold 0.5 exam/L_CC.dcm
+
+Prints JSON: per file, marks with x, y (ORIGINAL DICOM pixels; x = column),
+score, and image_x, image_y (preprocessed image pixels). Default signature:
+serving_default for --saved-model/--grpc, detect_png for --rest (a PNG is far
+smaller than a JSON float array). A bad DICOM is reported in the results
+and on stderr, the other files still run, and the exit code is 2.
+"""
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Adds the `predict` subcommand. Returns: its parser."""
+    parser = subparsers.add_parser(
+        "predict",
+        help="detect on DICOM files with an exported model (local, TF Serving gRPC or REST)",
+        description="Preprocess DICOMs exactly as in training, run the exported detector and print "
+        "its marks in original DICOM pixel coordinates.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--saved-model", metavar="DIR", help="a SavedModel version dir or base path (no server)")
+    target.add_argument("--grpc", metavar="HOST:PORT", help="TF Serving gRPC address (e.g. localhost:8500)")
+    target.add_argument("--rest", metavar="URL", help="TF Serving REST base URL (e.g. http://localhost:8501)")
+    parser.add_argument("--model-name", default="hourglass", help="model name on the server (default hourglass)")
+    parser.add_argument("--signature", choices=("serving_default", "detect_png"), default=None,
+                        help="signature to call (default: detect_png for --rest, else serving_default)")
+    parser.add_argument("--version", type=int, default=None, metavar="N", help="model version (default: latest)")
+    parser.add_argument("--threshold", type=float, default=None, metavar="T",
+                        help="score threshold (default: the export's)")
+    parser.add_argument("--long-side", type=int, default=None, metavar="PIXELS",
+                        help="preprocessing long side (default: the model's; see README)")
+    parser.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per request (default 30)")
+    parser.add_argument("--retries", type=int, default=3, help="retries while the server is unavailable (default 3)")
+    parser.add_argument("--max-message-mb", type=float, default=64.0, metavar="MB",
+                        help="largest request/response in MiB (default 64; TF Serving must allow it too)")
+    parser.add_argument("--overlay-dir", metavar="DIR", help="write FILE.png overlays (marks on the preprocessed image)")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="DICOM files")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the predictions. Returns: 0, 2 if any file was a bad input, 1 on a server failure."""
+    from keras_hourglass.errors import InputError
+    from serving.client import ServingError, make_client
+
+    if args.long_side is not None and args.long_side < 16:
+        raise InputError("--long-side", f"must be >= 16, got {args.long_side}")
+    signature = args.signature or ("detect_png" if args.rest else "serving_default")
+    client = make_client(
+        saved_model=args.saved_model,
+        grpc=args.grpc,
+        rest=args.rest,
+        model_name=args.model_name,
+        version=args.version,
+        signature=signature,
+        long_side=args.long_side,
+        threshold=args.threshold,
+        timeout=args.timeout,
+        retries=args.retries,
+        max_message_bytes=int(args.max_message_mb * 2**20),
+    )
+    results, failed = [], False
+    try:
+        for path in args.files:
+            try:
+                results.append(client.detect_file(path, overlay_dir=args.overlay_dir).to_json())
+            except InputError as err:
+                if not err.path or err.path.startswith("--"):
+                    raise  # a bad argument (unknown model/signature, size limit): stop here
+                failed = True
+                print(f"hourglass predict: error: {err}", file=sys.stderr)
+                results.append({"file": path, "error": err.reason})
+    except ServingError as err:
+        if isinstance(err, InputError):
+            raise
+        print(f"hourglass predict: error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    print(json.dumps({"target": client.target, "model_name": args.model_name, "signature": signature,
+                      "results": results}, indent=2))
+    return 2 if failed else 0

@@ -1,0 +1,611 @@
+"""Clients of the exported Hourglass detector: TF Serving gRPC, TF Serving REST, local SavedModel.
+
+All three share one flow (`PredictionClient.detect_file`):
+
+1. read the DICOM with `keras_hourglass.data.dicom.read_mammogram` (the same
+   preprocessing as training: VOI, orientation, resize to the long side);
+2. send the preprocessed image to a signature of the export:
+   - `serving_default`: the float32 image `[1, H, W, 1]` (the signature pads to
+     the model's input multiple itself; no client-side padding);
+   - `detect_png`: a 16-bit grayscale PNG of the image plus a per-image
+     `threshold` (NaN = the export's default);
+3. map the marks (image pixels, `(y, x, score)`) back to ORIGINAL DICOM pixel
+   coordinates with the transform's `inverse_points`.
+
+Long side: the model only works at the image scale it was trained at. Every
+signature also returns `long_side` (the training long side recorded at
+export). `LocalClient` reads it from the export metadata before the first
+request; the remote clients start from `long_side` (default: the export's
+if known, else 1536) and, if the server reports a different one, re-read the
+DICOM at the model's long side and resend once (then remember it). Pass
+`long_side=` to force one.
+
+Thresholds: `detect_png` takes the threshold per request. `serving_default`
+applies the export's threshold; a higher `threshold=` filters its marks
+client-side (a lower one cannot bring back marks the server dropped).
+
+Imports: this module and `RestClient` need no TensorFlow (numpy, Pillow,
+urllib). `GrpcClient` needs `tensorflow-serving-api`, whose generated
+protos import `tensorflow.core.framework` and so the whole `tensorflow`
+package (about 2-5 s); the TensorProtos are nevertheless built directly from
+the protos, without TensorFlow ops. `LocalClient` uses TensorFlow.
+
+Errors: `ModelNotFoundError`, `SignatureNotFoundError` and
+`RequestTooLargeError` are `InputError`s (the CLI exits 2 with one line);
+`ServerUnavailableError` after bounded retries with exponential backoff
+(gRPC UNAVAILABLE; REST connection errors and HTTP 503) and
+`ServingError` for anything else (exit 1).
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import dataclasses
+import io
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+import numpy as np
+
+from keras_hourglass.errors import InputError
+
+SIGNATURES = ("serving_default", "detect_png")
+DEFAULT_LONG_SIDE = 1536
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+# ------------------------------------------------------------------------------------------ errors
+class ServingError(Exception):
+    """A prediction failed on the server side or in transport (one line)."""
+
+
+class ServerUnavailableError(ServingError):
+    """The server stayed unavailable (or timed out) through every retry."""
+
+
+class ModelNotFoundError(InputError, ServingError):
+    """The server has no such model (or version)."""
+
+
+class SignatureNotFoundError(InputError, ServingError):
+    """The model has no such signature."""
+
+
+class RequestTooLargeError(InputError, ServingError):
+    """The request would exceed the maximum message size."""
+
+
+# ------------------------------------------------------------------------------------------ result
+@dataclasses.dataclass
+class Detection:
+    """The marks of one file.
+
+    Attributes:
+        file: the input file.
+        signature: signature used.
+        image_shape: (H, W) of the preprocessed image sent to the model.
+        original_shape: (rows, columns) of the DICOM pixel data.
+        long_side: long side the image was preprocessed to.
+        marks: float64 `[N, 3]` (y, x, score) in image pixels (valid marks only).
+        original_marks: float64 `[N, 2]` (y, x) in original DICOM pixels.
+    """
+
+    file: str
+    signature: str
+    image_shape: tuple[int, int]
+    original_shape: tuple[int, int]
+    long_side: int
+    marks: np.ndarray
+    original_marks: np.ndarray
+
+    def to_json(self) -> dict:
+        """Returns: the JSON form (x = column, y = row; original and image coordinates)."""
+        return {
+            "file": self.file,
+            "signature": self.signature,
+            "original_shape": list(self.original_shape),
+            "image_shape": list(self.image_shape),
+            "long_side": self.long_side,
+            "num_marks": int(len(self.marks)),
+            "marks": [
+                {
+                    "x": round(float(o[1]), 2),
+                    "y": round(float(o[0]), 2),
+                    "score": round(float(m[2]), 6),
+                    "image_x": round(float(m[1]), 2),
+                    "image_y": round(float(m[0]), 2),
+                }
+                for m, o in zip(self.marks, self.original_marks)
+            ],
+        }
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def encode_png16(image: np.ndarray) -> bytes:
+    """Encodes a float image `[H, W]` in [0, 1] as a 16-bit grayscale PNG (Pillow, no TensorFlow)."""
+    from PIL import Image
+
+    pixels = np.round(np.clip(np.asarray(image, np.float64), 0.0, 1.0) * 65535.0).astype("<u2")
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")  # uint16 -> mode "I;16" -> 16-bit PNG
+    return buffer.getvalue()
+
+
+def _valid_marks(marks: np.ndarray, num_marks: int) -> np.ndarray:
+    return np.asarray(marks, np.float64).reshape(-1, 3)[: int(num_marks)]
+
+
+def _backoff_sleep(attempt: int, backoff: float) -> None:
+    time.sleep(min(backoff * 2**attempt, 8.0))
+
+
+# ------------------------------------------------------------------------------------------ clients
+class PredictionClient(abc.ABC):
+    """Base of the three clients: preprocessing, signature inputs, coordinate mapping.
+
+    Args:
+        model_name: the model name on the server.
+        version: a model version, or None for the latest.
+        signature: "serving_default" or "detect_png".
+        long_side: preprocessing long side; None: the model's (see module docstring).
+        threshold: score threshold; None: the export's default.
+        timeout: seconds per request.
+        retries: retries on UNAVAILABLE / connection errors / HTTP 503.
+        backoff: first retry delay in seconds (doubles each retry, at most 8 s).
+        max_message_bytes: refuse requests larger than this (checked before sending).
+    """
+
+    transport = "abstract"
+
+    def __init__(
+        self,
+        *,
+        model_name: str = "hourglass",
+        version: int | None = None,
+        signature: str = "serving_default",
+        long_side: int | None = None,
+        threshold: float | None = None,
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ):
+        self.model_name = model_name
+        self.version = version
+        self.signature = signature
+        self.long_side = long_side
+        self.threshold = threshold
+        self.timeout = float(timeout)
+        self.retries = max(0, int(retries))
+        self.backoff = float(backoff)
+        self.max_message_bytes = int(max_message_bytes)
+        self._model_long_side: int | None = None  # learnt from the model's `long_side` output
+
+    # -- transport
+    @abc.abstractmethod
+    def predict(self, inputs: dict[str, np.ndarray], signature: str) -> dict[str, np.ndarray]:
+        """Runs `signature` on `inputs` (numpy arrays). Returns: the outputs as numpy arrays."""
+
+    @property
+    def target(self) -> str:
+        return self.transport
+
+    def close(self) -> None:
+        """Releases the connection (if any)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- one image
+    def signature_inputs(self, image: np.ndarray, signature: str, threshold: float | None) -> dict[str, np.ndarray]:
+        """The signature's inputs for one preprocessed image `[H, W]` in [0, 1]."""
+        image = np.asarray(image, np.float32)
+        if image.ndim != 2:
+            raise ValueError(f"expected a [H, W] image, got shape {image.shape}")
+        if signature == "serving_default":
+            return {"image": image[None, :, :, None]}
+        if signature == "detect_png":
+            value = float("nan") if threshold is None else float(threshold)
+            return {
+                "image_bytes": np.array([encode_png16(image)], dtype=object),
+                "threshold": np.array([value], np.float32),
+            }
+        raise SignatureNotFoundError("--signature", f"unknown signature {signature!r}; choose one of {', '.join(SIGNATURES)}")
+
+    def detect_image(
+        self, image: np.ndarray, *, signature: str | None = None, threshold: float | None = None
+    ) -> tuple[np.ndarray, int]:
+        """Detects on one preprocessed image `[H, W]`.
+
+        Returns:
+            `(marks, model_long_side)`: float64 `[N, 3]` (y, x, score) in image
+            pixels, valid marks only, sorted by score; the model's training
+            long side (0 if the export does not know it).
+        """
+        signature = signature or self.signature
+        threshold = self.threshold if threshold is None else threshold
+        outputs = self.predict(self.signature_inputs(image, signature, threshold), signature)
+        marks = _valid_marks(outputs["marks"][0], int(np.asarray(outputs["num_marks"]).reshape(-1)[0]))
+        if signature == "serving_default" and threshold is not None:
+            marks = marks[marks[:, 2] > threshold]
+        long_side = int(np.asarray(outputs.get("long_side", [0])).reshape(-1)[0])
+        return marks, long_side
+
+    # -- one file
+    def _preprocess_long_side(self) -> int:
+        return int(self.long_side or self._model_long_side or DEFAULT_LONG_SIDE)
+
+    def detect_file(self, path: str | os.PathLike, *, overlay_dir: str | os.PathLike | None = None) -> Detection:
+        """Reads a DICOM, detects, maps marks to original pixels; optionally writes an overlay PNG.
+
+        Raises:
+            keras_hourglass.data.dicom.DicomError: a bad DICOM (names the file).
+            ServingError and subclasses: see the module docstring.
+        """
+        from keras_hourglass.data.dicom import read_mammogram
+
+        path = os.fspath(path)
+        long_side = self._preprocess_long_side()
+        mammogram = read_mammogram(path, long_side=long_side)
+        try:
+            marks, model_long_side = self.detect_image(mammogram.image)
+        except RequestTooLargeError as err:
+            raise RequestTooLargeError(path, err.reason) from None
+        if model_long_side and not self.long_side and model_long_side != long_side:
+            # Preprocessed at the wrong scale: redo once at the model's long side.
+            self._model_long_side = long_side = model_long_side
+            mammogram = read_mammogram(path, long_side=long_side)
+            marks, _ = self.detect_image(mammogram.image)
+        elif model_long_side:
+            self._model_long_side = model_long_side
+        original = mammogram.transform.inverse_points(marks[:, :2]) if len(marks) else np.zeros((0, 2))
+        detection = Detection(
+            file=path,
+            signature=self.signature,
+            image_shape=tuple(int(v) for v in mammogram.image.shape),
+            original_shape=tuple(int(v) for v in mammogram.transform.original_shape),
+            long_side=long_side,
+            marks=marks,
+            original_marks=np.asarray(original, np.float64).reshape(-1, 2),
+        )
+        if overlay_dir is not None:
+            write_overlay(mammogram.image, marks, os.path.join(overlay_dir, os.path.basename(path) + ".png"))
+        return detection
+
+
+def write_overlay(image: np.ndarray, marks: np.ndarray, path: str) -> str:
+    """Writes the preprocessed image with one circle + score per mark (image pixels). Returns: path."""
+    from PIL import Image, ImageDraw
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    gray = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+    canvas = Image.fromarray(gray).convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    radius = max(4, round(max(gray.shape) / 60))
+    for rank, (y, x, score) in enumerate(np.asarray(marks).reshape(-1, 3)):
+        color = (255, 64, 64) if rank < 3 else (255, 200, 0)
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], outline=color, width=2)
+        draw.text((x + radius + 2, y - radius), f"{score:.2f}", fill=color)
+    canvas.save(path)
+    return path
+
+
+class GrpcClient(PredictionClient):
+    """TF Serving gRPC `PredictionService.Predict` (tensorflow-serving-api stubs).
+
+    Args:
+        address: "host:port" of TF Serving's gRPC port (8500 by default).
+        **kwargs: see `PredictionClient`.
+    """
+
+    transport = "grpc"
+
+    def __init__(self, address: str, **kwargs):
+        super().__init__(**kwargs)
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        self.address = address
+        options = [
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+        ]
+        self._grpc = grpc
+        self._channel = grpc.insecure_channel(address, options=options)
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+
+    @property
+    def target(self) -> str:
+        return f"grpc://{self.address}"
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def build_request(self, inputs: dict[str, np.ndarray], signature: str):
+        """Returns: a `predict_pb2.PredictRequest`."""
+        from tensorflow_serving.apis import model_pb2, predict_pb2
+
+        spec = model_pb2.ModelSpec(name=self.model_name, signature_name=signature)
+        if self.version is not None:
+            spec.version.value = int(self.version)
+        request = predict_pb2.PredictRequest(model_spec=spec)
+        for key, value in inputs.items():
+            request.inputs[key].CopyFrom(to_tensor_proto(value))
+        return request
+
+    def predict(self, inputs: dict[str, np.ndarray], signature: str) -> dict[str, np.ndarray]:
+        request = self.build_request(inputs, signature)
+        size = request.ByteSize()
+        if size > self.max_message_bytes:
+            raise RequestTooLargeError(
+                "--max-message-mb",
+                f"request is {size / 2**20:.1f} MiB, above the {self.max_message_bytes / 2**20:.0f} MiB gRPC limit "
+                "(use --signature detect_png, which sends a PNG, or raise --max-message-mb on client and server)",
+            )
+        status = self._grpc.StatusCode
+        for attempt in range(self.retries + 1):
+            try:
+                response = self._stub.Predict(request, timeout=self.timeout)
+                return {key: from_tensor_proto(proto) for key, proto in response.outputs.items()}
+            except self._grpc.RpcError as err:
+                code, details = err.code(), (err.details() or "").splitlines()[0] if err.details() else ""
+                if code == status.UNAVAILABLE and attempt < self.retries:
+                    _backoff_sleep(attempt, self.backoff)
+                    continue
+                raise self._map_error(code, details, signature) from None
+        raise AssertionError("unreachable")
+
+    def _map_error(self, code, details: str, signature: str) -> Exception:
+        status = self._grpc.StatusCode
+        where = f"{self.target} model {self.model_name!r}" + (f" version {self.version}" if self.version else "")
+        if code == status.NOT_FOUND:
+            return ModelNotFoundError("--model-name", f"{where} not found ({details})")
+        if "signature" in details.lower() and "not found" in details.lower():
+            return SignatureNotFoundError("--signature", f"{where} has no signature {signature!r} ({details})")
+        if code == status.RESOURCE_EXHAUSTED:
+            return RequestTooLargeError("--max-message-mb", f"{where}: message too large ({details})")
+        if code == status.UNAVAILABLE:
+            return ServerUnavailableError(f"{self.target} unavailable after {self.retries + 1} attempts ({details})")
+        if code == status.DEADLINE_EXCEEDED:
+            return ServerUnavailableError(f"{self.target}: no answer within {self.timeout:g} s ({details})")
+        return ServingError(f"{where}: {code.name}: {details}")
+
+
+class RestClient(PredictionClient):
+    """TF Serving REST `POST /v1/models/NAME[/versions/N]:predict` (urllib; no TensorFlow).
+
+    `serving_default` is sent in the columnar "inputs" form (a nested JSON list
+    of floats: large for big images, ~10 bytes per pixel; prefer
+    `detect_png`); `detect_png` in the row "instances" form with the PNG as
+    `{"b64": ...}` and the threshold (NaN = export default).
+
+    Args:
+        url: base URL of TF Serving's REST port, e.g. "http://host:8501".
+        **kwargs: see `PredictionClient`.
+    """
+
+    transport = "rest"
+
+    def __init__(self, url: str, **kwargs):
+        super().__init__(**kwargs)
+        self.url = url.rstrip("/")
+
+    @property
+    def target(self) -> str:
+        return self.url
+
+    def predict_url(self) -> str:
+        version = f"/versions/{int(self.version)}" if self.version is not None else ""
+        return f"{self.url}/v1/models/{self.model_name}{version}:predict"
+
+    def build_body(self, inputs: dict[str, np.ndarray], signature: str) -> bytes:
+        """Returns: the JSON request body."""
+        if signature == "detect_png":
+            instances = []
+            for png, threshold in zip(inputs["image_bytes"], inputs["threshold"]):
+                instances.append(
+                    {"image_bytes": {"b64": base64.b64encode(png).decode("ascii")}, "threshold": float(threshold)}
+                )
+            body = {"signature_name": signature, "instances": instances}
+        else:
+            body = {"signature_name": signature, "inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()}}
+        return json.dumps(body, allow_nan=True).encode("utf-8")
+
+    def predict(self, inputs: dict[str, np.ndarray], signature: str) -> dict[str, np.ndarray]:
+        body = self.build_body(inputs, signature)
+        if len(body) > self.max_message_bytes:
+            raise RequestTooLargeError(
+                "--max-message-mb",
+                f"request body is {len(body) / 2**20:.1f} MiB, above the {self.max_message_bytes / 2**20:.0f} MiB "
+                "limit (use --signature detect_png, which sends a PNG)",
+            )
+        url = self.predict_url()
+        for attempt in range(self.retries + 1):
+            request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    payload = json.loads(response.read().decode("utf-8"))
+                return _rest_outputs(payload)
+            except urllib.error.HTTPError as err:
+                message = _rest_error_message(err)
+                if err.code == 503 and attempt < self.retries:
+                    _backoff_sleep(attempt, self.backoff)
+                    continue
+                raise self._map_error(err.code, message, signature) from None
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
+                reason = getattr(err, "reason", err)
+                if attempt < self.retries:
+                    _backoff_sleep(attempt, self.backoff)
+                    continue
+                raise ServerUnavailableError(
+                    f"{self.url} unavailable after {self.retries + 1} attempts ({reason})"
+                ) from None
+        raise AssertionError("unreachable")
+
+    def _map_error(self, http_status: int, message: str, signature: str) -> Exception:
+        where = f"{self.url} model {self.model_name!r}" + (f" version {self.version}" if self.version else "")
+        if "signature" in message.lower() and "not found" in message.lower():
+            return SignatureNotFoundError("--signature", f"{where} has no signature {signature!r} ({message})")
+        if http_status == 404:
+            return ModelNotFoundError("--model-name", f"{where} not found ({message})")
+        if http_status == 413:
+            return RequestTooLargeError("--max-message-mb", f"{where}: request too large ({message})")
+        if http_status == 503:
+            return ServerUnavailableError(f"{self.url} unavailable after {self.retries + 1} attempts ({message})")
+        return ServingError(f"{where}: HTTP {http_status}: {message}")
+
+
+def _rest_error_message(err) -> str:
+    try:
+        return str(json.loads(err.read().decode("utf-8")).get("error", "")).splitlines()[0]
+    except Exception:  # noqa: BLE001 - a non-JSON error body
+        return str(err.reason)
+
+
+def _rest_outputs(payload: dict) -> dict[str, np.ndarray]:
+    """TF Serving REST response -> columnar numpy outputs (row or columnar form)."""
+    if "outputs" in payload:
+        outputs = payload["outputs"]
+        return {k: np.asarray(v) for k, v in outputs.items()} if isinstance(outputs, dict) else {"output": np.asarray(outputs)}
+    predictions = payload.get("predictions")
+    if predictions is None:
+        raise ServingError(f"unexpected REST response keys: {sorted(payload)}")
+    if predictions and isinstance(predictions[0], dict):
+        return {k: np.asarray([row[k] for row in predictions]) for k in predictions[0]}
+    return {"output": np.asarray(predictions)}
+
+
+class LocalClient(PredictionClient):
+    """Runs a SavedModel in this process (TensorFlow; no server).
+
+    Args:
+        saved_model_dir: a version directory (`BASE/<n>`) or a base path (its
+            largest numeric version is used).
+        **kwargs: see `PredictionClient`.
+    """
+
+    transport = "local"
+
+    def __init__(self, saved_model_dir: str | os.PathLike, **kwargs):
+        super().__init__(**kwargs)
+        import tensorflow as tf
+
+        path = os.fspath(saved_model_dir)
+        if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+            versions = sorted(int(n) for n in os.listdir(path) if n.isdigit()) if os.path.isdir(path) else []
+            if not versions:
+                raise InputError(path, "not a SavedModel directory (no saved_model.pb, no numeric version)")
+            path = os.path.join(path, str(versions[-1]))
+        self.path = path
+        self.metadata = read_export_metadata(path)
+        self._model_long_side = int(self.metadata.get("long_side") or 0) or None
+        self._tf = tf
+        try:
+            self._loaded = tf.saved_model.load(path)
+        except Exception as err:  # noqa: BLE001 - a broken export is a bad input
+            raise InputError(path, f"cannot load SavedModel: {str(err).splitlines()[0]}") from None
+
+    @property
+    def target(self) -> str:
+        return self.path
+
+    def predict(self, inputs: dict[str, np.ndarray], signature: str) -> dict[str, np.ndarray]:
+        signatures = self._loaded.signatures
+        if signature not in signatures:
+            raise SignatureNotFoundError(
+                "--signature", f"{self.path} has no signature {signature!r} (it has {', '.join(sorted(signatures))})"
+            )
+        tf = self._tf
+        outputs = signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
+        return {k: v.numpy() for k, v in outputs.items()}
+
+
+def read_export_metadata(saved_model_dir: str | os.PathLike) -> dict:
+    """Returns: `assets.extra/keras_hourglass.json` of an export ({} if absent or unreadable)."""
+    try:
+        with open(os.path.join(saved_model_dir, "assets.extra", "keras_hourglass.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+# --------------------------------------------------------------------------- TensorProto (no TF ops)
+_NP_TO_DT = {
+    np.dtype(np.float32): 1,  # DT_FLOAT
+    np.dtype(np.float64): 2,  # DT_DOUBLE
+    np.dtype(np.int32): 3,  # DT_INT32
+    np.dtype(np.uint8): 4,  # DT_UINT8
+    np.dtype(np.int64): 9,  # DT_INT64
+    np.dtype(np.uint16): 17,  # DT_UINT16
+}
+
+
+def to_tensor_proto(value: np.ndarray):
+    """numpy array -> `tensorflow.TensorProto` (built from the proto classes, no TF ops).
+
+    Numeric arrays go into `tensor_content` (little-endian bytes); object
+    arrays of bytes into `string_val` (DT_STRING).
+    """
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+    array = np.asarray(value)
+    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape])
+    if array.dtype == object or array.dtype.kind in ("S", "U"):
+        items = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in array.reshape(-1)]
+        return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape, string_val=items)
+    if array.dtype not in _NP_TO_DT:
+        raise TypeError(f"unsupported dtype {array.dtype}")
+    little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    return tensor_pb2.TensorProto(dtype=_NP_TO_DT[array.dtype], tensor_shape=shape, tensor_content=little.tobytes())
+
+
+def from_tensor_proto(proto) -> np.ndarray:
+    """`tensorflow.TensorProto` -> numpy array (tensor_content or the typed *_val fields)."""
+    shape = [d.size for d in proto.tensor_shape.dim]
+    if proto.dtype == 7:  # DT_STRING
+        return np.array(list(proto.string_val), dtype=object).reshape(shape)
+    dtypes = {v: k for k, v in _NP_TO_DT.items()}
+    if proto.dtype not in dtypes:
+        raise ServingError(f"unsupported output dtype {proto.dtype}")
+    dtype = dtypes[proto.dtype]
+    count = int(np.prod(shape)) if shape else 1
+    if proto.tensor_content:
+        return np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+    field = {1: proto.float_val, 2: proto.double_val, 3: proto.int_val, 4: proto.int_val,
+             9: proto.int64_val, 17: proto.int_val}[proto.dtype]
+    values = np.array(list(field), dtype=dtype)
+    if values.size == 1 and count > 1:
+        values = np.full(count, values[0], dtype)  # a constant tensor stores its value once
+    return values.reshape(shape)
+
+
+def make_client(
+    *,
+    saved_model: str | None = None,
+    grpc: str | None = None,
+    rest: str | None = None,
+    **kwargs,
+) -> PredictionClient:
+    """Returns: a `LocalClient`, `GrpcClient` or `RestClient` (exactly one target must be given)."""
+    given = [name for name, value in (("saved_model", saved_model), ("grpc", grpc), ("rest", rest)) if value]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of saved_model, grpc, rest; got {given or 'none'}")
+    if saved_model:
+        return LocalClient(saved_model, **kwargs)
+    if grpc:
+        return GrpcClient(grpc, **kwargs)
+    return RestClient(rest, **kwargs)
+
+
+__all__ = [
+    "Detection", "GrpcClient", "LocalClient", "ModelNotFoundError", "PredictionClient", "RequestTooLargeError",
+    "RestClient", "SIGNATURES", "ServerUnavailableError", "ServingError", "SignatureNotFoundError",
+    "encode_png16", "from_tensor_proto", "make_client", "read_export_metadata", "to_tensor_proto",
+    "write_overlay",
+]

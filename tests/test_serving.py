@@ -1,0 +1,335 @@
+"""Tests of serving/: configs, the gRPC/REST/local clients (against TF Serving TEST DOUBLES), `hourglass predict`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from export import saved_model as sm  # noqa: E402
+from export.signatures import HourglassDetector  # noqa: E402
+from keras_hourglass.cli.main import main  # noqa: E402
+from keras_hourglass.data.dicom import read_mammogram  # noqa: E402
+from serving import client as sc  # noqa: E402
+from serving_doubles import (  # noqa: E402
+    TFServingPredictionServiceDouble,
+    TFServingRestDouble,
+    breast_pixels,
+    tiny_hourglass,
+    write_mammogram_dicom,
+)
+
+SERVING_DIR = Path(__file__).resolve().parents[1] / "serving"
+LONG_SIDE, MAX_MARKS = 64, 5
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    detector = HourglassDetector(tiny_hourglass(seed=3), stride=4, input_multiple=16, max_marks=MAX_MARKS,
+                                 threshold=-1e9, long_side=LONG_SIDE)
+    base = tmp_path_factory.mktemp("serving") / "hourglass"
+    return sm.export_detector(detector, base, verify="none").path
+
+
+@pytest.fixture(scope="module")
+def dicoms(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dicom")
+    left = write_mammogram_dicom(d / "left.dcm", breast_pixels(seed=1), laterality="L")
+    right = write_mammogram_dicom(d / "right.dcm", breast_pixels(seed=2)[:, ::-1], laterality="R")
+    bad = d / "bad.dcm"
+    bad.write_bytes(b"not a dicom file at all")
+    return left, right, str(bad)
+
+
+@pytest.fixture(scope="module")
+def local(export_dir):
+    return sc.LocalClient(export_dir)
+
+
+@pytest.fixture(scope="module")
+def grpc_double(export_dir):
+    double = TFServingPredictionServiceDouble(export_dir)
+    server, address = double.start()
+    yield double, address
+    server.stop(None)
+
+
+@pytest.fixture(scope="module")
+def rest_double(export_dir):
+    double = TFServingRestDouble(export_dir)
+    server, url = double.start()
+    yield double, url
+    server.shutdown()
+    server.server_close()
+
+
+# -------------------------------------------------------------------------------------- configs
+def test_models_config_parses_as_model_server_config():
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = text_format.Parse((SERVING_DIR / "models.config").read_text(), model_server_config_pb2.ModelServerConfig())
+    (model,) = config.model_config_list.config
+    assert model.name == "hourglass" and model.base_path == "/models/hourglass"
+    assert model.model_platform == "tensorflow"
+    assert model.model_version_policy.WhichOneof("policy_choice") == "latest"
+    assert model.model_version_policy.latest.num_versions == 2
+
+
+def _batching_parameters_class():
+    """BatchingParameters of tensorflow_serving/servables/tensorflow/session_bundle_config.proto.
+
+    tensorflow-serving-api's wheel does not ship that proto, so its message is rebuilt here from the
+    upstream definition (fields 1-7 with their upstream numbers and wrapper types).
+    """
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+
+    pool = descriptor_pool.DescriptorPool()
+    wrappers = descriptor_pb2.FileDescriptorProto()
+    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
+    pool.Add(wrappers)
+    f = descriptor_pb2.FileDescriptorProto(name="session_bundle_config_subset.proto", package="tensorflow.serving",
+                                           syntax="proto3", dependency=["google/protobuf/wrappers.proto"])
+    m = f.message_type.add(name="BatchingParameters")
+    fd = descriptor_pb2.FieldDescriptorProto
+    for number, name, type_name in [(1, "max_batch_size", "Int64Value"), (2, "batch_timeout_micros", "Int64Value"),
+                                    (3, "max_enqueued_batches", "Int64Value"), (4, "num_batch_threads", "Int64Value"),
+                                    (5, "thread_pool_name", "StringValue")]:
+        m.field.add(name=name, number=number, type=fd.TYPE_MESSAGE, label=fd.LABEL_OPTIONAL,
+                    type_name=f".google.protobuf.{type_name}")
+    m.field.add(name="allowed_batch_sizes", number=6, type=fd.TYPE_INT64, label=fd.LABEL_REPEATED)
+    m.field.add(name="pad_variable_length_inputs", number=7, type=fd.TYPE_BOOL, label=fd.LABEL_OPTIONAL)
+    pool.Add(f)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+
+
+def test_batching_parameters_parse_and_are_consistent():
+    from google.protobuf import text_format
+
+    params = text_format.Parse((SERVING_DIR / "batching_parameters.txt").read_text(), _batching_parameters_class()())
+    sizes = list(params.allowed_batch_sizes)
+    assert sizes == sorted(sizes) and sizes[-1] == params.max_batch_size.value  # TF Serving's rules
+    assert params.num_batch_threads.value >= 1 and params.batch_timeout_micros.value > 0
+    assert params.pad_variable_length_inputs is False
+
+
+def test_docker_compose_mounts_export_and_configs():
+    text = (SERVING_DIR / "docker-compose.yml").read_text()
+    for needle in ("tensorflow/serving", "8500:8500", "8501:8501", "--model_config_file=/config/models.config",
+                   "--batching_parameters_file=/config/batching_parameters.txt", "--enable_model_warmup=true",
+                   "/models/hourglass"):
+        assert needle in text, needle
+
+
+# -------------------------------------------------------------------------------------- clients
+def test_client_module_and_rest_path_import_no_tensorflow(tmp_path):
+    code = (
+        "import sys, numpy as np\n"
+        "import serving.client as c, serving.cli\n"
+        "r = c.RestClient('http://127.0.0.1:9', retries=0)\n"
+        "body = r.build_body(r.signature_inputs(np.zeros((20, 16), np.float32), 'detect_png', None), 'detect_png')\n"
+        "assert b'b64' in body and b'NaN' in body\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "False"
+
+
+def test_tensor_proto_round_trip_without_tf_ops():
+    for value in (np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, -2], np.int32),
+                  np.array([b"\x89PNG", b"ab"], dtype=object)):
+        proto = sc.to_tensor_proto(value)
+        back = sc.from_tensor_proto(proto)
+        assert back.shape == value.shape and back.tolist() == value.tolist()
+        np.testing.assert_array_equal(tf.make_ndarray(proto), value)  # TF agrees with our encoding
+    typed = tf.make_tensor_proto(np.full([2, 2], 0.5, np.float32))
+    typed.ClearField("tensor_content")
+    typed.float_val.append(0.5)  # TF's compact form of a constant tensor: one value for all
+    np.testing.assert_array_equal(sc.from_tensor_proto(typed), np.full([2, 2], 0.5, np.float32))
+
+
+def _reference(export_dir, path, threshold=None):
+    """Preprocess + signature called directly + inverse transform."""
+    mammogram = read_mammogram(path, long_side=LONG_SIDE)
+    fn = tf.saved_model.load(export_dir).signatures["serving_default"]
+    out = fn(image=tf.constant(mammogram.image[None, :, :, None]))
+    marks = out["marks"].numpy()[0][: int(out["num_marks"][0])]
+    return mammogram, marks
+
+
+def test_local_client_maps_marks_to_original_pixels(export_dir, local, dicoms):
+    for path in dicoms[:2]:
+        detection = local.detect_file(path)
+        mammogram, marks = _reference(export_dir, path)
+        assert detection.long_side == LONG_SIDE and detection.image_shape == mammogram.image.shape
+        assert detection.original_shape == (96, 72) and len(detection.marks) == MAX_MARKS
+        np.testing.assert_allclose(detection.marks, marks, atol=1e-5)
+        # original -> image reproduces the marks (the flip of right.dcm included)
+        np.testing.assert_allclose(mammogram.transform.forward_points(detection.original_marks), marks[:, :2], atol=1e-6)
+        assert (detection.original_marks >= 0).all() and (detection.original_marks[:, 0] <= 96).all()
+    assert read_mammogram(dicoms[1], long_side=LONG_SIDE).transform.flipped
+
+
+def test_grpc_client_matches_local_for_both_signatures(local, grpc_double, dicoms):
+    _, address = grpc_double
+    expected = local.detect_file(dicoms[0])
+    for signature in ("serving_default", "detect_png"):
+        with sc.GrpcClient(address, signature=signature) as client:
+            got = client.detect_file(dicoms[0])
+        tol = 1e-5 if signature == "serving_default" else 1e-3  # detect_png: 16-bit PNG quantisation
+        np.testing.assert_allclose(got.marks, expected.marks, atol=tol)
+        np.testing.assert_allclose(got.original_marks, expected.original_marks, atol=tol * 2)
+        assert got.to_json()["marks"][0].keys() == {"x", "y", "score", "image_x", "image_y"}
+
+
+def test_grpc_retries_unavailable_then_gives_up(export_dir, dicoms):
+    image = read_mammogram(dicoms[0], long_side=LONG_SIDE).image
+    double = TFServingPredictionServiceDouble(export_dir, unavailable_first=2)
+    server, address = double.start()
+    try:
+        with sc.GrpcClient(address, retries=2, backoff=0.01) as client:
+            marks, long_side = client.detect_image(image)
+        assert double.calls == 3 and len(marks) == MAX_MARKS and long_side == LONG_SIDE
+        double.calls, double.unavailable_first = 0, 10
+        with sc.GrpcClient(address, retries=1, backoff=0.01) as client, pytest.raises(
+            sc.ServerUnavailableError, match="unavailable after 2 attempts"
+        ):
+            client.detect_image(image)
+        assert double.calls == 2  # bounded
+    finally:
+        server.stop(None)
+
+
+def test_grpc_unknown_model_signature_and_oversized(grpc_double, dicoms):
+    double, address = grpc_double
+    image = read_mammogram(dicoms[0], long_side=LONG_SIDE).image
+    with sc.GrpcClient(address, model_name="nope", retries=0) as client, pytest.raises(
+        sc.ModelNotFoundError, match=r"--model-name: .*'nope' not found \(Servable not found"
+    ):
+        client.detect_image(image)
+    with sc.GrpcClient(address, version=7, retries=0) as client, pytest.raises(sc.ModelNotFoundError, match="version 7"):
+        client.detect_image(image)
+    with sc.GrpcClient(address, retries=0) as client, pytest.raises(sc.SignatureNotFoundError, match="'classify'"):
+        client.predict({"image": image[None, :, :, None]}, "classify")
+    calls = double.calls
+    with sc.GrpcClient(address, max_message_bytes=4096) as client, pytest.raises(
+        sc.RequestTooLargeError, match="above the 0 MiB gRPC limit"
+    ):
+        client.detect_image(image)  # 64 x 48 float32 = 12 KiB > 4 KiB
+    assert double.calls == calls  # refused before sending
+
+
+def test_rest_client_both_forms_match_local(local, rest_double, dicoms):
+    _, url = rest_double
+    expected = local.detect_file(dicoms[1])
+    for signature in ("detect_png", "serving_default"):
+        client = sc.RestClient(url, signature=signature, long_side=LONG_SIDE)
+        got = client.detect_file(dicoms[1])
+        np.testing.assert_allclose(got.marks, expected.marks, atol=1e-3)
+    # A per-request threshold above every score: no marks.
+    client = sc.RestClient(url, signature="detect_png", long_side=LONG_SIDE, threshold=1e9)
+    assert len(client.detect_file(dicoms[1]).marks) == 0
+
+
+def test_rest_client_learns_the_models_long_side(rest_double, dicoms):
+    _, url = rest_double
+    client = sc.RestClient(url, signature="detect_png")  # starts at 1536, the model says 64
+    detection = client.detect_file(dicoms[0])
+    assert detection.long_side == LONG_SIDE and max(detection.image_shape) == LONG_SIDE
+
+
+def test_rest_errors_and_retries(export_dir, rest_double, dicoms):
+    _, url = rest_double
+    image = read_mammogram(dicoms[0], long_side=LONG_SIDE).image
+    with pytest.raises(sc.ModelNotFoundError, match=r"'nope' not found \(Servable not found for request: Latest\(nope\)"):
+        sc.RestClient(url, model_name="nope", retries=0).detect_image(image, signature="detect_png")
+    with pytest.raises(sc.SignatureNotFoundError, match="'classify'"):
+        sc.RestClient(url, retries=0).predict({"image": image[None, :, :, None]}, "classify")
+    with pytest.raises(sc.RequestTooLargeError, match="request body is"):
+        sc.RestClient(url, max_message_bytes=1000).detect_image(image, signature="serving_default")
+    double = TFServingRestDouble(export_dir, unavailable_first=2)
+    server, flaky_url = double.start()
+    try:
+        marks, _ = sc.RestClient(flaky_url, retries=2, backoff=0.01).detect_image(image, signature="detect_png")
+        assert double.calls == 3 and len(marks) == MAX_MARKS
+    finally:
+        server.shutdown()
+        server.server_close()
+    # Nobody listening any more: connection refused, retried, then one clear error.
+    with pytest.raises(sc.ServerUnavailableError, match="unavailable after 2 attempts"):
+        sc.RestClient(flaky_url, retries=1, backoff=0.01).detect_image(image, signature="detect_png")
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def test_cli_predict_local_with_overlay_and_a_bad_file(export_dir, dicoms, tmp_path, capsys):
+    overlays = tmp_path / "overlays"
+    base = os.path.dirname(export_dir)  # a base path: the latest version is used
+    code = main(["predict", "--saved-model", base, "--overlay-dir", str(overlays), dicoms[0], dicoms[2]])
+    captured = capsys.readouterr()
+    assert code == 2  # one bad input
+    out = json.loads(captured.out)
+    good, bad = out["results"]
+    assert good["file"] == dicoms[0] and good["num_marks"] == MAX_MARKS and good["long_side"] == LONG_SIDE
+    assert bad["file"] == dicoms[2] and "error" in bad
+    assert captured.err.count("\n") == 1 and "bad.dcm" in captured.err
+    assert (overlays / "left.dcm.png").is_file()
+
+
+def test_cli_predict_grpc_unknown_model_is_one_line_exit_2(grpc_double, dicoms, capsys):
+    _, address = grpc_double
+    code = main(["predict", "--grpc", address, "--model-name", "nope", "--retries", "0", dicoms[0]])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "not found" in err
+
+
+def test_cli_predict_rest_defaults_to_detect_png(rest_double, dicoms, capsys):
+    _, url = rest_double
+    assert main(["predict", "--rest", url, "--threshold=-1e9", dicoms[0]]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["signature"] == "detect_png" and out["results"][0]["num_marks"] == MAX_MARKS
+
+
+# ---------------------------------------------------------------------------------- real server
+@pytest.mark.real_server
+@pytest.mark.skipif(shutil.which("tensorflow_model_server") is None, reason="tensorflow_model_server not on PATH")
+def test_real_tensorflow_model_server(export_dir, dicoms, tmp_path):
+    import socket
+    import time
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    grpc_port, rest_port = free_port(), free_port()
+    base = os.path.dirname(export_dir)
+    proc = subprocess.Popen(
+        ["tensorflow_model_server", f"--port={grpc_port}", f"--rest_api_port={rest_port}", "--model_name=hourglass",
+         f"--model_base_path={base}", "--enable_model_warmup=true", "--grpc_socket_path=", "--rest_api_timeout_in_ms=60000"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        client = sc.GrpcClient(f"127.0.0.1:{grpc_port}", retries=20, backoff=0.5, long_side=LONG_SIDE)
+        expected = sc.LocalClient(export_dir, long_side=LONG_SIDE).detect_file(dicoms[0])
+        np.testing.assert_allclose(client.detect_file(dicoms[0]).marks, expected.marks, atol=1e-4)
+        rest = sc.RestClient(f"http://127.0.0.1:{rest_port}", signature="detect_png", retries=20, long_side=LONG_SIDE)
+        np.testing.assert_allclose(rest.detect_file(dicoms[0]).marks, expected.marks, atol=1e-3)
+        with pytest.raises(sc.ModelNotFoundError):
+            sc.RestClient(f"http://127.0.0.1:{rest_port}", model_name="nope", retries=0).detect_file(dicoms[0])
+        client.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        time.sleep(0.1)
