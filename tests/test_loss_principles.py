@@ -351,3 +351,17 @@ def test_xla_matching_agrees_with_plain_and_in_tf_function():
         return xla(y_true, y_pred)
 
     np.testing.assert_allclose(whole(boxes, pred).numpy(), b, rtol=1e-5)
+
+
+def test_k_larger_than_the_heatmap_and_float16_predictions():
+    rng = np.random.default_rng(5)
+    pred = rng.uniform(-0.5, 1.0, (2, 4, 5, 1)).astype("float32")
+    boxes = as_boxes([(1, 1, 2, 2)], [])
+    kwargs = dict(patch_size=2, sigmas=(0.5, 1.0), top_k=50, mask_size=1)
+    det, bg = comps(HypersensitiveLoss(**kwargs), boxes, pred)
+    ref_det, ref_bg = reference_components(boxes, pred, **kwargs)
+    np.testing.assert_allclose(det, ref_det, rtol=1e-5)
+    np.testing.assert_allclose(bg, ref_bg, rtol=1e-5, atol=1e-7)
+    half = HypersensitiveLoss(**kwargs, reduction=None)(boxes, pred.astype("float16")).numpy()
+    assert half.dtype == np.float32
+    np.testing.assert_allclose(half, det + 0.01 * bg, rtol=1e-2)

@@ -8,6 +8,11 @@ is the one-channel heatmap `[B, h, w, 1]` of any Keras model. `call` returns
 one loss per image `[B]`; Keras' default `sum_over_batch_size` reduction
 averages them (and scales per replica under `tf.distribute`, so N replicas
 give the loss and gradients of one device with the same global batch).
+The loss works in `model.compile(jit_compile=True)` and `False`, and under
+`MirroredStrategy` with its own XLA-compiled matching; Keras'
+`model.compile(jit_compile=True)` itself fails under `MirroredStrategy` for
+any loss (variables on another device; keras-team/keras#19005), so compile
+distributed models with `jit_compile=False`.
 
 Decisions (fixed by the project; see also `boxes.py`, `matching.py`,
 `background.py`):
