@@ -21,9 +21,10 @@ Phases:
   (normals): a random crop centred on a random TISSUE block (blocks of
   patch_size/8 whose mean intensity exceeds `TISSUE_THRESHOLD`; uniformly
   random when none does), so negatives show breast, not the black
-  background that fills half of a mammogram. The crop is kept inside the image when the image is larger and
-  zero-padded bottom/right when it is smaller. Boxes are shifted, clipped
-  to the crop, and dropped when nothing of them is left.
+  background that fills half of a mammogram. The crop is kept inside the
+  image when the image is larger and zero-padded bottom/right when it is
+  smaller. Boxes are shifted, clipped to the crop, and dropped when
+  nothing of them is left.
 - ``"full"``: the whole image, padded bottom/right to a multiple of
   ``input_multiple``; a batch is padded to its largest image
   (``padded_batch``, zeros), which is again a multiple.
@@ -40,7 +41,13 @@ Distribution: ``auto_shard_policy`` is set to DATA on purpose. FILE
 sharding would give each worker a subset of files per stratum; with
 rare strata stored in a few files a worker may get none of them and its
 stream would lose the balance (or fail). DATA sharding lets every worker
-build the same balanced stream and keep every n-th element.
+build the same balanced stream and keep every n-th element. (With
+``strategy.distribute_datasets_from_function``, one pipeline per worker,
+no auto-sharding happens: give each worker its own seed.)
+
+Boxes beyond ``max_boxes`` positives per image (patch or full image) are
+dropped; prepare's manifest counts findings per label so a suitable
+``max_boxes`` can be chosen.
 """
 
 from __future__ import annotations
