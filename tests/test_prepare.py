@@ -308,6 +308,14 @@ def test_vindr_and_cbis_through_prepare(tmp_path):
     assert manifest["images_written"]["test"]["normal"] == 1
 
 
+def test_ingest_side_imports_no_tensorflow():
+    code = ("import sys, keras_hourglass.data.prepare, keras_hourglass.data.ingest, keras_hourglass.cli.prepare, "
+            "keras_hourglass.data.importers.cbis_ddsm, keras_hourglass.data.importers.vindr; "
+            "print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_cli_help_errors_and_tfio(tmp_path, capsys):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     out = subprocess.run([sys.executable, "-m", "keras_hourglass.cli.main", "prepare", "--help"],
