@@ -259,9 +259,9 @@ def export_keras_model(
         version: version to write; default: the next integer.
         max_marks: mark rows per image in the outputs.
         threshold: default score threshold.
-        long_side: training long side; default: read from the run's
-            config.json (`long_side` or `size`) next to the model, else 0
-            (unknown: clients then need `--long-side`).
+        long_side: training long side; default: from the run's config.json
+            or its prepared data's manifest (`training_preprocessing`), else
+            0 (unknown: remote clients then start at 1536; pass --long-side).
         model_name: model name written into the warmup requests.
         verify: see `export_detector`.
 
@@ -271,8 +271,9 @@ def export_keras_model(
     from export.signatures import HourglassDetector
 
     model, stride, multiple = load_inference_model(model_path)
+    preprocessing = training_preprocessing(model_path)
     if long_side is None:
-        long_side = _long_side_from_run(model_path)
+        long_side = int(preprocessing.get("long_side", 0))
     detector = HourglassDetector(
         model,
         stride=stride,
@@ -286,23 +287,42 @@ def export_keras_model(
         base_path,
         version=version,
         model_name=model_name,
-        metadata={"source_model": os.path.abspath(model_path)},
+        metadata={"source_model": os.path.abspath(model_path),
+                  "preprocessing": {**preprocessing, "long_side": long_side}},
         verify=verify,
         verify_image_hw=(2 * multiple + 3, multiple + 5),
     )
 
 
-def _long_side_from_run(model_path: str | os.PathLike) -> int:
-    """Looks for the training image size in the run's config.json (0 if absent)."""
-    config_file = Path(model_path).with_name("config.json")
+def training_preprocessing(model_path: str | os.PathLike) -> dict:
+    """The preprocessing the model was trained with, from RUN/config.json -> data.prep_dir/manifest.json.
+
+    Returns:
+        `{"long_side": int, "windowing": ..., "orientation": ...}` with the keys found ({} if none):
+        `long_side` from config.json (`long_side`/`size`) or the prepared data's manifest
+        `preprocessing` block, which `hourglass prepare` writes.
+    """
+    found: dict = {}
     try:
-        config = json.loads(config_file.read_text())
+        config = json.loads(Path(model_path).with_name("config.json").read_text())
     except (OSError, ValueError):
-        return 0
-    for source in (config, config.get("data", {}) if isinstance(config, dict) else {}):
-        if isinstance(source, dict):
-            for key in ("long_side", "size", "image_size"):
-                value = source.get(key)
-                if isinstance(value, int) and value > 0:
-                    return value
-    return 0
+        return found
+    if not isinstance(config, dict):
+        return found
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    for source in (config, data):
+        for key in ("long_side", "size"):
+            if isinstance(source.get(key), int) and source[key] > 0:
+                found.setdefault("long_side", source[key])
+    prep_dir = data.get("prep_dir")
+    if prep_dir:
+        try:
+            pre = json.loads((Path(prep_dir) / "manifest.json").read_text()).get("preprocessing", {})
+        except (OSError, ValueError, AttributeError):
+            pre = {}
+        if isinstance(pre.get("long_side"), int) and pre["long_side"] > 0:
+            found.setdefault("long_side", pre["long_side"])
+        for key in ("windowing", "orientation"):
+            if key in pre:
+                found[key] = pre[key]
+    return found

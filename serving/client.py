@@ -20,6 +20,11 @@ if known, else 1536) and, if the server reports a different one, re-read the
 DICOM at the model's long side and resend once (then remember it). Pass
 `long_side=` to force one.
 
+Windowing and orientation: `LocalClient` also applies the export's recorded
+training `windowing`/`orientation` (from the prepared data's manifest); remote
+clients use `read_mammogram`'s defaults (voi "auto", orient "left"), which
+are also `hourglass prepare`'s defaults.
+
 Thresholds: `detect_png` takes the threshold per request. `serving_default`
 applies the export's threshold; a higher `threshold=` filters its marks
 client-side (a lower one cannot bring back marks the server dropped).
@@ -183,6 +188,7 @@ class PredictionClient(abc.ABC):
         self.backoff = float(backoff)
         self.max_message_bytes = int(max_message_bytes)
         self._model_long_side: int | None = None  # learnt from the model's `long_side` output
+        self.read_options: dict = {}  # extra read_mammogram options (voi, orient) when the export knows them
 
     # -- transport
     @abc.abstractmethod
@@ -252,7 +258,7 @@ class PredictionClient(abc.ABC):
 
         path = os.fspath(path)
         long_side = self._preprocess_long_side()
-        mammogram = read_mammogram(path, long_side=long_side)
+        mammogram = read_mammogram(path, long_side=long_side, **self.read_options)
         try:
             marks, model_long_side = self.detect_image(mammogram.image)
         except RequestTooLargeError as err:
@@ -260,7 +266,7 @@ class PredictionClient(abc.ABC):
         if model_long_side and not self.long_side and model_long_side != long_side:
             # Preprocessed at the wrong scale: redo once at the model's long side.
             self._model_long_side = long_side = model_long_side
-            mammogram = read_mammogram(path, long_side=long_side)
+            mammogram = read_mammogram(path, long_side=long_side, **self.read_options)
             marks, _ = self.detect_image(mammogram.image)
         elif model_long_side:
             self._model_long_side = model_long_side
@@ -505,6 +511,11 @@ class LocalClient(PredictionClient):
         self.path = path
         self.metadata = read_export_metadata(path)
         self._model_long_side = int(self.metadata.get("long_side") or 0) or None
+        pre = self.metadata.get("preprocessing", {})
+        if "windowing" in pre:
+            self.read_options["voi"] = pre["windowing"]
+        if "orientation" in pre:
+            self.read_options["orient"] = pre["orientation"]
         self._tf = tf
         try:
             self._loaded = tf.saved_model.load(path)

@@ -132,9 +132,9 @@ def test_png_decoding_normalises_8_and_16_bit_to_unit_range():
 def test_detect_png_mixed_sizes_and_bit_depths_equal_reference(exported, loaded):
     detector, _ = exported
     a, b = random_image(30, 41, seed=3), random_image(24, 16, seed=4)
-    # Per-image thresholds: the second one is so high that no mark survives.
+    # Per-image thresholds: NaN = the export default; the second one is so high that no mark survives.
     out = loaded.signatures["detect_png"](
-        image_bytes=tf.constant([_png(a, 16), _png(b, 8)]), threshold=tf.constant([THRESHOLD, 1e9])
+        image_bytes=tf.constant([_png(a, 16), _png(b, 8)]), threshold=tf.constant([np.nan, 1e9], tf.float32)
     )
     qa = np.round(a * 65535) / 65535
     _, marks_a, num_a = _reference(detector, qa[None, ..., None].astype(np.float32), THRESHOLD)
@@ -263,13 +263,19 @@ def test_cli_export_writes_versions_and_refuses_overwrite(tmp_path, capsys):
     model_path = tmp_path / "run" / "model.keras"
     model_path.parent.mkdir()
     tiny_hourglass(seed=5).save(model_path)
-    (model_path.parent / "config.json").write_text(json.dumps({"data": {"size": 96}}))
+    prep = tmp_path / "prepared"
+    prep.mkdir()
+    (prep / "manifest.json").write_text(json.dumps({"preprocessing": {"long_side": 96, "windowing": "auto",
+                                                                        "orientation": "left"}}))
+    (model_path.parent / "config.json").write_text(json.dumps({"data": {"prep_dir": str(prep)}}))
     base = tmp_path / "serving" / "hourglass"
     argv = ["export", "--model", str(model_path), "--base-path", str(base), "--verify", "ops", "--max-marks", "4"]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["version"] == 1 and out["metadata"]["input_multiple"] == MULTIPLE
     assert out["metadata"]["long_side"] == 96 and out["metadata"]["max_marks"] == 4
+    assert out["metadata"]["preprocessing"] == {"long_side": 96, "windowing": "auto", "orientation": "left"}
+    assert out["metadata"]["tensorflow_version"] == tf.__version__
     assert main([*argv, "--version", "1"]) == 2
     assert "1: version already exists" in capsys.readouterr().err
     assert main(["export", "--model", str(tmp_path / "nope.keras"), "--base-path", str(base)]) == 2
