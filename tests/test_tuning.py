@@ -379,7 +379,7 @@ def test_cli_refuses_to_resume_a_search_with_other_settings(tmp_path, capsys):
     assert f"{out / 'search.json'}: --out holds a search with other settings (tuner" in err
 
 
-def test_killed_search_resumes_without_rerunning_completed_trials(prepared, tmp_path):
+def test_killed_search_resumes_without_rerunning_completed_trials(prepared, tmp_path, capsys):
     """SIGKILL during trial 2, rerun the same command: trial 1 is kept, trial 2 reruns, 2 trials in all."""
     import signal
     import subprocess
@@ -410,7 +410,8 @@ def test_killed_search_resumes_without_rerunning_completed_trials(prepared, tmp_
     with open(first_trial) as handle:
         first = handle.read()
     assert json.loads(first)["status"] == "COMPLETED"
-    assert not os.path.exists(os.path.join(out, "trials.csv"))  # the killed run never got to its outputs
+    with open(os.path.join(out, "trials.csv"), newline="") as handle:  # refreshed after each trial
+        assert [(r["trial_id"], r["status"]) for r in csv.DictReader(handle)] == [("0", "COMPLETED")]
 
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=90, env=clean_env())
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -437,3 +438,13 @@ def test_killed_search_resumes_without_rerunning_completed_trials(prepared, tmp_
     assert (config.preset, config.batch_size, config.crop_size) == ("tiny", 2, 32)
     assert config.model == TINY
     assert config.sigmas == tuple(float(s) for s in values["sigmas"].split(","))
+
+    # --report rebuilds the outputs from the recorded trials, without training.
+    from keras_hourglass.cli.main import main
+
+    os.remove(os.path.join(out, "trials.csv"))
+    capsys.readouterr()
+    assert main(["tune", "--out", out, "--report"]) == 0
+    assert json.loads(capsys.readouterr().out)["best_trial_id"] == summary["best_trial_id"]
+    assert os.path.exists(os.path.join(out, "trials.csv"))
+    assert main(["tune", "--out", str(tmp_path / "nothing"), "--report"]) == 2

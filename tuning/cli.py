@@ -32,6 +32,9 @@ examples:
       # space.json: {"omega": {"min": 0.001, "max": 1}, "top_k": {"values": [0, 3, 6]},
       #              "sigmas": {"fixed": "1.5,3,6"}, "patch_size": {"values": [16, 32]}}
 
+  # the outputs of a running or finished search (e.g. watched on the chief's machine)
+  hourglass tune --out tune --report
+
   # a cluster: the same command on every machine, one chief and N workers
   KERASTUNER_TUNER_ID=chief  KERASTUNER_ORACLE_IP=10.0.0.1 KERASTUNER_ORACLE_PORT=8000 hourglass tune ...
   KERASTUNER_TUNER_ID=tuner0 KERASTUNER_ORACLE_IP=10.0.0.1 KERASTUNER_ORACLE_PORT=8000 hourglass tune ...
@@ -43,9 +46,10 @@ Objective: val_sensitivity at --target-fpi (max); ties -> higher mean sensitivit
 sensitivity, lower omega, earlier trial.
 """
 
-# Settings that define a search: a rerun in the same --out must agree on them.
+# Settings that define a search: a rerun in the same --out must agree on them (--max-trials may
+# grow, to extend a search; --strategy may change with the hardware).
 _SEARCH_KEYS = (
-    "tuner", "max_trials", "epochs", "steps_per_epoch", "executions_per_trial", "batch_size",
+    "tuner", "epochs", "steps_per_epoch", "executions_per_trial", "batch_size",
     "target_fpi", "val_images", "seed", "preset", "phase", "crop_size", "model_options", "space",
 )
 
@@ -61,7 +65,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--data", required=True, metavar="PREP", help="prepared data directory (train and val splits)")
+    parser.add_argument("--data", metavar="PREP", help="prepared data directory (train and val splits); required "
+                        "unless --report")
     parser.add_argument("--out", required=True, metavar="TUNE", help="output directory (reused to resume)")
     parser.add_argument("--tuner", choices=("random", "bayesian", "hyperband"), default="random")
     parser.add_argument("--max-trials", type=int, default=10, metavar="N", help="trials (random, bayesian; default 10)")
@@ -96,6 +101,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="with --strategy mirrored and no GPU: split the CPU into N replicas")
     parser.add_argument("--run-eagerly", action="store_true",
                         help="no graph tracing (saves ~10-30 s per trial on CPU, slower steps): smoke searches")
+    parser.add_argument("--report", action="store_true",
+                        help="only rewrite the outputs from the trials recorded in --out so far (no training); "
+                             "safe while a search runs")
     parser.add_argument("--overwrite", action="store_true", help="discard a previous search in --out and start over")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0, help="Keras fit verbosity")
     parser.set_defaults(func=run)
@@ -119,6 +127,8 @@ def _validate(args) -> dict[str, Any]:
     """Checks the arguments (no TensorFlow). Returns: the search settings."""
     from tuning.search_space import SearchSpace, apply_flags, load_space
 
+    if not args.data:
+        raise InputError("--data", "required (the prepared data directory)")
     if not os.path.isdir(args.data):
         raise InputError(args.data, "prepared data directory not found")
     for flag, value in (("--max-trials", args.max_trials), ("--epochs", args.epochs),
@@ -192,7 +202,7 @@ def _check_validation_split(prep_dir: str) -> None:
 def _check_settings(out_dir: str, settings: dict[str, Any], overwrite: bool) -> None:
     """Refuses to resume a search made with other settings; records the settings."""
     path = os.path.join(out_dir, SETTINGS_FILE)
-    record = {k: settings[k] for k in (*_SEARCH_KEYS, "data")}
+    record = {k: settings[k] for k in (*_SEARCH_KEYS, "max_trials", "data")}
     if os.path.exists(path) and not overwrite:
         try:
             with open(path, encoding="utf-8") as handle:
@@ -213,12 +223,26 @@ def _check_settings(out_dir: str, settings: dict[str, Any], overwrite: bool) -> 
     os.replace(tmp, path)
 
 
+def _report(out_dir: str) -> int:
+    """Rewrites the outputs from the recorded trials (no TensorFlow). Returns: 0."""
+    from tuning import outputs
+    from tuning.outputs import PROJECT_NAME
+
+    project = os.path.join(out_dir, PROJECT_NAME)
+    if not os.path.isdir(project):
+        raise InputError(out_dir, f"no search here (no {PROJECT_NAME}/ directory)")
+    print(json.dumps(outputs.write_outputs(project, out_dir), indent=2, default=str))
+    return 0
+
+
 def run(args) -> int:
     """Runs the search; prints a JSON summary on stdout.
 
     Returns:
         0, or 1 when the search ended without a completed trial (the outputs are still written).
     """
+    if args.report:
+        return _report(args.out)
     settings = _validate(args)
     os.makedirs(args.out, exist_ok=True)
     from tuning import search

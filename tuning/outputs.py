@@ -30,6 +30,8 @@ from typing import Any, Sequence
 from tuning import objective as objective_lib
 from tuning.search_space import PARAM_NAMES
 
+#: KerasTuner's project name inside TUNE (fixed, so a rerun finds and resumes the search).
+PROJECT_NAME = "hourglass_tune"
 BEST_HPARAMS_FILE = "best_hyperparameters.json"
 TRIALS_CSV_FILE = "trials.csv"
 PLOT_FILE = "objective.png"

@@ -22,8 +22,7 @@ import keras_tuner
 
 from tuning import objective as objective_lib
 from tuning import outputs
-
-PROJECT_NAME = "hourglass_tune"
+from tuning.outputs import PROJECT_NAME
 TUNERS = ("random", "bayesian", "hyperband")
 
 
@@ -71,6 +70,11 @@ def _recording(base: type) -> type:
             else:
                 message += f", {objective_lib.OBJECTIVE_NAME}={ended.score:.4f}"
             _log(message)
+            if role() != "worker":  # keep the outputs current: a long search can be watched
+                try:
+                    outputs.write_outputs(self.project_dir, self.directory)
+                except Exception as err:  # never lose a search over a report
+                    _log(f"could not refresh the outputs: {err.__class__.__name__}: {err}")
 
     HourglassTuner.__name__ = HourglassTuner.__qualname__ = f"Hourglass{base.__name__}"
     return HourglassTuner
