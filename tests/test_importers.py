@@ -148,6 +148,15 @@ def test_canonical_split_column_and_header_errors(tmp_path):
         get_importer("canonical")(bad, str(tmp_path))
     with pytest.raises(InputError, match="unknown format"):
         get_importer("dicomdir")
+    dup = write_csv(tmp_path / "dup.csv", CANONICAL, [
+        ["a.dcm", "P1", "S1", "L", "CC", "normal", "", "", "", "", ""],
+        ["./sub/../a.dcm", "P1", "S1", "L", "CC", "normal", "", "", "", "", ""],   # same key once normalised
+        [str(tmp_path / "a.dcm"), "P2", "S1", "L", "CC", "normal", "", "", "", "", ""],  # same file, abs path
+    ])
+    result = get_importer("canonical")(dup, str(tmp_path))
+    result.check_accounting()
+    assert [(i.key, i.rows) for i in result.images] == [("a.dcm", ["dup.csv:1", "dup.csv:2"])]
+    assert _codes(result) == {"3": "duplicate_image"}
     latin = tmp_path / "latin.csv"
     latin.write_bytes((",".join(CANONICAL) + "\na.dcm,P\xe9,S1,L,CC,normal,,,,,\n").encode("latin-1"))
     (image,) = get_importer("canonical")(str(latin), str(tmp_path)).images

@@ -246,7 +246,9 @@ def group_rows(parsed: list[ParsedRow], rejects: list[Reject]) -> list[ImageReco
     """Groups valid rows into images, applying the sibling rule (module doc).
 
     Rows of one image must agree on patient_id (else all of its rows are
-    rejected, code ``inconsistent_image``). A normal row (no finding) next
+    rejected, code ``inconsistent_image``). A file listed under two path
+    spellings keeps the spelling listed first; the rows of the other are
+    rejected (``duplicate_image``). A normal row (no finding) next
     to finding rows of the same image counts as ingested with them.
 
     Args:
@@ -259,13 +261,24 @@ def group_rows(parsed: list[ParsedRow], rejects: list[Reject]) -> list[ImageReco
     by_key: dict[str, list[ParsedRow]] = {}
     for row in parsed:
         by_key.setdefault(row.key, []).append(row)
+    # One file listed under two spellings of its path would be written twice (maybe in two splits).
+    first_key_of_file: dict[str, str] = {}
+    duplicate_of: dict[str, str] = {}
+    for key in by_key:  # table order: the spelling listed first wins
+        real = os.path.realpath(by_key[key][0].path)
+        if real in first_key_of_file:
+            duplicate_of[key] = by_key[first_key_of_file[real]][0].row
+        else:
+            first_key_of_file[real] = key
     path_of_reject = {r.image_path: r for r in rejects if r.image_path}
     images = []
     for key in sorted(by_key):
         rows = by_key[key]
         first = rows[0]
         reason = None
-        if key in path_of_reject:
+        if key in duplicate_of:
+            reason = ("duplicate_image", f"the same file is listed under another path (row {duplicate_of[key]})")
+        elif key in path_of_reject:
             bad = path_of_reject[key]
             reason = ("sibling_rejected", f"another row of this image was rejected ({bad.row}: {bad.code})")
         elif len({r.patient_id for r in rows}) > 1:

@@ -21,6 +21,11 @@ REQUIRED = ("image_path", "patient_id", "study_id", "laterality", "view", "label
             "xmin", "ymin", "xmax", "ymax")
 
 
+def image_key(path: str) -> str:
+    """Returns: the normalised image path ("./a//b.dcm" -> "a/b.dcm"), the identity of an image."""
+    return os.path.normpath(path).replace(os.sep, "/") if path else ""
+
+
 def _laterality(value: str) -> str:
     value = value.strip().upper()
     mapped = {"L": "L", "LEFT": "L", "R": "R", "RIGHT": "R", "": ""}.get(value)
@@ -80,7 +85,7 @@ def parse_row(row_id: str, row: dict[str, str], images_root: str) -> ParsedRow:
     full = resolve(images_root, path)
     if not os.path.isfile(full):
         raise ValueError("missing_file", "image file not found under --images-root")
-    return ParsedRow(row=row_id, key=path, path=full, patient_id=row["patient_id"],
+    return ParsedRow(row=row_id, key=image_key(path), path=full, patient_id=row["patient_id"],
                      study_id=row["study_id"] or row["patient_id"], laterality=laterality,
                      view=view, finding=finding, split=split)
 
@@ -107,7 +112,7 @@ def load(annotations: str | list[str], images_root: str, **_options) -> ImportRe
             parsed.append(parse_row(row_id, row, images_root))
         except ValueError as err:
             code, message = err.args if len(err.args) == 2 else ("bad_value", str(err))
-            rejects.append(Reject(row_id, row.get("image_path", ""), code, message,
+            rejects.append(Reject(row_id, image_key(row.get("image_path", "")), code, message,
                                   (row.get("patient_id", ""), row.get("study_id", ""))))
     images = group_rows(parsed, rejects)
     return ImportResult(images=images, rejects=rejects, total_rows=total,
