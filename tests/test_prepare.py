@@ -250,6 +250,8 @@ def test_machine_shards_merge_to_the_single_machine_result(tmp_path):
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["content_hash"] == \
         merged["content_hash"]
     assert single["content_hash"] != merged["content_hash"]  # file names carry the machine tag
+    with pytest.raises(InputError, match=r"another|--num-shards \[2\]"):
+        prepare(_config(table, root, tmp_path / "two"))  # a 1-machine run into a 2-machine PREP
 
 
 @pytest.mark.slow

@@ -35,6 +35,7 @@ import collections
 import concurrent.futures
 from concurrent.futures.process import BrokenProcessPool
 import dataclasses
+import glob
 import hashlib
 import json
 import logging
@@ -369,6 +370,12 @@ def prepare(config: PrepareConfig) -> dict:
     fingerprint = _settings_fingerprint(config, settings, salt)
     tag = f"s{config.shard_index:02d}of{config.num_shards:02d}"
     state_path = os.path.join(config.out, "shards", f"{tag}.state.json")
+    previous_counts = {int(os.path.basename(p)[5:7])
+                       for p in glob.glob(os.path.join(config.out, "shards", "s[0-9][0-9]of[0-9][0-9].state.json"))}
+    previous_counts.discard(config.num_shards)
+    if previous_counts:
+        raise InputError(config.out, f"holds a run with --num-shards {sorted(previous_counts)}; its files would "
+                                     "mix with this one's: use a fresh --out")
     if os.path.exists(state_path) and manifest.read_json(state_path)["fingerprint"] != fingerprint:
         raise InputError(config.out, "was prepared with other settings or another input; use a fresh --out")
     manifest.write_json_atomic(state_path, {"salt": salt, "fingerprint": fingerprint})

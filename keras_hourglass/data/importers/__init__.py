@@ -224,7 +224,8 @@ def box_from_xyxy(row: dict[str, str]) -> tuple[float, float, float, float] | No
         The box, or None when all four are empty.
 
     Raises:
-        ValueError: partial, non-numeric, negative or degenerate (xmax <= xmin, ymax <= ymin).
+        ValueError: partial, non-numeric or degenerate (xmax <= xmin, ymax <= ymin). Negative or
+            out-of-image values are clipped at ingest (counted), where the image size is known.
     """
     values = [parse_float(row.get(k, "")) for k in ("xmin", "ymin", "xmax", "ymax")]
     if all(v is None for v in values):
