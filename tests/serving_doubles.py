@@ -1,6 +1,7 @@
 """Test doubles for the export and serving tests.
 
 - `tiny_hourglass`: the smallest real Hourglass, for fast export tests.
+- `shared_export`: one verified export of it, shared by the test modules of a session.
 - `conv_model`: a 2-layer conv heatmap model where the network does not matter.
 - `random_image`: a float32 image with a few bright blobs.
 - `write_mammogram_dicom`, `breast_pixels`: tiny valid MG DICOM files.
@@ -21,6 +22,29 @@ def tiny_hourglass(seed: int = 0):
 
     keras.utils.set_random_seed(seed)
     return build_hourglass("tiny", num_stacks=1, depth=2, num_features=8, stem_features=4)
+
+
+_SHARED_EXPORTS: dict = {}
+
+
+def shared_export(tmp_path_factory):
+    """One verified export of `tiny_hourglass(seed=3)`, shared by every test module of the session.
+
+    Settings: stride 4, input multiple 16, max_marks 6, threshold -1e9 (every local maximum is a
+    mark), long side 64; `verify="full"` (op check, saved_model_cli show/run, warmup replay).
+
+    Returns:
+        `(detector, ExportResult)`.
+    """
+    if "tiny" not in _SHARED_EXPORTS:
+        from export.saved_model import export_detector
+        from export.signatures import HourglassDetector
+
+        detector = HourglassDetector(tiny_hourglass(seed=3), stride=4, input_multiple=16, max_marks=6,
+                                     threshold=-1e9, long_side=64)
+        base = tmp_path_factory.mktemp("shared_serving") / "hourglass"
+        _SHARED_EXPORTS["tiny"] = (detector, export_detector(detector, base, verify="full", verify_image_hw=(30, 21)))
+    return _SHARED_EXPORTS["tiny"]
 
 
 def conv_model(stride: int = 2, seed: int = 0):

@@ -19,7 +19,7 @@ from export.warmup import read_warmup_requests  # noqa: E402
 from keras_hourglass.errors import InputError  # noqa: E402
 from keras_hourglass.cli.main import main  # noqa: E402
 from keras_hourglass.peaks import find_peaks  # noqa: E402
-from serving_doubles import conv_model, random_image, tiny_hourglass  # noqa: E402
+from serving_doubles import conv_model, random_image, shared_export, tiny_hourglass  # noqa: E402
 
 # tiny_hourglass: 1 stack, depth 2, output stride 4 -> input multiple 16.
 STRIDE, MULTIPLE, MAX_MARKS, THRESHOLD, LONG_SIDE = 4, 16, 6, -1e9, 64
@@ -45,9 +45,8 @@ def loaded(exported):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """One fully verified export (op check + saved_model_cli show/run + warmup replay)."""
-    detector = make_detector()
-    base = tmp_path_factory.mktemp("serving") / "hourglass"
-    result = sm.export_detector(detector, base, verify="full", verify_image_hw=(30, 21))
+    detector, result = shared_export(tmp_path_factory)
+    assert (detector.stride, detector.input_multiple, detector.max_marks) == (STRIDE, MULTIPLE, MAX_MARKS)
     assert detector.input_multiple == sm._input_multiple(detector.model, STRIDE)
     return detector, result
 

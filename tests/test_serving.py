@@ -14,8 +14,6 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from export import saved_model as sm  # noqa: E402
-from export.signatures import HourglassDetector  # noqa: E402
 from keras_hourglass.cli.main import main  # noqa: E402
 from keras_hourglass.data.dicom import read_mammogram  # noqa: E402
 from serving import client as sc  # noqa: E402
@@ -23,20 +21,20 @@ from serving_doubles import (  # noqa: E402
     TFServingPredictionServiceDouble,
     TFServingRestDouble,
     breast_pixels,
-    tiny_hourglass,
+    shared_export,
     write_mammogram_dicom,
 )
 
 SERVING_DIR = Path(__file__).resolve().parents[1] / "serving"
-LONG_SIDE, MAX_MARKS = 64, 5
+LONG_SIDE, MAX_MARKS = 64, 6
 
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-    detector = HourglassDetector(tiny_hourglass(seed=3), stride=4, input_multiple=16, max_marks=MAX_MARKS,
-                                 threshold=-1e9, long_side=LONG_SIDE)
-    base = tmp_path_factory.mktemp("serving") / "hourglass"
-    return sm.export_detector(detector, base, verify="none").path
+    """The session's shared export of a real tiny Hourglass (threshold -1e9: every maximum is a mark)."""
+    detector, result = shared_export(tmp_path_factory)
+    assert (detector.long_side, detector.max_marks) == (LONG_SIDE, MAX_MARKS)
+    return result.path
 
 
 @pytest.fixture(scope="module")
@@ -157,19 +155,20 @@ def test_tensor_proto_round_trip_without_tf_ops():
     np.testing.assert_array_equal(sc.from_tensor_proto(typed), np.full([2, 2], 0.5, np.float32))
 
 
-def _reference(export_dir, path, threshold=None):
-    """Preprocess + signature called directly + inverse transform."""
+def _reference(loaded, path):
+    """Preprocess + the signature called directly."""
     mammogram = read_mammogram(path, long_side=LONG_SIDE)
-    fn = tf.saved_model.load(export_dir).signatures["serving_default"]
+    fn = loaded.signatures["serving_default"]
     out = fn(image=tf.constant(mammogram.image[None, :, :, None]))
     marks = out["marks"].numpy()[0][: int(out["num_marks"][0])]
     return mammogram, marks
 
 
 def test_local_client_maps_marks_to_original_pixels(export_dir, local, dicoms):
+    loaded = tf.saved_model.load(export_dir)  # reference: the signature called directly
     for path in dicoms[:2]:
         detection = local.detect_file(path)
-        mammogram, marks = _reference(export_dir, path)
+        mammogram, marks = _reference(loaded, path)
         assert detection.long_side == LONG_SIDE and detection.image_shape == mammogram.image.shape
         assert detection.original_shape == (96, 72) and len(detection.marks) == MAX_MARKS
         np.testing.assert_allclose(detection.marks, marks, atol=1e-5)
