@@ -448,3 +448,12 @@ def test_killed_search_resumes_without_rerunning_completed_trials(prepared, tmp_
     assert json.loads(capsys.readouterr().out)["best_trial_id"] == summary["best_trial_id"]
     assert os.path.exists(os.path.join(out, "trials.csv"))
     assert main(["tune", "--out", str(tmp_path / "nothing"), "--report"]) == 2
+
+
+def test_a_finished_search_can_be_extended_with_more_trials(tmp_path):
+    from tuning import search
+
+    first = search.run_search(search.make_tuner(_hypermodel(), tmp_path, max_trials=1, seed=5), tmp_path)
+    assert (first["trials"], first["trials_run"]) == (1, ["0"])
+    more = search.run_search(search.make_tuner(_hypermodel(), tmp_path, max_trials=2, seed=5), tmp_path)
+    assert (more["trials"], more["trials_run"]) == (2, ["1"])  # trial 0 kept, only the new one trained

@@ -19,11 +19,13 @@ SETTINGS_FILE = "search.json"
 
 EXAMPLES = """\
 examples:
-  # one machine: 20 random trials, 3 epochs of 100 steps each
+  # one machine: 20 random trials, 3 epochs of 100 steps each (outputs refreshed after every trial)
   hourglass tune --data prepared --out tune --max-trials 20 --epochs 3 --steps-per-epoch 100
 
   # rerun the same command after an interruption: finished trials are kept
   hourglass tune --data prepared --out tune --max-trials 20 --epochs 3 --steps-per-epoch 100
+  # ... or extend the finished search to 30 trials
+  hourglass tune --data prepared --out tune --max-trials 30 --epochs 3 --steps-per-epoch 100
 
   # narrower space from flags, or a JSON file (flags win over the file)
   hourglass tune --data prepared --out tune --omega-range 0.003,0.3 --top-k-range 1,5 \\
@@ -35,7 +37,8 @@ examples:
   # the outputs of a running or finished search (e.g. watched on the chief's machine)
   hourglass tune --out tune --report
 
-  # a cluster: the same command on every machine, one chief and N workers
+  # a cluster: the same command on every machine, one chief and N workers; the chief serves the
+  # oracle on KERASTUNER_ORACLE_IP:PORT (its address as the workers see it) and writes the outputs
   KERASTUNER_TUNER_ID=chief  KERASTUNER_ORACLE_IP=10.0.0.1 KERASTUNER_ORACLE_PORT=8000 hourglass tune ...
   KERASTUNER_TUNER_ID=tuner0 KERASTUNER_ORACLE_IP=10.0.0.1 KERASTUNER_ORACLE_PORT=8000 hourglass tune ...
   KERASTUNER_TUNER_ID=tuner1 KERASTUNER_ORACLE_IP=10.0.0.1 KERASTUNER_ORACLE_PORT=8000 hourglass tune ...
