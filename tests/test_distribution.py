@@ -130,7 +130,7 @@ def test_two_workers_train_identically_and_only_the_chief_writes(tmp_path):
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         cmd = [sys.executable, WORKER, "--run", str(run), "--strategy", "auto", "--model", "hourglass",
-               "--patch-epochs", "1", "--full-epochs", "1", "--steps", "2", "--batch-size", "4", "--canary"]
+               "--patch-epochs", "1", "--full-epochs", "1", "--steps", "2", "--batch-size", "4", "--canary", "--val"]
         commands.append((cmd, _env(TF_CONFIG=tf_config)))
     chief, other = _run_workers(commands, timeout=400)
 
@@ -151,11 +151,13 @@ def test_two_workers_train_identically_and_only_the_chief_writes(tmp_path):
     assert chief["summary"]["result"]["write_dir"] == str(run)
     assert other["summary"]["result"]["write_dir"] != str(run)
     assert not os.path.exists(other["summary"]["result"]["write_dir"])
-    assert {"model.keras", "config.json", "history.csv", "backup", "logs"} <= set(os.listdir(run))
+    assert {"model.keras", "best.keras", "best.json", "config.json", "history.csv", "backup", "logs"} <= set(
+        os.listdir(run))
     config = json.loads((run / "config.json").read_text())
     assert config["strategy"]["task_id"] == 0 and config["strategy"]["num_replicas"] == 2
     rows = (run / "history.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2  # header + one row per epoch: one writer, not two
+    assert "val_sensitivity" in rows[0]  # the FROC callback ran under the multi-worker strategy
     state = json.loads((run / "backup" / "state.json").read_text())
     assert state["completed_epochs"] == 2
 

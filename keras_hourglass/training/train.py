@@ -21,6 +21,7 @@ assumes for checkpoints.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -140,7 +141,9 @@ def _fixed_images(dataset, count: int = 4):
     """The first `count` images of an evaluation dataset, zero-padded to one size: `[N, H, W, 1]`."""
     import tensorflow as tf
 
-    images = [(e["image"] if isinstance(e, dict) else e[0]) for e in dataset.take(count)]
+    images = [tf.convert_to_tensor(e["image"] if isinstance(e, dict) else e[0], tf.float32)
+              for e in itertools.islice(iter(dataset), count)]
+    images = [i[None] if i.shape.rank == 3 else i for i in images]
     if not images:
         return None
     height = max(int(i.shape[1]) for i in images)
@@ -163,7 +166,9 @@ def _validation(prep_dir: str | None, config: TrainConfig, multiple: int, valida
 
         validation = pipeline.evaluation_dataset(prep_dir, split="val", input_multiple=multiple)
     if config.val_images:
-        validation = validation.take(int(config.val_images))
+        count = int(config.val_images)
+        validation = validation.take(count) if hasattr(validation, "take") else \
+            list(itertools.islice(iter(validation), count))
     return FrocCallback(validation, target_fpi=config.target_fpi), _fixed_images(validation)
 
 
@@ -200,8 +205,9 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
         strategy_info: the `StrategyInfo` of `strategy` (from `make_strategy`).
         strategy_name: `auto`, `default`, `mirrored` or `multi-worker`.
         dataset_fn: training data (default: `prep_dataset_fn(prep_dir, config)`).
-        validation: a dataset for `FrocCallback` (default: PREP/val, `config.val_images`
-            images; none when `prep_dir` is None).
+        validation: evaluation dicts for `FrocCallback` (a dataset or a list, batch 1; default:
+            PREP/val); its first `config.val_images` images are used (all when None, none when 0
+            and `validation` is None).
         model_fn: `() -> keras.Model` (default: `build_hourglass(config.preset, **config.model)`);
             called under the strategy scope.
         verbose: Keras `fit` verbosity ("auto" = progress bar, 2 = one line per epoch, 0 = silent).

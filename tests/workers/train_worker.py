@@ -58,6 +58,21 @@ def run_canary(strategy) -> dict:
     return {"failed": False, "error": None}
 
 
+def validation_set(size: int) -> list[dict]:
+    """Two images with a malignant box (a bright square) and two normal ones, as evaluation dicts."""
+    rng = np.random.RandomState(11)
+    items = []
+    for i in range(4):
+        image = rng.rand(1, size, size, 1).astype("float32") * 0.1
+        boxes, labels = np.zeros((1, 0, 4), "float32"), np.zeros((1, 0), object)
+        if i < 2:
+            image[0, 8:16, 8:16] = 1.0
+            boxes, labels = np.array([[[8, 8, 16, 16]]], "float32"), np.array([[b"malignant"]], object)
+        items.append({"image": image, "boxes": boxes, "box_labels": labels,
+                      "image_hash": np.array([f"v{i}".encode()]), "patient_hash": np.array([f"p{i}".encode()])})
+    return items
+
+
 def make_dataset_fn(size: int, stride: int):
     import tensorflow as tf
 
@@ -90,6 +105,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--loss", default="hypersensitive")
+    parser.add_argument("--val", action="store_true", help="validate on 4 in-memory images (FROC callback)")
     parser.add_argument("--epoch-delay", type=float, default=0.0,
                         help="sleep this long after each epoch (gives a kill test a window)")
     parser.add_argument("--canary", action="store_true",
@@ -110,7 +126,8 @@ def main() -> int:
 
     config = TrainConfig(loss=args.loss, patch_size=8, sigmas=(1.0, 2.0), patch_epochs=args.patch_epochs,
                          full_epochs=args.full_epochs, steps_per_epoch=args.steps,
-                         batch_size=args.batch_size, learning_rate=1e-2, seed=3, val_images=0,
+                         batch_size=args.batch_size, learning_rate=1e-2, seed=3,
+                         val_images=None if args.val else 0,
                          jit_compile=False,
                          # the tiny preset, made smaller still so the test fits the CI budget
                          model={"depth": 1, "num_features": 8, "stem_features": 4} if args.model == "hourglass" else {})
@@ -118,6 +135,7 @@ def main() -> int:
     stride = 1 if args.model == "conv" else 4
     summary, model = train(config, args.run, strategy=strategy, strategy_info=info,
                            dataset_fn=make_dataset_fn(args.size, stride), model_fn=model_fn, verbose=2,
+                           validation=validation_set(args.size) if args.val else None,
                            callbacks=[EpochDelay(args.epoch_delay)] if args.epoch_delay else None,
                            return_model=True)
     weights = [np.asarray(w) for w in model.get_weights()]
