@@ -181,3 +181,46 @@ def test_mirrored_two_cpu_replicas_matches_one_device(tmp_path):
     l2 = [float(r["loss"]) for r in two["summary"]["result"]["history"]]
     np.testing.assert_allclose(l1, l2, rtol=1e-4)
     assert abs(l1[0] - l1[1]) > 1e-3 * abs(l1[0])
+
+
+class _FakeStrategy:
+    """Records the reductions asked for (stands in for a multi-worker strategy)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def reduce(self, op, value, axis):
+        self.calls.append((op, tuple(value.shape), axis))
+        return value
+
+    def experimental_local_results(self, value):
+        return (value,)
+
+
+def test_fixed_reduction_uses_axis_none_for_scalars_only(monkeypatch):
+    import tensorflow as tf
+
+    monkeypatch.setattr(fix, "in_multi_worker_mode", lambda strategy: isinstance(strategy, _FakeStrategy))
+    delegated = []
+    reduce = fix._fixed_reduce_per_replica(lambda values, strategy, reduction: delegated.append(reduction))
+    strategy = _FakeStrategy()
+    reduce({"loss": tf.constant(1.0), "per_image": tf.ones((3,))}, strategy, "auto")
+    assert sorted(strategy.calls) == [("MEAN", (), None), ("MEAN", (3,), 0)]
+    reduce({"x": tf.ones((2,))}, strategy, "concat")  # predict: not ours, Keras' own code
+    reduce({"x": tf.constant(1.0)}, tf.distribute.get_strategy(), "auto")  # not multi-worker
+    assert delegated == ["concat", "auto"]
+
+
+def test_fix_outside_the_known_range_is_a_no_op_unless_forced(monkeypatch):
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = tf_trainer.reduce_per_replica
+    monkeypatch.setattr(fix, "in_multi_worker_mode", lambda strategy: True)
+    monkeypatch.setattr(fix, "keras_needs_fix", lambda version=None: False)
+    monkeypatch.delenv(fix.FORCE_ENV, raising=False)
+    with fix.multiworker_fit_fix(object()) as applied:
+        assert applied is False and tf_trainer.reduce_per_replica is original
+    monkeypatch.setenv(fix.FORCE_ENV, "1")
+    with fix.multiworker_fit_fix(object()) as applied:
+        assert applied is True and tf_trainer.reduce_per_replica.__wrapped__ is original
+    assert tf_trainer.reduce_per_replica is original
