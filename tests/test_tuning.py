@@ -457,3 +457,28 @@ def test_a_finished_search_can_be_extended_with_more_trials(tmp_path):
     assert (first["trials"], first["trials_run"]) == (1, ["0"])
     more = search.run_search(search.make_tuner(_hypermodel(), tmp_path, max_trials=2, seed=5), tmp_path)
     assert (more["trials"], more["trials_run"]) == (2, ["1"])  # trial 0 kept, only the new one trained
+
+
+def test_executions_of_a_trial_start_from_different_weights(tmp_path):
+    import numpy as np
+
+    from tuning import search
+
+    initial = []
+
+    def recording_froc(settings):
+        callback = _standin_froc(settings)
+        original = callback.on_train_begin
+
+        def on_train_begin(logs=None):
+            initial.append(np.asarray(callback.model.trainable_weights[0].numpy()).copy())
+            original(logs)
+
+        callback.on_train_begin = on_train_begin
+        return callback
+
+    hypermodel = _hypermodel(validation_callback=recording_froc)
+    tuner = search.make_tuner(hypermodel, tmp_path, max_trials=1, executions_per_trial=2, seed=1)
+    assert search.run_search(tuner, tmp_path)["status_counts"] == {"COMPLETED": 1}
+    assert len(initial) == 2 and not np.allclose(initial[0], initial[1])
+

@@ -34,6 +34,7 @@ from tuning.search_space import SearchSpace
 TrainDataFn = Callable[[Mapping[str, Any]], Any]
 #: Signature of a validation-callback factory: (settings) -> keras callback writing val_sensitivity.
 CallbackFn = Callable[[Mapping[str, Any]], keras.callbacks.Callback]
+_EXECUTION_SEED_STEP = 1009
 
 
 def _num_outputs(model: keras.Model) -> int:
@@ -58,7 +59,8 @@ class HourglassHyperModel(keras_tuner.HyperModel):
         target_fpi: FPI at which `val_sensitivity` is read.
         val_images: validate on the first N images of the val split (None: all).
         seed: seeds the weights and the data order (every trial starts from the same
-            initial weights, so trials differ only by their hyper-parameters).
+            initial weights, so trials differ only by their hyper-parameters; execution i of
+            a trial uses seed + 1009 * i).
         jit_compile: XLA for the train step (None: Keras' "auto", as `hourglass train`).
         train_data: optional factory replacing the pipeline (custom data, tests); it gets
             {"data_dir", "phase", "batch_size", "stride", "input_multiple", "crop_size",
@@ -108,6 +110,9 @@ class HourglassHyperModel(keras_tuner.HyperModel):
         self.validation_callback = validation_callback
         self.run_eagerly = bool(run_eagerly)
         self.verbose = verbose
+        #: Index of the current execution of a trial (`--executions-per-trial`), set by the tuner
+        #: (`tuning.search`): each execution starts from other initial weights and data order.
+        self.execution = 0
         fixed: dict[str, Any] = dict(
             preset=preset, model=dict(model_overrides or {}), phase=phase, batch_size=int(batch_size),
             steps_per_epoch=steps_per_epoch, max_boxes=int(max_boxes), target_fpi=float(target_fpi),
@@ -164,7 +169,7 @@ class HourglassHyperModel(keras_tuner.HyperModel):
         from keras_hourglass.training.train import make_loss
 
         config = self.train_config(hp)
-        keras.utils.set_random_seed(int(config.seed))
+        keras.utils.set_random_seed(int(config.seed) + _EXECUTION_SEED_STEP * int(self.execution))
         model = build_hourglass(config.preset, **config.model)
         count = _num_outputs(model)
         losses = [make_loss(config) for _ in range(count)]
@@ -217,6 +222,9 @@ class HourglassHyperModel(keras_tuner.HyperModel):
 
     # -- data ------------------------------------------------------------------------------
 
+    def _data_seed(self) -> int | None:
+        return None if self.seed is None else int(self.seed) + _EXECUTION_SEED_STEP * int(self.execution)
+
     def _settings(self, config) -> dict[str, Any]:
         return {
             "data_dir": self.data_dir,
@@ -226,7 +234,7 @@ class HourglassHyperModel(keras_tuner.HyperModel):
             "input_multiple": self.input_multiple,
             "crop_size": int(config.crop_size),
             "max_boxes": int(config.max_boxes),
-            "seed": self.seed,
+            "seed": self._data_seed(),
             "target_fpi": float(config.target_fpi),
         }
 
@@ -237,7 +245,7 @@ class HourglassHyperModel(keras_tuner.HyperModel):
             from keras_hourglass.training.train import prep_dataset_fn
 
             dataset = prep_dataset_fn(self.data_dir, config)(
-                config.phase, int(config.batch_size), self.seed, self.stride, self.input_multiple
+                config.phase, int(config.batch_size), self._data_seed(), self.stride, self.input_multiple
             )
         if num_outputs > 1:  # intermediate supervision: the boxes once per output
             dataset = dataset.map(lambda image, boxes: (image, tuple(boxes for _ in range(num_outputs))))

@@ -43,12 +43,25 @@ def _log(message: str) -> None:
 
 
 def _recording(base: type) -> type:
-    """Returns: `base` (a KerasTuner tuner class) that logs trials and remembers which it ran."""
+    """Returns: `base` (a KerasTuner tuner class) that logs trials, remembers which it ran, and
+    numbers the executions of a trial (so each execution gets its own seed)."""
 
     class HourglassTuner(base):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.trials_run: list[dict[str, Any]] = []
+            self._execution = 0
+
+        def run_trial(self, trial, *args, **kwargs):
+            self._execution = 0
+            return super().run_trial(trial, *args, **kwargs)
+
+        def _build_and_fit_model(self, trial, *args, **kwargs):
+            # One call per execution (`executions_per_trial`): give each its own seed.
+            if hasattr(self.hypermodel, "execution"):
+                self.hypermodel.execution = self._execution
+            self._execution += 1
+            return super()._build_and_fit_model(trial, *args, **kwargs)
 
         def on_trial_begin(self, trial):
             _log(f"trial {trial.trial_id} started: {trial.hyperparameters.values}")
