@@ -18,6 +18,16 @@ gradient is the mean over the global batch. The learning rate is *not* scaled
 with the number of replicas: the same `--batch-size` and `--learning-rate` give
 the same optimisation on 1 or N replicas (up to float rounding); if you grow the
 global batch to use more replicas, scale the learning rate yourself.
+One caveat: BatchNormalization (in both presets) normalises with the
+statistics of each replica's share of the batch, as usual under
+`tf.distribute`; with small per-replica batches prefer fewer, larger replicas.
+(tests/test_distribution.py checks the 1-vs-2-replica equivalence on a
+BatchNorm-free model, where it is exact up to float rounding.)
+
+Input data: `train` feeds `fit` through `strategy.distribute_datasets_from_function`:
+one input pipeline per worker, seeded `seed + input_pipeline_id` (workers draw
+different, equally balanced streams; no tf.data auto-sharding), batched per
+replica.
 """
 
 from __future__ import annotations
