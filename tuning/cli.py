@@ -21,6 +21,11 @@ EXAMPLES = """\
 examples:
   # one machine: 20 random trials, 3 epochs of 100 steps each (outputs refreshed after every trial)
   hourglass tune --data prepared --out tune --max-trials 20 --epochs 3 --steps-per-epoch 100
+  # the paper's model on the local GPUs, Bayesian optimisation
+  hourglass tune --data prepared --out tune-paper --preset paper --tuner bayesian --max-trials 30 \
+      --epochs 5 --steps-per-epoch 500 --batch-size 16 --strategy mirrored
+  # then train with the best values (and the preset/batch/crop they were tuned with)
+  hourglass train --data prepared --out runs/best --hparams tune/best_hyperparameters.json
 
   # rerun the same command after an interruption: finished trials are kept
   hourglass tune --data prepared --out tune --max-trials 20 --epochs 3 --steps-per-epoch 100
@@ -54,6 +59,7 @@ sensitivity, lower omega, earlier trial.
 _SEARCH_KEYS = (
     "tuner", "epochs", "steps_per_epoch", "executions_per_trial", "batch_size",
     "target_fpi", "val_images", "seed", "preset", "phase", "crop_size", "model_options", "space",
+    "jit_compile",
 )
 
 
@@ -79,7 +85,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="training steps per epoch (default: from the training split's size)")
     parser.add_argument("--executions-per-trial", type=int, default=1, metavar="N",
                         help="trainings per trial, metrics averaged (default 1)")
-    parser.add_argument("--batch-size", type=int, default=4, metavar="B", help="global batch size (default 4)")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="global batch size (default 8)")
     parser.add_argument("--target-fpi", type=float, default=4.8, metavar="F",
                         help="false marks per image at which sensitivity is the objective (default 4.8)")
     parser.add_argument("--val-images", type=int, default=None, metavar="N",
@@ -91,7 +97,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--sigmas", nargs="+", metavar="BANK", help="sigma banks to choose from, e.g. 1.5,3,6 3")
     parser.add_argument("--patch-sizes", metavar="P1,P2", help="loss patch sizes to choose from (one value: fixed)")
     parser.add_argument("--seed", type=int, default=None, help="seeds the oracle, the weights and the data order")
-    parser.add_argument("--preset", choices=("tiny", "paper"), default="paper", help="model preset (default paper)")
+    parser.add_argument("--preset", choices=("tiny", "paper"), default="tiny",
+                        help="model preset (default tiny, as hourglass train; tune the model you will train)")
     parser.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                         help="override a model preset option, e.g. num_stacks=1 (repeatable)")
     parser.add_argument("--phase", choices=("patch", "full"), default="patch", help="training phase (default patch)")
@@ -102,6 +109,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                              "--batch-size is the global batch")
     parser.add_argument("--cpu-replicas", type=int, default=None, metavar="N",
                         help="with --strategy mirrored and no GPU: split the CPU into N replicas")
+    parser.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="XLA for the train step (default: Keras' auto, as hourglass train)")
     parser.add_argument("--run-eagerly", action="store_true",
                         help="no graph tracing (saves ~10-30 s per trial on CPU, slower steps): smoke searches")
     parser.add_argument("--report", action="store_true",
@@ -182,6 +191,7 @@ def _validate(args) -> dict[str, Any]:
         "phase": args.phase,
         "crop_size": args.crop_size,
         "model_options": model_options,
+        "jit_compile": args.jit_compile,
         "space": space.to_json(),
         "data": os.path.abspath(args.data),
         "_space": space,
@@ -281,6 +291,7 @@ def run(args) -> int:
             target_fpi=args.target_fpi,
             val_images=args.val_images,
             seed=args.seed,
+            jit_compile=args.jit_compile,
             run_eagerly=args.run_eagerly,
             verbose=args.verbose,
         )
