@@ -225,6 +225,15 @@ def test_interrupted_run_resumes_to_the_same_records(tmp_path):
         prepare(_config(table, root, tmp_path / "prep", size=64))
 
 
+def test_unwritable_output_is_a_one_line_input_error(tmp_path):
+    root = tmp_path / "in"
+    table = _dataset(root, images=2, patients=1)
+    (tmp_path / "prep").mkdir()
+    (tmp_path / "prep" / "train").write_text("a file where the split directory goes")
+    with pytest.raises(InputError, match="cannot write"):
+        prepare(_config(table, root, tmp_path / "prep", val_fraction=0.0, test_fraction=0.0))
+
+
 def test_machine_shards_merge_to_the_single_machine_result(tmp_path):
     root = tmp_path / "in"
     table = _dataset(root, images=12, patients=6, extra_rows=[

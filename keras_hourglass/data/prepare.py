@@ -284,7 +284,13 @@ def _write_chunk(out: str, relative: str, chunk: _Chunk, results: Iterable[dict]
             ).SerializeToString()
 
     path = os.path.join(out, relative)
-    records.write_records_atomic(path, examples())
+    import tensorflow as tf
+
+    try:
+        records.write_records_atomic(path, examples())
+    except (OSError, tf.errors.OpError) as err:  # disk full, permissions: one line naming the file
+        message = getattr(err, "strerror", None) or getattr(err, "message", None) or str(err)
+        raise InputError(path, f"cannot write: {' '.join(str(message).split())[:200]}") from None
     size = os.path.getsize(path)
     if stats["written"] == 0:
         os.remove(path)  # every image rejected: no empty file, the marker says so
@@ -309,7 +315,7 @@ def _isolated(work: list, fn, context) -> list[dict]:
         record, _settings, salt = work[0]
         logger.warning("a decoding process died on one image; it is rejected (decoder_crash)")
         return [ingest.rejected_result(record, "decoder_crash", "the decoding process died on this file "
-                                       "(e.g. a corrupt compressed stream crashed the codec)", salt)]
+                                       "(a codec crash on a corrupt stream, or out of memory)", salt)]
 
 
 def _results(items: list[_Planned], settings: ingest.IngestSettings, salt: str, workers: int,
