@@ -313,7 +313,7 @@ def test_real_tensorflow_model_server(export_dir, dicoms, tmp_path):
     base = os.path.dirname(export_dir)
     proc = subprocess.Popen(
         ["tensorflow_model_server", f"--port={grpc_port}", f"--rest_api_port={rest_port}", "--model_name=hourglass",
-         f"--model_base_path={base}", "--enable_model_warmup=true", "--grpc_socket_path=", "--rest_api_timeout_in_ms=60000"],
+         f"--model_base_path={base}", "--enable_model_warmup=true", "--rest_api_timeout_in_ms=60000"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
