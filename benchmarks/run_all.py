@@ -1,0 +1,214 @@
+"""`make bench`: runs every benchmark in its own subprocess (with a timeout, so one failure or hang
+does not stop the rest), collects their JSON into benchmarks/results.json and writes BENCHMARKS.md.
+
+Benchmarks (each writes benchmarks/out/<name>.json):
+
+- loss_step.py (the loss engineer's): the loss alone vs the naive per-box loop (vectorisation);
+- bench_serving.py: serving_default signature / raw model call at 512 and 1536 px;
+- bench_memory.py: peak RSS of tiny training at 1536 px, batch 1 and 2;
+- ingest.py (the data engineer's): prepare with 1 and 2 workers / pydicom decode alone;
+- bench_pipeline.py: tf.data images/s / train-step images/s, patch and full phase;
+- bench_xla.py: loss overhead over MSE (tiny, small; jit on/off) and the XLA modes.
+
+BENCHMARKS.md is rewritten after each benchmark, so an interrupted run still leaves a table.
+
+Usage: .venv/bin/python benchmarks/run_all.py [--quick] [--only NAME ...] [--budget SECONDS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+OUT = os.path.join(HERE, "out")
+PY = ".venv/bin/python"
+
+# name -> (script, full args, quick args, timeout full s, timeout quick s)
+BENCHMARKS = {
+    "loss_step": ("loss_step.py", ["--skip-train", "--sizes", "256", "512", "--repeats", "10"],
+                  ["--skip-train", "--sizes", "128", "--repeats", "3"], 180, 120),
+    "serving": ("bench_serving.py", [], ["--quick"], 240, 180),
+    "memory": ("bench_memory.py", [], ["--quick"], 360, 300),
+    "ingest": ("ingest.py", ["--images", "8", "--height", "1280", "--width", "1024", "--size", "768"],
+               ["--images", "4", "--height", "640", "--width", "512", "--size", "256"], 240, 180),
+    "pipeline": ("bench_pipeline.py", [], ["--quick"], 360, 300),
+    "xla": ("bench_xla.py", [], ["--quick"], 480, 420),
+}
+
+
+# ------------------------------------------------------------------ adapters for others' JSON
+def _figure(**kw) -> dict:
+    sys.path.insert(0, HERE)
+    import common
+
+    return common.figure(**kw)
+
+
+def figures_from_loss_step(data: dict, command: str) -> list[dict]:
+    """Vectorisation: naive per-box reference (value only) / the loss (value + gradient)."""
+    rows = [r for r in data.get("results", []) if r.get("kind") == "loss_alone"]
+    figures = []
+    for size in sorted({r["size"] for r in rows}):
+        at = {r["loss"]: r for r in rows if r["size"] == size}
+        naive = next((r for name, r in at.items() if name.startswith("naive")), None)
+        ours = at.get("hypersensitive (XLA matching)")
+        if naive and ours:
+            batch = ours["batch"]
+            figures.append(_figure(
+                name=f"loss vectorisation, {size} px input (heatmap {ours['heatmap']}), batch {batch}",
+                ratio=naive["seconds"] / ours["seconds"], target=20.0, op=">=",
+                numerator=f"naive per-box loop {naive['seconds'] * 1e3:.1f} ms (value only)",
+                denominator=f"HypersensitiveLoss {ours['seconds'] * 1e3:.2f} ms (value + gradient)",
+                command=command, note="loss default (XLA matching); the naive figure is a lower bound"))
+    return figures
+
+
+def figures_from_ingest(data: dict, command: str) -> list[dict]:
+    """Ingest: prepare images/s (1 and 2 workers) / pydicom decode-only images/s on the same files."""
+    results = data.get("results", {})
+    raw = results.get("pydicom_raw")
+    figures = []
+    for workers in (1, 2):
+        ours = results.get(f"prepare_w{workers}")
+        if raw and ours and raw.get("images_per_second"):
+            figures.append(_figure(
+                name=f"ingest, prepare --workers {workers} / pydicom decode alone "
+                     f"({data.get('images')} images {data.get('original_size')} -> {data.get('training_long_side')} px)",
+                ratio=ours["images_per_second"] / raw["images_per_second"], target=0.8, op=">=",
+                numerator=f"prepare {ours['images_per_second']} img/s ({ours['seconds']} s)",
+                denominator=f"dcmread+pixel_array {raw['images_per_second']} img/s ({raw['seconds']} s)",
+                command=command, note="prepare also resizes, encodes PNG16, writes TFRecords"
+                                      + ("; spawn start-up included" if workers == 2 else "")))
+    return figures
+
+
+# --------------------------------------------------------------------------------- running
+def run_one(name: str, quick: bool) -> dict:
+    script, full, quick_args, timeout_full, timeout_quick = BENCHMARKS[name]
+    out = os.path.join(OUT, f"{name}.json")
+    flags = list(quick_args if quick else full)
+    argv = [*flags, "--out", out]
+    command = " ".join([PY, f"benchmarks/{script}", *flags])
+    timeout = timeout_quick if quick else timeout_full
+    if os.path.exists(out):
+        os.remove(out)
+    started = time.perf_counter()
+    entry = {"name": name, "command": command, "timeout_s": timeout}
+    try:
+        proc = subprocess.run([sys.executable, os.path.join(HERE, script), *argv], cwd=REPO, capture_output=True,
+                              text=True, timeout=timeout, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        entry["exit"] = proc.returncode
+        entry["stderr_tail"] = proc.stderr[-1500:] if proc.returncode else ""
+    except subprocess.TimeoutExpired:
+        entry["exit"] = "timeout"
+    entry["seconds"] = round(time.perf_counter() - started, 1)
+    data = None
+    if os.path.exists(out):
+        with open(out) as handle:
+            data = json.load(handle)
+    if data is None:
+        entry["status"] = f"no result ({'timeout after %d s' % timeout if entry['exit'] == 'timeout' else 'exit %s' % entry['exit']})"
+        entry["figures"] = []
+        return entry
+    entry["status"] = "ok" if entry["exit"] == 0 else f"exit {entry['exit']} (partial)"
+    if name == "loss_step":
+        entry["figures"] = figures_from_loss_step(data, command)
+    elif name == "ingest":
+        entry["figures"] = figures_from_ingest(data, command)
+    else:
+        entry["figures"] = data.get("figures", [])
+        for f in entry["figures"]:
+            f["command"] = command
+    entry["result"] = data
+    return entry
+
+
+def xla_decision(entries: list[dict]) -> str:
+    """The recommended XLA mode from bench_xla's figures, with the reason."""
+    xla = next((e for e in entries if e["name"] == "xla" and e["figures"]), None)
+    if xla is None:
+        return "Not measured in this run (bench_xla did not finish): no change to the default."
+    timings = xla["result"]["details"]["timings"]
+    lines, votes = [], {}
+    for preset, t in timings.items():
+        med = {k: v["median_s"] for k, v in t.items()}
+        modes = {"whole step (model jit_compile=True)": med["hs_step"],
+                 "loss only (HypersensitiveLoss XLA matching, model jit off)": med["hs_loss"],
+                 "none": med["hs_none"]}
+        best = min(modes, key=modes.get)
+        votes[best] = votes.get(best, 0) + 1
+        lines.append(f"- {preset}: " + "; ".join(f"{k} {v * 1e3:.1f} ms" for k, v in modes.items())
+                     + f" -> fastest: **{best}**")
+    winner = max(votes, key=votes.get)
+    return ("\n".join(lines) + f"\n\nRecommended default from this run: **{winner}** (fastest on "
+            f"{votes[winner]} of {len(timings)} model sizes). `hourglass train` compiles with jit_compile='auto' "
+            "unless --jit-compile/--no-jit-compile is given, and HypersensitiveLoss defaults to XLA matching; "
+            "the export never uses XLA (TF Serving disables it). On this shared 2-core CPU machine differences "
+            "under ~15 % are within noise: rerun before changing a default.")
+
+
+def write_markdown(entries: list[dict], quick: bool, started_at: str, path: str) -> None:
+    sys.path.insert(0, HERE)
+    import common
+
+    lines = ["# Benchmarks", "",
+             f"Generated by `make bench` (`benchmarks/run_all.py{' --quick' if quick else ''}`) at {started_at} UTC "
+             f"on {json.dumps(common.machine())}.", "",
+             "Every figure is a ratio of two timings taken in the same process run (medians after warm-up; "
+             "interleaved where marked in results.json), with both absolute values beside it. The machine is a "
+             "shared 2-core CPU box with other jobs running: absolute times are noisy, ratios less so. "
+             "Targets are ours, to beat.", "",
+             "| figure | ratio | target | met | numerator | denominator | reproduce |",
+             "|---|---:|---:|:---:|---|---|---|"]
+    for e in entries:
+        if not e["figures"]:
+            lines.append(f"| {e['name']}: {e['status']} | - | - | - | - | - | `{e['command']}` |")
+        for f in e["figures"]:
+            met = {True: "yes", False: "**no**", None: "n/a"}[f["met"]]
+            target = f"{f['op']} {f['target']}" if f["target"] is not None else "report"
+            note = f" ({f['note']})" if f.get("note") else ""
+            lines.append(f"| {f['name']}{note} | {f['ratio']} | {target} | {met} | {f['numerator']} | "
+                         f"{f['denominator']} | `{f['command']}` |")
+    lines += ["", "## XLA: whole-step jit_compile vs XLA on the loss only vs none", "", xla_decision(entries), "",
+              "## Runs", "", "| benchmark | status | seconds |", "|---|---|---:|"]
+    lines += [f"| {e['name']} | {e['status']} | {e['seconds']} |" for e in entries]
+    lines += ["", "Raw results: benchmarks/results.json (per-benchmark JSON in benchmarks/out/)."]
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run (smaller sizes, fewer repetitions)")
+    parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), default=None)
+    parser.add_argument("--results", default=os.path.join(HERE, "results.json"))
+    parser.add_argument("--markdown", default=os.path.join(REPO, "BENCHMARKS.md"))
+    args = parser.parse_args(argv)
+    os.makedirs(OUT, exist_ok=True)
+    started_at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    entries = []
+    for name in args.only or list(BENCHMARKS):
+        print(f"== {name}", flush=True)
+        entry = run_one(name, args.quick)
+        entries.append(entry)
+        print(f"   {entry['status']} in {entry['seconds']} s", flush=True)
+        for f in entry["figures"]:
+            print(f"   {f['name']}: {f['ratio']} (target {f['op']} {f['target']}, met {f['met']})", flush=True)
+        with open(args.results, "w") as handle:
+            json.dump({"quick": args.quick, "started_at_utc": started_at, "benchmarks": entries}, handle, indent=2,
+                      default=float)
+        write_markdown(entries, args.quick, started_at, args.markdown)
+    failed = [e["name"] for e in entries if e["status"] != "ok"]
+    print(f"wrote {args.results} and {args.markdown}; not ok: {failed or 'none'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
