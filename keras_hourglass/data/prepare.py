@@ -405,13 +405,15 @@ def prepare(config: PrepareConfig) -> dict:
     bar = tqdm(total=total_images, initial=done_images, unit="img", desc=f"prepare {tag}",
                disable=config.quiet or not sys.stderr.isatty(), file=sys.stderr)
     stream = _results([item for i in todo for item in chunks[i].items], settings, salt, config.workers)
-    for i in todo:
-        chunk = chunks[i]
-        results = (next(stream) for _ in chunk.items)
-        markers[i] = _write_chunk(config.out, chunk.relative(config.shard_index, config.num_shards), chunk,
-                                  results, salt, on_image=lambda: bar.update(1))
-    stream.close()  # shuts the worker pool down
-    bar.close()
+    try:
+        for i in todo:
+            chunk = chunks[i]
+            results = (next(stream) for _ in chunk.items)
+            markers[i] = _write_chunk(config.out, chunk.relative(config.shard_index, config.num_shards), chunk,
+                                      results, salt, on_image=lambda: bar.update(1))
+    finally:
+        stream.close()  # shuts the worker pool down, also on an error or Ctrl-C
+        bar.close()
 
     counts = {"rows_ingested": 0, "rows_rejected": 0, "images_seen": images_seen, "images_written_total": 0,
               "images_written": {s: {label: 0 for label in LABELS} for s in ("train", "val", "test")},
