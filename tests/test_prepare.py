@@ -311,12 +311,15 @@ def test_vindr_and_cbis_through_prepare(tmp_path):
     from test_importers import VINDR
     table = write_csv(vroot / "finding_annotations.csv", VINDR, [
         ["stA", "se", "imA", "L", "CC", 96, 64, "", "", "['Mass']", "BI-RADS 5", 8, 16, 28, 40, "training"],
-        ["stB", "se", "imB", "L", "CC", 96, 64, "", "", "['No Finding']", "", "", "", "", "", "test"]])
+        ["stB", "se", "imB", "L", "CC", 96, 64, "", "", "['No Finding']", "", "", "", "", "", "test"],
+        ["stC", "se", "imC", "L", "CC", 128, 64, "", "", "['No Finding']", "", "", "", "", "", "test"]])
+    write_mammogram(vroot / "images" / "stC" / "imC.dicom", 96, 64)  # the table says 128 rows
     prepare(PrepareConfig(annotations=[table], images_root=str(vroot), out=str(tmp_path / "v"), fmt="vindr",
                           size=48, salt=SALT, quiet=True, val_fraction=0.0))
     manifest = json.loads((tmp_path / "v" / "manifest.json").read_text())
     assert manifest["images_written"]["train"]["malignant"] == 1
     assert manifest["images_written"]["test"]["normal"] == 1
+    assert manifest["rejects"]["by_code"] == {"size_mismatch": 1}
 
 
 def test_ingest_side_imports_no_tensorflow():

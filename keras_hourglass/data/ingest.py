@@ -159,6 +159,9 @@ def process_image(record: ImageRecord, settings: IngestSettings, salt: str) -> d
         # The table and the file disagree on the breast: the annotation may belong to another image.
         return rejected_result(record, "laterality_mismatch", "the table's laterality differs from the "
                                "DICOM's ImageLaterality/Laterality", salt, secrets)
+    if record.expected_shape and tuple(record.expected_shape) != tuple(mammogram.transform.original_shape):
+        return rejected_result(record, "size_mismatch", "the table's image size differs from the DICOM's "
+                               "Rows/Columns (the boxes would not fit this file)", salt, secrets)
     height, width = mammogram.image.shape
     boxes, labels, types = [], [], []
     for finding in record.findings:

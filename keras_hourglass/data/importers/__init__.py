@@ -76,6 +76,8 @@ class ImageRecord:
         findings: the findings (empty: a normal image).
         rows: every source row ("file:number") of this image.
         split: the dataset's own split ("train"/"val"/"test") or None.
+        expected_shape: (rows, columns) the table says the DICOM has (VinDr's height/width),
+            checked at ingest: boxes are in that frame.
     """
 
     key: str
@@ -87,6 +89,7 @@ class ImageRecord:
     findings: list[Finding]
     rows: list[str]
     split: str | None = None
+    expected_shape: tuple[int, int] | None = None
 
 
 @dataclasses.dataclass
@@ -145,6 +148,7 @@ class ParsedRow:
     view: str
     finding: Finding | None
     split: str | None
+    expected_shape: tuple[int, int] | None = None
 
 
 def read_csv_rows(path: str | os.PathLike, required: Iterable[str],
@@ -284,6 +288,8 @@ def group_rows(parsed: list[ParsedRow], rejects: list[Reject]) -> list[ImageReco
             reason = ("sibling_rejected", f"another row of this image was rejected ({bad.row}: {bad.code})")
         elif len({r.patient_id for r in rows}) > 1:
             reason = ("inconsistent_image", "rows of this image give different patient_id values")
+        elif len({r.expected_shape for r in rows}) > 1:
+            reason = ("inconsistent_image", "rows of this image give different image sizes")
         elif len({r.split for r in rows}) > 1:
             reason = ("inconsistent_image", "rows of this image give different split values")
         if reason:
@@ -295,7 +301,7 @@ def group_rows(parsed: list[ParsedRow], rejects: list[Reject]) -> list[ImageReco
             key=key, path=first.path, patient_id=first.patient_id, study_id=first.study_id,
             laterality=first.laterality, view=first.view,
             findings=[r.finding for r in rows if r.finding is not None],
-            rows=[r.row for r in rows], split=first.split))
+            rows=[r.row for r in rows], split=first.split, expected_shape=first.expected_shape))
     return images
 
 

@@ -8,6 +8,10 @@ train by salted patient hash). Images are read from
 ``<images-root>/images/<study_id>/<image_id>.dicom`` (or
 ``<images-root>/<study_id>/<image_id>.dicom``).
 
+The height/width columns give the DICOM size the boxes refer to; an
+image whose file has another size is rejected at ingest
+(``size_mismatch``: the row may describe another file).
+
 Labels: ``['No Finding']`` -> normal; otherwise by finding_birads with
 `DEFAULT_BIRADS_MAP` (2-3 benign, 4 high_risk, 5 malignant; override with
 ``birads_map``). VinDr-Mammo has no patient identifier: the study_id is the
@@ -22,7 +26,7 @@ import os
 import re
 
 from keras_hourglass.data.importers import (Finding, ImportResult, ParsedRow, Reject, box_from_xyxy,
-                                            group_rows, read_csv_rows)
+                                            group_rows, parse_float, read_csv_rows)
 
 REQUIRED = ("study_id", "image_id", "laterality", "view_position", "finding_categories", "finding_birads",
             "xmin", "ymin", "xmax", "ymax", "split")
@@ -119,9 +123,14 @@ def parse_row(row_id: str, row: dict[str, str], images_root: str, birads_map: di
         finding = Finding(label=label, finding_type=_finding_type(categories), box=box, row=row_id)
     if not full:
         raise ValueError("missing_file", "image file not found under --images-root")
+    try:
+        height, width = parse_float(row.get("height", "")), parse_float(row.get("width", ""))
+    except ValueError:
+        raise ValueError("bad_value", "height/width are not numbers") from None
+    shape = (int(height), int(width)) if height and width else None
     return ParsedRow(row=row_id, key=key, path=full, patient_id=study_id, study_id=study_id,
                      laterality=laterality, view=row["view_position"].strip().upper(), finding=finding,
-                     split=split)
+                     split=split, expected_shape=shape)
 
 
 def load(annotations: str | list[str], images_root: str, *, birads_map: dict[int, str] | None = None,
