@@ -1,6 +1,6 @@
 """Reliability: SIGKILL of `hourglass prepare` mid-run, then a rerun, gives the uninterrupted result.
 
-300 tiny valid DICOMs (32x24, a few malignant with boxes, a few corrupt ones to exercise rejects)
+200 tiny valid DICOMs (32x24, a few malignant with boxes, a few corrupt ones to exercise rejects)
 are prepared by a `hourglass prepare` subprocess in chunks of 4 images; the process is SIGKILLed as
 soon as a chunk marker exists (in soak: killed 3 times, later each time). The same command is then
 rerun to completion and compared with an uninterrupted run into another directory (same salt):
@@ -29,7 +29,7 @@ import pytest
 from test_reliability_fuzz import tiny_dataset
 
 SOAK = os.environ.get("HOURGLASS_SOAK", "") not in ("", "0")
-IMAGES = 300
+IMAGES = 200
 SALT = "kill-salt-3"
 
 
@@ -114,7 +114,7 @@ def test_prepare_sigkill_then_rerun_matches_uninterrupted(tmp_path):
 
     at_kill = []
     for number in range(3 if SOAK else 1):
-        at_kill.append(_kill_midway(_argv(table, root, killed), killed, after_markers=1 + 25 * number))
+        at_kill.append(_kill_midway(_argv(table, root, killed), killed, after_markers=1 + 10 * number))
         assert not (killed / "manifest.json").exists(), "the run finished before the kill: test is void"
     chunks_total = -(-IMAGES // 4)  # an upper bound (chunks are per split and stratum)
     assert at_kill[-1] < chunks_total
