@@ -121,11 +121,12 @@ class TFServingPredictionServiceDouble:
     servicer base class, the way TF Serving answers (NOT_FOUND "Servable not found
     for request: ..." for an unknown model/version, FAILED_PRECONDITION 'Serving
     signature key "x" not found.', INVALID_ARGUMENT when the inputs do not match the
-    signature), and returns UNAVAILABLE for the first `unavailable_first` calls.
+    signature), and returns UNAVAILABLE for the first `unavailable_first` calls; `delay`
+    seconds of sleep before answering simulate a slow server.
     """
 
     def __init__(self, saved_model_dir: str, *, model_name: str = "hourglass", version: int = 1,
-                 unavailable_first: int = 0):
+                 unavailable_first: int = 0, delay: float = 0.0):
         import threading
 
         import grpc
@@ -133,6 +134,7 @@ class TFServingPredictionServiceDouble:
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 
         self.model_name, self.version, self.unavailable_first = model_name, version, unavailable_first
+        self.delay = delay
         self.calls = 0
         self._lock = threading.Lock()
         self._loaded = tf.saved_model.load(saved_model_dir)
@@ -153,6 +155,10 @@ class TFServingPredictionServiceDouble:
             unavailable = self.calls <= self.unavailable_first
         if unavailable:
             context.abort(grpc.StatusCode.UNAVAILABLE, "test double: server starting")
+        if self.delay:
+            import time
+
+            time.sleep(self.delay)
         spec = request.model_spec
         if spec.name != self.model_name or (spec.HasField("version") and spec.version.value != self.version):
             which = f"Specific({spec.name}, {spec.version.value})" if spec.HasField("version") else f"Latest({spec.name})"

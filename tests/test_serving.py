@@ -208,6 +208,20 @@ def test_grpc_retries_unavailable_then_gives_up(export_dir, dicoms):
         server.stop(None)
 
 
+def test_grpc_timeout_is_one_clear_error(export_dir, dicoms):
+    image = read_mammogram(dicoms[0], long_side=LONG_SIDE).image
+    double = TFServingPredictionServiceDouble(export_dir, delay=1.0)
+    server, address = double.start()
+    try:
+        with sc.GrpcClient(address, timeout=0.2, retries=3) as client, pytest.raises(
+            sc.ServerUnavailableError, match=r"no answer within 0.2 s"
+        ):
+            client.detect_image(image)
+        assert double.calls == 1  # a timeout is not retried (it would pile load on a slow server)
+    finally:
+        server.stop(None)
+
+
 def test_grpc_unknown_model_signature_and_oversized(grpc_double, dicoms):
     double, address = grpc_double
     image = read_mammogram(dicoms[0], long_side=LONG_SIDE).image
@@ -295,6 +309,17 @@ def test_cli_predict_rest_defaults_to_detect_png(rest_double, dicoms, capsys):
     assert main(["predict", "--rest", url, "--threshold=-1e9", dicoms[0]]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["signature"] == "detect_png" and out["results"][0]["num_marks"] == MAX_MARKS
+
+
+def test_cli_predict_unreachable_server_exits_1_with_one_line(dicoms, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = main(["predict", "--rest", f"http://127.0.0.1:{port}", "--retries", "1", "--long-side", "64", dicoms[0]])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "unavailable after 2 attempts" in err
 
 
 # ---------------------------------------------------------------------------------- real server
