@@ -360,7 +360,8 @@ class GrpcClient(PredictionClient):
                 response = self._stub.Predict(request, timeout=self.timeout)
                 return {key: from_tensor_proto(proto) for key, proto in response.outputs.items()}
             except self._grpc.RpcError as err:
-                code, details = err.code(), (err.details() or "").splitlines()[0] if err.details() else ""
+                code = err.code()
+                details = ((err.details() or "").splitlines() or [""])[0]
                 if code == status.UNAVAILABLE and attempt < self.retries:
                     _backoff_sleep(attempt, self.backoff)
                     continue

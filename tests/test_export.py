@@ -12,7 +12,6 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from export import saved_model as sm  # noqa: E402
-from export.cli import register  # noqa: E402,F401 - the CLI module imports without TensorFlow work
 from export.signatures import HourglassDetector, decode_png_image  # noqa: E402
 from export.verify import VerificationError, check_ops, verify_saved_model  # noqa: E402
 from export.warmup import read_warmup_requests  # noqa: E402
