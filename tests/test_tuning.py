@@ -482,3 +482,61 @@ def test_executions_of_a_trial_start_from_different_weights(tmp_path):
     assert search.run_search(tuner, tmp_path)["status_counts"] == {"COMPLETED": 1}
     assert len(initial) == 2 and not np.allclose(initial[0], initial[1])
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Durability of the search state (tuning.durability)
+
+
+def test_state_writes_are_atomic(tmp_path, monkeypatch):
+    from keras_tuner.src import utils as kt_utils
+
+    from tuning import durability
+
+    assert durability.install_atomic_state_writes()
+    path = tmp_path / "oracle.json"
+    kt_utils.save_json(str(path), {"a": 1})
+    assert json.loads(path.read_text()) == {"a": 1}
+
+    def killed(*args):  # the process dies between writing the new state and renaming it
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(durability.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        kt_utils.save_json(str(path), {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 1}  # the old state, never a truncated file
+
+
+def test_corrupt_state_file_is_named(tmp_path):
+    from tuning import durability
+
+    (tmp_path / "trial_0").mkdir()
+    (tmp_path / "trial_0" / "trial.json").write_text('{"trial_id": "0", "stat')
+    with pytest.raises(InputError) as info:
+        durability.check_state_files(tmp_path)
+    assert info.value.path == str(tmp_path / "trial_0" / "trial.json")
+
+
+def test_resume_reconciles_the_oracle_with_the_trial_files(tmp_path):
+    """Killed between a trial file and oracle.json: no finished trial reruns, no started one is lost."""
+    import shutil
+
+    from tuning import search
+
+    project = search.project_dir(tmp_path)
+    assert search.run_search(search.make_tuner(_hypermodel(), tmp_path, max_trials=1, seed=4), tmp_path)["trials"] == 1
+    oracle_path = os.path.join(project, "oracle.json")
+    oracle = json.load(open(oracle_path))
+
+    # (a) trial 0's file says COMPLETED but oracle.json still lists it as running.
+    json.dump(dict(oracle, ongoing_trials={"tuner0": "0"}), open(oracle_path, "w"))
+    again = search.run_search(search.make_tuner(_hypermodel(), tmp_path, max_trials=1, seed=4), tmp_path)
+    assert again["trials_run"] == [] and again["status_counts"] == {"COMPLETED": 1}
+
+    # (b) trial 1's file exists (RUNNING) but oracle.json was not updated after it was created.
+    shutil.copytree(os.path.join(project, "trial_0"), os.path.join(project, "trial_1"))
+    trial_path = os.path.join(project, "trial_1", "trial.json")
+    trial = json.load(open(trial_path))
+    json.dump(dict(trial, trial_id="1", status="RUNNING", score=None, metrics={"metrics": {}}), open(trial_path, "w"))
+    more = search.run_search(search.make_tuner(_hypermodel(), tmp_path, max_trials=2, seed=4), tmp_path)
+    assert more["trials_run"] == ["1"] and more["status_counts"] == {"COMPLETED": 2}

@@ -4,6 +4,8 @@
   and `overwrite=False`, so rerunning the same command after an interruption
   reloads the oracle; completed trials are kept and never run again, and the
   trial that was running when the process died is run again from the start.
+  `tuning.durability` makes this hold for a kill at any instant (atomic state
+  writes; the reloaded oracle reconciled with the trial files).
 - Distributed: KerasTuner's own mechanism. With `KERASTUNER_ORACLE_IP`,
   `KERASTUNER_ORACLE_PORT` and `KERASTUNER_TUNER_ID` set, the process whose id
   contains "chief" serves the oracle over gRPC (it runs no trials and returns
@@ -20,6 +22,7 @@ from typing import Any
 
 import keras_tuner
 
+from tuning import durability
 from tuning import objective as objective_lib
 from tuning import outputs
 from tuning.outputs import PROJECT_NAME
@@ -48,9 +51,15 @@ def _recording(base: type) -> type:
 
     class HourglassTuner(base):
         def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
+            super().__init__(*args, **kwargs)  # reloads an existing search
             self.trials_run: list[dict[str, Any]] = []
             self._execution = 0
+            if role() != "worker":
+                fixed = durability.reconcile(self.oracle)
+                if fixed["requeued"] or fixed["dropped"]:
+                    _log(f"resume: trials to run again {fixed['requeued']}, finished trials not rerun "
+                         f"{fixed['dropped']}")
+                    self.oracle.save()
 
         def run_trial(self, trial, *args, **kwargs):
             self._execution = 0
@@ -125,6 +134,9 @@ def make_tuner(
     """
     if kind not in TUNERS:
         raise ValueError(f"unknown tuner {kind!r}; choose one of {TUNERS}")
+    durability.install_atomic_state_writes()
+    if not overwrite and role() != "worker":
+        durability.check_state_files(project_dir(directory))
     common = dict(
         hypermodel=hypermodel,
         objective=objective_lib.objective(),
