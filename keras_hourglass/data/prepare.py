@@ -281,7 +281,7 @@ def _write_chunk(out: str, relative: str, chunk: _Chunk, results: Iterable[dict]
                 box_labels=result["box_labels"], finding_types=result["finding_types"], label=item.stratum,
                 patient_hash=item.patient_hash, study_hash=item.study_hash, image_hash=item.image_hash,
                 laterality=result["laterality"], view=result["view"], transform=result["transform"],
-            ).SerializeToString()
+            ).SerializeToString(deterministic=True)
 
     path = os.path.join(out, relative)
     import tensorflow as tf

@@ -22,6 +22,11 @@ Feature keys (one Example per image):
 - ``label``: the image stratum; ``patient_hash``, ``study_hash``,
   ``image_hash``, ``laterality``, ``view``: bytes.
 - ``transform``: float list, ``PixelTransform.to_list()`` (original <-> image).
+
+Writers serialise with ``SerializeToString(deterministic=True)``: the
+features map is otherwise ordered by the process's hash seed, and the
+same records would differ in bytes between runs (breaking the manifest's
+content hash and resumed-vs-uninterrupted byte identity).
 """
 
 from __future__ import annotations
