@@ -15,7 +15,7 @@ _LAZY = {
     "HypersensitiveLoss": "keras_hourglass.losses.hypersensitive",
     "GaussianL2Loss": "keras_hourglass.losses.gaussian_l2",
     "find_peaks": "keras_hourglass.peaks",
-    "froc": "keras_hourglass.froc",
+    "froc": "keras_hourglass.evaluation.froc",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -22,7 +22,7 @@ tf = pytest.importorskip("tensorflow")
 
 from keras_hourglass.evaluation.callback import FrocCallback  # noqa: E402
 from keras_hourglass.evaluation.predict import predict_marks  # noqa: E402
-from keras_hourglass.froc import froc  # noqa: E402
+from keras_hourglass.evaluation.froc import froc  # noqa: E402
 
 
 def standin_model(multi_output: bool = False) -> keras.Model:
@@ -183,7 +183,7 @@ def test_plots_and_reports(tmp_path):
 
 
 def froc_record_without_pixels():
-    from keras_hourglass.froc import ImageRecord
+    from keras_hourglass.evaluation.froc import ImageRecord
 
     return ImageRecord("x", "p", marks=[[5, 5, 0.9]], boxes=[[0, 0, 10, 10]], labels=["benign"])
 

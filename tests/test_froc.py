@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from keras_hourglass.froc import (
+from keras_hourglass.evaluation.froc import (
     BACKGROUND,
     EXTRA_HIT,
     HIT,
@@ -285,11 +285,11 @@ def test_bad_input_is_refused():
     assert froc([{"image_id": "a", "patient_id": "p", "marks": [[1, 1, 0.5]]}], n_bootstrap=0).num_marks == 1
 
 
-def test_public_name_is_callable_in_any_import_order():
+def test_public_name_is_the_function_in_any_import_order():
     import keras_hourglass
-    import keras_hourglass.froc as module
+    import keras_hourglass.evaluation.froc as module
 
-    assert module.froc([ImageRecord("a", "p")], n_bootstrap=0).num_images == 1
+    assert keras_hourglass.froc is module.froc
     assert keras_hourglass.froc([ImageRecord("a", "p")], n_bootstrap=0).num_images == 1
 
 
@@ -299,7 +299,7 @@ def test_froc_plots_reports_and_cli_module_do_not_import_tensorflow():
 
     code = (
         "import argparse, sys\n"
-        "import keras_hourglass.froc, keras_hourglass.evaluation.plots, keras_hourglass.evaluation.report\n"
+        "import keras_hourglass.evaluation.froc, keras_hourglass.evaluation.plots, keras_hourglass.evaluation.report\n"
         "import keras_hourglass.cli.evaluate as cli\n"
         "cli.register(argparse.ArgumentParser().add_subparsers())\n"
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'\n"

@@ -2,7 +2,7 @@
 
 Writes to --out:
 
-- froc.json: the FROC (keras_hourglass.froc; keys in DESIGN.md).
+- froc.json: the FROC (keras_hourglass.evaluation.froc; keys in DESIGN.md).
 - froc.png: the curve with its bootstrap 95% band and operating points.
 - marks.csv: one row per mark (image and original DICOM coordinates, score,
   match, whether it is kept at the operating point).
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from keras_hourglass.evaluation.predict import predict_marks
     from keras_hourglass.model import model_input_multiple
     from keras_hourglass.evaluation.report import format_table, write_findings_csv, write_marks_csv
-    from keras_hourglass.froc import POSITIVE_LABELS, froc
+    from keras_hourglass.evaluation.froc import POSITIVE_LABELS, froc
 
     model = load_model(args.model)
     dataset = evaluation_dataset(args.data, split=args.split, input_multiple=model_input_multiple(model))

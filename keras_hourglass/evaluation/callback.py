@@ -1,7 +1,7 @@
 """`FrocCallback`: validation FROC in the epoch logs, for checkpoints and the tuner.
 
 At the end of an evaluated epoch the callback runs the model's final heatmap
-over the validation images, computes the FROC (`keras_hourglass.froc`,
+over the validation images, computes the FROC (`keras_hourglass.evaluation.froc`,
 no bootstrap) and writes into `logs`:
 
 - `val_sensitivity`: sensitivity at `target_fpi` (default 4.8),
@@ -41,7 +41,7 @@ from typing import Any, Iterable
 
 import keras
 
-from keras_hourglass.froc import FrocResult, froc
+from keras_hourglass.evaluation.froc import FrocResult, froc
 from keras_hourglass.evaluation.predict import MarkPredictor
 
 

@@ -26,7 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_hourglass.froc import (  # noqa: E402
+from keras_hourglass.evaluation.froc import (  # noqa: E402
     EXTRA_HIT,
     FPI_POINTS,
     HIT,

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from tqdm.auto import tqdm
 
-from keras_hourglass.froc import POSITIVE_LABELS, ImageRecord
+from keras_hourglass.evaluation.froc import POSITIVE_LABELS, ImageRecord
 
 @dataclasses.dataclass
 class PredictedImage(ImageRecord):

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from keras_hourglass.froc import POSITIVE_LABELS, FrocResult, ImageRecord, match_image
+from keras_hourglass.evaluation.froc import POSITIVE_LABELS, FrocResult, ImageRecord, match_image
 
 MARKS_CSV_COLUMNS = (
     "image_hash",
@@ -136,7 +136,7 @@ def format_markdown_table(
     Returns:
         The table (header, separator, one row per result), no trailing newline.
     """
-    from keras_hourglass.froc import fpi_key
+    from keras_hourglass.evaluation.froc import fpi_key
 
     keys = [fpi_key(f) for f in fpi_points]
     header = ["model", *(f"sens@{k} FPI [95% CI]" for k in keys), "max sens [95% CI]", "FPI at max"]
