@@ -450,15 +450,6 @@ def test_killed_search_resumes_without_rerunning_completed_trials(prepared, tmp_
     assert main(["tune", "--out", str(tmp_path / "nothing"), "--report"]) == 2
 
 
-def test_a_finished_search_can_be_extended_with_more_trials(tmp_path):
-    from tuning import search
-
-    first = search.run_search(search.make_tuner(_hypermodel(), tmp_path, max_trials=1, seed=5), tmp_path)
-    assert (first["trials"], first["trials_run"]) == (1, ["0"])
-    more = search.run_search(search.make_tuner(_hypermodel(), tmp_path, max_trials=2, seed=5), tmp_path)
-    assert (more["trials"], more["trials_run"]) == (2, ["1"])  # trial 0 kept, only the new one trained
-
-
 def test_executions_of_a_trial_start_from_different_weights(tmp_path):
     import numpy as np
 
@@ -540,3 +531,7 @@ def test_resume_reconciles_the_oracle_with_the_trial_files(tmp_path):
     json.dump(dict(trial, trial_id="1", status="RUNNING", score=None, metrics={"metrics": {}}), open(trial_path, "w"))
     more = search.run_search(search.make_tuner(_hypermodel(), tmp_path, max_trials=2, seed=4), tmp_path)
     assert more["trials_run"] == ["1"] and more["status_counts"] == {"COMPLETED": 2}
+
+    # (c) a finished search extended with a larger max_trials trains only the new trial.
+    extended = search.run_search(search.make_tuner(_hypermodel(), tmp_path, max_trials=3, seed=4), tmp_path)
+    assert extended["trials_run"] == ["2"] and extended["status_counts"] == {"COMPLETED": 3}
