@@ -535,3 +535,21 @@ def test_resume_reconciles_the_oracle_with_the_trial_files(tmp_path):
     # (c) a finished search extended with a larger max_trials trains only the new trial.
     extended = search.run_search(search.make_tuner(_hypermodel(), tmp_path, max_trials=3, seed=4), tmp_path)
     assert extended["trials_run"] == ["2"] and extended["status_counts"] == {"COMPLETED": 3}
+
+
+def test_chief_refreshes_the_outputs_when_a_worker_ends_a_trial(tmp_path, monkeypatch):
+    from tuning import search
+
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "chief")
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "1")
+    tuner = search.make_tuner(_hypermodel(), tmp_path, max_trials=2, seed=1)
+    # What the gRPC servicer does for a worker: create a trial, record its metrics, end it.
+    trial = tuner.oracle.create_trial("tuner0")
+    tuner.oracle.update_trial(trial.trial_id, {"val_sensitivity": 0.5, "val_mean_sensitivity": 0.2})
+    trial.status = "COMPLETED"
+    tuner.oracle.end_trial(trial)
+    with open(tmp_path / "trials.csv", newline="") as handle:
+        assert [(r["trial_id"], r["status"], r["objective"]) for r in csv.DictReader(handle)] == [
+            (trial.trial_id, "COMPLETED", "0.5")]
+    assert json.load(open(tmp_path / "best_hyperparameters.json"))["values"] == trial.hyperparameters.values

@@ -60,6 +60,24 @@ def _recording(base: type) -> type:
                     _log(f"resume: trials to run again {fixed['requeued']}, finished trials not rerun "
                          f"{fixed['dropped']}")
                     self.oracle.save()
+            if role() == "chief":
+                self._refresh_outputs_when_trials_end()
+
+        def _refresh_outputs_when_trials_end(self):
+            """The chief runs no trials: refresh the outputs whenever a worker ends one."""
+            oracle, end_trial = self.oracle, self.oracle.end_trial
+
+            def end_trial_and_report(trial):
+                end_trial(trial)
+                self._write_outputs()
+
+            oracle.end_trial = end_trial_and_report
+
+        def _write_outputs(self):
+            try:
+                outputs.write_outputs(self.project_dir, self.directory)
+            except Exception as err:  # never lose a search over a report
+                _log(f"could not refresh the outputs: {err.__class__.__name__}: {err}")
 
         def run_trial(self, trial, *args, **kwargs):
             self._execution = 0
@@ -92,11 +110,8 @@ def _recording(base: type) -> type:
             else:
                 message += f", {objective_lib.OBJECTIVE_NAME}={ended.score:.4f}"
             _log(message)
-            if role() != "worker":  # keep the outputs current: a long search can be watched
-                try:
-                    outputs.write_outputs(self.project_dir, self.directory)
-                except Exception as err:  # never lose a search over a report
-                    _log(f"could not refresh the outputs: {err.__class__.__name__}: {err}")
+            if role() == "single":  # keep the outputs current: a long search can be watched
+                self._write_outputs()
 
     HourglassTuner.__name__ = HourglassTuner.__qualname__ = f"Hourglass{base.__name__}"
     return HourglassTuner
