@@ -226,18 +226,8 @@ def load_inference_model(model_path: str | os.PathLike):
         raise InputError(path, f"cannot load Keras model: {type(err).__name__}: {str(err).splitlines()[0]}") from None
     model = hourglass.inference_model(model)
     stride = int(hourglass.model_stride(model))
-    multiple = int(_input_multiple(model, stride))
+    multiple = int(hourglass.model_input_multiple(model))
     return model, stride, multiple
-
-
-def _input_multiple(model, stride: int) -> int:
-    """H and W divisor of a (loaded) Hourglass: its `InputSizeCheck` layer's multiple."""
-    from keras_hourglass.model.blocks import InputSizeCheck
-
-    multiples = [layer.multiple for layer in model.layers if isinstance(layer, InputSizeCheck)]
-    if multiples:
-        return max(multiples)
-    return stride  # a model without the check layer: the stride is the only known constraint
 
 
 def export_keras_model(

@@ -12,6 +12,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from export import saved_model as sm  # noqa: E402
+from keras_hourglass.model import model_input_multiple  # noqa: E402
 from export.signatures import HourglassDetector, decode_png_image  # noqa: E402
 from export.verify import VerificationError, check_ops, verify_saved_model  # noqa: E402
 from export.warmup import read_warmup_requests  # noqa: E402
@@ -46,7 +47,7 @@ def exported(tmp_path_factory):
     """One fully verified export (op check + saved_model_cli show/run + warmup replay)."""
     detector, result = shared_export(tmp_path_factory)
     assert (detector.stride, detector.input_multiple, detector.max_marks) == (STRIDE, MULTIPLE, MAX_MARKS)
-    assert detector.input_multiple == sm._input_multiple(detector.model, STRIDE)
+    assert detector.input_multiple == model_input_multiple(detector.model)
     return detector, result
 
 
