@@ -51,9 +51,9 @@ def test_chief_and_two_workers_split_the_trials(tmp_path):
                 procs[tuner_id] = subprocess.Popen(command, stdout=stdout, stderr=err, env=env)
             if tuner_id == "tuner1":
                 for worker in ("tuner0", "tuner1"):
-                    wait_for_line(logs[worker], "worker: searching", procs.values(), timeout=60)
+                    wait_for_line(logs[worker], "worker: searching", procs.values(), timeout=120)
         for tuner_id, proc in procs.items():
-            assert proc.wait(timeout=100) == 0, f"{tuner_id}: " + open(logs[tuner_id]).read()[-3000:]
+            assert proc.wait(timeout=180) == 0, f"{tuner_id}: " + open(logs[tuner_id]).read()[-3000:]
     finally:
         for proc in procs.values():
             if proc.poll() is None:
