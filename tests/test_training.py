@@ -90,6 +90,11 @@ def test_cli_help_and_bad_data_exit_codes(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "run")]) == 2
     assert "no manifest.json" in capsys.readouterr().err
+    prep = write_prep(tmp_path / "prep")
+    assert main(["train", "--data", prep, "--out", str(tmp_path / "run"), "--crop-size", "100"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "hourglass train: error: --crop-size: 100 is not a multiple of the model's input multiple 32")
+    assert not (tmp_path / "run").exists()  # nothing written for a refused run
 
 
 def write_prep(root) -> str:

@@ -164,7 +164,12 @@ def _validation(prep_dir: str | None, config: TrainConfig, multiple: int, valida
             return None, None
         from keras_hourglass.data import pipeline
 
-        validation = pipeline.evaluation_dataset(prep_dir, split="val", input_multiple=multiple)
+        try:
+            validation = pipeline.evaluation_dataset(prep_dir, split="val", input_multiple=multiple)
+        except InputError as err:
+            print(f"hourglass train: warning: {err}: training without validation (no val_sensitivity, "
+                  "no best.keras)", file=sys.stderr)
+            return None, None
     if config.val_images:
         count = int(config.val_images)
         validation = validation.take(count) if hasattr(validation, "take") else \
@@ -242,9 +247,6 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
         if not os.path.isdir(prep_dir):
             raise InputError(prep_dir, "not a directory")
         dataset_fn = prep_dataset_fn(prep_dir, config)
-    os.makedirs(run_dir, exist_ok=True)
-    write = WriteDir(run_dir, info)
-    backup_dir = os.path.join(run_dir, "backup")  # every worker restores from the chief's backup
     try:
         model_config = resolve_config(config.preset, **config.model) if model_fn is None else None
     except ValueError as err:
@@ -263,6 +265,12 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
     multiple = model_input_multiple(model)
     num_outputs = len(model.outputs)
     final_model = inference_model(model)
+    if config.epochs_of("patch") and config.crop_size % multiple:
+        raise InputError("--crop-size", f"{config.crop_size} is not a multiple of the model's input multiple "
+                                        f"{multiple}")
+    os.makedirs(run_dir, exist_ok=True)
+    write = WriteDir(run_dir, info)
+    backup_dir = os.path.join(run_dir, "backup")  # every worker restores from the chief's backup
 
     summary = {
         "command": command if command is not None else sys.argv,
