@@ -8,10 +8,9 @@ rerun to completion and compared with an uninterrupted run into another director
 - the parsed records are identical (split, stratum, image hash, boxes, labels, decoded pixels);
 - rejects.csv is identical, and the rerun resumed (skipped the chunks finished before the kill);
 - temporary files left by the kill are hidden names the pipeline never reads;
-- the TFRecord files are byte-identical (manifest content_hash). KNOWN BUG (xfail until fixed):
-  `prepare` serialises tf.train.Example with `SerializeToString()`, whose map order depends on the
-  process's hash seed, so chunks written by the killed process differ in bytes (not in content)
-  from the reference's; `SerializeToString(deterministic=True)` fixes it.
+- the TFRecord files are byte-identical (manifest content_hash), although the killed process and
+  the reference run have different hash seeds (this caught Example map order following the hash
+  seed; prepare now serialises deterministically).
 """
 
 from __future__ import annotations
@@ -141,8 +140,7 @@ def test_prepare_sigkill_then_rerun_matches_uninterrupted(tmp_path):
     assert all(name.startswith(".") for name in leftovers), f"visible temporary files left: {leftovers}"
     print(f"\nkilled at {at_kill} chunk markers; rerun skipped {resumed['chunks']['skipped']} of "
           f"{resumed['chunks']['total']} chunks; {len(a)} records identical; hidden .tmp left: {len(leftovers)}")
-    if resumed["content_hash"] != uninterrupted["content_hash"]:
-        differing = [p.relative_to(reference) for p in sorted(reference.rglob("*.tfrecord"))
-                     if p.read_bytes() != (killed / p.relative_to(reference)).read_bytes()]
-        pytest.xfail(f"same records but {len(differing)} TFRecord files differ in bytes (e.g. {differing[:2]}): "
-                     "prepare's Example.SerializeToString() is not deterministic across processes")
+    differing = [str(p.relative_to(reference)) for p in sorted(reference.rglob("*.tfrecord"))
+                 if p.read_bytes() != (killed / p.relative_to(reference)).read_bytes()]
+    assert not differing, f"same records but {len(differing)} TFRecord files differ in bytes: {differing[:3]}"
+    assert resumed["content_hash"] == uninterrupted["content_hash"]
