@@ -119,8 +119,10 @@ def run(cmd: list[str], log_path: str, timeout: float) -> tuple[str, float]:
 def prepare_data(args, out: str) -> str:
     data_root = os.path.join(out, "ablation_data")
     synth, prep = os.path.join(data_root, "synth"), os.path.join(data_root, "prepared")
+    # A fixed salt: the patient split (and so the test set) is the same on every machine.
     settings = {k: getattr(args, k) for k in ("images", "height", "width", "malignant_rate", "high_risk_rate",
                                               "benign_rate", "test_fraction", "seed")}
+    settings["salt"] = f"ablation-{args.seed}"
     stamp = os.path.join(data_root, "settings.json")
     if os.path.exists(stamp) and json.load(open(stamp)) == settings and os.path.exists(
             os.path.join(prep, "manifest.json")):
@@ -138,10 +140,17 @@ def prepare_data(args, out: str) -> str:
         log, 600)
     run([*hourglass(), "prepare", "--annotations", os.path.join(synth, "annotations.csv"), "--images-root", synth,
          "--out", prep, "--size", str(max(args.height, args.width)), "--val-fraction", "0.1",
-         "--test-fraction", str(args.test_fraction), "--quiet"], log + ".prepare", 900)
+         "--test-fraction", str(args.test_fraction), "--salt", f"ablation-{args.seed}", "--quiet"],
+        log + ".prepare", 900)
     with open(stamp, "w") as handle:
         json.dump(settings, handle)
     return prep
+
+
+def data_hash(prep: str) -> str | None:
+    """The prepared data's content hash (from its manifest)."""
+    with open(os.path.join(prep, "manifest.json")) as handle:
+        return json.load(handle).get("content_hash")
 
 
 def train_flags(args, variant: str) -> list[str]:
@@ -166,9 +175,21 @@ def run_variant(args, prep: str, out: str, variant: str) -> dict:
     flags = train_flags(args, variant)
     if os.path.exists(record_path):
         record = json.load(open(record_path))
-        if record.get("train_flags") == flags and record.get("prep") == prep:
+        if record.get("train_flags") == flags and record.get("data_hash") == data_hash(prep):
             print(f"ablation: {variant}: done before, reusing {eval_dir}", file=sys.stderr)
             return record
+    # A run directory from other settings or data is stale: start that variant over. One from the same
+    # settings (an interrupted earlier invocation) is resumed by `hourglass train` itself.
+    stamp_path = os.path.join(base, "runs", f"{variant}.stamp.json")
+    stamp = {"train_flags": flags, "data_hash": data_hash(prep)}
+    if not os.path.exists(stamp_path) or json.load(open(stamp_path)) != stamp:
+        import shutil
+
+        for path in (run_dir, eval_dir):
+            shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(os.path.dirname(stamp_path), exist_ok=True)
+        with open(stamp_path, "w") as handle:
+            json.dump(stamp, handle)
     timeout = args.timeout_minutes * 60
     print(f"ablation: {variant}: training ({VARIANTS[variant][0]})", file=sys.stderr, flush=True)
     stdout, train_seconds = run([*hourglass(), "train", "--data", prep, "--out", run_dir, *flags],
@@ -181,6 +202,7 @@ def run_variant(args, prep: str, out: str, variant: str) -> dict:
                           os.path.join(logs, f"{variant}.evaluate.log"), timeout)
     froc = json.load(open(os.path.join(eval_dir, "froc.json")))
     record = {"variant": variant, "description": VARIANTS[variant][0], "train_flags": flags, "prep": prep,
+              "data_hash": data_hash(prep),
               "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
               "final_train_logs": train_summary.get("final_logs"), "froc": froc}
     with open(record_path, "w") as handle:
@@ -204,6 +226,23 @@ def summarise(record: dict) -> dict:
         "train_seconds": record["train_seconds"],
         "final_train_loss": (record.get("final_train_logs") or {}).get("loss"),
     }
+
+
+def comparison_note(frocs: dict) -> str:
+    """One honest sentence on hypersensitive vs L2 at 4.8 FPI: which is higher, and whether the CIs overlap."""
+    if "hypersensitive" not in frocs or "l2" not in frocs:
+        return ""
+    hs, l2 = (frocs[v]["sensitivity_at_fpi"].get("4.8") for v in ("hypersensitive", "l2"))
+    ci_hs, ci_l2 = ((frocs[v].get("ci95") or {}).get("4.8") for v in ("hypersensitive", "l2"))
+    if hs is None or l2 is None:
+        return "\nAt 4.8 FPI the sensitivity is undefined (no malignant finding in the test split).\n"
+    better = "higher than" if hs > l2 else "lower than" if hs < l2 else "equal to"
+    note = f"\nAt 4.8 FPI the full hypersensitive loss is {better} the L2 baseline ({hs:.3f} vs {l2:.3f})"
+    if ci_hs and ci_l2:
+        overlap = ci_hs[0] <= ci_l2[1] and ci_l2[0] <= ci_hs[1]
+        note += ("; the 95% CIs overlap, so this budget does not separate them" if overlap
+                 else "; the 95% CIs do not overlap")
+    return note + ".\n"
 
 
 def main(argv=None) -> int:
@@ -240,6 +279,7 @@ def main(argv=None) -> int:
             f"{args.steps_per_epoch} whole-image steps, batch {args.batch_size}, Adam {args.learning_rate:g}, "
             f"seed {args.seed}; 95% CIs: bootstrap over patients.\n\n"
             f"Command: `{payload['command']}`\n\n{table}\n")
+    text += comparison_note(frocs)
     with open(os.path.join(out, "ablation.md"), "w") as handle:
         handle.write(text)
     print(text)
