@@ -502,10 +502,26 @@ def _normalise(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip((values - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def _minmax(values: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+def _valid_range(values: np.ndarray, valid: np.ndarray | None = None) -> tuple[float, float]:
+    """min..max of `values` over the `valid` pixels (all pixels when none is valid or `valid` is None)."""
     v = np.asarray(values, dtype=np.float64)
     inside = v[valid] if valid is not None and valid.any() else v
-    return _normalise(v, float(inside.min()), float(inside.max()))
+    return float(inside.min()), float(inside.max())
+
+
+def _padding_range(ds) -> tuple[int, int] | None:
+    """[lo, hi] of the stored values that are padding (Pixel Padding Value / Range Limit), or None."""
+    value = ds.get("PixelPaddingValue", None)
+    if value is None or isinstance(value, (bytes, str)):
+        return None
+    try:
+        lo = hi = int(value)
+        limit = ds.get("PixelPaddingRangeLimit", None)
+        if limit is not None and not isinstance(limit, (bytes, str)):
+            lo, hi = min(lo, int(limit)), max(lo, int(limit))
+    except (TypeError, ValueError):
+        return None
+    return lo, hi
 
 
 def padding_mask(stored: np.ndarray, ds) -> np.ndarray | None:
@@ -518,17 +534,10 @@ def padding_mask(stored: np.ndarray, ds) -> np.ndarray | None:
     Returns:
         bool `[rows, cols]`, or None when the file declares no padding.
     """
-    value = ds.get("PixelPaddingValue", None)
-    if value is None or isinstance(value, (bytes, str)):
+    bounds = _padding_range(ds)
+    if bounds is None:
         return None
-    try:
-        lo = hi = int(value)
-        limit = ds.get("PixelPaddingRangeLimit", None)
-        if limit is not None and not isinstance(limit, (bytes, str)):
-            lo, hi = min(lo, int(limit)), max(lo, int(limit))
-    except (TypeError, ValueError):
-        return None
-    mask = (stored >= lo) & (stored <= hi)
+    mask = (stored >= bounds[0]) & (stored <= bounds[1])
     return mask if mask.any() else None
 
 
@@ -545,10 +554,19 @@ def apply_voi(values: np.ndarray, ds, voi: str | int = "auto",
     Returns:
         (float32 image in [0, 1], rule that ran).
     """
+    return _apply_voi(values, ds, voi, lambda: _valid_range(values, valid))
+
+
+def _apply_voi(values: np.ndarray, ds, voi: str | int, minmax_range) -> tuple[np.ndarray, str]:
+    """`apply_voi` with the min-max range supplied by `minmax_range()` (called only when min-max runs).
+
+    Every step is elementwise in `values` except that range, so `values` may be the whole image or a
+    table of the image's stored levels (see `_voi_table`).
+    """
     from pydicom.pixels import apply_voi as pd_apply_voi, apply_windowing
 
     if voi == "none":
-        return _minmax(values, valid), "minmax"
+        return _normalise(values, *minmax_range()), "minmax"
     if voi == "auto":
         order = ("lut", "window")
         index = 0
@@ -582,7 +600,60 @@ def apply_voi(values: np.ndarray, ds, voi: str | int = "auto",
                     return _normalise(out, lo, hi), f"window[{i}]:{func}"
                 except Exception:  # e.g. width < 1 or an unknown VOILUTFunction
                     continue
-    return _minmax(values, valid), "minmax"
+    return _normalise(values, *minmax_range()), "minmax"
+
+
+# Largest span of stored levels (max - min(min, 0) + 1) for which the pixel step runs on a table of
+# levels: 2**16 covers every 8..16-bit image, signed or not.
+_TABLE_MAX_LEVELS = 1 << 16
+
+
+def _voi_table(stored: np.ndarray, ds, header: DicomHeader, voi: str | int) -> tuple[np.ndarray, str] | None:
+    """Modality LUT, VOI, MONOCHROME1 inversion and padding for every stored level, then one lookup.
+
+    Each of these steps maps a stored value to an output value independently of the other pixels
+    (the only global quantity, the min-max range, is taken from the levels present in the image), so
+    computing them once per stored LEVEL (at most 65,536 for 16-bit data) and indexing the table with
+    the stored array gives bit-for-bit the same float32 image as running them per pixel, with one
+    gather instead of several float64 passes over the full-resolution image. Exact for every VOI rule
+    (LINEAR, LINEAR_EXACT, SIGMOID, VOI LUT, Modality LUT, min-max, padding).
+
+    Returns:
+        (float32 image `[rows, cols]` in [0, 1], voi_rule) or None when the stored values are not
+        integers or span more than `_TABLE_MAX_LEVELS` levels (the caller then runs per pixel).
+    """
+    from pydicom.pixels import apply_modality_lut
+
+    if stored.dtype.kind not in "iu" or stored.size == 0:
+        return None
+    smin, smax = int(stored.min()), int(stored.max())
+    base = min(smin, 0)
+    count = smax - base + 1
+    if count > _TABLE_MAX_LEVELS:
+        return None
+    levels = np.arange(base, smax + 1, dtype=np.int64).astype(stored.dtype)
+    index = stored if base == 0 else stored.astype(np.int64) - base
+    bounds = _padding_range(ds)
+    pad_levels = None
+    if bounds is not None and bounds[0] <= smax and bounds[1] >= smin:
+        pad_levels = (levels >= bounds[0]) & (levels <= bounds[1])
+        if not ((stored >= bounds[0]) & (stored <= bounds[1])).any():
+            pad_levels = None
+
+    def minmax_range() -> tuple[float, float]:
+        present = np.bincount(index.ravel(), minlength=count) > 0
+        if pad_levels is not None and (present & ~pad_levels).any():
+            present &= ~pad_levels
+        return _valid_range(np.asarray(values, dtype=np.float64)[present])
+
+    values = apply_modality_lut(levels, ds)
+    table, rule = _apply_voi(values, ds, voi, minmax_range)
+    if header.photometric == "MONOCHROME1":
+        table = 1.0 - table
+    if pad_levels is not None:
+        table = np.where(pad_levels, np.float32(0.0), table)
+        rule += "+padding"
+    return np.take(table.astype(np.float32, copy=False), index), rule
 
 
 def decide_flip(image: np.ndarray, header: DicomHeader, orient: str = "left") -> tuple[bool, str]:
@@ -691,17 +762,24 @@ def preprocess_pixels(stored: np.ndarray, ds, header: DicomHeader, *, long_side:
     if stored.shape != (header.rows, header.columns):
         raise UnreadableDicomError(path, f"pixel array {stored.shape} does not match Rows x Columns "
                                          f"{header.rows}x{header.columns}")
-    padding = padding_mask(stored, ds)
     try:
-        values = apply_modality_lut(stored, ds)
-        image, voi_rule = apply_voi(values, ds, voi, None if padding is None else ~padding)
+        by_table = _voi_table(stored, ds, header, voi)
     except Exception as err:
         raise UnreadableDicomError(path, f"cannot apply the modality/VOI LUT: {_one_line(err)}") from None
-    if header.photometric == "MONOCHROME1":
-        image = 1.0 - image
-    if padding is not None:  # padding is background: dark, whatever the VOI made of it
-        image = np.where(padding, np.float32(0.0), image)
-        voi_rule += "+padding"
+    if by_table is not None:  # integer levels (every mammogram): the same steps, once per level
+        image, voi_rule = by_table
+    else:
+        padding = padding_mask(stored, ds)
+        try:
+            values = apply_modality_lut(stored, ds)
+            image, voi_rule = apply_voi(values, ds, voi, None if padding is None else ~padding)
+        except Exception as err:
+            raise UnreadableDicomError(path, f"cannot apply the modality/VOI LUT: {_one_line(err)}") from None
+        if header.photometric == "MONOCHROME1":
+            image = 1.0 - image
+        if padding is not None:  # padding is background: dark, whatever the VOI made of it
+            image = np.where(padding, np.float32(0.0), image)
+            voi_rule += "+padding"
     shape = output_shape(header.rows, header.columns, long_side)
     image = resize(image, shape)
     flip, rule = decide_flip(image, header, orient)

@@ -43,17 +43,27 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
-def encode_png16(image: np.ndarray, compress_level: int = 1) -> bytes:
+def encode_png16(image: np.ndarray, compress_level: int = 1, strategy: int = zlib.Z_RLE) -> bytes:
     """Encodes a grayscale image as a 16-bit PNG.
 
     A direct numpy + zlib writer (one IDAT, the PNG "Sub" filter on every
     row): about twice as fast as PIL's 16-bit path and smaller on
     mammograms, whose rows are smooth. Any PNG decoder reads it
-    (tf.io.decode_png, PIL).
+    (tf.io.decode_png, PIL): the pixels do not depend on the zlib settings.
+
+    zlib settings, measured on the ingest benchmark's 768-px synthetic
+    mammograms (Sub-filtered rows, 944 KB raw per image): level 1 with the
+    default strategy 12.8 ms and 543 KB per image; level 1 with Z_RLE
+    (the default here) 5.9 ms and 531 KB (the Sub filter leaves long runs
+    of equal bytes in the background and smooth tissue, which run-length
+    matching finds as well as the full string search); Huffman only
+    6.7 ms, 579 KB; level 6 29 ms, 532 KB; level 0 (stored) 0.7 ms but
+    944 KB. Z_RLE is both the fastest compressing choice and the smallest.
 
     Args:
         image: float in [0, 1] or uint16, `[H, W]` or `[H, W, 1]`.
-        compress_level: zlib level (1 = fast; mammograms compress little more at 9).
+        compress_level: zlib level (0 = stored, 1 = fast, 9 = smallest).
+        strategy: zlib strategy (`zlib.Z_RLE` default; `zlib.Z_DEFAULT_STRATEGY` = plain deflate).
 
     Returns:
         The PNG bytes.
@@ -69,7 +79,12 @@ def encode_png16(image: np.ndarray, compress_level: int = 1) -> bytes:
     rows[:, 3:] = raw[:, 2:] - raw[:, :-2]
     header = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)  # 16-bit grayscale, no interlace
     return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
-            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), compress_level)) + _png_chunk(b"IEND", b""))
+            + _png_chunk(b"IDAT", _deflate(rows, compress_level, strategy)) + _png_chunk(b"IEND", b""))
+
+
+def _deflate(data: np.ndarray, level: int, strategy: int) -> bytes:
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 15, 8, strategy)
+    return compressor.compress(data) + compressor.flush()
 
 
 def decode_png16(data: bytes) -> np.ndarray:
