@@ -7,6 +7,7 @@
 set -euo pipefail
 HOURGLASS=${1:-hourglass}
 OUT=${2:-demo_out}
+case "$HOURGLASS" in */*) PY="$(dirname "$HOURGLASS")/python" ;; *) PY=python3 ;; esac
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 mkdir -p "$OUT"
 step() { printf '\n==> %s\n' "$*"; }
@@ -29,8 +30,9 @@ step "4/6 evaluate: FROC on the test split"
 step "5/6 export a SavedModel for TensorFlow Serving"
 "$HOURGLASS" export --model "$OUT/run/model.keras" --base-path "$OUT/serving/hourglass"
 
-step "6/6 predict on one DICOM with the exported model (no server needed)"
+step "6/6 predict on one DICOM with the exported model (no server needed), at the 4.8-FPI operating point"
 first_dicom=$(find "$OUT/synth/images" -name '*.dcm' | sort | head -n 1)
-"$HOURGLASS" predict --saved-model "$OUT/serving/hourglass/1" "$first_dicom"
+threshold=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["operating_points"]["4.8"]["threshold"])' "$OUT/eval/froc.json")
+"$HOURGLASS" predict --saved-model "$OUT/serving/hourglass/1" --threshold "$threshold" --overlay-dir "$OUT/predict" "$first_dicom"
 
 printf '\nDone. FROC: %s/eval/froc.json and froc.png; overlays: %s/eval/overlays; SavedModel: %s/serving/hourglass/1\n' "$OUT" "$OUT" "$OUT"
