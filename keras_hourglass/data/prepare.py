@@ -328,9 +328,12 @@ def _isolated(work: list, fn, context) -> list[dict]:
 
 
 # What every decoding process imports: the fork server imports it once and each worker inherits it.
-# (TensorFlow is never among them: the ingest side is TF-free, and the fork server is a fresh
-# interpreter, never a fork of this process, which may have loaded TensorFlow.)
-WORKER_PRELOAD = ("__main__", "numpy", "PIL.Image", "pydicom", "pydicom.pixels", "keras_hourglass.data.dicom",
+# TensorFlow is never among them: the ingest side is TF-free, and the fork server is a fresh
+# interpreter, never a fork of this process, which may have loaded TensorFlow. "__main__" (the
+# multiprocessing default) is left out on purpose: a script that imports TensorFlow at the top would
+# put TensorFlow into the server and every worker would be a fork of it (measured: twice the CPU per
+# image); each worker re-runs the main module's imports itself instead, exactly as under spawn.
+WORKER_PRELOAD = ("numpy", "PIL.Image", "pydicom", "pydicom.pixels", "keras_hourglass.data.dicom",
                   "keras_hourglass.data.ingest")
 
 
