@@ -266,7 +266,8 @@ def main(argv=None) -> int:
             "images_written")},
         "variants": {v: summarise(r) for v, r in records.items()},
         "versions": package_versions(),
-        "wall_seconds": round(time.time() - started, 1),
+        "wall_seconds": round(time.time() - started, 1),  # this invocation (finished variants are reused)
+        "compute_seconds": round(sum(r["train_seconds"] + r["eval_seconds"] for r in records.values()), 1),
     }
     with open(os.path.join(out, "ablation.json"), "w") as handle:
         json.dump(payload, handle, indent=2)
