@@ -48,6 +48,11 @@ test-tfio: $(TFIO_VENV)/.installed
 bench: venv
 	$(PY) benchmarks/run_all.py $(BENCH_FLAGS)
 
+# The paper's Figure 5 on synthetic data: L2 baseline, full loss, and each principle switched off
+# (same data, seeds and step budget; about 15-25 min on 2 cores) -> benchmarks/out/ablation.{json,md,png}.
+ablation: venv
+	$(PY) benchmarks/ablation.py $(ABLATION_FLAGS)
+
 # The reliability tests with soak-sized counts (5000 fuzzed DICOMs, 3 kills, the full PHI run).
 soak: venv
 	HOURGLASS_SOAK=1 $(PY) -m pytest -q -p no:randomly tests/test_reliability_fuzz.py \
