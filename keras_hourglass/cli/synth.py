@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from keras_hourglass.cli import argtypes
+
 EPILOG = """examples:
   # 200 images for the demo, with a richer case mix than screening
   hourglass synth --out data/synth --images 200 --seed 7 --malignant-rate 0.25
@@ -23,26 +25,6 @@ goes to stdout. Same --seed, same files.
 """
 
 
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Adds `synth` to the CLI. Args: subparsers: from `add_subparsers`. Returns: the parser."""
     from keras_hourglass.data.synthetic.dataset import DEFAULT_HEIGHT, DEFAULT_WIDTH
@@ -54,17 +36,17 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                     "clusters, architectural distortions and asymmetries, plus the canonical annotation CSV.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--images", required=True, type=_positive, metavar="N", help="number of images")
+    parser.add_argument("--images", required=True, type=argtypes.positive, metavar="N", help="number of images")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--height", type=_positive, default=DEFAULT_HEIGHT, metavar="H",
+    parser.add_argument("--height", type=argtypes.positive, default=DEFAULT_HEIGHT, metavar="H",
                         help=f"image rows (default {DEFAULT_HEIGHT})")
-    parser.add_argument("--width", type=_positive, default=DEFAULT_WIDTH, metavar="W",
+    parser.add_argument("--width", type=argtypes.positive, default=DEFAULT_WIDTH, metavar="W",
                         help=f"image columns (default {DEFAULT_WIDTH})")
-    parser.add_argument("--malignant-rate", type=_rate, default=0.01, metavar="R",
+    parser.add_argument("--malignant-rate", type=argtypes.rate, default=0.01, metavar="R",
                         help="fraction of images with a malignant finding (default 0.01)")
-    parser.add_argument("--high-risk-rate", type=_rate, default=0.01, metavar="R",
+    parser.add_argument("--high-risk-rate", type=argtypes.rate, default=0.01, metavar="R",
                         help="fraction with a high-risk finding (default 0.01)")
-    parser.add_argument("--benign-rate", type=_rate, default=0.05, metavar="R",
+    parser.add_argument("--benign-rate", type=argtypes.rate, default=0.05, metavar="R",
                         help="fraction with a benign finding (default 0.05); normal = the rest")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

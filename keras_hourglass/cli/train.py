@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from keras_hourglass.cli import argtypes
+
 EPILOG = """examples:
   # the paper's recipe on one machine (Adam 1e-4, omega 0.01, k 3), 10 + 10 epochs of 8,000 images
   hourglass train --data data/prepared --out runs/hs --preset paper --patch-epochs 10 --full-epochs 10
@@ -51,33 +53,6 @@ goes to stdout.
 """
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-
-
 def _sigmas(text: str) -> tuple:
     from keras_hourglass.training.config import parse_sigmas
 
@@ -113,39 +88,39 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     loss = parser.add_argument_group("loss (default: the paper's hypersensitive loss)")
     loss.add_argument("--loss", choices=["hypersensitive", "l2"], default=None,
                       help="hypersensitive (default) or l2 (Gaussian L2 baseline)")
-    loss.add_argument("--omega", type=_number, default=None, help="background weight (default 0.01; 1.0 = off)")
-    loss.add_argument("--top-k", type=_non_negative, default=None, metavar="K",
+    loss.add_argument("--omega", type=argtypes.number, default=None, help="background weight (default 0.01; 1.0 = off)")
+    loss.add_argument("--top-k", type=argtypes.non_negative, default=None, metavar="K",
                       help="predicted blobs excused from the background loss (default 3; 0 = off)")
-    loss.add_argument("--patch-size", type=_positive, default=None, metavar="P",
+    loss.add_argument("--patch-size", type=argtypes.positive, default=None, metavar="P",
                       help="detector patch of the loss, heatmap pixels (default 32)")
     loss.add_argument("--sigmas", type=_sigmas, default=None, metavar="S1,S2,...",
                       help="reference blob sigmas, heatmap pixels (default 1.5,3,6; one value = off)")
     loss.add_argument("--no-recenter", dest="recenter", action="store_const", const=False, default=None,
                       help="centre reference blobs on the box centre (principle (a) off)")
-    loss.add_argument("--l2-sigma", type=_number, default=None, help="target sigma of --loss l2 (default 2)")
+    loss.add_argument("--l2-sigma", type=argtypes.number, default=None, help="target sigma of --loss l2 (default 2)")
 
     sched = parser.add_argument_group("schedule")
     sched.add_argument("--phase", choices=["patch", "full", "both"], default=None,
                        help="patches, whole images, or both in that order (default both)")
-    sched.add_argument("--epochs", type=_positive, default=None, metavar="E",
+    sched.add_argument("--epochs", type=argtypes.positive, default=None, metavar="E",
                        help="total epochs; with --phase both split in half (patch gets the odd one) "
                             "unless --patch-epochs/--full-epochs say otherwise")
-    sched.add_argument("--patch-epochs", type=_non_negative, default=None, help="epochs of phase 1 (default 5)")
-    sched.add_argument("--full-epochs", type=_non_negative, default=None, help="epochs of phase 2 (default 5)")
-    sched.add_argument("--steps-per-epoch", type=_positive, default=None, metavar="S",
+    sched.add_argument("--patch-epochs", type=argtypes.non_negative, default=None, help="epochs of phase 1 (default 5)")
+    sched.add_argument("--full-epochs", type=argtypes.non_negative, default=None, help="epochs of phase 2 (default 5)")
+    sched.add_argument("--steps-per-epoch", type=argtypes.positive, default=None, metavar="S",
                        help="steps per epoch (default: images-per-epoch // batch-size)")
-    sched.add_argument("--images-per-epoch", type=_positive, default=None, metavar="N",
+    sched.add_argument("--images-per-epoch", type=argtypes.positive, default=None, metavar="N",
                        help="images per epoch (default 8000, the paper's)")
-    sched.add_argument("--batch-size", type=_positive, default=None, metavar="B",
+    sched.add_argument("--batch-size", type=argtypes.positive, default=None, metavar="B",
                        help="GLOBAL batch size, split across replicas (default 8)")
-    sched.add_argument("--learning-rate", type=_number, default=None, metavar="LR",
+    sched.add_argument("--learning-rate", type=argtypes.number, default=None, metavar="LR",
                        help="Adam learning rate (default 1e-4; not scaled with replicas)")
-    sched.add_argument("--full-learning-rate", type=_number, default=None, metavar="LR",
+    sched.add_argument("--full-learning-rate", type=argtypes.number, default=None, metavar="LR",
                        help="learning rate of phase 2 (default: --learning-rate)")
-    sched.add_argument("--crop-size", type=_positive, default=None, metavar="PIXELS",
+    sched.add_argument("--crop-size", type=argtypes.positive, default=None, metavar="PIXELS",
                        help="phase-1 patch side at training scale (default 512; a multiple of the model's "
                             "input multiple)")
-    sched.add_argument("--max-boxes", type=_positive, default=None, help="box slots per image (default 16)")
+    sched.add_argument("--max-boxes", type=argtypes.positive, default=None, help="box slots per image (default 16)")
     sched.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=None,
                        help="no flips / intensity jitter")
     sched.add_argument("--seed", type=int, default=None, help="seed of initialisation and data (default 0)")
@@ -158,15 +133,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                        help="XLA-compile the train step (default: Keras 'auto')")
 
     val = parser.add_argument_group("validation")
-    val.add_argument("--val-images", type=_non_negative, default=None, metavar="N",
+    val.add_argument("--val-images", type=argtypes.non_negative, default=None, metavar="N",
                      help="validation images for the per-epoch FROC (default 64; 0 = no validation)")
-    val.add_argument("--target-fpi", type=_number, default=None,
+    val.add_argument("--target-fpi", type=argtypes.number, default=None,
                      help="FPI at which val_sensitivity is read (default 4.8)")
 
     dist = parser.add_argument_group("distribution")
     dist.add_argument("--strategy", choices=["auto", "default", "mirrored", "multi-worker"], default="auto",
                       help="tf.distribute strategy (default auto)")
-    dist.add_argument("--cpu-replicas", type=_positive, default=None, metavar="N",
+    dist.add_argument("--cpu-replicas", type=argtypes.positive, default=None, metavar="N",
                       help="split the CPU into N logical devices (for mirrored without GPUs)")
 
     parser.add_argument("--quiet", action="store_true", help="one log line per epoch instead of progress bars")
