@@ -74,32 +74,9 @@ def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
 # ------------------------------------------------------------------------------------ DICOM files
 def write_mammogram_dicom(path, pixels: np.ndarray, *, laterality: str = "L") -> str:
     """Writes a minimal valid MG 'For Presentation' DICOM (uint16 pixels, explicit VR little endian)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from dicom_factory import write_mammogram_file
 
-    from keras_hourglass.data import dicom
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = dicom.FOR_PRESENTATION_SOP_CLASS
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = dicom.FOR_PRESENTATION_SOP_CLASS
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.PatientID = "TEST-PATIENT"
-    ds.Modality = "MG"
-    ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.ImageLaterality = laterality
-    ds.ViewPosition = "CC"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
-    return str(path)
+    return write_mammogram_file(path, pixels, laterality=laterality, view="CC", PatientID="TEST-PATIENT")
 
 
 def breast_pixels(rows: int = 96, cols: int = 72, seed: int = 0) -> np.ndarray:

@@ -9,10 +9,11 @@ import sys
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import (JPEG2000Lossless, RLELossless, ExplicitVRLittleEndian, generate_uid)
+from pydicom.uid import JPEG2000Lossless, RLELossless
 
+from dicom_factory import mammogram_dataset
 from keras_hourglass.data import dicom
 from keras_hourglass.errors import InputError
 
@@ -30,34 +31,9 @@ def breast(chest_wall: str = "left", background: int = 80, tissue: int = 2500) -
 
 
 def make_ds(pixels: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int = 12, **tags) -> Dataset:
-    """A minimal valid MG For Presentation dataset around `pixels` (uint16)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = dicom.FOR_PRESENTATION_SOP_CLASS
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = dicom.FOR_PRESENTATION_SOP_CLASS
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.PatientID = "RAWPID-0001"
-    ds.Modality = "MG"
-    ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
-    for key, value in tags.items():
-        if value is None:
-            if key in ds:
-                delattr(ds, key)
-        else:
-            setattr(ds, key, value)
-    return ds
+    """A minimal valid MG For Presentation dataset around `pixels` (uint16), no laterality tags."""
+    return mammogram_dataset(pixels, photometric=photometric, bits_stored=bits_stored,
+                             PatientID="RAWPID-0001", **tags)
 
 
 def save(tmp_path, ds: Dataset, name: str = "x.dcm") -> str:

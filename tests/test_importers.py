@@ -10,10 +10,10 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from dicom_factory import write_mammogram_file
 from keras_hourglass.data.importers import get_importer, ImportResult
 from keras_hourglass.errors import InputError
 
-FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 PHI = {"PatientName": "Zyxwvut^Quintessa", "PatientID": "PID-ZQ-774411", "PatientBirthDate": "19380517",
        "AccessionNumber": "ACC-99173355"}
 
@@ -28,29 +28,7 @@ def write_mammogram(path, rows: int = 96, cols: int = 64, *, laterality: str = "
         if laterality == "R":
             inside = inside[:, ::-1]
         pixels = np.where(inside, 1800 + rng.integers(0, 600, (rows, cols)), 60).astype(np.uint16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = FOR_PRESENTATION
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = FOR_PRESENTATION
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.Modality = modality
-    ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.ImageLaterality = laterality
-    ds.ViewPosition = "CC"
-    for key, value in (phi or PHI).items():
-        setattr(ds, key, value)
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
-    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-    ds.save_as(os.fspath(path), enforce_file_format=True)
-    return os.fspath(path)
+    return write_mammogram_file(path, pixels, laterality=laterality, view="CC", modality=modality, **(phi or PHI))
 
 
 def write_mask(path, rows: int, cols: int, box: tuple[int, int, int, int], value: int = 255) -> str:
