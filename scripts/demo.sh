@@ -13,16 +13,17 @@ mkdir -p "$OUT"
 step() { printf '\n==> %s\n' "$*"; }
 
 step "1/6 synthesise mammograms (DICOM + canonical CSV) into $OUT/synth"
-"$HOURGLASS" synth --out "$OUT/synth" --images 240 --seed 7 \
+"$HOURGLASS" synth --out "$OUT/synth" --images 360 --seed 7 \
   --malignant-rate 0.25 --high-risk-rate 0.1 --benign-rate 0.15
 
 step "2/6 prepare TFRecords (patient-level split, PHI hashed) into $OUT/prepared"
 "$HOURGLASS" prepare --annotations "$OUT/synth/annotations.csv" --images-root "$OUT/synth" \
-  --out "$OUT/prepared" --size 512 --workers 2
+  --out "$OUT/prepared" --size 512 --workers 2 --val-fraction 0.15 --test-fraction 0.25
 
 step "3/6 train the tiny Hourglass with the hypersensitive loss (patch phase, then full images)"
 "$HOURGLASS" train --data "$OUT/prepared" --out "$OUT/run" --preset tiny --phase both \
-  --epochs 6 --steps-per-epoch 40 --batch-size 8 --learning-rate 1e-3 --seed 7
+  --patch-epochs 12 --full-epochs 4 --crop-size 256 --steps-per-epoch 50 --batch-size 8 \
+  --learning-rate 1e-3 --seed 7
 
 step "4/6 evaluate: FROC on the test split"
 "$HOURGLASS" evaluate --model "$OUT/run/model.keras" --data "$OUT/prepared" --split test --out "$OUT/eval"
