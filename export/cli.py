@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from keras_hourglass.cli import argtypes
+
 EPILOG = """\
 examples:
   # next version under the base path TF Serving watches (1, 2, ...)
@@ -34,11 +36,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, metavar="RUN/model.keras", help="Keras model saved by `hourglass train`")
     parser.add_argument("--base-path", required=True, metavar="DIR", help="the model base path TF Serving watches")
     parser.add_argument("--version", type=int, default=None, metavar="N", help="version number (default: next integer)")
-    parser.add_argument("--max-marks", type=int, default=100, metavar="M", help="mark rows per image (default 100)")
+    parser.add_argument("--max-marks", type=argtypes.positive, default=100, metavar="M", help="mark rows per image (default 100)")
     parser.add_argument("--threshold", type=float, default=0.0, metavar="T", help="default score threshold (default 0)")
     parser.add_argument(
         "--long-side",
-        type=int,
+        type=argtypes.positive,
         default=None,
         metavar="PIXELS",
         help="long side of the training images (default: from the run's config.json); clients preprocess DICOMs to it",
@@ -58,12 +60,7 @@ def run(args: argparse.Namespace) -> int:
     """Runs the export. Returns: 0 on success, 1 if verification fails."""
     from export.saved_model import export_keras_model
     from export.verify import VerificationError
-    from keras_hourglass.errors import InputError
 
-    if args.max_marks < 1:
-        raise InputError("--max-marks", f"must be >= 1, got {args.max_marks}")
-    if args.long_side is not None and args.long_side < 1:
-        raise InputError("--long-side", f"must be >= 1, got {args.long_side}")
     try:
         result = export_keras_model(
             args.model,
