@@ -79,12 +79,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--full-epochs", type=int, default=1)
     train.add_argument("--steps-per-epoch", type=int, default=120)
     train.add_argument("--batch-size", type=int, default=8)
-    train.add_argument("--crop-size", type=int, default=128)
+    # Geometry in reference pixels (`hourglass train --help`); None = the training default.
+    train.add_argument("--crop-size", type=int, default=None)
     train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--patch-size", type=int, default=16, help="loss detector patch, heatmap pixels")
-    train.add_argument("--sigmas", default="1.5,3,6")
-    train.add_argument("--single-sigma", default="3", help="the sigma of variant (b)")
-    train.add_argument("--l2-sigma", type=float, default=3.0)
+    train.add_argument("--patch-size", type=int, default=None, help="loss detector patch, reference heatmap px")
+    train.add_argument("--sigmas", default=None)
+    train.add_argument("--single-sigma", default="12", help="the sigma of variant (b), reference heatmap px")
+    train.add_argument("--l2-sigma", type=float, default=None)
     train.add_argument("--preset", default="tiny")
     train.add_argument("--timeout-minutes", type=float, default=15.0, help="per train/evaluate process")
     evaluation = parser.add_argument_group("evaluation")
@@ -156,13 +157,16 @@ def data_hash(prep: str) -> str | None:
 def train_flags(args, variant: str) -> list[str]:
     flags = [("SINGLE" if f == "SINGLE" else f) for f in VARIANTS[variant][1]]
     flags = [args.single_sigma if f == "SINGLE" else f for f in flags]
-    if "--sigmas" not in flags and variant != "l2":
+    if "--sigmas" not in flags and variant != "l2" and args.sigmas:
         flags += ["--sigmas", args.sigmas]
     common = ["--preset", args.preset, "--seed", str(args.seed), "--patch-epochs", str(args.patch_epochs),
               "--full-epochs", str(args.full_epochs), "--steps-per-epoch", str(args.steps_per_epoch),
-              "--batch-size", str(args.batch_size), "--crop-size", str(args.crop_size),
-              "--learning-rate", str(args.learning_rate), "--patch-size", str(args.patch_size),
-              "--l2-sigma", str(args.l2_sigma), "--val-images", "0", "--strategy", "default", "--quiet"]
+              "--batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate),
+              "--val-images", "0", "--strategy", "default", "--quiet"]
+    for flag, value in (("--crop-size", args.crop_size), ("--patch-size", args.patch_size),
+                        ("--target-sigma", args.l2_sigma)):
+        if value is not None:
+            common += [flag, str(value)]
     return common + flags
 
 

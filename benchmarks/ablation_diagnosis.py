@@ -235,8 +235,11 @@ def main(argv=None) -> int:
         return 0
     abl_args = ablation.parse_args(["--out", out])
     prep = ablation.prepare_data(abl_args, out)
-    loss_kwargs = {"omega": 0.01, "top_k": 3, "patch_size": abl_args.patch_size,
-                   "sigmas": [float(v) for v in abl_args.sigmas.split(",")]}
+    # The loss exactly as the full-loss run resolved it (heatmap pixels at this data's scale).
+    run_config = os.path.join(out, "ablation", "runs", "hypersensitive", "config.json")
+    resolved = json.load(open(run_config))["loss"] if os.path.exists(run_config) else {}
+    loss_kwargs = {"omega": 0.01, "top_k": 3, **{k: resolved[k] for k in ("patch_size", "mask_size", "sigmas")
+                                                 if k in resolved}}
     models = {v: os.path.join(out, "ablation", "runs", v, "model.keras") for v in args.variants.split(",")}
     exp_name = f"omega-{args.omega:g}"
     exp_record_path = os.path.join(out, "ablation_diagnosis", f"{exp_name}.record.json")

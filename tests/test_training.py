@@ -30,11 +30,20 @@ def build(*argv):
     return build_config(parse(*argv))
 
 
-def test_defaults_are_the_papers():
+def test_defaults_and_the_paper_profile():
     config = build()
-    assert (config.loss, config.omega, config.top_k, config.learning_rate) == ("hypersensitive", 0.01, 3, 1e-4)
-    assert config.sigmas == (1.5, 3.0, 6.0) and config.recenter is True
+    assert (config.loss, config.omega, config.top_k, config.learning_rate) == ("hypersensitive", 0.01, 3, 1e-3)
+    assert config.sigmas == (6.0, 9.0, 12.0, 18.0) and config.recenter is True
+    assert (config.patch_size, config.crop_size, config.lr_schedule) == (72, 512, "cosine")
     assert config.phases() == [("patch", 5), ("full", 5)]
+    paper = build("--profile", "paper")
+    assert (paper.learning_rate, paper.lr_schedule, paper.images_per_epoch, paper.preset) == (
+        1e-4, "constant", 8000, "paper")
+    assert paper.phases() == [("patch", 40), ("full", 40)]
+    assert build("--profile", "paper", "--learning-rate", "3e-4", "--epochs", "4").learning_rate == 3e-4
+    with pytest.raises(InputError, match="--full-learning-rate"):
+        build("--full-learning-rate", "1e-4")
+    assert build("--lr-schedule", "constant", "--full-learning-rate", "1e-4").full_learning_rate == 1e-4
 
 
 def test_precedence_defaults_then_hparams_then_flags(tmp_path):
@@ -91,9 +100,11 @@ def test_cli_help_and_bad_data_exit_codes(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "run")]) == 2
     assert "no manifest.json" in capsys.readouterr().err
     prep = write_prep(tmp_path / "prep")
-    assert main(["train", "--data", prep, "--out", str(tmp_path / "run"), "--crop-size", "100"]) == 2
+    # 4 reference px at a 64-px PREP is 0.17 heatmap px: refused in one line, before anything is written.
+    assert main(["train", "--data", prep, "--out", str(tmp_path / "run"), "--patch-size", "4"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "hourglass train: error: --crop-size: 100 is not a multiple of the model's input multiple 32")
+        "hourglass train: error: --patch-size: 4 reference px resolves to 0.17 heatmap px at long side 64 px "
+        "(stride 4), below the minimum 3: give at least 72")
     assert not (tmp_path / "run").exists()  # nothing written for a refused run
 
 
@@ -124,7 +135,7 @@ def write_prep(root) -> str:
             items = [example(stratum, f"{split}{stratum}{i}") for i in range(per)]
             records.write_records_atomic(os.path.join(root, split, records.shard_file_name(stratum, 0)), items)
     with open(os.path.join(root, "manifest.json"), "w") as handle:
-        json.dump({"note": "test fixture"}, handle)
+        json.dump({"note": "test fixture", "preprocessing": {"long_side": 64}}, handle)
     return str(root)
 
 
@@ -134,7 +145,7 @@ def test_train_end_to_end_writes_every_output(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "keras_hourglass.cli.main", "train", "--data", prep, "--out", str(run),
            "--patch-epochs", "2", "--full-epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
-           "--crop-size", "32", "--patch-size", "4", "--sigmas", "1,2", "--val-images", "4",
+           "--crop-size", "768", "--patch-size", "96", "--sigmas", "24,48", "--val-images", "4",
            "--model-option", "depth=1", "--model-option", "num_features=8", "--model-option", "stem_features=4",
            "--learning-rate", "1e-3", "--seed", "5", "--no-jit-compile", "--quiet"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
@@ -151,6 +162,10 @@ def test_train_end_to_end_writes_every_output(tmp_path):
     assert config["hyperparameters"]["omega"] == 0.01 and config["hyperparameters"]["patch_epochs"] == 2
     assert config["model"]["config"]["depth"] == 1 and config["model"]["output_stride"] == 4
     assert config["loss"]["omega"] == 0.01 and config["loss"]["top_k"] == 3
+    # Reference pixels resolved against the PREP's 64-px long side: x 64/1536.
+    assert config["geometry"]["given"]["patch_size"] == 96 and config["geometry"]["given"]["crop_size"] == 768
+    assert config["geometry"]["resolved"]["patch_size"] == config["loss"]["patch_size"] == 4
+    assert config["loss"]["sigmas"] == [1.0, 2.0] and config["geometry"]["resolved"]["crop_size"] == 32
     assert set(config["versions"]) >= {"tensorflow", "keras", "keras_hourglass", "numpy"}
     assert config["seed"] == 5 and "--crop-size" in config["command"]
     assert config["strategy"]["global_batch_size"] == 2 and config["strategy"]["learning_rate_scaled"] is False

@@ -30,7 +30,7 @@ def test_default_space_declares_the_documented_domains():
     by_name = {p.name: p for p in hp.space}
     assert (by_name["omega"].min_value, by_name["omega"].max_value, by_name["omega"].sampling) == (1e-3, 1.0, "log")
     assert (by_name["top_k"].min_value, by_name["top_k"].max_value) == (0, 8)
-    assert list(by_name["sigmas"].values) == ["1.5,3,6", "3", "1,2,4,8"]
+    assert list(by_name["sigmas"].values) == ["6,9,12,18", "12", "4,8,16,32"]  # reference px
     assert by_name["learning_rate"].sampling == "log"
     assert all(ss.parse_sigmas(s) for s in by_name["sigmas"].values)
 
@@ -297,9 +297,10 @@ def test_hyperband_passes_its_epochs_to_fit(tmp_path):
 TUNE_FLAGS = [
     "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--preset", "tiny",
     "--model-option", "num_stacks=1", "--model-option", "depth=1", "--model-option", "num_features=4",
-    "--model-option", "stem_features=4", "--crop-size", "32", "--patch-sizes", "4", "--seed", "1",
-    "--val-images", "6", "--run-eagerly",
+    "--model-option", "stem_features=4", "--crop-size", "768", "--patch-sizes", "96", "--seed", "1",
+    "--val-images", "6", "--run-eagerly", "--sigmas", "24,48", "48",
 ]
+"""Geometry in reference pixels for the 64-px PREP of `make_prepared` (x 64/1536: crop 32, patch 4, sigmas 1-2)."""
 
 
 def make_prepared(root) -> str:
@@ -434,9 +435,9 @@ def test_killed_search_resumes_without_rerunning_completed_trials(prepared, tmp_
     values = load_hparams(best_path)
     assert values == summary["best_values"]
     config = apply_hparams(TrainConfig(), values, source=best_path)
-    assert (config.omega, config.top_k, config.patch_size) == (values["omega"], values["top_k"], 4)
+    assert (config.omega, config.top_k, config.patch_size) == (values["omega"], values["top_k"], 96)
     # ... and the fixed settings the loss was tuned with: the same model, batch and crop.
-    assert (config.preset, config.batch_size, config.crop_size) == ("tiny", 2, 32)
+    assert (config.preset, config.batch_size, config.crop_size) == ("tiny", 2, 768)
     assert config.model == TINY
     assert config.sigmas == tuple(float(s) for s in values["sigmas"].split(","))
 

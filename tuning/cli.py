@@ -34,10 +34,10 @@ examples:
 
   # narrower space from flags, or a JSON file (flags win over the file)
   hourglass tune --data prepared --out tune --omega-range 0.003,0.3 --top-k-range 1,5 \\
-      --sigmas 1.5,3,6 1,2,4,8
+      --sigmas 6,9,12,18 12
   hourglass tune --data prepared --out tune --space space.json
       # space.json: {"omega": {"min": 0.001, "max": 1}, "top_k": {"values": [0, 3, 6]},
-      #              "sigmas": {"fixed": "1.5,3,6"}, "patch_size": {"values": [16, 32]}}
+      #              "sigmas": {"fixed": "6,9,12,18"}, "patch_size": {"values": [48, 72]}}
 
   # the outputs of a running or finished search (e.g. watched on the chief's machine)
   hourglass tune --out tune --report
@@ -94,7 +94,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--omega-range", metavar="MIN,MAX", help="omega range, log sampling (one value: fixed)")
     parser.add_argument("--top-k-range", metavar="MIN,MAX", help="top_k range (one value: fixed)")
     parser.add_argument("--lr-range", metavar="MIN,MAX", help="learning-rate range, log sampling (one value: fixed)")
-    parser.add_argument("--sigmas", nargs="+", metavar="BANK", help="sigma banks to choose from, e.g. 1.5,3,6 3")
+    parser.add_argument("--sigmas", nargs="+", metavar="BANK", help="sigma banks to choose from, reference heatmap px, e.g. 6,9,12,18 12")
     parser.add_argument("--patch-sizes", metavar="P1,P2", help="loss patch sizes to choose from (one value: fixed)")
     parser.add_argument("--seed", type=int, default=None, help="seeds the oracle, the weights and the data order")
     parser.add_argument("--preset", choices=("tiny", "paper"), default="tiny",

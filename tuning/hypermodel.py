@@ -117,6 +117,7 @@ class HourglassHyperModel(keras_tuner.HyperModel):
             preset=preset, model=dict(model_overrides or {}), phase=phase, batch_size=int(batch_size),
             steps_per_epoch=steps_per_epoch, max_boxes=int(max_boxes), target_fpi=float(target_fpi),
             seed=0 if seed is None else int(seed), jit_compile=jit_compile,
+            patch_epochs=int(epochs) if phase == "patch" else 0, full_epochs=int(epochs) if phase == "full" else 0,
         )
         if crop_size is not None:
             fixed["crop_size"] = int(crop_size)
@@ -125,6 +126,7 @@ class HourglassHyperModel(keras_tuner.HyperModel):
         model_config = resolve_config(preset, **self.base_config.model)
         self.stride = int(model_config["output_stride"])
         self.input_multiple = int(input_multiple(model_config))
+        self.long_side: int | None = None  # PREP's, read on first use (see `geometry`)
 
     # -- KerasTuner hooks -------------------------------------------------------------------
 
@@ -163,18 +165,29 @@ class HourglassHyperModel(keras_tuner.HyperModel):
 
         return apply_hparams(self.base_config, self._declare(hp), source="hyperparameters").validate()
 
+    def geometry(self, config):
+        """The trial's reference-pixel geometry resolved against PREP's long side, as `hourglass train` does."""
+        from keras_hourglass.training.train import run_geometry
+
+        if self.long_side is None and self.data_dir is not None:
+            from keras_hourglass.training.geometry import prep_long_side
+
+            self.long_side = prep_long_side(self.data_dir)
+        return run_geometry(config, None, self.stride, self.input_multiple, self.long_side)
+
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         """Returns: the compiled Hourglass for the trial's values (under the tuner's strategy scope)."""
         from keras_hourglass.model import build_hourglass
-        from keras_hourglass.training.train import make_loss
+        from keras_hourglass.training.train import make_learning_rate, make_loss
 
         config = self.train_config(hp)
         keras.utils.set_random_seed(int(config.seed) + _EXECUTION_SEED_STEP * int(self.execution))
         model = build_hourglass(config.preset, **config.model)
         count = _num_outputs(model)
-        losses = [make_loss(config) for _ in range(count)]
+        geometry = self.geometry(config)
+        losses = [make_loss(config, geometry) for _ in range(count)]
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+            optimizer=keras.optimizers.Adam(learning_rate=make_learning_rate(config)),
             loss=losses if count > 1 else losses[0],
             jit_compile="auto" if config.jit_compile is None else config.jit_compile,
             run_eagerly=self.run_eagerly,
@@ -232,7 +245,7 @@ class HourglassHyperModel(keras_tuner.HyperModel):
             "batch_size": int(config.batch_size),
             "stride": self.stride,
             "input_multiple": self.input_multiple,
-            "crop_size": int(config.crop_size),
+            "crop_size": int(self.geometry(config).crop_size),
             "max_boxes": int(config.max_boxes),
             "seed": self._data_seed(),
             "target_fpi": float(config.target_fpi),
@@ -244,7 +257,7 @@ class HourglassHyperModel(keras_tuner.HyperModel):
         else:
             from keras_hourglass.training.train import prep_dataset_fn
 
-            dataset = prep_dataset_fn(self.data_dir, config)(
+            dataset = prep_dataset_fn(self.data_dir, config, self.geometry(config).crop_size)(
                 config.phase, int(config.batch_size), self._data_seed(), self.stride, self.input_multiple
             )
         if num_outputs > 1:  # intermediate supervision: the boxes once per output

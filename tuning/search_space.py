@@ -8,9 +8,12 @@ The space has five named hyper-parameters. Their names are the contract with
 |-----------------|-------------------------------------------|--------------------------------------|
 | `omega`         | weight of L_BG in L_DET + omega * L_BG    | float, log sampling, 1e-3 .. 1       |
 | `top_k`         | top-k masking of the background term      | int, 0 .. 8 (0 switches masking off) |
-| `sigmas`        | Gaussian sigma bank, a comma list string  | choice "1.5,3,6" / "3" / "1,2,4,8"   |
-| `learning_rate` | Adam learning rate                        | float, log sampling, 1e-5 .. 1e-3    |
-| `patch_size`    | the loss's patch size                     | not tuned (the loss default)         |
+| `sigmas`        | Gaussian sigma bank, a comma list string  | choice "6,9,12,18" / "12" / "4,8,16,32" |
+| `learning_rate` | Adam (peak) learning rate                 | float, log sampling, 1e-4 .. 3e-3    |
+| `patch_size`    | the loss's patch size                     | not tuned (the training default)     |
+
+`sigmas` and `patch_size` are in reference pixels (`keras_hourglass.training.geometry`),
+resolved against PREP's long side exactly as `hourglass train` resolves them.
 
 A space file (`hourglass tune --space FILE`) is a JSON object whose keys are
 some of these names; a key left out keeps its default. Each value is one of
@@ -18,7 +21,7 @@ some of these names; a key left out keeps its default. Each value is one of
 ```json
 {"min": 0.001, "max": 1.0, "sampling": "log"}     // range (float/int parameters)
 {"min": 0, "max": 8, "step": 2}                    // int range with a step
-{"values": ["1.5,3,6", "3"]}                       // a choice
+{"values": ["6,9,12,18", "12"]}                    // a choice
 {"fixed": 0.01}                                    // not tuned, always this value
 null                                               // not tuned, the loss default
 ```
@@ -173,8 +176,8 @@ class SearchSpace:
 
     omega: Domain = Range(1e-3, 1.0, "log")
     top_k: Domain = Range(0, 8, "linear")
-    sigmas: Domain = Choice(("1.5,3,6", "3", "1,2,4,8"))
-    learning_rate: Domain = Range(1e-5, 1e-3, "log")
+    sigmas: Domain = Choice(("6,9,12,18", "12", "4,8,16,32"))
+    learning_rate: Domain = Range(1e-4, 3e-3, "log")
     patch_size: Domain = None
 
     def declare(self, hp) -> dict[str, Any]:

@@ -10,12 +10,16 @@ from typing import Any
 from keras_hourglass.cli import argtypes
 
 EPILOG = """examples:
-  # the paper's recipe on one machine (Adam 1e-4, omega 0.01, k 3), 10 + 10 epochs of 8,000 images
-  hourglass train --data data/prepared --out runs/hs --preset paper --patch-epochs 10 --full-epochs 10
+  # the defaults: hypersensitive loss, tiny model, Adam 1e-3 with warmup + cosine decay, 5 + 5 epochs
+  # of 8,000 images; loss geometry and crop follow PREP's --size (config.json: given and resolved px)
+  hourglass train --data data/prepared --out runs/hs
+
+  # the paper's recipe (Adam 1e-4 constant, omega 0.01, k 3, 40 + 40 epochs of 8,000 images, paper model)
+  hourglass train --data data/prepared --out runs/paper --profile paper
 
   # small and quick (CPU): tiny model, 3 + 2 epochs of 40 steps, one log line per epoch
   hourglass train --data data/prepared --out runs/tiny --epochs 5 --steps-per-epoch 40 \\
-      --batch-size 4 --crop-size 128 --quiet
+      --batch-size 4 --quiet
 
   # the Gaussian L2 baseline, or the hypersensitive loss with one principle switched off
   hourglass train --data data/prepared --out runs/l2 --loss l2
@@ -42,8 +46,8 @@ configuration in the same RUN is refused). Multi-worker: only the chief (worker 
 writes RUN; RUN must be on storage every worker can read.
 
 --hparams: the JSON of keras_tuner HyperParameters.get_config() (TUNE/best_hyperparameters.json:
-{"space": [...], "values": {...}}) or a plain {"name": value} object. Precedence: defaults < --hparams <
-explicit flags.
+{"space": [...], "values": {...}}) or a plain {"name": value} object. Precedence: defaults < --profile <
+--hparams < explicit flags.
 
 outputs: RUN/model.keras (inference model: image -> final heatmap), RUN/best.keras (+ best.json, the
 best epoch by val_sensitivity at --target-fpi on the validation split), RUN/config.json (data manifest
@@ -85,19 +89,27 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     io.add_argument("--out", required=True, metavar="RUN", help="run directory (created; resumed if it has a backup)")
     io.add_argument("--hparams", metavar="JSON", help="hyper-parameters (KerasTuner get_config() JSON or {name: value})")
 
-    loss = parser.add_argument_group("loss (default: the paper's hypersensitive loss)")
-    loss.add_argument("--loss", choices=["hypersensitive", "l2"], default=None,
-                      help="hypersensitive (default) or l2 (Gaussian L2 baseline)")
+    loss = parser.add_argument_group(
+        "loss (default: the paper's hypersensitive loss); sizes in REFERENCE pixels: pixels at the paper's "
+        "1536-px training scale (heatmap pixels of a stride-4 model for the loss), resolved against PREP's "
+        "--size (x size/1536): the same physical extent at any scale")
+    loss.add_argument("--loss", choices=["hypersensitive", "l2", "focal"], default=None,
+                      help="hypersensitive (default), l2 (Gaussian L2 baseline) or focal (CenterNet's "
+                           "penalty-reduced focal loss on the same Gaussian targets)")
     loss.add_argument("--omega", type=argtypes.number, default=None, help="background weight (default 0.01; 1.0 = off)")
     loss.add_argument("--top-k", type=argtypes.non_negative, default=None, metavar="K",
                       help="predicted blobs excused from the background loss (default 3; 0 = off)")
     loss.add_argument("--patch-size", type=argtypes.positive, default=None, metavar="P",
-                      help="detector patch of the loss, heatmap pixels (default 32)")
+                      help="detector patch of the loss, reference heatmap px (default 72 = 12 px at --size 256)")
+    loss.add_argument("--mask-size", type=argtypes.positive, default=None, metavar="P",
+                      help="window masked around each top-k blob, reference heatmap px (default: --patch-size)")
     loss.add_argument("--sigmas", type=_sigmas, default=None, metavar="S1,S2,...",
-                      help="reference blob sigmas, heatmap pixels (default 1.5,3,6; one value = off)")
+                      help="reference blob sigmas, reference heatmap px (default 6,9,12,18 = 1,1.5,2,3 px at "
+                           "--size 256; one value = off)")
     loss.add_argument("--no-recenter", dest="recenter", action="store_const", const=False, default=None,
                       help="centre reference blobs on the box centre (principle (a) off)")
-    loss.add_argument("--l2-sigma", type=argtypes.number, default=None, help="target sigma of --loss l2 (default 2)")
+    loss.add_argument("--target-sigma", "--l2-sigma", dest="target_sigma", type=argtypes.number, default=None,
+                      help="Gaussian target sigma of --loss l2 / focal, reference heatmap px (default 12)")
 
     sched = parser.add_argument_group("schedule")
     sched.add_argument("--phase", choices=["patch", "full", "both"], default=None,
@@ -113,13 +125,23 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                        help="images per epoch (default 8000, the paper's)")
     sched.add_argument("--batch-size", type=argtypes.positive, default=None, metavar="B",
                        help="GLOBAL batch size, split across replicas (default 8)")
+    sched.add_argument("--profile", choices=["default", "paper"], default="default",
+                       help="bundle of defaults: 'default' (measured on CPU budgets, see README) or 'paper' "
+                            "(Adam 1e-4 constant, 40 + 40 epochs of 8,000 images, paper preset); --hparams "
+                            "and flags override it")
     sched.add_argument("--learning-rate", type=argtypes.number, default=None, metavar="LR",
-                       help="Adam learning rate (default 1e-4; not scaled with replicas)")
+                       help="Adam (peak) learning rate (default 1e-3; not scaled with replicas)")
+    sched.add_argument("--lr-schedule", choices=["cosine", "constant"], default=None,
+                       help="cosine (default: linear warmup, then cosine decay to 5%% over all steps of both "
+                            "phases) or constant")
+    sched.add_argument("--warmup-steps", type=argtypes.non_negative, default=None, metavar="N",
+                       help="warmup of the cosine schedule (default 5%% of all steps, at most 1000)")
     sched.add_argument("--full-learning-rate", type=argtypes.number, default=None, metavar="LR",
-                       help="learning rate of phase 2 (default: --learning-rate)")
+                       help="--lr-schedule constant only: learning rate of phase 2 (default: --learning-rate)")
     sched.add_argument("--crop-size", type=argtypes.positive, default=None, metavar="PIXELS",
-                       help="phase-1 patch side at training scale (default 512; a multiple of the model's "
-                            "input multiple)")
+                       help="phase-1 patch side, reference image px (default 512 = the paper's 1280 native; "
+                            "resolved to PREP's scale, rounded to the model's input multiple, clamped to the "
+                            "image)")
     sched.add_argument("--max-boxes", type=argtypes.positive, default=None, help="box slots per image (default 16)")
     sched.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=None,
                        help="no flips / intensity jitter")
@@ -149,19 +171,20 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-FLAG_FIELDS = ("loss", "omega", "top_k", "patch_size", "sigmas", "recenter", "l2_sigma", "phase",
-               "steps_per_epoch", "images_per_epoch", "batch_size", "learning_rate", "full_learning_rate",
+FLAG_FIELDS = ("loss", "omega", "top_k", "patch_size", "mask_size", "sigmas", "recenter", "target_sigma", "phase",
+               "steps_per_epoch", "images_per_epoch", "batch_size", "learning_rate", "lr_schedule",
+               "warmup_steps", "full_learning_rate",
                "crop_size", "max_boxes", "augment", "seed", "preset", "jit_compile", "val_images", "target_fpi")
 
 
 def build_config(args: argparse.Namespace):
-    """TrainConfig from defaults < --hparams < explicit flags. Raises: InputError."""
+    """TrainConfig from defaults < --profile < --hparams < explicit flags. Raises: InputError."""
     import dataclasses
 
     from keras_hourglass.errors import InputError
-    from keras_hourglass.training.config import TrainConfig, apply_hparams, load_hparams
+    from keras_hourglass.training.config import TrainConfig, apply_hparams, apply_profile, load_hparams
 
-    config = TrainConfig()
+    config = apply_profile(TrainConfig(), getattr(args, "profile", "default") or "default")
     if args.hparams:
         config = apply_hparams(config, load_hparams(args.hparams), source=args.hparams)
     explicit = {name: getattr(args, name) for name in FLAG_FIELDS if getattr(args, name) is not None}

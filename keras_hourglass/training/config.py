@@ -1,7 +1,12 @@
-"""Training hyper-parameters: defaults, `--hparams` JSON, and command-line flags.
+"""Training hyper-parameters: defaults, profiles, `--hparams` JSON, and command-line flags.
 
-Precedence (lowest to highest): the defaults of `TrainConfig` < the `--hparams`
-JSON < flags given explicitly on the command line.
+Precedence (lowest to highest): the defaults of `TrainConfig` < the `--profile`
+(`PROFILES`) < the `--hparams` JSON < flags given explicitly on the command line.
+
+Geometry (`patch_size`, `mask_size`, `sigmas`, `target_sigma`, `crop_size`) is in
+*reference pixels* (pixels at the paper's 1536-px training scale; see
+`keras_hourglass.training.geometry`) and is resolved against PREP's long side
+when training starts.
 
 `--hparams` accepts either the JSON of `keras_tuner.HyperParameters.get_config()`
 (as written by `hourglass tune` to TUNE/best_hyperparameters.json and by TFX:
@@ -10,8 +15,9 @@ object. Known names are the fields of `TrainConfig` (e.g. `omega`, `top_k`,
 `learning_rate`, `sigmas`, `patch_size`, `batch_size`) and the model options of
 `keras_hourglass.model.hourglass.resolve_config` (e.g. `num_features`, `depth`),
 which go to `TrainConfig.model`. `sigmas` may be a list or a comma-separated
-string. KerasTuner's bookkeeping names (`tuner/...`) are ignored; any other
-unknown name is an error (it would otherwise be silently not tuned).
+string; `l2_sigma` (the name before 0.2) is read as `target_sigma`. KerasTuner's
+bookkeeping names (`tuner/...`) are ignored; any other unknown name is an error
+(it would otherwise be silently not tuned).
 """
 
 from __future__ import annotations
@@ -24,9 +30,12 @@ from dataclasses import dataclass, field
 
 from keras_hourglass.errors import InputError
 
-LOSSES = ("hypersensitive", "l2")
+LOSSES = ("hypersensitive", "l2", "focal")
+LR_SCHEDULES = ("cosine", "constant")
+RENAMED = {"l2_sigma": "target_sigma"}
 INT_FIELDS = ("top_k", "patch_size", "patch_epochs", "full_epochs", "steps_per_epoch", "images_per_epoch",
-              "batch_size", "crop_size", "max_boxes", "seed", "val_images")
+              "batch_size", "crop_size", "max_boxes", "seed", "val_images", "mask_size", "warmup_steps")
+OPTIONAL_FIELDS = ("steps_per_epoch", "val_images", "mask_size", "warmup_steps")
 PHASES = ("patch", "full", "both")
 
 
@@ -35,22 +44,35 @@ class TrainConfig:
     """Everything `hourglass train` needs besides data, output and strategy.
 
     Args:
-        loss: "hypersensitive" (the paper) or "l2" (Gaussian L2, Newell et al.).
+        loss: "hypersensitive" (the paper), "l2" (Gaussian L2, Newell et al.) or
+            "focal" (CenterNet's penalty-reduced focal loss on the same targets).
         omega: background weight of the hypersensitive loss.
         top_k: predicted blobs excused from the background loss.
-        patch_size: detector patch of the loss, in heatmap pixels.
-        sigmas: reference blob sigmas (heatmap pixels) of the loss.
+        patch_size: detector patch of the loss, reference heatmap pixels.
+        mask_size: window masked around each top-k blob, reference heatmap
+            pixels (None: patch_size).
+        sigmas: reference blob sigmas of the loss, reference heatmap pixels.
         recenter: recentre the reference blob on the predicted blob.
-        l2_sigma: target sigma of the L2 baseline.
+        target_sigma: Gaussian target sigma of the L2 and focal losses,
+            reference heatmap pixels.
         phase: "patch", "full" or "both" (patches first, then whole images).
         patch_epochs: epochs of phase 1 (patches).
         full_epochs: epochs of phase 2 (whole images).
         steps_per_epoch: steps per epoch; None = images_per_epoch // batch_size.
         images_per_epoch: images per epoch when steps_per_epoch is None.
         batch_size: the *global* batch (split over replicas).
-        learning_rate: Adam learning rate (phase 1, or the only phase).
-        full_learning_rate: Adam learning rate of phase 2 (None: learning_rate).
-        crop_size: side of the training patches of phase 1, in image pixels.
+        learning_rate: Adam (peak) learning rate.
+        lr_schedule: "cosine" (linear warmup, then cosine decay to
+            `min_lr_fraction * learning_rate` over all steps of all phases) or
+            "constant".
+        warmup_steps: warmup steps of the cosine schedule (None: 5% of all
+            steps, at most 1000).
+        min_lr_fraction: final learning rate of the cosine schedule, as a
+            fraction of `learning_rate`.
+        full_learning_rate: constant schedule only: learning rate of phase 2
+            (None: learning_rate).
+        crop_size: side of the training patches of phase 1, reference image
+            pixels (clamped to the images' long side).
         max_boxes: box slots per image in the training targets.
         augment: random flips etc. in the input pipeline.
         preset: model preset ("tiny" or "paper").
@@ -64,17 +86,21 @@ class TrainConfig:
     loss: str = "hypersensitive"
     omega: float = 0.01
     top_k: int = 3
-    patch_size: int = 32
-    sigmas: tuple = (1.5, 3.0, 6.0)
+    patch_size: int = 72
+    mask_size: int | None = None
+    sigmas: tuple = (6.0, 9.0, 12.0, 18.0)
     recenter: bool = True
-    l2_sigma: float = 2.0
+    target_sigma: float = 12.0
     phase: str = "both"
     patch_epochs: int = 5
     full_epochs: int = 5
     steps_per_epoch: int | None = None
     images_per_epoch: int = 8000
     batch_size: int = 8
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-3
+    lr_schedule: str = "cosine"
+    warmup_steps: int | None = None
+    min_lr_fraction: float = 0.05
     full_learning_rate: float | None = None
     crop_size: int = 512
     max_boxes: int = 16
@@ -93,12 +119,12 @@ class TrainConfig:
 
         for name in INT_FIELDS:
             value = getattr(self, name)
-            if value is None and name in ("steps_per_epoch", "val_images"):
+            if value is None and name in OPTIONAL_FIELDS:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
                 bad(name, f"must be an integer, got {value!r}")
             setattr(self, name, int(value))
-        for name in ("omega", "learning_rate", "l2_sigma", "target_fpi"):
+        for name in ("omega", "learning_rate", "target_sigma", "target_fpi", "min_lr_fraction"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 bad(name, f"must be a number, got {value!r}")
@@ -108,7 +134,13 @@ class TrainConfig:
             bad("loss", f"must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.phase not in PHASES:
             bad("phase", f"must be one of {', '.join(PHASES)}, got {self.phase!r}")
-        for name in ("omega", "learning_rate", "l2_sigma", "target_fpi"):
+        if self.lr_schedule not in LR_SCHEDULES:
+            bad("lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.lr_schedule != "constant" and self.full_learning_rate is not None:
+            bad("full_learning_rate", "needs --lr-schedule constant (the cosine schedule spans both phases)")
+        if not 0 <= self.min_lr_fraction <= 1:
+            bad("min_lr_fraction", f"must be in [0, 1], got {self.min_lr_fraction!r}")
+        for name in ("omega", "learning_rate", "target_sigma", "target_fpi"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 bad(name, f"must be a finite number >= 0, got {value!r}")
@@ -120,6 +152,10 @@ class TrainConfig:
         for name in ("top_k", "patch_epochs", "full_epochs"):
             if int(getattr(self, name)) < 0:
                 bad(name, f"must be >= 0, got {getattr(self, name)!r}")
+        if self.mask_size is not None and self.mask_size < 1:
+            bad("mask_size", f"must be >= 1, got {self.mask_size!r}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            bad("warmup_steps", f"must be >= 0, got {self.warmup_steps!r}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             bad("steps_per_epoch", f"must be >= 1, got {self.steps_per_epoch!r}")
         if not self.sigmas or any(float(s) <= 0 for s in self.sigmas):
@@ -137,6 +173,16 @@ class TrainConfig:
     def phases(self) -> list[tuple[str, int]]:
         """`[(phase, epochs), ...]` in training order, phases with 0 epochs left out."""
         return [(p, self.epochs_of(p)) for p in ("patch", "full") if self.epochs_of(p) > 0]
+
+    def steps_per_epoch_or_default(self) -> int:
+        """Steps of one epoch: `steps_per_epoch`, else `images_per_epoch // batch_size` (at least 1)."""
+        if self.steps_per_epoch:
+            return int(self.steps_per_epoch)
+        return max(1, int(self.images_per_epoch) // int(self.batch_size))
+
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run, all phases."""
+        return self.steps_per_epoch_or_default() * sum(epochs for _, epochs in self.phases())
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
@@ -199,6 +245,7 @@ def apply_hparams(config: TrainConfig, hparams: dict, source: str = "--hparams")
         if key.startswith("tuner/"):
             continue
         try:
+            key = RENAMED.get(key, key)
             if key == "sigmas":
                 updates[key] = parse_sigmas(value)
             elif key in names:
@@ -212,8 +259,21 @@ def apply_hparams(config: TrainConfig, hparams: dict, source: str = "--hparams")
     return dataclasses.replace(config, model=model, **updates)
 
 
-def describe_precedence() -> str:
-    return "defaults < --hparams JSON < explicit flags"
+PROFILES: dict[str, dict] = {
+    "default": {},
+    # The paper's recipe (section 2.5): Adam 1e-4 without a schedule, 80 epochs of 8,000 images
+    # (split between the phases as --epochs does), the paper-size model.
+    "paper": {"learning_rate": 1e-4, "lr_schedule": "constant", "images_per_epoch": 8000,
+              "patch_epochs": 40, "full_epochs": 40, "preset": "paper", "steps_per_epoch": None},
+}
+"""Named bundles of defaults (`--profile`): applied over `TrainConfig()`, under `--hparams` and flags."""
+
+
+def apply_profile(config: TrainConfig, name: str) -> TrainConfig:
+    """Returns: `config` with the named profile's values. Raises: InputError for an unknown name."""
+    if name not in PROFILES:
+        raise InputError("--profile", f"must be one of {', '.join(PROFILES)}, got {name!r}")
+    return dataclasses.replace(config, **PROFILES[name])
 
 
 def manifest_hash(prep_dir: str) -> str | None:

@@ -32,6 +32,7 @@ from typing import Callable
 
 from keras_hourglass.errors import InputError
 from keras_hourglass.training.config import TrainConfig, manifest_hash
+from keras_hourglass.training.geometry import REFERENCE_LONG_SIDE, Geometry, prep_long_side, resolve_geometry
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +54,57 @@ def package_versions() -> dict:
             "numpy": numpy.__version__, "python": platform.python_version()}
 
 
-def make_loss(config: TrainConfig):
-    """The Keras loss for `config.loss`."""
-    from keras_hourglass.losses import GaussianL2Loss, HypersensitiveLoss
+def make_loss(config: TrainConfig, geometry: Geometry):
+    """The Keras loss for `config.loss`, with the geometry resolved for this run (heatmap pixels)."""
+    from keras_hourglass.losses import GaussianL2Loss, HypersensitiveLoss, PenaltyReducedFocalLoss
 
     if config.loss == "l2":
-        return GaussianL2Loss(sigma=config.l2_sigma)
-    return HypersensitiveLoss(omega=config.omega, top_k=int(config.top_k), patch_size=int(config.patch_size),
-                              sigmas=tuple(config.sigmas), recenter=config.recenter)
+        return GaussianL2Loss(sigma=geometry.target_sigma)
+    if config.loss == "focal":
+        return PenaltyReducedFocalLoss(sigma=geometry.target_sigma)
+    return HypersensitiveLoss(omega=config.omega, top_k=int(config.top_k), patch_size=geometry.patch_size,
+                              mask_size=geometry.mask_size, sigmas=geometry.sigmas, recenter=config.recenter)
 
 
-def prep_dataset_fn(prep_dir: str, config: TrainConfig) -> DatasetFn:
-    """The default `DatasetFn`: `keras_hourglass.data.pipeline.training_dataset` on PREP/train."""
+def make_learning_rate(config: TrainConfig):
+    """Adam's learning rate: a float (constant) or a Keras warmup + cosine-decay schedule over all phases."""
+    import keras
+
+    if config.lr_schedule == "constant":
+        return float(config.learning_rate)
+    total = config.total_steps()
+    warmup = min(1000, total // 20) if config.warmup_steps is None else min(int(config.warmup_steps), total)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else float(config.learning_rate),
+        decay_steps=max(1, total - warmup), alpha=float(config.min_lr_fraction),
+        warmup_target=float(config.learning_rate) if warmup else None, warmup_steps=warmup)
+
+
+def run_geometry(config: TrainConfig, prep_dir: str | None, stride: int, multiple: int,
+                 long_side: int | None = None) -> Geometry:
+    """Resolves `config`'s reference-pixel geometry against PREP's long side (or `long_side`).
+
+    Without PREP and `long_side` the reference scale is assumed (reference pixels = pixels).
+    """
+    if long_side is None:
+        long_side = prep_long_side(prep_dir) if prep_dir else REFERENCE_LONG_SIDE
+    return resolve_geometry(config, long_side=int(long_side), stride=stride, input_multiple=multiple)
+
+
+def prep_dataset_fn(prep_dir: str, config: TrainConfig, crop_size: int) -> DatasetFn:
+    """The default `DatasetFn`: `keras_hourglass.data.pipeline.training_dataset` on PREP/train.
+
+    Args:
+        prep_dir: PREP.
+        config: the run's settings (max_boxes, augment, images_per_epoch).
+        crop_size: the resolved phase-1 crop side in image pixels (`Geometry.crop_size`).
+    """
     from keras_hourglass.data import pipeline
 
     def dataset_fn(phase, batch_size, seed, stride, multiple):
         return pipeline.training_dataset(
             prep_dir, split="train", phase=phase, batch_size=batch_size, stride=stride,
-            input_multiple=multiple, patch_size=config.crop_size, max_boxes=config.max_boxes,
+            input_multiple=multiple, patch_size=int(crop_size), max_boxes=config.max_boxes,
             seed=seed, augment=config.augment, images_per_epoch=config.images_per_epoch)
 
     return dataset_fn
@@ -108,12 +142,6 @@ def _distributed_dataset(strategy, dataset_fn: DatasetFn, phase: str, global_bat
         return dataset.map(to_targets).prefetch(2)
 
     return strategy.distribute_datasets_from_function(from_context)
-
-
-def _steps(config: TrainConfig) -> int:
-    if config.steps_per_epoch:
-        return int(config.steps_per_epoch)
-    return max(1, int(config.images_per_epoch) // int(config.batch_size))
 
 
 def _epoch_agreement(strategy, completed: int) -> None:
@@ -198,7 +226,8 @@ def _save_atomic(model, path: str) -> None:
 def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, strategy=None,
           strategy_info=None, strategy_name: str = "auto", dataset_fn: DatasetFn | None = None,
           validation=None, model_fn: Callable[[], object] | None = None, verbose="auto",
-          command: list[str] | None = None, callbacks: list | None = None, return_model: bool = False):
+          command: list[str] | None = None, callbacks: list | None = None, return_model: bool = False,
+          long_side: int | None = None):
     """Trains (or resumes training) and writes the run directory.
 
     Args:
@@ -220,6 +249,8 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
         callbacks: more Keras callbacks, run after the built-in ones but before the backup
             (their `epoch` argument counts within the phase).
         return_model: also return the trained (training) model.
+        long_side: the training images' long side, to resolve the reference-pixel geometry
+            (default: PREP's manifest; the reference 1536 without PREP).
 
     Returns:
         The summary also written to RUN/config.json (its `result` part filled; its
@@ -246,7 +277,6 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
             raise InputError("--data", "no prepared data given")
         if not os.path.isdir(prep_dir):
             raise InputError(prep_dir, "not a directory")
-        dataset_fn = prep_dataset_fn(prep_dir, config)
     try:
         model_config = resolve_config(config.preset, **config.model) if model_fn is None else None
     except ValueError as err:
@@ -260,14 +290,17 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
             from keras_hourglass.model.hourglass import build_hourglass
 
             model = build_hourglass(config.preset, **config.model)
-        optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
+        optimizer = keras.optimizers.Adam(learning_rate=make_learning_rate(config))
     stride = model_stride(model)
     multiple = model_input_multiple(model)
     num_outputs = len(model.outputs)
     final_model = inference_model(model)
-    if config.epochs_of("patch") and config.crop_size % multiple:
-        raise InputError("--crop-size", f"{config.crop_size} is not a multiple of the model's input multiple "
-                                        f"{multiple}")
+    geometry = run_geometry(config, prep_dir, stride, multiple, long_side)
+    if geometry.crop_clamped and config.epochs_of("patch"):
+        log.warning("crop %s reference px is larger than the %d-px images: clamped to %d px", config.crop_size,
+                    geometry.long_side, geometry.crop_size)
+    if dataset_fn is None:
+        dataset_fn = prep_dataset_fn(prep_dir, config, geometry.crop_size)
     os.makedirs(run_dir, exist_ok=True)
     write = WriteDir(run_dir, info)
     backup_dir = os.path.join(run_dir, "backup")  # every worker restores from the chief's backup
@@ -279,7 +312,11 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
         "hyperparameters": config.to_json(),
         "model": {"preset": config.preset, "config": model_config, "output_stride": stride,
                   "input_multiple": multiple, "num_outputs": num_outputs},
-        "loss": make_loss(config).get_config(),
+        "geometry": {"unit": f"reference pixels (long side {REFERENCE_LONG_SIDE}, heatmap stride 4)",
+                     "given": {k: config.to_json()[k] for k in ("patch_size", "mask_size", "sigmas",
+                                                                 "target_sigma", "crop_size")},
+                     "resolved": geometry.to_json()},
+        "loss": make_loss(config, geometry).get_config(),
         "seed": int(config.seed),
         "strategy": {**info.to_json(), "global_batch_size": config.batch_size,
                      "per_replica_batch_size": config.batch_size // max(1, info.num_replicas),
@@ -306,8 +343,8 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
         log.info("resuming from %s after epoch %d", backup_dir, completed)
 
     froc_callback, fixed_images = _validation(prep_dir, config, multiple, validation)
-    steps = _steps(config)
-    losses = [make_loss(config) for _ in range(num_outputs)]
+    steps = config.steps_per_epoch_or_default()
+    losses = [make_loss(config, geometry) for _ in range(num_outputs)]
     # One compile for both phases: the loss is the same and the model is fully
     # convolutional, so phase 2 only retraces the step for the whole-image shapes.
     with strategy.scope():
@@ -320,9 +357,10 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
         if completed >= offset + epochs:
             offset += epochs
             continue
-        rate = config.learning_rate if phase == "patch" or config.full_learning_rate is None \
-            else config.full_learning_rate
-        optimizer.learning_rate.assign(rate)
+        if config.lr_schedule == "constant":
+            rate = config.learning_rate if phase == "patch" or config.full_learning_rate is None \
+                else config.full_learning_rate
+            optimizer.learning_rate.assign(rate)
         initial = completed - offset
         # A resumed run re-seeds its pipeline, so it does not replay the batches already seen.
         seed = int(config.seed) + 1000 * (offset + initial)
