@@ -14,6 +14,8 @@ _LAZY = {
     "inference_model": "keras_hourglass.model.hourglass",
     "HypersensitiveLoss": "keras_hourglass.losses.hypersensitive",
     "GaussianL2Loss": "keras_hourglass.losses.gaussian_l2",
+    "PenaltyReducedFocalLoss": "keras_hourglass.losses.focal",
+    "breast_mask": "keras_hourglass.breast",
     "find_peaks": "keras_hourglass.peaks",
     "froc": "keras_hourglass.evaluation.froc",
 }
