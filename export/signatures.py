@@ -13,7 +13,8 @@ with its default settings (XLA off):
              `ceil(H / stride) x ceil(W / stride)`.
     outputs: `heatmap` float32 `[B, ceil(H/s), ceil(W/s), 1]`,
              `marks` float32 `[B, max_marks, 3]` = (y, x, score) in image
-             pixels (padding rows are (-1, -1, 0)),
+             pixels, only inside the breast mask (`keras_hourglass.breast`,
+             computed from the same pixels; padding rows are (-1, -1, 0)),
              `num_marks` int32 `[B]`,
              `long_side` int32 `[B]` (the long side the model was trained at,
              repeated per image, so a remote client can detect a
@@ -43,6 +44,8 @@ from typing import Callable
 
 import keras
 import tensorflow as tf
+
+from keras_hourglass.breast import breast_mask, suppress_outside_breast
 
 SERVING_DEFAULT = "serving_default"
 DETECT_PNG = "detect_png"
@@ -87,6 +90,8 @@ class HourglassDetector:
         threshold: default score threshold (used by `serving_default`).
         long_side: long side (pixels) of the training images, or 0 if unknown.
         pool_size: non-maximum-suppression window of the peak finder.
+        breast_only: drop marks outside the breast mask (`keras_hourglass.breast`),
+            as evaluation does.
         peak_fn: `find_peaks(heatmap, max_marks=, threshold=, pool_size=,
             stride=) -> (marks, num_marks)`; defaults to
             `keras_hourglass.peaks.find_peaks`.
@@ -102,6 +107,7 @@ class HourglassDetector:
         threshold: float = 0.0,
         long_side: int = 0,
         pool_size: int = 3,
+        breast_only: bool = True,
         peak_fn: PeakFn | None = None,
     ):
         if input_multiple % stride:
@@ -113,6 +119,7 @@ class HourglassDetector:
         self.threshold = float(threshold)
         self.long_side = int(long_side)
         self.pool_size = int(pool_size)
+        self.breast_only = bool(breast_only)
         self.peak_fn = peak_fn or _default_peak_fn()
 
     def heatmap(self, image: tf.Tensor) -> tf.Tensor:
@@ -125,8 +132,11 @@ class HourglassDetector:
             heatmap = heatmap[-1]
         return heatmap[:, :out_h, :out_w, :]
 
-    def marks(self, heatmap: tf.Tensor, image_hw: tf.Tensor, threshold) -> tuple[tf.Tensor, tf.Tensor]:
-        """Peaks of `heatmap` in image pixels, clipped to the image `[H, W]`."""
+    def marks(self, heatmap: tf.Tensor, image: tf.Tensor, threshold) -> tuple[tf.Tensor, tf.Tensor]:
+        """Peaks of `heatmap` in the breast of `image [B, H, W, 1]`, in image pixels clipped to `[H, W]`."""
+        image_hw = tf.shape(image)[1:3]
+        if self.breast_only:
+            heatmap = suppress_outside_breast(heatmap, breast_mask(image, self.stride))
         marks, num_marks = self.peak_fn(
             heatmap,
             max_marks=self.max_marks,
@@ -146,7 +156,7 @@ class HourglassDetector:
         image = tf.convert_to_tensor(image, tf.float32)
         heatmap = self.heatmap(image)
         threshold = self.threshold if threshold is None else threshold
-        marks, num_marks = self.marks(heatmap, tf.shape(image)[1:3], threshold)
+        marks, num_marks = self.marks(heatmap, image, threshold)
         batch = tf.shape(image)[0]
         return {
             "heatmap": heatmap,

@@ -9,7 +9,8 @@ height and width, so it can sit inside a TF Serving signature.
 Rules (all deterministic):
 
 - Non-finite values (NaN, +-inf) are never marks and never weigh in the
-  refinement.
+  refinement; neither are pixels outside an optional `mask` (the breast
+  mask of `keras_hourglass.breast`, used by evaluation and serving).
 - Non-maximum suppression: a pixel is a candidate if it equals the maximum of
   its `pool_size x pool_size` window (same padding) AND is strictly greater
   than every neighbour of that window that comes before it in raster order
@@ -109,6 +110,7 @@ def find_peaks(
     threshold=0.0,
     pool_size: int = 3,
     stride=1,
+    mask=None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Finds local maxima in a batch of heatmaps (see the module docstring).
 
@@ -120,6 +122,9 @@ def find_peaks(
         pool_size: odd non-maximum-suppression window (1 disables NMS).
         stride: heatmap-to-image scale (the model's output stride); a number
             or scalar tensor.
+        mask: optional bool `[B, h', w', 1]` (`h' >= h`, `w' >= w`): pixels
+            where marks may fall, e.g. `keras_hourglass.breast_mask(image,
+            stride)`; elsewhere the heatmap counts as non-finite.
 
     Returns:
         `(marks, num_marks)`: marks float32 [B, max_marks, 3] of
@@ -138,6 +143,10 @@ def find_peaks(
     heatmap = tf.convert_to_tensor(heatmap)
     if heatmap.shape.rank is not None and (heatmap.shape.rank != 4 or heatmap.shape[-1] not in (1, None)):
         raise ValueError(f"heatmap must have shape [B, h, w, 1], got {heatmap.shape}")
+    if mask is not None:
+        from keras_hourglass.breast import suppress_outside_breast
+
+        heatmap = suppress_outside_breast(heatmap, mask)
     heatmap = tf.cast(heatmap, tf.float32)[..., 0]
     heatmap = tf.where(tf.math.is_finite(heatmap), heatmap, tf.fill(tf.shape(heatmap), _NEG_INF))
     threshold = tf.cast(threshold, tf.float32)

@@ -16,8 +16,10 @@ of that stream (paper: 8,000 images).
 Phases:
 
 - ``"patch"``: a ``patch_size`` crop (paper: 1280 native = 512 at training
-  scale) centred on a random finding of the image (any label) with jitter
-  that keeps that finding inside the crop; images without findings
+  scale) around a random finding of the image (any label), the finding
+  placed uniformly at random wherever it fits inside the crop (a finding
+  always near the centre is a positional shortcut: zero padding tells a
+  network where the centre is); images without findings
   (normals): a random crop centred on a random TISSUE block (blocks of
   patch_size/8 whose mean intensity exceeds `TISSUE_THRESHOLD`; uniformly
   random when none does), so negatives show breast, not the black
@@ -58,6 +60,7 @@ import random
 
 import tensorflow as tf
 
+from keras_hourglass.breast import TISSUE_THRESHOLD
 from keras_hourglass.data import records
 from keras_hourglass.errors import InputError
 
@@ -65,11 +68,6 @@ logger = logging.getLogger(__name__)
 
 GAIN_RANGE = (0.9, 1.1)
 LOG_GAMMA_RANGE = 0.15
-TISSUE_THRESHOLD = 0.05
-"""Mean intensity above which a block counts as tissue (background is ~0 after VOI)."""
-JITTER_FRACTION = 0.25
-"""Patch centre jitter: at most this fraction of the patch size (and never
-so much that the centred finding leaves the crop)."""
 
 
 def steps_per_epoch(images_per_epoch: int, batch_size: int) -> int:
@@ -123,7 +121,9 @@ def _crop_origin(image, boxes, patch_size: int, seeds):
         box = boxes[index]
         centre = tf.stack([(box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0])
         extent = tf.stack([box[2] - box[0], box[3] - box[1]])
-        reach = tf.maximum(0.0, tf.minimum(size * JITTER_FRACTION, (size - extent) / 2.0 - 1.0))
+        # Anywhere the finding fits: a finding always near the crop centre lets a zero-padded network
+        # learn "fire at the centre" instead of "fire on the lesion".
+        reach = tf.maximum(0.0, (size - extent) / 2.0 - 1.0)
         offset = tf.random.stateless_uniform([2], seeds[1], minval=-1.0, maxval=1.0) * reach
         return tf.cast(tf.floor(centre + offset - size / 2.0), tf.int32)
 

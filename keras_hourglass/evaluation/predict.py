@@ -6,6 +6,7 @@ model's input multiple, `boxes` (image frame), `box_labels`,
 `patient_hash`, `image_hash`, `transform` and the unpadded `height` /
 `width`. Marks come from `keras_hourglass.find_peaks` on the final heatmap,
 in image coordinates (stride = `model_stride(model)`); marks outside the
+breast mask (`keras_hourglass.breast`, on by default) and outside the
 unpadded image, `[0, height) x [0, width)`, i.e. in the padding, are dropped.
 """
 
@@ -86,8 +87,11 @@ def _valid_size(element: dict) -> tuple[int, int]:
     return int(image.shape[0]), int(image.shape[1])
 
 
-def _make_predictor(model, *, max_marks: int, threshold: float, stride: int, peak_finder: Callable):
+def _make_predictor(model, *, max_marks: int, threshold: float, stride: int, peak_finder: Callable,
+                    breast_only: bool):
     import tensorflow as tf
+
+    from keras_hourglass.breast import breast_mask, suppress_outside_breast
 
     channels = model.inputs[0].shape[-1] or 1
 
@@ -96,6 +100,8 @@ def _make_predictor(model, *, max_marks: int, threshold: float, stride: int, pea
         heatmap = model(image, training=False)
         if isinstance(heatmap, (list, tuple)):
             heatmap = heatmap[-1]
+        if breast_only:
+            heatmap = suppress_outside_breast(heatmap, breast_mask(image[..., :1], stride))
         return peak_finder(heatmap, max_marks=max_marks, threshold=threshold, stride=stride)
 
     return predict
@@ -120,6 +126,8 @@ class MarkPredictor:
             (`keras_hourglass.model.model_stride`).
         peak_finder: a function with the signature of
             `keras_hourglass.find_peaks` (default).
+        breast_only: drop marks outside the breast mask
+            (`keras_hourglass.breast`), as the exported signatures do.
     """
 
     def __init__(
@@ -130,6 +138,7 @@ class MarkPredictor:
         threshold: float | None = None,
         stride: int | None = None,
         peak_finder: Callable | None = None,
+        breast_only: bool = True,
     ):
         from keras_hourglass.model import inference_model, model_stride
 
@@ -140,7 +149,8 @@ class MarkPredictor:
         self.max_marks = int(max_marks)
         self.threshold = float("-inf") if threshold is None else float(threshold)
         self._predict = _make_predictor(
-            self.model, max_marks=self.max_marks, threshold=self.threshold, stride=self.stride, peak_finder=peak_finder
+            self.model, max_marks=self.max_marks, threshold=self.threshold, stride=self.stride, peak_finder=peak_finder,
+            breast_only=bool(breast_only),
         )
 
     def __call__(
@@ -204,6 +214,7 @@ def predict_marks(
     keep_images: int = 0,
     progress: bool = False,
     peak_finder: Callable | None = None,
+    breast_only: bool = True,
 ) -> list[PredictedImage]:
     """Runs `model` over `dataset` and returns the marks of every image.
 
@@ -224,10 +235,12 @@ def predict_marks(
         progress: show a tqdm progress bar.
         peak_finder: a function with the signature of
             `keras_hourglass.find_peaks` (default).
+        breast_only: drop marks outside the breast mask (`keras_hourglass.breast`).
 
     Returns:
         One `PredictedImage` per image, marks `[M, 3]` (y, x, score) in image
         coordinates, sorted by score descending.
     """
-    predictor = MarkPredictor(model, max_marks=max_marks, threshold=threshold, stride=stride, peak_finder=peak_finder)
+    predictor = MarkPredictor(model, max_marks=max_marks, threshold=threshold, stride=stride, peak_finder=peak_finder,
+                              breast_only=breast_only)
     return predictor(dataset, max_images=max_images, keep_images=keep_images, progress=progress)
