@@ -225,3 +225,51 @@ def test_cli_synth(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["synth", "--help"])
     assert "examples:" in capsys.readouterr().out
+
+
+def test_stress_knobs_change_what_they_name_and_defaults_change_nothing():
+    from keras_hourglass.data.synthetic.findings import DEFAULT_STRESS, StressSettings, loose_box
+
+    tight, centre, shape = (100.0, 100.0, 120.0, 120.0), (110.0, 110.0), (640, 512)
+
+    def boxes(stress, n=200):
+        rng = np.random.default_rng(3)
+        return np.array([loose_box(tight, centre, shape, rng, stress) for _ in range(n)])
+
+    base = boxes(DEFAULT_STRESS)
+    np.testing.assert_array_equal(base, boxes(StressSettings()))  # defaults draw what they drew before
+    loose = boxes(StressSettings(box_looseness=6.0, box_offset=0.5))
+    side = lambda b: (b[:, 2] - b[:, 0]).mean()  # noqa: E731
+    assert side(loose) > 1.8 * side(base)
+    for b in loose:  # the lesion centre stays inside every box
+        assert b[0] <= centre[0] <= b[2] and b[1] <= centre[1] <= b[3]
+    offset = lambda b: np.abs((b[:, 0] + b[:, 2]) / 2 - centre[0]).mean() / side(b)  # noqa: E731
+    assert offset(boxes(StressSettings(box_offset=0.5))) > offset(boxes(StressSettings(box_offset=0.0))) + 0.05
+    for bad in ({"box_looseness": 0.5}, {"box_offset": 0.7}, {"size_spread": 0.9}, {"contrast": 0.0}):
+        with pytest.raises(ValueError):
+            StressSettings(**bad).validate()
+
+
+def test_contrast_and_size_spread_reach_the_pixels():
+    from keras_hourglass.data.synthetic.findings import StressSettings
+
+    spec = FindingSpec("malignant", "mass", 0.8, 0.5)
+
+    def draw(stress):
+        density = np.zeros((200, 200), np.float32)
+        allowed = np.zeros((200, 200), bool)
+        allowed[100, 100] = True
+        found = render_finding(spec, density, allowed, 1.0, np.random.default_rng(1), stress)
+        return density, found
+
+    base, _ = draw(StressSettings())
+    subtle, _ = draw(StressSettings(contrast=0.5))
+    np.testing.assert_allclose(subtle, 0.5 * base, rtol=1e-5, atol=1e-7)
+    sizes = []
+    for seed in range(12):
+        density = np.zeros((300, 300), np.float32)
+        allowed = np.zeros((300, 300), bool)
+        allowed[150, 150] = True
+        found = render_finding(spec, density, allowed, 1.0, np.random.default_rng(seed), StressSettings(size_spread=3.0))
+        sizes.append(found.tight_box[2] - found.tight_box[0])
+    assert max(sizes) > 2.0 * min(sizes)

@@ -16,6 +16,9 @@ EPILOG = """examples:
   # screening-like prevalence (about 1 % malignant), larger images
   hourglass synth --out data/screening --images 1000 --height 1280 --width 1024
 
+  # stress: loose, offset boxes (principle a), wide lesion-size spread (b), subtle findings
+  hourglass synth --out data/stress --images 400 --box-looseness 4 --box-offset 0.45 --size-spread 2 --contrast 0.5
+
   # then
   hourglass prepare --annotations data/synth/annotations.csv --images-root data/synth --out data/prepared
 
@@ -48,6 +51,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         help="fraction with a high-risk finding (default 0.01)")
     parser.add_argument("--benign-rate", type=argtypes.rate, default=0.05, metavar="R",
                         help="fraction with a benign finding (default 0.05); normal = the rest")
+    stress = parser.add_argument_group("stress knobs (what each principle of the loss is meant to absorb)")
+    stress.add_argument("--box-looseness", type=argtypes.number, default=2.5, metavar="F",
+                        help="annotation boxes are the lesion enlarged up to F times (default 2.5; 1-10)")
+    stress.add_argument("--box-offset", type=argtypes.number, default=0.2, metavar="F",
+                        help="box centres move up to F of the box side off the lesion (default 0.2; 0-0.5)")
+    stress.add_argument("--size-spread", type=argtypes.number, default=1.0, metavar="F",
+                        help="lesions scaled by a log-uniform factor in [1/F, F] (default 1; 1-4)")
+    stress.add_argument("--contrast", type=argtypes.number, default=1.0, metavar="F",
+                        help="finding contrast multiplier: below 1 = subtler findings (default 1; 0.05-4)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
     return parser
@@ -56,11 +68,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Runs `hourglass synth`. Returns: 0. Raises: InputError on bad arguments."""
     from keras_hourglass.data.synthetic import SynthConfig, generate_dataset
+    from keras_hourglass.data.synthetic.findings import StressSettings
     from keras_hourglass.errors import InputError
 
+    stress = StressSettings(box_looseness=args.box_looseness, box_offset=args.box_offset,
+                            size_spread=args.size_spread, contrast=args.contrast)
     config = SynthConfig(num_images=args.images, seed=args.seed, height=args.height, width=args.width,
                          malignant_rate=args.malignant_rate, high_risk_rate=args.high_risk_rate,
-                         benign_rate=args.benign_rate)
+                         benign_rate=args.benign_rate, stress=stress)
     try:
         config.validate()
     except ValueError as err:

@@ -26,7 +26,14 @@ import numpy as np
 
 from keras_hourglass.data.synthetic.anatomy import breast_density_map, draw_geometry
 from keras_hourglass.data.synthetic.dicom_writer import DicomTags, write_mammogram_dicom
-from keras_hourglass.data.synthetic.findings import FindingSpec, RenderedFinding, draw_spec, render_finding
+from keras_hourglass.data.synthetic.findings import (
+    DEFAULT_STRESS,
+    FindingSpec,
+    RenderedFinding,
+    StressSettings,
+    draw_spec,
+    render_finding,
+)
 
 CSV_COLUMNS = ("image_path", "patient_id", "study_id", "laterality", "view", "label", "finding_type",
                "xmin", "ymin", "xmax", "ymax")
@@ -65,6 +72,7 @@ class SynthConfig:
         height, width: original image size in pixels (default 640 x 512).
         malignant_rate, high_risk_rate, benign_rate: per-image prevalence; normal = the rest.
             Defaults are close to screening: 1 % malignant, 1 % high-risk, 5 % benign.
+        stress: box looseness / offset, lesion size spread and contrast (`StressSettings`).
     """
 
     num_images: int
@@ -74,6 +82,7 @@ class SynthConfig:
     malignant_rate: float = 0.01
     high_risk_rate: float = 0.01
     benign_rate: float = 0.05
+    stress: StressSettings = DEFAULT_STRESS
 
     def label_probabilities(self) -> tuple[float, float, float, float]:
         """Returns: P(normal), P(benign), P(high_risk), P(malignant). Raises ValueError if invalid."""
@@ -86,6 +95,7 @@ class SynthConfig:
     def validate(self) -> None:
         """Raises ValueError on an unusable configuration."""
         self.label_probabilities()
+        self.stress.validate()
         if self.num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {self.num_images}")
         if self.height < 64 or self.width < 48:
@@ -242,7 +252,7 @@ def render_image(plan: ImagePlan, config: SynthConfig) -> tuple[np.ndarray, Dico
     scale = config.height / DEFAULT_HEIGHT
     geo = draw_geometry(shape, plan.view, rng, density=plan.density)
     density, thickness, allowed = breast_density_map(geo, shape, rng)
-    rendered = [render_finding(spec, density, allowed, scale, rng) for spec in plan.findings]
+    rendered = [render_finding(spec, density, allowed, scale, rng, config.stress) for spec in plan.findings]
     intensity = np.clip(0.02 + thickness * (0.10 + 0.85 * density), 0.0, 1.0).astype(np.float32)
     bits = plan.tags.bits_stored
     maxv = 2**bits - 1
@@ -354,6 +364,7 @@ def generate_dataset(out_dir: str | os.PathLike, config: SynthConfig, *, progres
         "height": config.height,
         "width": config.width,
         "seed": config.seed,
+        "stress": dataclasses.asdict(config.stress),
         "seconds": round(seconds, 3),
         "images_per_second": round(len(plans) / seconds, 2) if seconds > 0 else None,
     }

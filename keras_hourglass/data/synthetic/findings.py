@@ -182,25 +182,62 @@ _RENDERERS = {"mass": _mass, "calcification": _calcifications, "distortion": _di
 _EXTENT = {"mass": 60.0, "calcification": 45.0, "distortion": 50.0, "asymmetry": 75.0}
 
 
+@dataclasses.dataclass(frozen=True)
+class StressSettings:
+    """What the synthetic findings make hard, one knob per principle of the loss.
+
+    Attributes:
+        box_looseness: the annotation box is the tight box enlarged by a uniform factor in
+            [1, box_looseness] (principle (a); default 2.5).
+        box_offset: the box centre moves from the lesion centre by up to this fraction of the
+            box side on each axis (principle (a); default 0.2, at most 0.5; the lesion centre is
+            always kept within a quarter of the box side of the box centre).
+        size_spread: each lesion is scaled by a log-uniform factor in [1/size_spread, size_spread]
+            (principle (b); default 1 = the sizes of the finding models alone).
+        contrast: multiplies every finding's contrast (subtle findings below 1; default 1).
+    """
+
+    box_looseness: float = 2.5
+    box_offset: float = 0.2
+    size_spread: float = 1.0
+    contrast: float = 1.0
+
+    def validate(self) -> None:
+        """Raises ValueError on an unusable setting."""
+        if not 1.0 <= self.box_looseness <= 10.0:
+            raise ValueError(f"box_looseness must be in [1, 10], got {self.box_looseness}")
+        if not 0.0 <= self.box_offset <= 0.5:
+            raise ValueError(f"box_offset must be in [0, 0.5], got {self.box_offset}")
+        if not 1.0 <= self.size_spread <= 4.0:
+            raise ValueError(f"size_spread must be in [1, 4], got {self.size_spread}")
+        if not 0.05 <= self.contrast <= 4.0:
+            raise ValueError(f"contrast must be in [0.05, 4], got {self.contrast}")
+
+
+DEFAULT_STRESS = StressSettings()
+
+
 def loose_box(tight: tuple[float, float, float, float], center: tuple[float, float], shape: tuple[int, int],
-              rng: np.random.Generator) -> tuple[float, float, float, float]:
-    """A clinical-style box: the tight box enlarged 1-2.5x and offset, containing the centre.
+              rng: np.random.Generator, stress: StressSettings = DEFAULT_STRESS) -> tuple[float, float, float, float]:
+    """A clinical-style box: the tight box enlarged and offset, containing the centre.
 
     Args:
         tight: (y0, x0, y1, x1) of the visible lesion.
         center: (y, x) of the lesion centre.
         shape: (H, W) of the image (the box is clipped to it).
         rng: the random generator.
+        stress: looseness and offset of the box (`StressSettings`).
 
     Returns:
         (y0, x0, y1, x1), rounded to 0.1 px.
     """
     y0, x0, y1, x1 = tight
-    s = rng.uniform(1.0, 2.5)
+    s = rng.uniform(1.0, stress.box_looseness)
     hh = max(4.0, (y1 - y0) * s * rng.uniform(0.85, 1.15)) / 2
     hw = max(4.0, (x1 - x0) * s * rng.uniform(0.85, 1.15)) / 2
-    cy = (y0 + y1) / 2 + rng.uniform(-0.2, 0.2) * 2 * hh
-    cx = (x0 + x1) / 2 + rng.uniform(-0.2, 0.2) * 2 * hw
+    offset = stress.box_offset
+    cy = (y0 + y1) / 2 + rng.uniform(-offset, offset) * 2 * hh
+    cx = (x0 + x1) / 2 + rng.uniform(-offset, offset) * 2 * hw
     # Keep the lesion centre inside with a margin of a quarter of the box.
     cy = float(np.clip(cy, center[0] - 0.5 * hh, center[0] + 0.5 * hh))
     cx = float(np.clip(cx, center[1] - 0.5 * hw, center[1] + 0.5 * hw))
@@ -210,7 +247,7 @@ def loose_box(tight: tuple[float, float, float, float], center: tuple[float, flo
 
 
 def render_finding(spec: FindingSpec, density: np.ndarray, allowed: np.ndarray, scale: float,
-                   rng: np.random.Generator) -> RenderedFinding:
+                   rng: np.random.Generator, stress: StressSettings = DEFAULT_STRESS) -> RenderedFinding:
     """Draws one finding into `density` (in place) at a random allowed position.
 
     Args:
@@ -219,6 +256,8 @@ def render_finding(spec: FindingSpec, density: np.ndarray, allowed: np.ndarray, 
         allowed: bool `[H, W]` where a lesion centre may go.
         scale: image height / 640 (lesion sizes scale with the image).
         rng: the random generator.
+        stress: box looseness / offset, lesion size spread and contrast (`StressSettings`;
+            the defaults draw exactly what they drew before the knobs existed).
 
     Returns:
         The `RenderedFinding` (drawing frame).
@@ -229,8 +268,12 @@ def render_finding(spec: FindingSpec, density: np.ndarray, allowed: np.ndarray, 
     idx = int(candidates[rng.integers(candidates.size)])
     cy = idx // density.shape[1] + rng.random()
     cx = idx % density.shape[1] + rng.random()
+    if stress.size_spread != 1.0:
+        scale = scale * float(np.exp(rng.uniform(-1.0, 1.0) * np.log(stress.size_spread)))
     sl, yy, xx = _grid(cy, cx, _EXTENT[spec.finding_type] * scale, density.shape)
     contribution = _RENDERERS[spec.finding_type](spec, yy, xx, scale, rng)
+    if stress.contrast != 1.0:
+        contribution = contribution * np.float32(stress.contrast)
     density[sl] += contribution
     visible = contribution > 0.15 * float(contribution.max())
     rows, cols = np.nonzero(visible)
@@ -241,4 +284,4 @@ def render_finding(spec: FindingSpec, density: np.ndarray, allowed: np.ndarray, 
         cy = float(sl[0].start + (contribution.sum(axis=1) * (np.arange(contribution.shape[0]) + 0.5)).sum() / wsum)
         cx = float(sl[1].start + (contribution.sum(axis=0) * (np.arange(contribution.shape[1]) + 0.5)).sum() / wsum)
     center = (float(np.clip(cy, tight[0], tight[2])), float(np.clip(cx, tight[1], tight[3])))
-    return RenderedFinding(spec, center, tight, loose_box(tight, center, density.shape, rng))
+    return RenderedFinding(spec, center, tight, loose_box(tight, center, density.shape, rng, stress))
