@@ -8,7 +8,7 @@ HOURGLASS := $(VENV)/bin/hourglass
 DEMO ?= demo_out
 PIP_FLAGS ?= --disable-pip-version-check --progress-bar off
 
-.PHONY: venv demo test test-tfio bench ablation soak clean
+.PHONY: venv demo test test-tfio bench ablation quality quality-ablation quality-stress soak clean
 
 venv: $(VENV)/.installed
 
@@ -52,6 +52,18 @@ bench: venv
 # (same data, seeds and step budget; about 15-25 min on 2 cores) -> benchmarks/out/ablation.{json,md,png}.
 ablation: venv
 	$(PY) benchmarks/ablation.py $(ABLATION_FLAGS)
+
+# Detection quality (benchmarks/quality.py; resumable, finished runs are kept): the losses side by side on
+# the same synthetic data, seeds and budget -> benchmarks/out/quality/quality-<table>.{json,md,png}.
+# QUALITY_FLAGS=--quick: smoke run.
+quality: venv
+	$(PY) benchmarks/quality.py main $(QUALITY_FLAGS)
+
+quality-ablation: venv
+	$(PY) benchmarks/quality.py ablation $(QUALITY_FLAGS)
+
+quality-stress: venv
+	$(PY) benchmarks/quality.py stress $(QUALITY_FLAGS)
 
 # The reliability tests with soak-sized counts (5000 fuzzed DICOMs, 3 kills, the full PHI run).
 soak: venv

@@ -126,7 +126,7 @@ def _clean(value):
 
 
 class HistoryCSV(keras.callbacks.Callback):
-    """Appends one row per epoch (global epoch number, phase, every log value) to a CSV.
+    """Appends one row per epoch (global epoch number, phase, wall seconds, every log value) to a CSV.
 
     On resume, call `truncate_history(path, completed_epochs)` first so that
     epochs the interrupted run logged but did not back up are not duplicated.
@@ -138,8 +138,14 @@ class HistoryCSV(keras.callbacks.Callback):
         self.epoch_offset = int(epoch_offset)
         self.phase = phase
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": self.epoch_offset + epoch + 1, "phase": self.phase}
+        started = getattr(self, "_started", None)
+        if started is not None:  # wall time of the epoch: its steps and the callbacks before this one
+            row["epoch_seconds"] = round(time.perf_counter() - started, 3)
         row.update({k: _clean(v) for k, v in sorted((logs or {}).items())})
         fields = list(row)
         exists = os.path.exists(self.path) and os.path.getsize(self.path) > 0

@@ -1,0 +1,434 @@
+"""Detection quality: the losses side by side on the same data, seeds and budget, with confidence intervals.
+
+Tables (each its own make target, resumable: a finished run is kept, keyed by its data and flags):
+
+    main      (make quality)           L2, hypersensitive, focal             x seeds (default 0, 1, 2)
+    ablation  (make quality-ablation)  hypersensitive with (a)-(d) off       x seeds
+    stress    (make quality-stress)    hypersensitive vs L2 along each stress axis of `hourglass synth`
+                                       (box looseness/offset, lesion size spread, rarity, subtlety) x seeds
+
+Every run is `hourglass train` with the DEFAULTS of the command (the loss geometry, learning rate and its
+schedule are whatever `hourglass train --help` says) plus the benchmark's budget (--patch-epochs,
+--full-epochs, --steps-per-epoch) and the seed; only the loss or one principle changes between variants.
+The final weights are evaluated once on the held-out test split with `hourglass evaluate` (bootstrap CIs
+over patients). The validation split feeds the per-epoch FROC callback (`val_sensitivity` in
+history.csv), which gives the time to quality: the training minutes until validation sensitivity at
+4.8 FPI first reaches 0.8 and 0.9. Validation selects nothing here (no checkpoint choice, no seed
+choice): test numbers come from the last epoch of every run.
+
+Outputs (under --out, default benchmarks/out/quality):
+    data/<name>/{synth,prepared}    the data sets (made once per settings)
+    runs/<table>/<variant>-s<seed>/ run directories, eval/ the evaluation outputs, *.record.json
+    quality-<table>.json / .md      per seed and mean over seeds (95% t-interval across seeds), paired
+                                    differences against L2, FPI at which 0.95 / 0.97 is first reached
+    quality-<table>.png             every FROC curve (seed 0 of every variant) in one plot
+
+Usage:
+    python benchmarks/quality.py main                      # ~9 runs of ~6 min on 2 cores
+    python benchmarks/quality.py ablation --seeds 0,1,2
+    python benchmarks/quality.py stress --seeds 0,1
+    python benchmarks/quality.py main --quick              # smoke run: little data, a few steps
+    python benchmarks/quality.py main --render-only        # tables and plot from the finished runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+FPI_COLUMNS = ("0.25", "0.5", "1", "2", "4.8")
+SENSITIVITY_TARGETS = (0.95, 0.97)
+VAL_TARGETS = (0.8, 0.9)
+
+#: table -> {variant: (description, extra `hourglass train` flags)}
+TABLES: dict[str, dict[str, tuple[str, list[str]]]] = {
+    "main": {
+        "l2": ("Gaussian L2 baseline (Newell)", ["--loss", "l2"]),
+        "hypersensitive": ("hypersensitive loss, all principles", ["--loss", "hypersensitive"]),
+        "focal": ("CenterNet penalty-reduced focal loss", ["--loss", "focal"]),
+    },
+    "ablation": {
+        "hypersensitive": ("hypersensitive loss, all principles", ["--loss", "hypersensitive"]),
+        "no-recenter": ("(a) off: reference centred on the box", ["--no-recenter"]),
+        "one-sigma": ("(b) off: a single sigma (12 reference px)", ["--sigmas", "12"]),
+        "no-top-k": ("(c) off: top_k = 0", ["--top-k", "0"]),
+        "omega-1": ("(d) off: omega = 1", ["--omega", "1.0"]),
+    },
+    "stress": {
+        "l2": ("Gaussian L2 baseline (Newell)", ["--loss", "l2"]),
+        "hypersensitive": ("hypersensitive loss, all principles", ["--loss", "hypersensitive"]),
+    },
+}
+
+#: The data of the main and ablation tables: `hourglass synth` defaults (loose boxes, all four finding
+#: types) with an enriched case mix so that the test split holds >= 60 malignant findings.
+BASE_DATA = {"images": 800, "height": 640, "width": 512, "malignant_rate": 0.25, "high_risk_rate": 0.1,
+             "benign_rate": 0.15, "box_looseness": 2.5, "box_offset": 0.2, "size_spread": 1.0, "contrast": 1.0,
+             "size": 256, "val_fraction": 0.15, "test_fraction": 0.3, "seed": 11}
+
+#: stress axis -> [(setting name, overrides of BASE_DATA)]; the first of each is the base data.
+STRESS_AXES: dict[str, list[tuple[str, dict]]] = {
+    "boxes (a)": [("base", {}), ("loose", {"box_looseness": 4.0, "box_offset": 0.35}),
+                  ("very-loose", {"box_looseness": 6.0, "box_offset": 0.5})],
+    "size spread (b)": [("base", {}), ("x1.6", {"size_spread": 1.6}), ("x2.5", {"size_spread": 2.5})],
+    "rarity (c, d)": [("base", {}), ("10%", {"malignant_rate": 0.1, "images": 1600}),
+                      ("4%", {"malignant_rate": 0.04, "images": 3200})],
+    "subtlety": [("base", {}), ("contrast-0.7", {"contrast": 0.7}), ("contrast-0.5", {"contrast": 0.5})],
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("table", choices=list(TABLES))
+    parser.add_argument("--out", default=os.path.join(HERE, "out", "quality"))
+    parser.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2; stress 0,1)")
+    parser.add_argument("--variants", default=None, help="comma-separated subset of the table's variants")
+    parser.add_argument("--axes", default=None, help="stress: comma-separated subset of " + ", ".join(STRESS_AXES))
+    parser.add_argument("--patch-epochs", type=int, default=16)
+    parser.add_argument("--full-epochs", type=int, default=8)
+    parser.add_argument("--steps-per-epoch", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--val-images", type=int, default=64)
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--timeout-minutes", type=float, default=30.0, help="per train/evaluate process")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 120 images, 3 x 5 steps")
+    parser.add_argument("--render-only", action="store_true", help="tables from the finished runs only")
+    args = parser.parse_args(argv)
+    default_seeds = "0,1" if args.table == "stress" else "0,1,2"
+    args.seeds = [int(s) for s in (args.seeds or default_seeds).split(",")]
+    variants = TABLES[args.table]
+    args.variants = args.variants.split(",") if args.variants else list(variants)
+    unknown = [v for v in args.variants if v not in variants]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; {args.table} has {list(variants)}")
+    args.axes = args.axes.split(",") if args.axes else list(STRESS_AXES)
+    if any(a not in STRESS_AXES for a in args.axes):
+        parser.error(f"unknown axes; choose from {list(STRESS_AXES)}")
+    if args.quick:
+        args.patch_epochs, args.full_epochs, args.steps_per_epoch, args.bootstrap = 2, 1, 5, 100
+        args.val_images = 8
+    return args
+
+
+def hourglass() -> list[str]:
+    return [sys.executable, "-m", "keras_hourglass.cli.main"]
+
+
+def run(cmd: list[str], log_path: str, timeout: float) -> tuple[str, float]:
+    """Runs one step; returns (stdout, seconds). stderr goes to `log_path`."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("TF_CONFIG", None)
+    start = time.time()
+    with open(log_path, "w") as log:
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, timeout=timeout, env=env, cwd=ROOT)
+    if done.returncode != 0:
+        raise SystemExit(f"quality: step failed (exit {done.returncode}), see {log_path}: {' '.join(cmd)}")
+    return done.stdout, time.time() - start
+
+
+def read_json(path: str):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def write_json(path: str, payload) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2)
+    os.replace(tmp, path)
+
+
+def data_settings(overrides: dict, quick: bool) -> dict:
+    settings = {**BASE_DATA, **overrides}
+    if quick:
+        settings["images"] = min(settings["images"], 120)
+    return settings
+
+
+def prepare_data(out: str, settings: dict) -> str:
+    """Makes (once) the synthetic data set of `settings`; returns PREP. A fixed salt: the same split everywhere."""
+    import hashlib
+
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    root = os.path.join(out, "data", key)
+    synth, prep = os.path.join(root, "synth"), os.path.join(root, "prepared")
+    stamp = os.path.join(root, "settings.json")
+    if os.path.exists(stamp) and os.path.exists(os.path.join(prep, "manifest.json")):
+        return prep
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    log = os.path.join(root, "data.log")
+    s = settings
+    run([*hourglass(), "synth", "--out", synth, "--images", str(s["images"]), "--seed", str(s["seed"]),
+         "--height", str(s["height"]), "--width", str(s["width"]), "--malignant-rate", str(s["malignant_rate"]),
+         "--high-risk-rate", str(s["high_risk_rate"]), "--benign-rate", str(s["benign_rate"]),
+         "--box-looseness", str(s["box_looseness"]), "--box-offset", str(s["box_offset"]),
+         "--size-spread", str(s["size_spread"]), "--contrast", str(s["contrast"]), "--no-progress"], log, 1800)
+    run([*hourglass(), "prepare", "--annotations", os.path.join(synth, "annotations.csv"), "--images-root", synth,
+         "--out", prep, "--size", str(s["size"]), "--val-fraction", str(s["val_fraction"]),
+         "--test-fraction", str(s["test_fraction"]), "--salt", f"quality-{s['seed']}", "--workers", "2",
+         "--quiet"], log + ".prepare", 1800)
+    write_json(stamp, settings)
+    return prep
+
+
+def train_flags(args, variant_flags: list[str], seed: int) -> list[str]:
+    return [*variant_flags, "--seed", str(seed), "--patch-epochs", str(args.patch_epochs),
+            "--full-epochs", str(args.full_epochs), "--steps-per-epoch", str(args.steps_per_epoch),
+            "--batch-size", str(args.batch_size), "--val-images", str(args.val_images), "--strategy", "default",
+            "--quiet"]
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def time_to_quality(history: list[dict]) -> dict[str, float | None]:
+    """Training minutes (wall, cumulative epoch seconds) until val sensitivity at 4.8 FPI first reaches each target."""
+    out: dict[str, float | None] = {f"{t:g}": None for t in VAL_TARGETS}
+    elapsed = 0.0
+    for row in history:
+        elapsed += float(row.get("epoch_seconds") or 0.0)
+        value = row.get("val_sensitivity_at_4.8") or row.get("val_sensitivity")
+        if value in (None, ""):
+            continue
+        for target in VAL_TARGETS:
+            key = f"{target:g}"
+            if out[key] is None and float(value) >= target:
+                out[key] = round(elapsed / 60.0, 2)
+    return out
+
+
+def fpi_to_reach(curve: list[dict], target: float) -> float | None:
+    """The smallest FPI at which the FROC curve reaches `target` sensitivity (None: never)."""
+    reached = [p["fpi"] for p in curve if p.get("sensitivity") is not None and p["sensitivity"] >= target - 1e-12]
+    return round(min(reached), 3) if reached else None
+
+
+def run_one(args, out: str, table: str, name: str, prep: str, variant_flags: list[str], seed: int,
+            description: str) -> dict | None:
+    from keras_hourglass.training.callbacks import read_history
+
+    base = os.path.join(out, "runs", table)
+    tag = f"{name}-s{seed}"
+    run_dir, eval_dir = os.path.join(base, tag), os.path.join(base, "eval", tag)
+    record_path = os.path.join(base, f"{tag}.record.json")
+    flags = train_flags(args, variant_flags, seed)
+    data_hash = read_json(os.path.join(prep, "manifest.json")).get("content_hash")
+    if os.path.exists(record_path):
+        record = read_json(record_path)
+        if record.get("train_flags") == flags and record.get("data_hash") == data_hash:
+            return record
+    if args.render_only:
+        return None
+    stamp_path = os.path.join(base, f"{tag}.stamp.json")
+    stamp = {"train_flags": flags, "data_hash": data_hash}
+    if not os.path.exists(stamp_path) or read_json(stamp_path) != stamp:  # stale: start that run over
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(eval_dir, ignore_errors=True)
+        os.makedirs(base, exist_ok=True)
+        write_json(stamp_path, stamp)
+    os.makedirs(os.path.join(base, "logs"), exist_ok=True)
+    timeout = args.timeout_minutes * 60
+    print(f"quality {table}: {tag}: training ({description})", file=sys.stderr, flush=True)
+    stdout, train_seconds = run([*hourglass(), "train", "--data", prep, "--out", run_dir, *flags],
+                                os.path.join(base, "logs", f"{tag}.train.log"), timeout)
+    _, eval_seconds = run([*hourglass(), "evaluate", "--model", os.path.join(run_dir, "model.keras"), "--data", prep,
+                           "--split", "test", "--out", eval_dir, "--bootstrap", str(args.bootstrap), "--seed", "0",
+                           "--overlays", "2", "--quiet"], os.path.join(base, "logs", f"{tag}.evaluate.log"), timeout)
+    froc = read_json(os.path.join(eval_dir, "froc.json"))
+    history = read_history(os.path.join(run_dir, "history.csv"))
+    record = {"table": table, "name": name, "seed": seed, "description": description, "train_flags": flags,
+              "data_hash": data_hash, "prep": prep, "commit": git_commit(), "eval_dir": eval_dir,
+              "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
+              "time_to_val_sensitivity_minutes": time_to_quality(history),
+              "summary": summarise_froc(froc), "curve": froc.get("curve", [])}
+    write_json(record_path, record)
+    print(f"quality {table}: {tag}: {train_seconds:.0f} s, sensitivity at 4.8 FPI "
+          f"{record['summary']['sensitivity_at_fpi'].get('4.8')}", file=sys.stderr, flush=True)
+    return record
+
+
+def summarise_froc(froc: dict) -> dict:
+    curve = froc.get("curve", [])
+    return {
+        "sensitivity_at_fpi": {k: froc["sensitivity_at_fpi"].get(k) for k in FPI_COLUMNS},
+        "ci95": {k: (froc.get("ci95") or {}).get(k) for k in FPI_COLUMNS},
+        "max_sensitivity": froc.get("max_sensitivity"),
+        "fpi_at_max_sensitivity": froc.get("fpi_at_max_sensitivity"),
+        "fpi_to_reach": {f"{t:g}": fpi_to_reach(curve, t) for t in SENSITIVITY_TARGETS},
+        "num_images": froc.get("num_images"),
+        "num_malignant_findings": froc.get("num_malignant_findings"),
+    }
+
+
+def mean_ci(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and the half-width of its 95% t-interval across seeds (None with fewer than 2 values)."""
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    from scipy import stats
+
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return mean, float(stats.t.ppf(0.975, len(values) - 1) * sd / math.sqrt(len(values)))
+
+
+def fmt(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def fmt_mean(values: list) -> str:
+    mean, half = mean_ci(values)
+    if mean is None:
+        return "-"
+    return fmt(mean) + (f" ± {half:.3f}" if half is not None else "")
+
+
+def variant_rows(records: list[dict], baseline: list[dict] | None) -> dict:
+    """The aggregated numbers of one variant over its seeds (and paired differences to the baseline)."""
+    by_seed = {r["seed"]: r for r in records}
+    out = {"seeds": sorted(by_seed), "mean": {}, "per_seed": {}}
+    for seed, r in sorted(by_seed.items()):
+        s = r["summary"]
+        out["per_seed"][seed] = {**s["sensitivity_at_fpi"], "max": s["max_sensitivity"],
+                                 "fpi_at_max": s["fpi_at_max_sensitivity"], **{
+                                     f"fpi_to_{k}": v for k, v in s["fpi_to_reach"].items()},
+                                 "ci95_4.8": s["ci95"].get("4.8"),
+                                 **{f"minutes_to_val_{k}": v for k, v in r["time_to_val_sensitivity_minutes"].items()},
+                                 "train_minutes": round(r["train_seconds"] / 60, 2), "commit": r.get("commit")}
+    for key in (*FPI_COLUMNS, "max", "fpi_at_max"):
+        out["mean"][key] = mean_ci([row[key] for row in out["per_seed"].values()])
+    if baseline:
+        base = {r["seed"]: r["summary"] for r in baseline}
+        for key in ("4.8", "max"):
+            diffs = []
+            for seed, row in out["per_seed"].items():
+                if seed in base:
+                    other = base[seed]["max_sensitivity"] if key == "max" else base[seed]["sensitivity_at_fpi"][key]
+                    if row[key] is not None and other is not None:
+                        diffs.append(row[key] - other)
+            out["mean"][f"paired_diff_vs_l2_{key}"] = mean_ci(diffs)
+    return out
+
+
+def markdown(table: str, groups: dict[str, dict[str, list[dict]]], args) -> str:
+    lines = []
+    for group, variants in groups.items():
+        any_record = next((r for recs in variants.values() for r in recs), None)
+        if any_record is None:
+            continue
+        s = any_record["summary"]
+        lines.append(f"**{group}**: {s['num_images']} test images, {s['num_malignant_findings']} malignant "
+                     f"findings; seeds {','.join(map(str, args.seeds))}; {args.patch_epochs} x "
+                     f"{args.steps_per_epoch} patch + {args.full_epochs} x {args.steps_per_epoch} whole-image "
+                     f"steps of batch {args.batch_size}, `hourglass train` defaults otherwise.\n")
+        lines.append("| variant | " + " | ".join(f"sens @{k}" for k in FPI_COLUMNS)
+                     + " | max sens | FPI at max | FPI to 0.95 | FPI to 0.97 | min to val 0.8 | min to val 0.9 "
+                       "| Δ vs L2 @4.8 (paired) |")
+        lines.append("|---" * (len(FPI_COLUMNS) + 8) + "|")
+        baseline = variants.get("l2")
+        for name, recs in variants.items():
+            if not recs:
+                continue
+            agg = variant_rows(recs, baseline if name != "l2" else None)
+            per = agg["per_seed"].values()
+
+            def seeds_of(key):
+                return "/".join(fmt(row[key], 2) if row[key] is not None else "never" for row in per)
+
+            diff = agg["mean"].get("paired_diff_vs_l2_4.8")
+            lines.append(
+                f"| {name} | " + " | ".join(fmt_mean([row[k] for row in per]) for k in FPI_COLUMNS)
+                + f" | {fmt_mean([row['max'] for row in per])} | {fmt_mean([row['fpi_at_max'] for row in per])}"
+                + f" | {seeds_of('fpi_to_0.95')} | {seeds_of('fpi_to_0.97')}"
+                + f" | {seeds_of('minutes_to_val_0.8')} | {seeds_of('minutes_to_val_0.9')}"
+                + f" | {fmt(diff[0]) + (f' ± {diff[1]:.3f}' if diff and diff[1] else '') if diff and diff[0] is not None else '-'} |")
+        lines.append("")
+        lines.append("Per seed (sensitivity at 4.8 FPI [bootstrap 95% CI over patients], max, commit):\n")
+        for name, recs in variants.items():
+            cells = []
+            for r in sorted(recs, key=lambda r: r["seed"]):
+                s, ci = r["summary"], r["summary"]["ci95"].get("4.8")
+                ci_text = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+                cells.append(f"s{r['seed']}: {fmt(s['sensitivity_at_fpi']['4.8'])}{ci_text}, max "
+                             f"{fmt(s['max_sensitivity'])} ({r.get('commit')})")
+            if cells:
+                lines.append(f"- {name}: " + "; ".join(cells))
+        lines.append("")
+    lines.append("Means ± half-width of the 95% t-interval across seeds; 'FPI to 0.95' per seed (never = not "
+                 "reached); 'min to val 0.8' = training minutes (wall, this machine) until validation "
+                 "sensitivity at 4.8 FPI first reached 0.8, per seed.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    started = time.time()
+    table = args.table
+    variants = {v: TABLES[table][v] for v in args.variants}
+    groups: dict[str, dict[str, list[dict]]] = {}
+    if table == "stress":
+        settings_list = [(f"{axis}: {name}", f"{axis.split()[0]}-{name}", overrides)
+                         for axis in args.axes for name, overrides in STRESS_AXES[axis]]
+    else:
+        settings_list = [("synthetic test split", "", {})]
+    for group, prefix, overrides in settings_list:
+        prep = prepare_data(out, data_settings(overrides, args.quick)) if not args.render_only else None
+        groups[group] = {}
+        for name, (description, flags) in variants.items():
+            records = []
+            for seed in args.seeds:
+                run_name = f"{prefix}-{name}" if prefix else name
+                if prep is None:  # render-only: find the record by name
+                    path = os.path.join(out, "runs", table, f"{run_name}-s{seed}.record.json")
+                    record = read_json(path) if os.path.exists(path) else None
+                else:
+                    record = run_one(args, out, table, run_name, prep, flags, seed, description)
+                if record:
+                    records.append(record)
+            groups[group][name] = records
+
+    from keras_hourglass.evaluation.plots import plot_froc_curves
+
+    text = markdown(table, groups, args)
+    payload = {
+        "table": table,
+        "command": "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
+        "groups": {g: {name: variant_rows(recs, v.get("l2") if name != "l2" else None)
+                       for name, recs in v.items() if recs} for g, v in groups.items()},
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    write_json(os.path.join(out, f"quality-{table}.json"), payload)
+    with open(os.path.join(out, f"quality-{table}.md"), "w", encoding="utf-8") as handle:
+        handle.write(text)
+    first_group = next(iter(groups.values()), {})
+    curves = {name: read_json(os.path.join(recs[0]["eval_dir"], "froc.json"))
+              for name, recs in first_group.items() if recs and os.path.exists(recs[0].get("eval_dir", ""))}
+    if curves:
+        plot_froc_curves(curves, os.path.join(out, f"quality-{table}.png"),
+                         title=f"FROC, {table} table (seed {args.seeds[0]}, synthetic test split)")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
