@@ -392,10 +392,10 @@ def main(argv=None) -> int:
         settings_list = [("synthetic test split", "", {})]
     for group, prefix, overrides in settings_list:
         prep = prepare_data(out, data_settings(overrides, args.quick)) if not args.render_only else None
-        groups[group] = {}
-        for name, (description, flags) in variants.items():
-            records = []
-            for seed in args.seeds:
+        groups[group] = {name: [] for name in variants}
+        # Seed-major: an interrupted invocation leaves every variant with the same seeds done.
+        for seed in args.seeds:
+            for name, (description, flags) in variants.items():
                 run_name = f"{prefix}-{name}" if prefix else name
                 if prep is None:  # render-only: find the record by name
                     path = os.path.join(out, "runs", table, f"{run_name}-s{seed}.record.json")
@@ -403,8 +403,7 @@ def main(argv=None) -> int:
                 else:
                     record = run_one(args, out, table, run_name, prep, flags, seed, description)
                 if record:
-                    records.append(record)
-            groups[group][name] = records
+                    groups[group][name].append(record)
 
     from keras_hourglass.evaluation.plots import plot_froc_curves
 

@@ -17,12 +17,15 @@ def resolve(long_side, stride=4, multiple=32, **settings):
 def test_same_physical_patch_at_256_and_1536():
     small, large = resolve(256), resolve(1536)
     # At the reference scale reference pixels are pixels; at 256 px everything is 6x smaller.
-    assert (large.patch_size, large.sigmas, large.crop_size) == (72, (6.0, 9.0, 12.0, 18.0), 512)
+    assert (large.patch_size, large.sigmas, large.crop_size) == (72, (6.0, 9.0, 12.0, 18.0), 768)
     assert (small.patch_size, small.sigmas, small.target_sigma) == (12, (1.0, 1.5, 2.0, 3.0), 2.0)
-    assert small.crop_size == 96  # 512 / 6 = 85.3, rounded to the input multiple 32
+    assert small.crop_size == 128  # 768 / 6
+    assert resolve(256, crop_size=512).crop_size == 96  # 85.3, rounded to the input multiple 32
     # The same fraction of the image: patch / heatmap long side is equal at both scales.
     assert small.patch_size / (256 / 4) == pytest.approx(large.patch_size / (1536 / 4))
-    assert small.mask_size == small.patch_size  # mask defaults to the patch
+    assert (small.mask_size, large.mask_size) == (6, 36)  # masks default to half the patch
+    # ... so L_BG sees the same share of a crop at every scale: patch + 3 masks cover a quarter.
+    assert small.masked_share() == pytest.approx(large.masked_share()) == pytest.approx(0.246, abs=0.001)
     # A stride-2 model sees twice the heatmap pixels for the same physical extent.
     assert resolve(256, stride=2, multiple=16).patch_size == 24
 

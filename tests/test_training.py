@@ -34,7 +34,7 @@ def test_defaults_and_the_paper_profile():
     config = build()
     assert (config.loss, config.omega, config.top_k, config.learning_rate) == ("hypersensitive", 0.01, 3, 1e-3)
     assert config.sigmas == (6.0, 9.0, 12.0, 18.0) and config.recenter is True
-    assert (config.patch_size, config.crop_size, config.lr_schedule) == (72, 512, "cosine")
+    assert (config.patch_size, config.crop_size, config.lr_schedule) == (72, 768, "cosine")
     assert config.phases() == [("patch", 5), ("full", 5)]
     paper = build("--profile", "paper")
     assert (paper.learning_rate, paper.lr_schedule, paper.images_per_epoch, paper.preset) == (

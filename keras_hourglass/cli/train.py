@@ -102,7 +102,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     loss.add_argument("--patch-size", type=argtypes.positive, default=None, metavar="P",
                       help="detector patch of the loss, reference heatmap px (default 72 = 12 px at --size 256)")
     loss.add_argument("--mask-size", type=argtypes.positive, default=None, metavar="P",
-                      help="window masked around each top-k blob, reference heatmap px (default: --patch-size)")
+                      help="window masked around each top-k blob, reference heatmap px (default: half --patch-size)")
     loss.add_argument("--sigmas", type=_sigmas, default=None, metavar="S1,S2,...",
                       help="reference blob sigmas, reference heatmap px (default 6,9,12,18 = 1,1.5,2,3 px at "
                            "--size 256; one value = off)")
@@ -139,9 +139,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     sched.add_argument("--full-learning-rate", type=argtypes.number, default=None, metavar="LR",
                        help="--lr-schedule constant only: learning rate of phase 2 (default: --learning-rate)")
     sched.add_argument("--crop-size", type=argtypes.positive, default=None, metavar="PIXELS",
-                       help="phase-1 patch side, reference image px (default 512 = the paper's 1280 native; "
-                            "resolved to PREP's scale, rounded to the model's input multiple, clamped to the "
-                            "image)")
+                       help="phase-1 patch side, reference image px (default 768 = 128 px at --size 256; the "
+                            "paper's 1280 native is 512; resolved to PREP's scale, rounded to the model's input "
+                            "multiple, clamped to the image)")
     sched.add_argument("--max-boxes", type=argtypes.positive, default=None, help="box slots per image (default 16)")
     sched.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=None,
                        help="no flips / intensity jitter")

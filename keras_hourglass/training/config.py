@@ -50,7 +50,9 @@ class TrainConfig:
         top_k: predicted blobs excused from the background loss.
         patch_size: detector patch of the loss, reference heatmap pixels.
         mask_size: window masked around each top-k blob, reference heatmap
-            pixels (None: patch_size).
+            pixels (None: half the patch_size, enough for a predicted blob of
+            the largest sigma, so that the patch and three masks leave about
+            3/4 of a default crop to L_BG at any scale).
         sigmas: reference blob sigmas of the loss, reference heatmap pixels.
         recenter: recentre the reference blob on the predicted blob.
         target_sigma: Gaussian target sigma of the L2 and focal losses,
@@ -102,7 +104,7 @@ class TrainConfig:
     warmup_steps: int | None = None
     min_lr_fraction: float = 0.05
     full_learning_rate: float | None = None
-    crop_size: int = 512
+    crop_size: int = 768
     max_boxes: int = 16
     augment: bool = True
     preset: str = "tiny"

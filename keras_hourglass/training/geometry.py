@@ -68,6 +68,12 @@ class Geometry:
     crop_size: int
     crop_clamped: bool = False
 
+    def masked_share(self, boxes: int = 1, top_k: int = 3) -> float:
+        """Share of a phase-1 crop's heatmap that L_BG cannot see: `boxes` detector patches plus
+        `top_k` blob masks (no overlap assumed), at most 1."""
+        crop = (self.crop_size / self.stride) ** 2
+        return min(1.0, (boxes * self.patch_size ** 2 + top_k * self.mask_size ** 2) / crop)
+
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
         out["sigmas"] = list(self.sigmas)
@@ -111,7 +117,7 @@ def resolve_geometry(config, *, long_side: int, stride: int, input_multiple: int
         return resolved
 
     patch = _at_least(heatmap_px("patch_size", config.patch_size, MIN_PATCH_SIZE), MIN_PATCH_SIZE)
-    mask_ref = config.patch_size if config.mask_size is None else config.mask_size
+    mask_ref = config.patch_size / 2 if config.mask_size is None else config.mask_size
     mask = _at_least(heatmap_px("mask_size", mask_ref, MIN_PATCH_SIZE), MIN_PATCH_SIZE)
     sigmas = tuple(round(heatmap_px("sigmas", s, MIN_SIGMA), 4) for s in config.sigmas)
     target_sigma = round(heatmap_px("target_sigma", config.target_sigma, MIN_SIGMA), 4)
