@@ -154,8 +154,10 @@ def data_settings(overrides: dict, quick: bool) -> dict:
     return settings
 
 
-def prepare_data(out: str, settings: dict) -> str:
-    """Makes (once) the synthetic data set of `settings`; returns PREP. A fixed salt: the same split everywhere."""
+def prepare_data(out: str, settings: dict, create: bool = True) -> str | None:
+    """Makes (once) the synthetic data set of `settings`; returns PREP (None if absent and not `create`).
+
+    A fixed salt: the same split everywhere."""
     import hashlib
 
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
@@ -164,6 +166,8 @@ def prepare_data(out: str, settings: dict) -> str:
     stamp = os.path.join(root, "settings.json")
     if os.path.exists(stamp) and os.path.exists(os.path.join(prep, "manifest.json")):
         return prep
+    if not create:
+        return None
     shutil.rmtree(root, ignore_errors=True)
     os.makedirs(root)
     log = os.path.join(root, "data.log")
@@ -179,6 +183,31 @@ def prepare_data(out: str, settings: dict) -> str:
          "--quiet"], log + ".prepare", 1800)
     write_json(stamp, settings)
     return prep
+
+
+def data_facts(prep: str, split: str = "test") -> dict:
+    """What the README says about the data and the mask, measured: breast-mask share of the image and the
+    share of finding centres inside it, per label; mask share of a phase-1 crop at the default geometry."""
+    import numpy as np
+
+    from keras_hourglass.breast import breast_mask
+    from keras_hourglass.data import pipeline
+    from keras_hourglass.training.config import TrainConfig
+    from keras_hourglass.training.geometry import prep_long_side, resolve_geometry
+
+    area, inside = [], {}
+    for element in pipeline.evaluation_dataset(prep, split=split, input_multiple=32):
+        mask = breast_mask(element["image"], 4).numpy()[0, ..., 0]
+        height, width = int(element["height"][0]), int(element["width"][0])
+        area.append(float(mask[: -(-height // 4), : -(-width // 4)].mean()))
+        for box, label in zip(element["boxes"][0].numpy(), element["box_labels"][0].numpy()):
+            centre = int((box[0] + box[2]) / 8), int((box[1] + box[3]) / 8)
+            inside.setdefault(label.decode(), []).append(bool(mask[centre]))
+    geometry = resolve_geometry(TrainConfig(), long_side=prep_long_side(prep), stride=4, input_multiple=32)
+    return {"split": split, "images": len(area), "breast_mask_share_of_image": round(float(np.mean(area)), 3),
+            "finding_centres_inside_mask": {k: f"{sum(v)}/{len(v)}" for k, v in sorted(inside.items())},
+            "default_geometry": geometry.to_json(),
+            "crop_share_masked_from_l_bg": round(geometry.masked_share(), 3)}
 
 
 def train_flags(args, variant_flags: list[str], seed: int) -> list[str]:
@@ -390,14 +419,20 @@ def main(argv=None) -> int:
                          for axis in args.axes for name, overrides in STRESS_AXES[axis]]
     else:
         settings_list = [("synthetic test split", "", {})]
+    facts = {}
     for group, prefix, overrides in settings_list:
-        prep = prepare_data(out, data_settings(overrides, args.quick)) if not args.render_only else None
+        prep = prepare_data(out, data_settings(overrides, args.quick), create=not args.render_only)
+        if prep is not None:
+            facts_path = os.path.join(os.path.dirname(prep), "facts.json")
+            if not os.path.exists(facts_path):
+                write_json(facts_path, data_facts(prep))
+            facts[group] = read_json(facts_path)
         groups[group] = {name: [] for name in variants}
         # Seed-major: an interrupted invocation leaves every variant with the same seeds done.
         for seed in args.seeds:
             for name, (description, flags) in variants.items():
                 run_name = f"{prefix}-{name}" if prefix else name
-                if prep is None:  # render-only: find the record by name
+                if args.render_only or prep is None:  # render-only: find the record by name
                     path = os.path.join(out, "runs", table, f"{run_name}-s{seed}.record.json")
                     record = read_json(path) if os.path.exists(path) else None
                 else:
@@ -408,12 +443,18 @@ def main(argv=None) -> int:
     from keras_hourglass.evaluation.plots import plot_froc_curves
 
     text = markdown(table, groups, args)
+    for group, fact in facts.items():
+        text += (f"\nData ({group}): breast mask = {fact['breast_mask_share_of_image']:.0%} of the image on "
+                 f"average, finding centres inside it: {fact['finding_centres_inside_mask']}; at the default "
+                 f"geometry the detector patch and 3 blob masks hide {fact['crop_share_masked_from_l_bg']:.0%} "
+                 f"of a phase-1 crop from L_BG.\n")
     payload = {
         "table": table,
         "command": "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
         "groups": {g: {name: variant_rows(recs, v.get("l2") if name != "l2" else None)
                        for name, recs in v.items() if recs} for g, v in groups.items()},
+        "data_facts": facts,
         "wall_seconds": round(time.time() - started, 1),
     }
     write_json(os.path.join(out, f"quality-{table}.json"), payload)

@@ -176,6 +176,7 @@ def test_train_end_to_end_writes_every_output(tmp_path):
     history = read_history(str(run / "history.csv"))
     assert [(int(r["epoch"]), r["phase"]) for r in history] == [(1, "patch"), (2, "patch"), (3, "full")]
     assert all("val_sensitivity" in r for r in history)
+    assert all(float(r["epoch_seconds"]) > 0 for r in history)  # the quality benchmark's time to quality
 
     # The inference model: image -> one heatmap at stride 4.
     import keras

@@ -1,0 +1,50 @@
+"""The arithmetic of benchmarks/quality.py: FPI to reach a sensitivity, time to quality, seed intervals."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+import quality  # noqa: E402
+
+
+def test_fpi_to_reach_reads_the_first_point_of_the_curve_at_the_target():
+    curve = [{"fpi": 0.1, "sensitivity": 0.5}, {"fpi": 1.0, "sensitivity": 0.95}, {"fpi": 3.0, "sensitivity": 0.97},
+             {"fpi": 9.0, "sensitivity": 0.97}]
+    assert quality.fpi_to_reach(curve, 0.95) == 1.0
+    assert quality.fpi_to_reach(curve, 0.97) == 3.0
+    assert quality.fpi_to_reach(curve, 0.99) is None
+
+
+def test_time_to_quality_counts_epoch_seconds_until_the_first_crossing():
+    history = [{"epoch_seconds": "60", "val_sensitivity_at_4.8": "0.5"},
+               {"epoch_seconds": "60", "val_sensitivity_at_4.8": "0.85"},
+               {"epoch_seconds": "120", "val_sensitivity_at_4.8": "0.7"},
+               {"epoch_seconds": "60", "val_sensitivity_at_4.8": "0.9"}]
+    assert quality.time_to_quality(history) == {"0.8": 2.0, "0.9": 5.0}
+    assert quality.time_to_quality(history[:1]) == {"0.8": None, "0.9": None}
+
+
+def test_mean_ci_is_a_t_interval_across_seeds():
+    mean, half = quality.mean_ci([0.8, 0.9, 1.0])
+    assert mean == pytest.approx(0.9) and half == pytest.approx(4.303 * 0.1 / 3 ** 0.5, rel=1e-3)
+    assert quality.mean_ci([0.7]) == (0.7, None) and quality.mean_ci([]) == (None, None)
+
+
+def test_every_variant_is_a_valid_hourglass_train_command():
+    import argparse
+
+    from keras_hourglass.cli import train as cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = quality.parse_args(["main"])
+    for table in quality.TABLES.values():
+        for _, flags in table.values():
+            argv = ["train", "--data", "P", "--out", "R", *quality.train_flags(args, flags, 0)]
+            config = cli.build_config(parser.parse_args(argv))
+            assert config.phases() == [("patch", 16), ("full", 8)] and config.steps_per_epoch == 100
