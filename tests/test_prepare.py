@@ -335,7 +335,8 @@ def test_cli_help_errors_and_tfio(tmp_path, capsys):
     out = subprocess.run([sys.executable, "-m", "keras_hourglass.cli.main", "prepare", "--help"],
                          capture_output=True, text=True, env=env)
     assert out.returncode == 0 and "examples:" in out.stdout and "--num-shards" in out.stdout
-    code = cli_main(["prepare", "--annotations", str(tmp_path / "no.csv"), "--images-root", str(tmp_path),
+    (tmp_path / "root").mkdir()
+    code = cli_main(["prepare", "--annotations", str(tmp_path / "no.csv"), "--images-root", str(tmp_path / "root"),
                      "--out", str(tmp_path / "p")])
     assert code == 2 and "no.csv: annotation table not found" in capsys.readouterr().err
     table = _dataset(tmp_path / "in", images=1, patients=1)
@@ -366,3 +367,14 @@ def test_tfio_decoder_writes_the_same_records_as_pydicom(tmp_path):
     for key in a:
         np.testing.assert_allclose(a[key]["image"], b[key]["image"], atol=2e-3)
         np.testing.assert_allclose(a[key]["boxes"], b[key]["boxes"], atol=1e-4)
+
+
+def test_out_inside_the_images_root_is_refused(tmp_path):
+    table = _dataset(tmp_path / "in", images=1, patients=1)
+    for out in (tmp_path / "in", tmp_path / "in" / "prep"):
+        with pytest.raises(InputError, match="is --images-root or inside it"):
+            prepare(_config(table, tmp_path / "in", out))
+    os.symlink(tmp_path / "in", tmp_path / "alias")  # the same directory under another name
+    with pytest.raises(InputError, match="is --images-root or inside it"):
+        prepare(_config(table, tmp_path / "alias", tmp_path / "in" / "p2"))
+    assert not (tmp_path / "in" / "prep").exists() and not (tmp_path / "in" / "p2").exists()

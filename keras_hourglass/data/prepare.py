@@ -45,13 +45,14 @@ import sys
 from typing import Iterable
 
 from keras_hourglass.data import ingest, manifest, phi, splits
-from keras_hourglass.data.importers import ImageRecord, ImportResult, Reject, get_importer
+from keras_hourglass.data.importers import ImageRecord, ImportResult, Reject, get_importer, is_inside, real_root
 from keras_hourglass.errors import InputError
 from keras_hourglass.version import __version__
 
 logger = logging.getLogger(__name__)
 
 LABELS = ("normal", "benign", "high_risk", "malignant")
+MAX_SIZE = 16384  # --size: 4x the long side of a native full-field mammogram
 ORIENTATION_RULES = {
     "left": "chest wall on the left (right breasts mirrored; tags, then pixels)",
     "right": "chest wall on the right (left breasts mirrored; tags, then pixels)",
@@ -133,12 +134,19 @@ def _validate(config: PrepareConfig) -> None:
         raise InputError("--salt", "required with --num-shards > 1: every machine must use the same salt")
     if config.size < 16:
         raise InputError("--size", f"{config.size} is too small (at least 16 pixels)")
+    if config.size > MAX_SIZE:
+        raise InputError("--size", f"{config.size} is too large (at most {MAX_SIZE} pixels)")
+    if config.max_pixels < 1:
+        raise InputError("--max-pixels", f"must be >= 1, got {config.max_pixels}")
     if config.workers < 1:
         raise InputError("--workers", "must be at least 1")
     if config.images_per_file < 1:
         raise InputError("--images-per-file", "must be at least 1")
     if not os.path.isdir(config.images_root):
         raise InputError(config.images_root, "--images-root is not a directory")
+    if is_inside(os.path.realpath(config.out), real_root(config.images_root)):
+        raise InputError("--out", "is --images-root or inside it: write PREP elsewhere (its files would mix "
+                                  "with the inputs)")
     for table in config.annotations:
         if not os.path.isfile(table):
             raise InputError(table, "annotation table not found")

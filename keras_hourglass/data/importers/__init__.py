@@ -243,8 +243,43 @@ def box_from_xyxy(row: dict[str, str]) -> tuple[float, float, float, float] | No
 
 
 def resolve(images_root: str | os.PathLike, relative: str) -> str:
-    """Returns: `relative` joined to `images_root` (an absolute path is kept)."""
-    return os.path.normpath(os.path.join(os.fspath(images_root), relative))
+    """Resolves a table's path inside the images root, before any file is opened.
+
+    The path is joined to the REAL images root and resolved with every symlink
+    (`os.path.realpath`); the result must lie inside the real root. Absolute
+    paths elsewhere, ``..`` escapes in any spelling and symlinks (files or
+    folders) that point outside are refused with the same code whether or not
+    the target exists, so the reject code tells nothing about files outside
+    the root. There is deliberately no way to turn this off.
+
+    Args:
+        images_root: the ``--images-root`` directory.
+        relative: the path as the table gives it.
+
+    Returns:
+        The real path of the file (read this one: it is the path that was checked).
+
+    Raises:
+        ValueError: ("outside_root", message) for a path that leaves the root,
+            ("bad_value", message) for a path with a NUL character.
+    """
+    if "\x00" in relative:
+        raise ValueError("bad_value", "image path contains a NUL character")
+    root = real_root(images_root)
+    real = os.path.realpath(os.path.join(root, relative))
+    if not is_inside(real, root):
+        raise ValueError("outside_root", "image path resolves (symlinks included) outside --images-root")
+    return real
+
+
+def real_root(images_root: str | os.PathLike) -> str:
+    """Returns: the real path of the images root (symlinks resolved)."""
+    return os.path.realpath(os.fspath(images_root))
+
+
+def is_inside(path: str, root: str) -> bool:
+    """Returns: whether the real path `path` is `root` itself or lies below the real path `root`."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def group_rows(parsed: list[ParsedRow], rejects: list[Reject]) -> list[ImageRecord]:
@@ -326,4 +361,5 @@ def get_importer(fmt: str) -> Callable[..., ImportResult]:
 
 
 __all__ = ["Finding", "ImageRecord", "ImportResult", "IMPORTERS", "LABELS", "FINDING_TYPES", "ParsedRow",
-           "Reject", "box_from_xyxy", "get_importer", "group_rows", "read_csv_rows", "resolve"]
+           "Reject", "box_from_xyxy", "get_importer", "group_rows", "is_inside", "read_csv_rows", "real_root",
+           "resolve"]
