@@ -356,3 +356,23 @@ def test_vindr_and_cbis_refuse_paths_leaving_the_root(tmp_path):
     result.check_accounting()
     assert {row: code for row, code in _codes(result).items() if code != "sibling_rejected"} == {
         "1": "outside_root", "2": "outside_root", "3": "outside_root", "4": "outside_root", "5": "outside_root"}
+
+
+def test_a_table_without_header_or_in_utf16_is_named_not_echoed(tmp_path):
+    headerless = tmp_path / "headerless.csv"
+    headerless.write_text("img.dcm,MRN901234,ST77,L,CC,normal,,,,,\n")
+    with pytest.raises(InputError) as err:
+        get_importer("canonical")(str(headerless), str(tmp_path))
+    message = str(err.value)
+    assert "MRN901234" not in message and "img.dcm" not in message and "ST77" not in message
+    assert "missing column(s) image_path" in message and "no header line?" in message
+    text = ",".join(CANONICAL) + "\nimg.dcm,MRN901234,ST77,L,CC,normal,,,,,\n"
+    for name, data, kind in [
+        ("utf16le.csv", text.encode("utf-16"), "UTF-16-LE text (byte-order mark FF FE)"),
+        ("utf16be.csv", b"\xfe\xff" + text.encode("utf-16-be"), "UTF-16-BE text (byte-order mark FE FF)"),
+        ("nobom.csv", text.encode("utf-16-le"), "it holds NUL bytes"),
+        ("book.csv", b"PK\x03\x04" + b"\0" * 40, "a ZIP archive (an .xlsx/.ods workbook?)"),
+    ]:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(InputError, match=re.escape(kind)):
+            get_importer("canonical")(str(tmp_path / name), str(tmp_path))

@@ -310,9 +310,10 @@ def test_prepare_survives_mutated_dicoms(tmp_path, capsys):
                 assert image_hash in by_hash, f"unknown image hash {image_hash} {context}"
                 assert image_hash not in ingested, f"image written twice {context}"
                 ingested[image_hash] = tuple(example["image"].shape)
-    rejected = collections.defaultdict(list)
+    rejected = collections.defaultdict(list)  # by image path, through the salted hash rejects.csv carries
     for reject in rejects:
-        rejected[reject["image_path"]].append(reject)
+        assert reject["image_hash"] in by_hash, f"reject with an unknown image hash {reject} {context}"
+        rejected[by_hash[reject["image_hash"]]["image_path"]].append(reject)
     ingested_paths = {by_hash[h]["image_path"] for h in ingested}
     assert not ingested_paths & set(rejected), f"files both ingested and rejected {context}"
     unaccounted = [p["image_path"] for p in plan if p["image_path"] not in ingested_paths | set(rejected)]

@@ -191,8 +191,10 @@ def _machine_of(key: str, salt: str, num_shards: int) -> int:
 
 
 def _reject_dict(reject: Reject, salt: str) -> dict:
-    return {"row": reject.row, "image_path": phi.redact(reject.image_path, reject.secrets, salt),
-            "code": reject.code, "reason": phi.redact(reject.reason, reject.secrets, salt)}
+    """A reject as written to rejects.csv and the manifests: the row (table name + row number), the salted
+    hash of the image path (the TFRecords' ``image_hash``), never the path itself (it may name the patient)."""
+    return {"row": reject.row, "image_hash": phi.salted_hash(reject.image_path, salt, "image") if reject.image_path
+            else "", "code": reject.code, "reason": phi.redact(reject.reason, reject.secrets, salt)}
 
 
 def _stratum_of(labels: Iterable[str]) -> str:
@@ -282,10 +284,8 @@ def _write_chunk(out: str, relative: str, chunk: _Chunk, results: Iterable[dict]
             if result["key"] != item.record.key:
                 raise RuntimeError("ingest results out of order")  # a bug, never bad input
             if result["status"] != "ok":
-                secrets = (item.record.patient_id, item.record.study_id)
                 for row, code, reason in result["rejects"]:
-                    rejects.append({"row": row, "image_path": phi.redact(item.record.key, secrets, salt),
-                                    "code": code, "reason": reason})
+                    rejects.append({"row": row, "image_hash": item.image_hash, "code": code, "reason": reason})
                 continue
             findings.update(result["box_labels"])
             rules["voi"][result["voi_rule"]] += 1

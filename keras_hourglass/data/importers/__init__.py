@@ -174,6 +174,9 @@ def read_csv_rows(path: str | os.PathLike, required: Iterable[str],
             data = raw.read()
     except OSError as err:
         raise InputError(path, f"cannot read annotation table: {err.strerror or err}") from None
+    kind = _not_text(data)
+    if kind:
+        raise InputError(path, f"annotation table is {kind}, not a UTF-8 (or latin-1) CSV: save it as CSV UTF-8")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -192,7 +195,11 @@ def read_csv_rows(path: str | os.PathLike, required: Iterable[str],
         columns = [(aliases or {}).get(h.strip(), h.strip()) for h in header]
         missing = [c for c in required if c not in columns]
         if missing:
-            raise InputError(path, f"missing column(s) {', '.join(missing)}; found {', '.join(columns)}")
+            # Never echo the header: a table without one has a data row (a patient id) in its place.
+            known = [c for c in columns if c in set(required) | set(aliases or {}) | OPTIONAL_COLUMNS]
+            hint = " (no header line? the first line is read as the header)" if not known else ""
+            raise InputError(path, f"missing column(s) {', '.join(missing)}; the header has {len(columns)} "
+                                   f"column(s), {len(known)} of them known{hint}")
         number = 0
         try:
             for values in reader:
@@ -206,6 +213,30 @@ def read_csv_rows(path: str | os.PathLike, required: Iterable[str],
                 yield f"{name}:{number}", row
         except csv.Error as err:
             raise InputError(path, f"malformed CSV after data record {number}: {err}") from None
+
+
+OPTIONAL_COLUMNS = {"split", "height", "width", "series_id", "breast_birads", "breast_density", "assessment",
+                    "subtlety", "calc type", "calc distribution", "mass shape", "mass margins", "abnormality id"}
+"""Column names the importers know besides their required ones (may be named in messages)."""
+
+_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32-LE text (byte-order mark FF FE 00 00)"),
+         (b"\x00\x00\xfe\xff", "UTF-32-BE text (byte-order mark 00 00 FE FF)"),
+         (b"\xff\xfe", "UTF-16-LE text (byte-order mark FF FE)"),
+         (b"\xfe\xff", "UTF-16-BE text (byte-order mark FE FF)"))
+_MAGIC = ((b"PK\x03\x04", "a ZIP archive (an .xlsx/.ods workbook?)"),
+          (b"\xd0\xcf\x11\xe0", "an OLE2 file (an .xls workbook?)"),
+          (b"\x1f\x8b", "gzip-compressed"),
+          (b"%PDF", "a PDF document"))
+
+
+def _not_text(data: bytes) -> str | None:
+    """Returns: what the bytes are when they are not a text table (BOM, known binary format, NUL bytes), else None."""
+    for prefix, kind in _BOMS + _MAGIC:
+        if data.startswith(prefix):
+            return kind
+    if b"\x00" in data[:65536]:
+        return "binary or UTF-16/32 without a byte-order mark (it holds NUL bytes)"
+    return None
 
 
 def parse_float(value: str) -> float | None:
