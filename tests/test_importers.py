@@ -376,3 +376,15 @@ def test_a_table_without_header_or_in_utf16_is_named_not_echoed(tmp_path):
         (tmp_path / name).write_bytes(data)
         with pytest.raises(InputError, match=re.escape(kind)):
             get_importer("canonical")(str(tmp_path / name), str(tmp_path))
+
+
+def test_exact_duplicate_rows_are_merged_into_one_finding(tmp_path):
+    (tmp_path / "a.dcm").write_bytes(b"x")
+    row = ["a.dcm", "P1", "S1", "L", "CC", "malignant", "mass", 10, 20, 30, 40]
+    table = write_csv(tmp_path / "dup.csv", CANONICAL, [row, row, row[:7] + [10, 20, 30, 41], row])
+    result = get_importer("canonical")(table, str(tmp_path))
+    result.check_accounting()
+    (image,) = result.images
+    assert image.rows == ["dup.csv:1", "dup.csv:2", "dup.csv:3", "dup.csv:4"]  # every row accounted for
+    assert [f.box for f in image.findings] == [(20.0, 10.0, 40.0, 30.0), (20.0, 10.0, 41.0, 30.0)]
+    assert image.duplicate_rows == 2

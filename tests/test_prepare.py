@@ -408,3 +408,16 @@ def test_out_inside_the_images_root_is_refused(tmp_path):
     with pytest.raises(InputError, match="is --images-root or inside it"):
         prepare(_config(table, tmp_path / "alias", tmp_path / "in" / "p2"))
     assert not (tmp_path / "in" / "prep").exists() and not (tmp_path / "in" / "p2").exists()
+
+
+def test_duplicate_rows_count_once_and_are_counted_in_the_manifest(tmp_path):
+    root = tmp_path / "in"
+    write_mammogram(root / "m.dcm", 96, 64)
+    row = ["m.dcm", "MRN-1", "S-1", "L", "CC", "malignant", "mass", 8, 16, 28, 40]
+    table = write_csv(root / "annotations.csv", CANONICAL, [row, row, row])
+    prepare(_config(table, root, tmp_path / "prep", val_fraction=0.0, test_fraction=0.0))
+    manifest = json.loads((tmp_path / "prep" / "manifest.json").read_text())
+    assert manifest["ingested"] == {"rows": 3, "images": 1, "duplicate_rows_merged": 2}
+    assert manifest["findings"]["malignant"] == 1
+    (example,) = _read_all(tmp_path / "prep").values()
+    assert len(example["boxes"]) == 1

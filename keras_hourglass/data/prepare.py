@@ -276,7 +276,7 @@ def _write_chunk(out: str, relative: str, chunk: _Chunk, results: Iterable[dict]
     rejects: list[dict] = []
     findings: collections.Counter = collections.Counter()
     rules: dict[str, collections.Counter] = {"voi": collections.Counter(), "orientation": collections.Counter()}
-    stats = {"clipped": 0, "rows": 0, "written": 0}
+    stats = {"clipped": 0, "rows": 0, "written": 0, "duplicates": 0}
 
     def examples():
         for item, result in zip(chunk.items, results):
@@ -292,6 +292,7 @@ def _write_chunk(out: str, relative: str, chunk: _Chunk, results: Iterable[dict]
             rules["orientation"][result["orientation_rule"]] += 1
             stats["clipped"] += result["clipped"]
             stats["rows"] += len(item.record.rows)
+            stats["duplicates"] += item.record.duplicate_rows
             stats["written"] += 1
             yield records.make_example(
                 result["png"], height=result["height"], width=result["width"], boxes=result["boxes"],
@@ -315,6 +316,7 @@ def _write_chunk(out: str, relative: str, chunk: _Chunk, results: Iterable[dict]
     marker = {"fingerprint": chunk.fingerprint, "split": chunk.split, "stratum": chunk.stratum,
               "images": [i.image_hash for i in chunk.items], "written": stats["written"], "size": size,
               "findings": dict(findings), "clipped": stats["clipped"], "rows_ingested": stats["rows"],
+              "duplicate_rows_merged": stats["duplicates"],
               "rules": {key: dict(counter) for key, counter in rules.items()}, "rejects": rejects}
     manifest.write_json_atomic(_marker_path(out, relative), marker)
     return marker
@@ -501,7 +503,8 @@ def prepare(config: PrepareConfig) -> dict:
         stream.close()  # shuts the worker pool down, also on an error or Ctrl-C
         bar.close()
 
-    counts = {"rows_ingested": 0, "rows_rejected": 0, "images_seen": images_seen, "images_written_total": 0,
+    counts = {"rows_ingested": 0, "rows_rejected": 0, "duplicate_rows_merged": 0, "images_seen": images_seen,
+              "images_written_total": 0,
               "images_written": {s: {label: 0 for label in LABELS} for s in ("train", "val", "test")},
               "findings": {label: 0 for label in LABELS if label != "normal"}, "boxes_clipped": 0,
               "rules_fired": {"voi": {}, "orientation": {}},
@@ -511,6 +514,7 @@ def prepare(config: PrepareConfig) -> dict:
     for i, chunk in enumerate(chunks):
         marker = markers[i]
         counts["rows_ingested"] += marker["rows_ingested"]
+        counts["duplicate_rows_merged"] += marker.get("duplicate_rows_merged", 0)
         counts["images_written_total"] += marker["written"]
         counts["images_written"][chunk.split][chunk.stratum] += marker["written"]
         for label, n in marker["findings"].items():

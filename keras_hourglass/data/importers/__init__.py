@@ -74,10 +74,12 @@ class ImageRecord:
         laterality: "L", "R" or "" (then the DICOM header decides).
         view: "CC", "MLO", ... or "".
         findings: the findings (empty: a normal image).
-        rows: every source row ("file:number") of this image.
+        rows: every source row ("file:number") of this image, exact duplicates included.
         split: the dataset's own split ("train"/"val"/"test") or None.
         expected_shape: (rows, columns) the table says the DICOM has (VinDr's height/width),
             checked at ingest: boxes are in that frame.
+        duplicate_rows: rows of `rows` that repeat an earlier row exactly (merged: their finding
+            counts once; counted in the manifest).
     """
 
     key: str
@@ -90,6 +92,7 @@ class ImageRecord:
     rows: list[str]
     split: str | None = None
     expected_shape: tuple[int, int] | None = None
+    duplicate_rows: int = 0
 
 
 @dataclasses.dataclass
@@ -320,7 +323,10 @@ def group_rows(parsed: list[ParsedRow], rejects: list[Reject]) -> list[ImageReco
     rejected, code ``inconsistent_image``). A file listed under two path
     spellings keeps the spelling listed first; the rows of the other are
     rejected (``duplicate_image``). A normal row (no finding) next
-    to finding rows of the same image counts as ingested with them.
+    to finding rows of the same image counts as ingested with them. A row
+    that repeats an earlier row of its image exactly (every value but its
+    number) is merged into it: ingested, its finding counted once
+    (`ImageRecord.duplicate_rows`, summed in the manifest).
 
     Args:
         parsed: valid rows.
@@ -363,12 +369,28 @@ def group_rows(parsed: list[ParsedRow], rejects: list[Reject]) -> list[ImageReco
             for r in rows:
                 rejects.append(Reject(r.row, key, reason[0], reason[1], secrets))
             continue
+        findings, seen = [], set()
+        for r in rows:
+            signature = _row_signature(r)
+            if signature in seen:
+                continue  # an exact duplicate row: one finding, not two (they would inflate FROC counts)
+            seen.add(signature)
+            if r.finding is not None:
+                findings.append(r.finding)
         images.append(ImageRecord(
             key=key, path=first.path, patient_id=first.patient_id, study_id=first.study_id,
-            laterality=first.laterality, view=first.view,
-            findings=[r.finding for r in rows if r.finding is not None],
-            rows=[r.row for r in rows], split=first.split, expected_shape=first.expected_shape))
+            laterality=first.laterality, view=first.view, findings=findings,
+            rows=[r.row for r in rows], split=first.split, expected_shape=first.expected_shape,
+            duplicate_rows=len(rows) - len(seen)))
     return images
+
+
+def _row_signature(row: ParsedRow) -> tuple:
+    """Everything a parsed row says except its row number: equal signatures are exact duplicates."""
+    finding = row.finding
+    what = None if finding is None else (finding.label, finding.finding_type, finding.box, finding.mask_paths)
+    return (row.key, row.path, row.patient_id, row.study_id, row.laterality, row.view, row.split,
+            row.expected_shape, what)
 
 
 IMPORTERS: dict[str, str] = {
