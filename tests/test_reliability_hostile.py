@@ -1,0 +1,301 @@
+"""Reliability: hostile and careless input through every subcommand (issue #11).
+
+Table-driven. Every case runs the real CLI in-process (`tests/hostile.py:run_cli`, cwd inside the
+test's world so stray relative writes are caught) and is checked for:
+
+- the exit code (2 for bad arguments or inputs, 1 for a server-side failure, 0 where the input is
+  accepted and its bad rows rejected), never an exception escaping (a "traceback");
+- on an error, exactly one line on stderr, ``hourglass CMD: error: ...``, naming the flag or file;
+- nothing created, changed or removed in the world outside the case's own output directory;
+- a byte scan (`tests/phi_scan.py`: UTF-8/16 variants, inside zips, TFRecords, PNG text) of every
+  artifact and of the captured stdout/stderr for the PHI planted in folder names, file names and
+  every table column;
+- for `prepare`: ingested + rejected == rows, every path escaping the root rejected as
+  ``outside_root`` whether its target exists or not, and no file outside the root opened (an audit
+  hook records every open of this process; `--workers 1` keeps the decoding in it).
+
+What it tries: paths escaping --images-root in every spelling (`hostile.escaping_paths`: ``..``,
+absolute, /etc/shadow, /proc, symlinked files, folders and chains, dangling links) in the canonical,
+VinDr and CBIS-DDSM importers (ROI masks and TCIA fallback folders included); PHI in folders, file
+names and each column; control characters, NUL, newlines and 5,000-character paths; tables without
+header, empty, header-only, UTF-16/32, NUL-filled, workbooks, ragged and unterminated; impossible
+sizes and counts; --out/--base-path that is a file, under a file, or inside --images-root; models
+that are corrupt, truncated, empty, directories, zips without config, classifiers, 3-channel or
+2-input models; TF Serving test doubles (REST and gRPC) that answer HTML, JSON of the wrong shape or
+type, NaN, too many marks, huge replies, slow or dripping replies, 503 forever, redirects to
+file://, errors with terminal escapes; --rest with file:// and ftp:// URLs; predict --version of a
+local base path. Plus `GENERATED` random hostile table rows (60 in the suite, 2,000 in `make soak`).
+
+The figures (cases, tracebacks, rows lost, PHI hits, outside reads) are printed by the last test
+and written to $HOURGLASS_HOSTILE_REPORT when set (`make soak` does).
+"""
+
+from __future__ import annotations
+
+import csv
+import http.server
+import json
+import os
+import random
+import shutil
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import phi_scan
+from dicom_factory import write_mammogram_file
+from hostile import (OpenRecorder, changed_outside, escaping_paths, plant_links, run_cli, snapshot)
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+SOAK = os.environ.get("HOURGLASS_SOAK", "") not in ("", "0")
+GENERATED = int(os.environ.get("HOURGLASS_HOSTILE_COUNT", 2000 if SOAK else 60))
+SEED = int(os.environ.get("HOURGLASS_HOSTILE_SEED", 20261211))
+SALT = "hostile-salt-11"
+CANONICAL = ["image_path", "patient_id", "study_id", "laterality", "view", "label", "finding_type",
+             "xmin", "ymin", "xmax", "ymax"]
+
+# The PHI planted in folder names, file names and table cells; none may appear in any output.
+PLANTED = {
+    "PatientName": ["DOE^JANE", "ROE^RICHARD^QUINCY"],
+    "PatientID": ["MRN901234", "MRN445566", "MRN778899", "MRN112233", "MRN665544"],
+    "Planted": ["SSN-078-05-1120", "ACCN-2026-55501", "Zyxwvutsrq"],
+}
+FIGURES = {"cases": 0, "tracebacks": 0, "rows": 0, "rows_lost": 0, "phi_hits": 0, "outside_reads": 0}
+SCANNER = phi_scan.Scanner(PLANTED)
+
+
+# ------------------------------------------------------------------------------------------- world
+def _pixels(rows: int = 64, cols: int = 48, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:cols]
+    inside = ((y - rows / 2) / (rows * 0.48)) ** 2 + (x / (cols * 0.8)) ** 2 <= 1
+    return np.where(inside, 1800 + rng.integers(0, 600, (rows, cols)), 60).astype(np.uint16)
+
+
+def _dicom(path, seed: int = 0) -> str:
+    return write_mammogram_file(path, _pixels(seed=seed), laterality="L", view="CC",
+                                PatientName="Fake^Person", PatientID="FAKE-0001")
+
+
+def _write_table(path, rows, header=CANONICAL) -> str:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return os.fspath(path)
+
+
+def _models(directory: Path) -> dict[str, str]:
+    import keras
+
+    from serving_doubles import conv_model
+
+    directory.mkdir()
+    paths = {}
+    good = directory / "good.keras"
+    conv_model().save(good)
+    paths["good"] = str(good)
+    image = keras.Input((None, None, 1))
+    x = keras.layers.Conv2D(3, 3, padding="same")(image)
+    keras.Model(image, x).save(directory / "rgb3.keras")
+    flat = keras.Input((16,))
+    keras.Model(flat, keras.layers.Dense(2)(flat)).save(directory / "classifier.keras")
+    a, b = keras.Input((None, None, 1)), keras.Input((None, None, 1))
+    keras.Model([a, b], keras.layers.Conv2D(1, 3, padding="same")(keras.layers.Add()([a, b]))).save(
+        directory / "two_inputs.keras")
+    data = good.read_bytes()
+    (directory / "truncated.keras").write_bytes(data[: len(data) // 2])
+    (directory / "corrupt.keras").write_bytes(bytes(random.Random(1).randrange(256) for _ in range(4000)))
+    (directory / "text.keras").write_text("this is not a model\n")
+    (directory / "empty.keras").write_bytes(b"")
+    with zipfile.ZipFile(directory / "noconfig.keras", "w") as archive:
+        archive.writestr("metadata.json", "{}")
+    with zipfile.ZipFile(directory / "badconfig.keras", "w") as archive:
+        archive.writestr("config.json", "{not json")
+        archive.writestr("metadata.json", "{}")
+    (directory / "dir.keras").mkdir()
+    for name in ("rgb3", "classifier", "two_inputs", "truncated", "corrupt", "text", "empty", "noconfig",
+                 "badconfig", "dir"):
+        paths[name] = str(directory / f"{name}.keras")
+    return paths
+
+
+class World:
+    """Everything the cases use, under one directory; `outs` holds the per-case output directories."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.root = base / "root"
+        self.outside = base / "outside"
+        self.outs = base / "outs"
+        self.outs.mkdir()
+        self.afile = base / "afile.txt"
+        self.afile.write_text("a file where a directory is expected\n")
+        self.canary = _dicom(self.outside / "canary.dcm", seed=99)
+        _dicom(self.outside / "im1.dicom", seed=98)
+        plant_links(self.root, self.outside, self.canary)
+        # Images in folders named after patients, as real exports do.
+        self.good = ["DOE^JANE/MRN901234/L_CC.dcm", "ROE^RICHARD^QUINCY/MRN445566_R_MLO.dcm", "plain/p1.dcm",
+                     "plain/p2.dcm"]
+        for i, rel in enumerate(self.good):
+            _dicom(self.root / rel, seed=i)
+        (self.root / "DOE^JANE" / "MRN901234" / "SSN-078-05-1120.dcm").write_bytes(b"not a dicom file")
+        self.clean_table = _write_table(base / "clean.csv", [
+            [rel, f"PAT{i}", f"ST{i}", "L", "CC", "malignant" if i % 2 else "normal", "mass" if i % 2 else "",
+             *([4, 6, 20, 30] if i % 2 else ["", "", "", ""])] for i, rel in enumerate(self.good)])
+        outcome = run_cli(["prepare", "--annotations", self.clean_table, "--images-root", self.root, "--out",
+                           base / "prep", "--size", "64", "--salt", SALT, "--quiet", "--val-fraction", "0",
+                           "--test-fraction", "0.5"])
+        assert outcome.code == 0, outcome
+        self.prep = base / "prep"
+        self.nomanifest = base / "nomanifest"
+        self.nomanifest.mkdir()
+        self.models = _models(base / "models")
+        self.dicom = _dicom(base / "exam" / "L_CC.dcm", seed=7)
+        self.serving = base / "serving" / "hourglass"
+        from export.saved_model import export_detector
+        from export.signatures import HourglassDetector
+        from serving_doubles import conv_model
+
+        detector = HourglassDetector(conv_model(), stride=2, input_multiple=2, max_marks=4, threshold=-1e9,
+                                     long_side=64)
+        export_detector(detector, self.serving, verify="none")
+        shutil.copytree(self.serving / "1", self.serving / "2")
+
+    def out(self, case_id: str) -> Path:
+        return self.outs / case_id
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return World(tmp_path_factory.mktemp("hostile"))
+
+
+# -------------------------------------------------------------------------------------- checking
+def _scan_phi(outcome, out: Path | None) -> list:
+    hits = SCANNER.scan_blob((outcome.out + "\n" + outcome.err).encode("utf-8"), "<stdout/stderr>")
+    if out is not None and out.exists():
+        hits += SCANNER.scan_tree(out)[0]
+    return hits
+
+
+def check(world: World, case_id: str, argv: list, *, code: int, names: str | None = None, cwd=None) -> "Outcome":
+    """Runs one case and asserts the common contract. Returns: the outcome."""
+    out = world.out(case_id)
+    argv = [a.replace("{OUT}", str(out)) if isinstance(a, str) else a for a in argv]
+    before = snapshot(world.base, skip=(world.outs,))
+    previous = os.getcwd()
+    os.chdir(cwd or world.base)
+    try:
+        with OpenRecorder() as recorder:
+            outcome = run_cli(argv)
+    finally:
+        os.chdir(previous)
+    after = snapshot(world.base, skip=(world.outs,))
+    FIGURES["cases"] += 1
+    FIGURES["tracebacks"] += bool(outcome.traceback)
+    hits = _scan_phi(outcome, out)
+    FIGURES["phi_hits"] += len(hits)
+    outside = recorder.under(world.outside) + [p for p in recorder.opened if p.startswith(("/etc/", "/proc/self/env"))]
+    FIGURES["outside_reads"] += len(outside)
+    assert not outcome.traceback, f"{case_id}: traceback\n{outcome.traceback}"
+    assert outcome.code == code, f"{case_id}: exit {outcome.code}, expected {code}: {outcome}"
+    if code != 0:
+        lines = outcome.err_lines
+        assert len(lines) == 1, f"{case_id}: {len(lines)} stderr lines: {lines}"
+        assert lines[0].startswith((f"hourglass {argv[0]}: error: ", "hourglass: error: ")), f"{case_id}: {lines[0]!r}"
+        assert "\x1b" not in outcome.err and "\r" not in outcome.err, f"{case_id}: raw control characters"
+        if names:
+            assert names in lines[0], f"{case_id}: {names!r} not named in {lines[0]!r}"
+    assert not changed_outside(before, after), f"{case_id}: wrote outside --out: {changed_outside(before, after)}"
+    assert not hits, f"{case_id}: PHI in the outputs: " + "; ".join(map(str, hits[:5]))
+    assert not outside, f"{case_id}: opened files outside the root: {outside[:5]}"
+    return outcome
+
+
+# --------------------------------------------------------------------- outputs and arguments (all)
+def _output_cases(w: World) -> list[tuple]:
+    under = str(w.afile / "sub")
+    prep = str(w.prep)
+    good = w.models["good"]
+    return [
+        ("synth-out-file", ["synth", "--out", str(w.afile), "--images", "1"], 2, "--out exists and is not a directory"),
+        ("synth-out-under-file", ["synth", "--out", under, "--images", "1"], 2, "is a file"),
+        ("synth-huge-height", ["synth", "--out", "{OUT}", "--images", "1", "--height", "1000000"], 2, "--height"),
+        ("synth-zero-images", ["synth", "--out", "{OUT}", "--images", "0"], 2, "--images"),
+        ("synth-rate", ["synth", "--out", "{OUT}", "--images", "1", "--malignant-rate", "2"], 2, "--malignant-rate"),
+        ("prepare-out-file", ["prepare", "--annotations", w.clean_table, "--images-root", str(w.root), "--out",
+                              str(w.afile)], 2, "afile.txt"),
+        ("prepare-out-under-file", ["prepare", "--annotations", w.clean_table, "--images-root", str(w.root),
+                                    "--out", under], 2, "afile.txt"),
+        ("prepare-out-is-root", ["prepare", "--annotations", w.clean_table, "--images-root", str(w.root), "--out",
+                                 str(w.root)], 2, "--out"),
+        ("prepare-out-in-root", ["prepare", "--annotations", w.clean_table, "--images-root", str(w.root), "--out",
+                                 str(w.root / "plain" / "prep")], 2, "--out"),
+        ("prepare-root-missing", ["prepare", "--annotations", w.clean_table, "--images-root",
+                                  str(w.base / "nope"), "--out", "{OUT}"], 2, "nope"),
+        ("prepare-root-is-file", ["prepare", "--annotations", w.clean_table, "--images-root", str(w.afile),
+                                  "--out", "{OUT}"], 2, "afile.txt"),
+        ("prepare-size-0", ["prepare", "--annotations", w.clean_table, "--images-root", str(w.root), "--out",
+                            "{OUT}", "--size", "0"], 2, "--size"),
+        ("prepare-size-huge", ["prepare", "--annotations", w.clean_table, "--images-root", str(w.root), "--out",
+                               "{OUT}", "--size", "10000000"], 2, "--size"),
+        ("prepare-size-text", ["prepare", "--annotations", w.clean_table, "--images-root", str(w.root), "--out",
+                               "{OUT}", "--size", "big"], 2, "--size"),
+        ("prepare-workers-0", ["prepare", "--annotations", w.clean_table, "--images-root", str(w.root), "--out",
+                               "{OUT}", "--workers", "0"], 2, "--workers"),
+        ("prepare-max-pixels-0", ["prepare", "--annotations", w.clean_table, "--images-root", str(w.root),
+                                  "--out", "{OUT}", "--max-pixels", "0"], 2, "--max-pixels"),
+        ("prepare-per-file-0", ["prepare", "--annotations", w.clean_table, "--images-root", str(w.root),
+                                "--out", "{OUT}", "--images-per-file", "0"], 2, "--images-per-file"),
+        ("prepare-val-fraction", ["prepare", "--annotations", w.clean_table, "--images-root", str(w.root),
+                                  "--out", "{OUT}", "--val-fraction", "1.5"], 2, "--val-fraction"),
+        ("prepare-shards", ["prepare", "--annotations", w.clean_table, "--images-root", str(w.root), "--out",
+                            "{OUT}", "--num-shards", "0"], 2, "--shard-index"),
+        ("prepare-format", ["prepare", "--annotations", w.clean_table, "--images-root", str(w.root), "--out",
+                            "{OUT}", "--format", "dicomdir"], 2, "--format"),
+        ("prepare-table-dir", ["prepare", "--annotations", str(w.root), "--images-root", str(w.root), "--out",
+                               "{OUT}"], 2, "annotation table not found"),
+        ("prepare-merge-empty", ["prepare", "--merge", "--out", "{OUT}"], 2, "no machine manifests"),
+        ("train-out-file", ["train", "--data", prep, "--out", str(w.afile)], 2, "afile.txt"),
+        ("train-out-under-file", ["train", "--data", prep, "--out", under], 2, "afile.txt"),
+        ("train-no-manifest", ["train", "--data", str(w.nomanifest), "--out", "{OUT}"], 2, "no manifest.json"),
+        ("train-data-missing", ["train", "--data", str(w.base / "nope"), "--out", "{OUT}"], 2, "nope"),
+        ("evaluate-out-file", ["evaluate", "--model", good, "--data", prep, "--out", str(w.afile)], 2, "afile.txt"),
+        ("evaluate-out-under-file", ["evaluate", "--model", good, "--data", prep, "--out", under], 2, "afile.txt"),
+        ("evaluate-no-records", ["evaluate", "--model", good, "--data", str(w.nomanifest), "--out", "{OUT}",
+                                 "--quiet"], 2, "nomanifest"),
+        ("evaluate-max-marks", ["evaluate", "--model", good, "--data", prep, "--out", "{OUT}", "--max-marks",
+                                "0"], 2, "--max-marks"),
+        ("tune-no-manifest", ["tune", "--data", str(w.nomanifest), "--out", "{OUT}"], 2, "no manifest.json"),
+        ("tune-out-file", ["tune", "--data", prep, "--out", str(w.afile)], 2, "afile.txt"),
+        ("tune-out-under-file", ["tune", "--data", prep, "--out", under], 2, "afile.txt"),
+        ("tune-report-empty", ["tune", "--out", "{OUT}", "--report"], 2, "no search here"),
+        ("export-base-file", ["export", "--model", good, "--base-path", str(w.afile)], 2, "afile.txt"),
+        ("export-base-under-file", ["export", "--model", good, "--base-path", under], 2, "afile.txt"),
+        ("export-version-0", ["export", "--model", good, "--base-path", "{OUT}", "--version", "0"], 2, "version"),
+        ("export-max-marks-0", ["export", "--model", good, "--base-path", "{OUT}", "--max-marks", "0"], 2,
+         "--max-marks"),
+        ("predict-overlay-under-file", ["predict", "--saved-model", str(w.serving), "--overlay-dir", under,
+                                        w.dicom], 2, "afile.txt"),
+        ("predict-long-side", ["predict", "--saved-model", str(w.serving), "--long-side", "5", w.dicom], 2,
+         "--long-side"),
+        ("predict-timeout-nan", ["predict", "--rest", "http://127.0.0.1:9", "--timeout", "nan", w.dicom], 2,
+         "--timeout"),
+        ("predict-retries-negative", ["predict", "--rest", "http://127.0.0.1:9", "--retries", "-1", w.dicom], 2,
+         "--retries"),
+        ("predict-max-message-0", ["predict", "--rest", "http://127.0.0.1:9", "--max-message-mb", "0", w.dicom], 2,
+         "--max-message-mb"),
+        ("unknown-command", ["frobnicate"], 2, "invalid choice"),
+    ]
+
+
+def test_bad_arguments_and_output_directories(world):
+    for case_id, argv, code, names in _output_cases(world):
+        check(world, case_id, argv, code=code, names=names)
+    assert not (world.root / "plain" / "prep").exists() and world.afile.is_file()
