@@ -299,3 +299,24 @@ def test_bad_arguments_and_output_directories(world):
     for case_id, argv, code, names in _output_cases(world):
         check(world, case_id, argv, code=code, names=names)
     assert not (world.root / "plain" / "prep").exists() and world.afile.is_file()
+
+
+# ------------------------------------------------------------------------------------------ models
+BAD_MODELS = {
+    "rgb3": "not a one-channel heatmap model", "classifier": "not a one-channel heatmap model",
+    "two_inputs": "not a one-channel heatmap model", "truncated": "not a Keras model archive",
+    "corrupt": "not a Keras model archive", "text": "not a Keras model archive", "empty": "not a Keras model archive",
+    "noconfig": "not a Keras model archive", "badconfig": "cannot load the Keras model", "dir": "is a directory",
+}
+
+
+def test_unrelated_and_corrupt_models(world):
+    for name, reason in BAD_MODELS.items():
+        model = world.models[name]
+        check(world, f"evaluate-{name}", ["evaluate", "--model", model, "--data", str(world.prep), "--out", "{OUT}",
+                                          "--quiet"], code=2, names=f"{os.path.basename(model)}: {reason}")
+        check(world, f"export-{name}", ["export", "--model", model, "--base-path", "{OUT}"], code=2,
+              names=f"{os.path.basename(model)}: {reason}")
+        assert not world.out(f"export-{name}").exists() or not os.listdir(world.out(f"export-{name}"))
+    check(world, "export-savedmodel-as-model", ["export", "--model", str(world.serving / "1"), "--base-path",
+                                                "{OUT}"], code=2, names="is a directory")
