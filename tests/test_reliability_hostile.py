@@ -320,3 +320,67 @@ def test_unrelated_and_corrupt_models(world):
         assert not world.out(f"export-{name}").exists() or not os.listdir(world.out(f"export-{name}"))
     check(world, "export-savedmodel-as-model", ["export", "--model", str(world.serving / "1"), "--base-path",
                                                 "{OUT}"], code=2, names="is a directory")
+
+
+# ---------------------------------------------------------------------------------------- predict
+REST_FAILURES = ["html", "array", "string", "no_predictions", "predictions_string", "no_marks", "marks_string",
+                 "marks_shape", "marks_nan", "num_marks_big", "num_marks_negative", "num_marks_float",
+                 "long_side_huge", "ragged", "not_utf8", "error_escape", "bad_gateway_html", "unavailable",
+                 "huge_declared", "huge", "slow", "drip", "redirect_file", "close"]
+
+
+def test_hostile_rest_servers(world):
+    from serving_doubles import HostileRestServer
+
+    server, url = HostileRestServer().start()
+    try:
+        base = ["predict", "--long-side", "64", "--timeout", "1", "--retries", "2", "--max-message-mb", "1"]
+        outcome = check(world, "rest-good", [*base, "--rest", f"{url}/good", world.dicom], code=0)
+        assert json.loads(outcome.out)["results"][0]["num_marks"] == 1
+        for mode in REST_FAILURES:
+            start = time.monotonic()
+            check(world, f"rest-{mode}", [*base, "--rest", f"{url}/{mode}", world.dicom], code=1, names=url)
+            # One overall deadline (--timeout 1, retries included), not retries x timeout.
+            assert time.monotonic() - start < 3.0, f"rest-{mode} took {time.monotonic() - start:.1f} s"
+        check(world, "rest-not-found-escape", [*base, "--rest", f"{url}/not_found_escape", world.dicom], code=2,
+              names="--model-name")
+    finally:
+        server.shutdown()
+    for scheme_url in ("file:///etc/passwd", "ftp://127.0.0.1/x", "http://", "localhost:8501", "gopher://x"):
+        check(world, f"rest-url-{scheme_url[:4]}", ["predict", "--rest", scheme_url, world.dicom], code=2,
+              names="--rest")
+
+
+def test_hostile_grpc_servers(world):
+    from serving_doubles import HostileGrpcServicer
+
+    server, address = HostileGrpcServicer().start()
+    try:
+        base = ["predict", "--grpc", address, "--long-side", "64", "--timeout", "1", "--retries", "1"]
+        check(world, "grpc-good", [*base, "--model-name", "good", world.dicom], code=0)
+        for mode in ("empty", "string_marks", "bad_shape", "nan", "slow", "internal_escape"):
+            start = time.monotonic()
+            check(world, f"grpc-{mode}", [*base, "--model-name", mode, world.dicom], code=1, names=address)
+            assert time.monotonic() - start < 3.0
+        check(world, "grpc-huge", [*base, "--model-name", "huge", "--max-message-mb", "1", world.dicom], code=2,
+              names="--max-message-mb")
+    finally:
+        server.stop(0)
+
+
+def test_predict_local_versions_and_bad_files(world):
+    base = str(world.serving)
+    outcome = check(world, "local-version-1", ["predict", "--saved-model", base, "--version", "1", world.dicom],
+                    code=0)
+    assert json.loads(outcome.out)["target"] == os.path.join(base, "1")
+    check(world, "local-version-missing", ["predict", "--saved-model", base, "--version", "9", world.dicom], code=2,
+          names="--version")
+    check(world, "local-version-dir-mismatch", ["predict", "--saved-model", os.path.join(base, "2"), "--version",
+                                                "1", world.dicom], code=2, names="--version")
+    check(world, "local-version-0", ["predict", "--saved-model", base, "--version", "0", world.dicom], code=2,
+          names="--version")
+    check(world, "local-not-savedmodel", ["predict", "--saved-model", str(world.nomanifest), world.dicom], code=2,
+          names="nomanifest")
+    outcome = check(world, "local-bad-files", ["predict", "--saved-model", base, "--version", "2",
+                                               str(world.base / "nope.dcm")], code=2, names="nope.dcm")
+    assert json.loads(outcome.out)["results"][0]["error"]
