@@ -384,3 +384,20 @@ def test_predict_local_versions_and_bad_files(world):
     outcome = check(world, "local-bad-files", ["predict", "--saved-model", base, "--version", "2",
                                                str(world.base / "nope.dcm")], code=2, names="nope.dcm")
     assert json.loads(outcome.out)["results"][0]["error"]
+
+
+def test_export_warns_about_a_broken_newest_version(world):
+    base = world.out("export-broken-newest")
+    shutil.copytree(world.serving / "1", base / "1")
+    (base / "2").mkdir()
+    (base / "2" / "saved_model.pb").write_bytes(b"half a copy")
+    outcome = check(world, "export-broken-newest", ["export", "--model", world.models["good"], "--base-path", "{OUT}",
+                                                    "--verify", "ops", "--max-marks", "3"], code=0)
+    warnings = [line for line in outcome.err_lines if "warning" in line]
+    assert warnings == [f"hourglass export: warning: {base / '2'}, the newest version in the base path, is broken "
+                        "(saved_model.pb is not a SavedModel protocol buffer): TF Serving cannot load it; remove it "
+                        "or publish a higher version"]
+    assert json.loads(outcome.out)["version"] == 3
+
+
+# ---------------------------------------------------------------------------------------- prepare
