@@ -401,3 +401,192 @@ def test_export_warns_about_a_broken_newest_version(world):
 
 
 # ---------------------------------------------------------------------------------------- prepare
+def _phi(i: int) -> str:
+    values = [v for vs in PLANTED.values() for v in vs]
+    return values[i % len(values)]
+
+
+def _hostile_canonical_rows(world: World, rng: random.Random) -> tuple[list[list], dict[int, str]]:
+    """The hostile canonical table: rows and, by 1-based row number, the reject code expected (or "ok")."""
+    normal = ["L", "CC", "normal", "", "", "", "", "", ""]
+    rows, expect = [], {}
+
+    def add(row, code):
+        rows.append(row)
+        expect[len(rows)] = code
+
+    spellings = escaping_paths("../outside/canary.dcm", str(world.outside / "canary.dcm"))
+    for i, path in enumerate(spellings.values()):
+        add([path, _phi(i), _phi(i + 1), *normal], "outside_root")
+    add(["DOE^JANE/MRN901234/L_CC.dcm", "MRN901234", "DOE^JANE", *normal], "ok")
+    add(["ROE^RICHARD^QUINCY/MRN445566_R_MLO.dcm", "MRN445566", "Zyxwvutsrq", "L", "CC", "malignant", "mass",
+         4, 6, 20, 30, ""], "ok")
+    add(["DOE^JANE/MRN901234/SSN-078-05-1120.dcm", "MRN901234", "S1", *normal], "unreadable")
+    add(["DOE^JANE/MRN778899/gone.dcm", "MRN778899", "S2", *normal], "missing_file")
+    add(["plain/MRN112233_other.dcm", "MRN445566", "S3", *normal], "missing_file")  # another row's id in a path
+    add(["plain/p1.dcm", "PAT-P1", "S4", *normal], "ok")
+    add(["plain/p1.dcm", "PAT-P1", "S4", *normal], "ok")  # an exact duplicate: merged
+    # PHI in every column as a bad value (all on p2: the image is rejected, every row with its own code).
+    add(["plain/p2.dcm", "PAT-P2", "S5", "DOE^JANE", "CC", "normal", "", "", "", "", "", ""], "bad_value")
+    add(["plain/p2.dcm", "PAT-P2", "S5", "L", "MRN112233", "normal", "", "", "", "", "", ""], "bad_value")
+    add(["plain/p2.dcm", "PAT-P2", "S5", "L", "CC", "ROE^RICHARD^QUINCY", "", "", "", "", "", ""], "bad_label")
+    add(["plain/p2.dcm", "PAT-P2", "S5", "L", "CC", "malignant", "MRN665544", 1, 1, 5, 5, ""], "bad_finding_type")
+    add(["plain/p2.dcm", "PAT-P2", "S5", "L", "CC", "malignant", "mass", "SSN-078-05-1120", 1, 5, 5, ""],
+        "bad_value")
+    add(["plain/p2.dcm", "PAT-P2", "S5", "L", "CC", "normal", "", "", "", "", "", "ACCN-2026-55501"], "bad_split")
+    add(["plain/p2.dcm", "PAT-P2", "S5", "L", "CC", "malignant", "mass", 9, 9, 3, 3, ""], "degenerate_box")
+    add(["plain/p2.dcm", "MRN665544", "S5", "L", "CC", "normal", "", "", "", "", "", ""], "inconsistent_image")
+    add(["plain/\x1b[31mMRN112233.dcm", "PAT-C", "S6", *normal], "missing_file")
+    add(["plain/new\nline\rMRN665544.dcm", "PAT-D", "S7", *normal], "missing_file")
+    add(["a/" * 2500 + "MRN901234.dcm", "PAT-E", "S8", *normal], "missing_file")
+    add(["plain", "PAT-F", "S9", *normal], "missing_file")
+    add(["links/../plain/p1.dcm", "PAT-P1", "S4", *normal], "ok")  # the same key once normalised: a duplicate
+    add(["", "MRN112233", "S10", *normal], "missing_field")
+    add(["plain/q.dcm", "", "S11", *normal], "missing_field")
+    add(["plain/q.dcm", "PAT-G", "S12", *normal, "extra", "MRN901234"], "bad_row")
+    names = list(spellings.values())
+    for i in range(GENERATED):
+        kind = rng.random()
+        patient = _phi(rng.randrange(100)) + rng.choice(["", "-X", "^Y"])
+        if kind < 0.5:
+            add([rng.choice(names), patient, _phi(i), *normal], "outside_root")
+        elif kind < 0.8:
+            folder = rng.choice(PLANTED["PatientName"]) + "/" + rng.choice(PLANTED["PatientID"])
+            add([f"{folder}/{_phi(i)}_{i}.dcm", patient, "S", *normal], "missing_file")
+        else:
+            add([f"../{_phi(i)}/{i}.dcm", patient, "S", *normal], "outside_root")
+    return rows, expect
+
+
+def _records_image_hashes(prep: Path) -> set[str]:
+    import tensorflow as tf
+
+    from keras_hourglass.data import records
+
+    hashes = set()
+    for split in records.SPLITS:
+        for path in records.list_files(str(prep), split):
+            for raw in tf.data.TFRecordDataset(path):
+                hashes.add(records.parse_example(raw)["image_hash"].numpy().decode())
+    return hashes
+
+
+def _account(out: Path, rows: int) -> tuple[dict, dict[str, dict]]:
+    manifest = json.loads((out / "manifest.json").read_text())
+    with open(out / "rejects.csv", newline="", encoding="utf-8") as handle:
+        rejects = {r["row"]: r for r in csv.DictReader(handle)}
+    FIGURES["rows"] += rows
+    lost = rows - (manifest["ingested"]["rows"] + manifest["rejects"]["rows"])
+    FIGURES["rows_lost"] += abs(lost) + abs(manifest["inputs"]["rows"] - rows)
+    assert manifest["inputs"]["rows"] == rows and lost == 0, manifest
+    assert len(rejects) == manifest["rejects"]["rows"]
+    return manifest, rejects
+
+
+def test_prepare_hostile_canonical_table(world):
+    from keras_hourglass.data import phi
+
+    rows, expect = _hostile_canonical_rows(world, random.Random(SEED))
+    table = _write_table(world.outs / "hostile.csv", rows, CANONICAL + ["split"])
+    out = world.out("prepare-hostile")
+    check(world, "prepare-hostile", ["prepare", "--annotations", table, "--images-root", str(world.root), "--out",
+                                     "{OUT}", "--size", "64", "--salt", SALT, "--quiet", "--workers", "1"], code=0)
+    manifest, rejects = _account(out, len(rows))
+    codes = {int(r.split(":")[1]): rejects[r]["code"] for r in rejects}
+    wrong = {n: (codes.get(n, "ok"), want) for n, want in expect.items() if codes.get(n, "ok") != want
+             and not (want != "ok" and codes.get(n) == "sibling_rejected")}
+    assert not wrong, f"{len(wrong)} rows with another outcome (got, expected): {dict(list(wrong.items())[:10])}"
+    assert manifest["ingested"]["duplicate_rows_merged"] == 2
+    good = {phi.salted_hash(key, SALT, "image") for key in world.good[:3]}
+    assert _records_image_hashes(out) == good  # the canary outside the root was never ingested
+    for row in rejects.values():
+        assert len(row["image_hash"]) in (0, 16) and set(row) == {"row", "image_hash", "code", "reason"}
+
+
+def test_prepare_hostile_vindr_and_cbis(world):
+    study = world.root / "vindr" / "images" / "MRN901234"
+    _dicom(study / "im1.dicom", seed=3)
+    os.symlink(world.outside, world.root / "vindr" / "images" / "linked")
+    os.symlink(world.outside, world.root / "vindr" / "linked2")
+    header = ["study_id", "series_id", "image_id", "laterality", "view_position", "height", "width", "breast_birads",
+              "breast_density", "finding_categories", "finding_birads", "xmin", "ymin", "xmax", "ymax", "split"]
+    normal = ["L", "CC", 64, 48, "BI-RADS 1", "DENSITY C", "['No Finding']", "", "", "", "", "", "training"]
+    vindr_rows = [["MRN901234", "se", "im1", *normal], ["..", "se", "im1", *normal], ["linked", "se", "im1", *normal],
+                  ["linked2", "se", "im1", *normal], [".", "se", "..", *normal],
+                  ["DOE^JANE", "se", "im1", *normal], ["MRN445566", "se", "SSN-078-05-1120", *normal]]
+    table = _write_table(world.outs / "finding_annotations.csv", vindr_rows, header)
+    out = world.out("prepare-vindr")
+    check(world, "prepare-vindr", ["prepare", "--format", "vindr", "--annotations", table, "--images-root",
+                                   str(world.root / "vindr"), "--out", "{OUT}", "--size", "64", "--salt", SALT,
+                                   "--quiet"], code=0)
+    _, rejects = _account(out, len(vindr_rows))
+    assert [rejects.get(f"finding_annotations.csv:{n}", {}).get("code") for n in range(1, 8)] == [
+        None, "outside_root", "outside_root", "outside_root", "outside_root", "bad_value", "missing_file"]
+
+    cbis_root = world.root / "cbis"
+    image = "Mass-Training_P_00001_LEFT_CC/1.2.3/1.2.3.4/000000.dcm"
+    _dicom(cbis_root / image)
+    os.makedirs(cbis_root / "Mass-Training_P_00002_LEFT_CC")
+    os.symlink(world.canary, cbis_root / "Mass-Training_P_00002_LEFT_CC" / "1-1.dcm")
+    header = ["patient_id", "breast_density", "left or right breast", "image view", "abnormality id",
+              "abnormality type", "mass shape", "mass margins", "assessment", "pathology", "subtlety",
+              "image file path", "cropped image file path", "ROI mask file path"]
+    row = ["P_00001", 3, "LEFT", "CC", 1, "mass", "OVAL", "SPICULATED", 5, "MALIGNANT", 4]
+    cbis_rows = [row + ["../outside/canary.dcm", "", ""], row + [image, "../../outside/canary.dcm", ""],
+                 row + [image, "", str(world.canary)],
+                 ["P_00002"] + row[1:] + ["Mass-Training_P_00002_LEFT_CC/x/y/000000.dcm", "a/1.dcm", "b/2.dcm"],
+                 ["MRN901234"] + row[1:] + ["Mass-Training_DOE^JANE/MRN901234/1.dcm", "", ""]]
+    table = _write_table(world.outs / "mass_case_description_train_set.csv", cbis_rows, header)
+    out = world.out("prepare-cbis")
+    check(world, "prepare-cbis", ["prepare", "--format", "cbis-ddsm", "--annotations", table, "--images-root",
+                                  str(cbis_root), "--out", "{OUT}", "--size", "64", "--salt", SALT, "--quiet"], code=0)
+    _, rejects = _account(out, len(cbis_rows))
+    codes = [rejects[f"mass_case_description_train_set.csv:{n}"]["code"] for n in range(1, 6)]
+    assert codes[:4] == ["outside_root"] * 4 or set(codes[:4]) <= {"outside_root", "sibling_rejected"}, codes
+    assert codes[4] == "missing_file"
+
+
+MALFORMED = {
+    "headerless": "img.dcm,MRN901234,DOE^JANE,L,CC,normal,,,,,\n".encode(),
+    "empty": b"",
+    "blank_lines": b"\n\n\n",
+    "utf16_bom": (",".join(CANONICAL) + "\nimg.dcm,MRN901234,S,L,CC,normal,,,,,\n").encode("utf-16"),
+    "utf16_no_bom": (",".join(CANONICAL) + "\nimg.dcm,MRN901234,S,L,CC,normal,,,,,\n").encode("utf-16-le"),
+    "utf32_bom": (",".join(CANONICAL) + "\nimg.dcm,MRN901234,S,L,CC,normal,,,,,\n").encode("utf-32"),
+    "xlsx": b"PK\x03\x04\x14\x00\x06\x00" + b"MRN901234" * 20,
+    "gzip": b"\x1f\x8b\x08\x00" + b"MRN901234" * 10,
+    "nul_in_path": (",".join(CANONICAL) + "\nimg\x00MRN901234.dcm,P,S,L,CC,normal,,,,,\n").encode(),
+    "semicolons": (";".join(CANONICAL) + "\nimg.dcm;MRN901234;S;L;CC;normal;;;;;\n").encode(),
+    "huge_field": (",".join(CANONICAL) + '\n"' + "MRN901234" * 20000 + '",P,S,L,CC,normal,,,,,\n').encode(),
+    "binary": bytes(random.Random(5).randrange(1, 256) for _ in range(3000)),
+    "control_header": ("image_path\x1b[2J,patient_id\r,MRN901234\n").encode(),
+}
+
+
+def test_prepare_malformed_tables(world):
+    for name, data in MALFORMED.items():
+        table = world.outs / f"{name}.csv"
+        table.write_bytes(data)
+        outcome = check(world, f"table-{name}", ["prepare", "--annotations", str(table), "--images-root",
+                                                 str(world.root), "--out", "{OUT}", "--quiet"], code=2,
+                        names=f"{name}.csv")
+        assert "image_path" not in outcome.err or "missing column" in outcome.err
+    # Accepted tables whose rows are all rejected (or that have none): every row still accounted for.
+    accepted = {"header_only": (",".join(CANONICAL) + "\n", 0),
+                "unterminated_quote": (",".join(CANONICAL) + '\n"img.dcm,MRN901234,S,L,CC,normal,,,,,\n', 1),
+                "latin1": ((",".join(CANONICAL) + "\nplain/\xe9MRN901234.dcm,P\xe9,S,L,CC,normal,,,,,\n"), 1)}
+    for name, (text, rows) in accepted.items():
+        table = world.outs / f"{name}.csv"
+        table.write_bytes(text.encode("latin-1"))
+        check(world, f"table-{name}", ["prepare", "--annotations", str(table), "--images-root", str(world.root),
+                                       "--out", "{OUT}", "--quiet"], code=0)
+        _account(world.out(f"table-{name}"), rows)
+
+
+def test_zz_figures():
+    """The closing figures of this run (also written to $HOURGLASS_HOSTILE_REPORT)."""
+    print("\nhostile suite: " + json.dumps(FIGURES))
+    report = os.environ.get("HOURGLASS_HOSTILE_REPORT")
+    if report:
+        Path(report).write_text(json.dumps({**FIGURES, "generated_rows": GENERATED, "seed": SEED}, indent=2) + "\n")
+    assert FIGURES["tracebacks"] == FIGURES["rows_lost"] == FIGURES["phi_hits"] == FIGURES["outside_reads"] == 0
