@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import traceback
+import warnings
 
 _ACTIVE: list["OpenRecorder"] = []
 _LOCK = threading.Lock()
@@ -120,14 +121,20 @@ def run_cli(argv: list) -> Outcome:
 
     out, err = io.StringIO(), io.StringIO()
     code, tb = None, ""
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    # Python warnings reach a user's terminal as stderr lines: record them (whatever pytest's filters
+    # say) and count them as stderr, so the PHI scan and the one-line rule see them.
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         try:
             code = main([os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in argv])
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
         except BaseException:  # noqa: BLE001 - exactly what the suite looks for
             tb = traceback.format_exc()
-    return Outcome(code, out.getvalue(), err.getvalue(), tb)
+    shown = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught
+                    if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)))
+    return Outcome(code, out.getvalue(), err.getvalue() + shown, tb)
 
 
 def escaping_paths(outside_rel: str, outside_abs: str) -> dict[str, str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 
 import numpy as np
 
@@ -134,6 +135,18 @@ def path_spellings(record: ImageRecord) -> list[str]:
 
 
 def process_image(record: ImageRecord, settings: IngestSettings, salt: str) -> dict:
+    """Reads, preprocesses and encodes one image with its findings (see `_process_image`).
+
+    pydicom's warnings on a corrupt file quote its path (folders may be named after the patient) and
+    header values, and would reach stderr raw: they are silenced here; the reject reason says what is
+    wrong with the file.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _process_image(record, settings, salt)
+
+
+def _process_image(record: ImageRecord, settings: IngestSettings, salt: str) -> dict:
     """Reads, preprocesses and encodes one image with its findings.
 
     Args:
