@@ -65,10 +65,13 @@ quality-ablation: venv
 quality-stress: venv
 	$(PY) benchmarks/quality.py stress $(QUALITY_FLAGS)
 
-# The reliability tests with soak-sized counts (5000 fuzzed DICOMs, 3 kills, the full PHI run).
+# The reliability tests with soak-sized counts (5000 fuzzed DICOMs, 3 kills, the full PHI run, 2000
+# generated hostile table rows); the hostile suite's figures go to $(SOAK_REPORT).
+SOAK_REPORT ?= soak_hostile.json
 soak: venv
-	HOURGLASS_SOAK=1 $(PY) -m pytest -q -p no:randomly tests/test_reliability_fuzz.py \
-	  tests/test_reliability_pydicom_corpus.py tests/test_reliability_prepare_kill.py tests/test_reliability_phi.py
+	HOURGLASS_SOAK=1 HOURGLASS_HOSTILE_REPORT=$(SOAK_REPORT) $(PY) -m pytest -q -s -p no:randomly \
+	  tests/test_reliability_fuzz.py tests/test_reliability_pydicom_corpus.py tests/test_reliability_prepare_kill.py \
+	  tests/test_reliability_phi.py tests/test_reliability_hostile.py
 
 clean:
 	rm -rf $(VENV) $(TFIO_VENV) $(DEMO) build *.egg-info

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from keras_hourglass.cli import argtypes
+from keras_hourglass.errors import escape_controls
 
 EPILOG = """\
 examples:
@@ -58,9 +60,17 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Runs the export. Returns: 0 on success, 1 if verification fails."""
-    from export.saved_model import export_keras_model
+    from export.saved_model import export_keras_model, list_versions, version_problem
     from export.verify import VerificationError
 
+    versions = list_versions(args.base_path)
+    if versions:
+        newest = os.path.join(args.base_path, str(versions[-1]))
+        problem = version_problem(newest)
+        if problem:
+            print(f"hourglass export: warning: {escape_controls(newest)}, the newest version in the base path, is "
+                  f"broken ({problem}): TF Serving cannot load it; remove it or publish a higher version",
+                  file=sys.stderr)
     try:
         result = export_keras_model(
             args.model,

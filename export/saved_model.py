@@ -74,6 +74,28 @@ def list_versions(base_path: str | os.PathLike) -> list[int]:
     return sorted(int(name) for name in os.listdir(base_path) if name.isdigit() and os.path.isdir(os.path.join(base_path, name)))
 
 
+def version_problem(version_dir: str | os.PathLike) -> str | None:
+    """Returns: why a published version directory cannot be loaded by TF Serving, or None if it looks whole.
+
+    Checks what a half-copied or damaged version lacks: a parseable ``saved_model.pb`` and, when
+    there is a ``variables/`` directory, its ``variables.index``.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb = os.path.join(version_dir, "saved_model.pb")
+    if not os.path.isfile(pb):
+        return "no saved_model.pb"
+    try:
+        with open(pb, "rb") as handle:
+            saved_model_pb2.SavedModel().ParseFromString(handle.read())
+    except Exception:  # noqa: BLE001 - protobuf raises DecodeError and others on garbage
+        return "saved_model.pb is not a SavedModel protocol buffer"
+    variables = os.path.join(version_dir, "variables")
+    if os.path.isdir(variables) and not os.path.isfile(os.path.join(variables, "variables.index")):
+        return "variables/ has no variables.index"
+    return None
+
+
 def next_version(base_path: str | os.PathLike) -> int:
     """Returns: one more than the largest version under `base_path`, or 1."""
     versions = list_versions(base_path)
@@ -212,21 +234,17 @@ def load_inference_model(model_path: str | os.PathLike):
     Raises:
         InputError: the file is missing or is not a loadable Keras model.
     """
-    import keras
-
-    import keras_hourglass.model  # noqa: F401 - registers the custom layers
     from keras_hourglass.model import hourglass
+    from keras_hourglass.modelfile import load_heatmap_model
 
     path = os.fspath(model_path)
-    if not os.path.isfile(path):
-        raise InputError(path, "no such model file")
+    model = load_heatmap_model(path)
     try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as err:  # noqa: BLE001 - any load failure is a bad input file
-        raise InputError(path, f"cannot load Keras model: {type(err).__name__}: {str(err).splitlines()[0]}") from None
-    model = hourglass.inference_model(model)
-    stride = int(hourglass.model_stride(model))
-    multiple = int(hourglass.model_input_multiple(model))
+        model = hourglass.inference_model(model)
+        stride = int(hourglass.model_stride(model))
+        multiple = int(hourglass.model_input_multiple(model))
+    except (ValueError, TypeError) as err:
+        raise InputError(path, f"not a fully convolutional heatmap model ({type(err).__name__})") from None
     return model, stride, multiple
 
 

@@ -6,6 +6,9 @@ import argparse
 import json
 import sys
 
+from keras_hourglass.cli import argtypes
+from keras_hourglass.errors import escape_controls
+
 EPILOG = """\
 examples:
   # no server: run the exported SavedModel in this process
@@ -40,14 +43,17 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--model-name", default="hourglass", help="model name on the server (default hourglass)")
     parser.add_argument("--signature", choices=("serving_default", "detect_png"), default=None,
                         help="signature to call (default: detect_png for --rest, else serving_default)")
-    parser.add_argument("--version", type=int, default=None, metavar="N", help="model version (default: latest)")
-    parser.add_argument("--threshold", type=float, default=None, metavar="T",
+    parser.add_argument("--version", type=argtypes.positive, default=None, metavar="N",
+                        help="model version (default: latest; with --saved-model BASE: BASE/N)")
+    parser.add_argument("--threshold", type=argtypes.finite, default=None, metavar="T",
                         help="score threshold (default: the export's)")
-    parser.add_argument("--long-side", type=int, default=None, metavar="PIXELS",
+    parser.add_argument("--long-side", type=argtypes.positive, default=None, metavar="PIXELS",
                         help="preprocessing long side (default: the model's; see README)")
-    parser.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per request (default 30)")
-    parser.add_argument("--retries", type=int, default=3, help="retries while the server is unavailable (default 3)")
-    parser.add_argument("--max-message-mb", type=float, default=64.0, metavar="MB",
+    parser.add_argument("--timeout", type=argtypes.positive_number, default=30.0, metavar="S",
+                        help="seconds for one request, its retries included: one overall deadline (default 30)")
+    parser.add_argument("--retries", type=argtypes.non_negative, default=3,
+                        help="retries while the server is unavailable, within --timeout (default 3)")
+    parser.add_argument("--max-message-mb", type=argtypes.positive_number, default=64.0, metavar="MB",
                         help="largest request/response in MiB (default 64; TF Serving must allow it too)")
     parser.add_argument("--overlay-dir", metavar="DIR", help="write FILE.png overlays (marks on the preprocessed image)")
     parser.add_argument("files", nargs="+", metavar="FILE", help="DICOM files")
@@ -58,10 +64,10 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Runs the predictions. Returns: 0, 2 if any file was a bad input, 1 on a server failure."""
     from keras_hourglass.errors import InputError
-    from serving.client import ServingError, make_client
+    from serving.client import MAX_LONG_SIDE, ServingError, make_client
 
-    if args.long_side is not None and args.long_side < 16:
-        raise InputError("--long-side", f"must be >= 16, got {args.long_side}")
+    if args.long_side is not None and not 16 <= args.long_side <= MAX_LONG_SIDE:
+        raise InputError("--long-side", f"must be in [16, {MAX_LONG_SIDE}], got {args.long_side}")
     signature = args.signature or ("detect_png" if args.rest else "serving_default")
     client = make_client(
         saved_model=args.saved_model,
@@ -85,12 +91,12 @@ def run(args: argparse.Namespace) -> int:
                 if not err.path or err.path.startswith("--"):
                     raise  # a bad argument (unknown model/signature, size limit): stop here
                 failed = True
-                print(f"hourglass predict: error: {err}", file=sys.stderr)
+                print(f"hourglass predict: error: {escape_controls(err)}", file=sys.stderr)
                 results.append({"file": path, "error": err.reason})
     except ServingError as err:
         if isinstance(err, InputError):
             raise
-        print(f"hourglass predict: error: {err}", file=sys.stderr)
+        print(f"hourglass predict: error: {escape_controls(err)}", file=sys.stderr)
         return 1
     finally:
         client.close()

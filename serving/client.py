@@ -52,10 +52,12 @@ import json
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+
 import numpy as np
 
-from keras_hourglass.errors import InputError
+from keras_hourglass.errors import InputError, escape_controls
 
 SIGNATURES = ("serving_default", "detect_png")
 DEFAULT_LONG_SIDE = 1536
@@ -139,12 +141,71 @@ def encode_png16(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _valid_marks(marks: np.ndarray, num_marks: int) -> np.ndarray:
-    return np.asarray(marks, np.float64).reshape(-1, 3)[: int(num_marks)]
+MAX_LONG_SIDE = 65536
 
 
-def _backoff_sleep(attempt: int, backoff: float) -> None:
-    time.sleep(min(backoff * 2**attempt, 8.0))
+def checked_outputs(outputs, target: str) -> tuple[np.ndarray, int]:
+    """Validates a server's outputs for one image; a reply of the wrong form is a server-side failure.
+
+    Args:
+        outputs: the outputs by name, as decoded from the reply.
+        target: the server (named in the message).
+
+    Returns:
+        `(marks, long_side)`: float64 `[N, 3]` (y, x, score), the `num_marks` valid rows; the
+        model's long side (0 if the reply has none).
+
+    Raises:
+        ServingError: outputs missing, of the wrong type or shape, not finite, or out of range.
+    """
+    def fail(what: str) -> ServingError:
+        return ServingError(f"{target}: malformed reply: {what}")
+
+    if not isinstance(outputs, dict):
+        raise fail("the outputs are not a mapping")
+    missing = [key for key in ("marks", "num_marks") if key not in outputs]
+    if missing:
+        raise fail(f"no {' or '.join(missing)} output (is this a keras-hourglass export?)")
+    try:
+        marks = np.asarray(outputs["marks"], dtype=np.float64)
+        counts = np.asarray(outputs["num_marks"], dtype=np.float64).reshape(-1)
+        sides = np.asarray(outputs.get("long_side", [0]), dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError, OverflowError):
+        raise fail("marks, num_marks or long_side are not numbers") from None
+    if marks.ndim != 3 or marks.shape[0] < 1 or marks.shape[2] != 3:
+        raise fail(f"marks have shape {marks.shape}, expected [1, max_marks, 3]")
+    if counts.size < 1 or sides.size < 1:
+        raise fail("num_marks or long_side is empty")
+    count, side = counts[0], sides[0]
+    if not (np.isfinite(count) and count == int(count) and 0 <= count <= marks.shape[1]):
+        raise fail(f"num_marks is not an integer in [0, {marks.shape[1]}]")
+    if not (np.isfinite(side) and side == int(side) and 0 <= side <= MAX_LONG_SIDE):
+        raise fail(f"long_side is not an integer in [0, {MAX_LONG_SIDE}]")
+    valid = marks[0, : int(count)]
+    if not np.all(np.isfinite(valid)):
+        raise fail("marks hold NaN or infinite values")
+    return valid, int(side)
+
+
+class Deadline:
+    """One overall time budget for a request and all of its retries.
+
+    Args:
+        seconds: the budget.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = float(seconds)
+        self.end = time.monotonic() + self.seconds
+
+    def remaining(self) -> float:
+        """Returns: seconds left (0 when spent)."""
+        return max(0.0, self.end - time.monotonic())
+
+    def sleep_backoff(self, attempt: int, backoff: float) -> bool:
+        """Sleeps the retry delay (at most what is left). Returns: whether time is left afterwards."""
+        time.sleep(min(backoff * 2**attempt, 8.0, self.remaining()))
+        return self.remaining() > 0
 
 
 # ------------------------------------------------------------------------------------------ clients
@@ -237,10 +298,9 @@ class PredictionClient(abc.ABC):
         signature = signature or self.signature
         threshold = self.threshold if threshold is None else threshold
         outputs = self.predict(self.signature_inputs(image, signature, threshold), signature)
-        marks = _valid_marks(outputs["marks"][0], int(np.asarray(outputs["num_marks"]).reshape(-1)[0]))
+        marks, long_side = checked_outputs(outputs, self.target)
         if signature == "serving_default" and threshold is not None:
             marks = marks[marks[:, 2] > threshold]
-        long_side = int(np.asarray(outputs.get("long_side", [0])).reshape(-1)[0])
         return marks, long_side
 
     # -- one file
@@ -355,17 +415,20 @@ class GrpcClient(PredictionClient):
                 "(use --signature detect_png, which sends a PNG, or raise --max-message-mb on client and server)",
             )
         status = self._grpc.StatusCode
+        deadline = Deadline(self.timeout)
         for attempt in range(self.retries + 1):
             try:
-                response = self._stub.Predict(request, timeout=self.timeout)
-                return {key: from_tensor_proto(proto) for key, proto in response.outputs.items()}
+                response = self._stub.Predict(request, timeout=max(deadline.remaining(), 0.001))
             except self._grpc.RpcError as err:
                 code = err.code()
-                details = ((err.details() or "").splitlines() or [""])[0]
-                if code == status.UNAVAILABLE and attempt < self.retries:
-                    _backoff_sleep(attempt, self.backoff)
+                details = escape_controls(((err.details() or "").splitlines() or [""])[0][:300])
+                if code == status.UNAVAILABLE and attempt < self.retries and deadline.sleep_backoff(attempt, self.backoff):
                     continue
                 raise self._map_error(code, details, signature) from None
+            try:
+                return {key: from_tensor_proto(proto) for key, proto in response.outputs.items()}
+            except (ValueError, TypeError) as err:
+                raise ServingError(f"{self.target}: malformed reply: {type(err).__name__} decoding the outputs") from None
         raise AssertionError("unreachable")
 
     def _map_error(self, code, details: str, signature: str) -> Exception:
@@ -376,11 +439,13 @@ class GrpcClient(PredictionClient):
         if "signature" in details.lower() and "not found" in details.lower():
             return SignatureNotFoundError("--signature", f"{where} has no signature {signature!r} ({details})")
         if code == status.RESOURCE_EXHAUSTED:
-            return RequestTooLargeError("--max-message-mb", f"{where}: message too large ({details})")
+            return RequestTooLargeError("--max-message-mb", f"{where}: message too large, above --max-message-mb "
+                                                            f"({details})")
         if code == status.UNAVAILABLE:
             return ServerUnavailableError(f"{self.target} unavailable after {self.retries + 1} attempts ({details})")
         if code == status.DEADLINE_EXCEEDED:
-            return ServerUnavailableError(f"{self.target}: no answer within {self.timeout:g} s ({details})")
+            return ServerUnavailableError(f"{self.target}: no answer within {self.timeout:g} s, retries included "
+                                          f"(--timeout; {details})")
         return ServingError(f"{where}: {code.name}: {details}")
 
 
@@ -401,7 +466,13 @@ class RestClient(PredictionClient):
 
     def __init__(self, url: str, **kwargs):
         super().__init__(**kwargs)
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+            raise InputError("--rest", f"must be an http:// or https:// URL with a host (got scheme "
+                                       f"{parts.scheme or 'none'!r})")
         self.url = url.rstrip("/")
+        # No redirects (TF Serving never sends one; urllib would follow them to ftp:// too).
+        self._opener = urllib.request.build_opener(_NoRedirect)
 
     @property
     def target(self) -> str:
@@ -433,27 +504,73 @@ class RestClient(PredictionClient):
                 "limit (use --signature detect_png, which sends a PNG)",
             )
         url = self.predict_url()
+        deadline = Deadline(self.timeout)
         for attempt in range(self.retries + 1):
             request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    payload = json.loads(response.read().decode("utf-8"))
-                return _rest_outputs(payload)
+                data = self._post(request, deadline)
             except urllib.error.HTTPError as err:
                 message = _rest_error_message(err)
-                if err.code == 503 and attempt < self.retries:
-                    _backoff_sleep(attempt, self.backoff)
+                if err.code == 503 and attempt < self.retries and deadline.sleep_backoff(attempt, self.backoff):
                     continue
                 raise self._map_error(err.code, message, signature) from None
-            except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
-                reason = getattr(err, "reason", err)
-                if attempt < self.retries:
-                    _backoff_sleep(attempt, self.backoff)
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as err:
+                reason = escape_controls(str(getattr(err, "reason", err)))[:200]
+                if attempt < self.retries and deadline.sleep_backoff(attempt, self.backoff):
                     continue
                 raise ServerUnavailableError(
-                    f"{self.url} unavailable after {self.retries + 1} attempts ({reason})"
+                    f"{self.url} unavailable after {attempt + 1} attempts within {self.timeout:g} s ({reason})"
                 ) from None
+            try:
+                payload = json.loads(data.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                raise ServingError(f"{self.url}: malformed reply: not JSON ({len(data)} bytes)") from None
+            return _rest_outputs(payload, self.url)
         raise AssertionError("unreachable")
+
+    def _post(self, request, deadline: Deadline) -> bytes:
+        """Sends `request` and reads the whole reply within the deadline (a thread: a server that drips
+        its reply cannot hold the client longer than `timeout`). Returns: the body.
+
+        Raises:
+            urllib.error.HTTPError, URLError, OSError: transport errors; TimeoutError: the deadline passed;
+            ServingError: the reply is larger than `max_message_bytes`.
+        """
+        import threading
+
+        outcome: dict = {}
+
+        def work():
+            try:
+                with self._opener.open(request, timeout=max(deadline.remaining(), 0.001)) as response:
+                    length = response.headers.get("Content-Length")
+                    if length and length.strip().isdigit() and int(length) > self.max_message_bytes:
+                        raise ServingError(f"{self.url}: reply of {int(length) / 2**20:.1f} MiB is above the "
+                                           f"{self.max_message_bytes / 2**20:.0f} MiB limit (--max-message-mb)")
+                    chunks, size = [], 0
+                    while True:
+                        chunk = response.read1(1 << 16)
+                        if not chunk:
+                            break
+                        size += len(chunk)
+                        if size > self.max_message_bytes:
+                            raise ServingError(f"{self.url}: reply is above the {self.max_message_bytes / 2**20:.0f} "
+                                               "MiB limit (--max-message-mb)")
+                        if deadline.remaining() <= 0:
+                            raise TimeoutError("reply not complete within the deadline")
+                        chunks.append(chunk)
+                    outcome["data"] = b"".join(chunks)
+            except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+                outcome["error"] = err
+
+        thread = threading.Thread(target=work, name="hourglass-rest", daemon=True)
+        thread.start()
+        thread.join(deadline.remaining() + 0.05)
+        if thread.is_alive():
+            raise TimeoutError(f"no complete reply within {self.timeout:g} s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["data"]
 
     def _map_error(self, http_status: int, message: str, signature: str) -> Exception:
         where = f"{self.url} model {self.model_name!r}" + (f" version {self.version}" if self.version else "")
@@ -468,24 +585,42 @@ class RestClient(PredictionClient):
         return ServingError(f"{where}: HTTP {http_status}: {message}")
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # the 30x surfaces as an HTTPError
+
+
 def _rest_error_message(err) -> str:
+    """The first line of a REST error body's "error" (control characters escaped, at most 300 characters)."""
     try:
-        return str(json.loads(err.read().decode("utf-8")).get("error", "")).splitlines()[0]
-    except Exception:  # noqa: BLE001 - a non-JSON error body
-        return str(err.reason)
+        body = err.read(1 << 16)
+        text = str(json.loads(body.decode("utf-8")).get("error", ""))
+    except Exception:  # noqa: BLE001 - a non-JSON (or non-object) error body
+        text = str(err.reason)
+    return escape_controls((text.splitlines() or [""])[0][:300])
 
 
-def _rest_outputs(payload: dict) -> dict[str, np.ndarray]:
-    """TF Serving REST response -> columnar numpy outputs (row or columnar form)."""
+def _rest_outputs(payload, url: str = "REST") -> dict:
+    """TF Serving REST response -> columnar outputs (row or columnar form); `checked_outputs` checks them.
+
+    Raises:
+        ServingError: the reply is not a TF Serving predict response.
+    """
+    if not isinstance(payload, dict):
+        raise ServingError(f"{url}: malformed reply: a JSON {type(payload).__name__}, not an object")
     if "outputs" in payload:
         outputs = payload["outputs"]
-        return {k: np.asarray(v) for k, v in outputs.items()} if isinstance(outputs, dict) else {"output": np.asarray(outputs)}
+        return outputs if isinstance(outputs, dict) else {"output": outputs}
     predictions = payload.get("predictions")
-    if predictions is None:
-        raise ServingError(f"unexpected REST response keys: {sorted(payload)}")
-    if predictions and isinstance(predictions[0], dict):
-        return {k: np.asarray([row[k] for row in predictions]) for k in predictions[0]}
-    return {"output": np.asarray(predictions)}
+    if not isinstance(predictions, list):
+        keys = ", ".join(escape_controls(str(k))[:40] for k in sorted(payload)[:10])
+        raise ServingError(f"{url}: malformed reply: no 'predictions' list (keys: {keys or 'none'})")
+    if predictions and all(isinstance(row, dict) for row in predictions):
+        keys = set(predictions[0])
+        if any(set(row) != keys for row in predictions):
+            raise ServingError(f"{url}: malformed reply: the predictions have different keys")
+        return {k: [row[k] for row in predictions] for k in predictions[0]}
+    return {"output": predictions}
 
 
 class LocalClient(PredictionClient):
@@ -503,12 +638,7 @@ class LocalClient(PredictionClient):
         super().__init__(**kwargs)
         import tensorflow as tf
 
-        path = os.fspath(saved_model_dir)
-        if not os.path.isfile(os.path.join(path, "saved_model.pb")):
-            versions = sorted(int(n) for n in os.listdir(path) if n.isdigit()) if os.path.isdir(path) else []
-            if not versions:
-                raise InputError(path, "not a SavedModel directory (no saved_model.pb, no numeric version)")
-            path = os.path.join(path, str(versions[-1]))
+        path = select_version(os.fspath(saved_model_dir), self.version)
         self.path = path
         self.metadata = read_export_metadata(path)
         self._model_long_side = int(self.metadata.get("long_side") or 0) or None
@@ -536,6 +666,30 @@ class LocalClient(PredictionClient):
         tf = self._tf
         outputs = signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
         return {k: v.numpy() for k, v in outputs.items()}
+
+
+def select_version(path: str, version: int | None) -> str:
+    """The SavedModel directory to load: `path` itself when it is one, else its version `version`
+    (default: the largest numeric version, as TF Serving serves by default).
+
+    Raises:
+        InputError: no SavedModel there, no such version, or a version directory that is not `version`.
+    """
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        name = os.path.basename(os.path.normpath(path))
+        if version is not None and name != str(version):
+            raise InputError("--version", f"{path} is a SavedModel directory named {name!r}, not version {version}; "
+                                          "give the base path to choose a version")
+        return path
+    versions = sorted(int(n) for n in os.listdir(path) if n.isdigit()) if os.path.isdir(path) else []
+    if not versions:
+        raise InputError(path, "not a SavedModel directory (no saved_model.pb, no numeric version)")
+    if version is None:
+        return os.path.join(path, str(versions[-1]))
+    if version not in versions:
+        listed = ", ".join(map(str, versions[-10:]))
+        raise InputError("--version", f"{path} has no version {version} (it has {listed})")
+    return os.path.join(path, str(version))
 
 
 def read_export_metadata(saved_model_dir: str | os.PathLike) -> dict:

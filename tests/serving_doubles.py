@@ -7,9 +7,15 @@
 - `write_mammogram_dicom`, `breast_pixels`: tiny valid MG DICOM files.
 - `TFServingPredictionServiceDouble`, `TFServingRestDouble`: TEST DOUBLES of TF Serving
   (gRPC PredictionService and REST predict) over one exported SavedModel.
+- `HostileRestServer`, `HostileGrpcServicer`: TEST DOUBLES of a misbehaving server (garbage, wrong
+  types, huge, slow and dripping replies, escapes in error messages) for the hostile-input suite.
 """
 
 from __future__ import annotations
+
+import http.server
+import json
+import threading
 
 import numpy as np
 
@@ -266,3 +272,151 @@ class TFServingRestDouble:
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+# ------------------------------------------------------------------ hostile servers (test doubles)
+HOSTILE_REST_MODES = {
+    # mode -> (HTTP status, body bytes or callable(handler)); the good reply is a valid one-mark answer.
+    "good": (200, json.dumps({"predictions": [{"marks": [[5.0, 6.0, 0.9]], "num_marks": 1, "long_side": 64}]})),
+    "html": (200, "<html><body>502 Bad Gateway</body></html>"),
+    "array": (200, "[1, 2, 3]"),
+    "string": (200, '"predictions"'),
+    "no_predictions": (200, json.dumps({"result": "ok"})),
+    "predictions_string": (200, json.dumps({"predictions": "marks"})),
+    "no_marks": (200, json.dumps({"predictions": [{"num_marks": 1}]})),
+    "marks_string": (200, json.dumps({"predictions": [{"marks": "a lot", "num_marks": 1}]})),
+    "marks_shape": (200, json.dumps({"predictions": [{"marks": [1.0, 2.0], "num_marks": 1}]})),
+    "marks_nan": (200, '{"predictions": [{"marks": [[NaN, 1.0, 0.5]], "num_marks": 1}]}'),
+    "num_marks_big": (200, json.dumps({"predictions": [{"marks": [[1.0, 1.0, 0.5]], "num_marks": 7}]})),
+    "num_marks_negative": (200, json.dumps({"predictions": [{"marks": [[1.0, 1.0, 0.5]], "num_marks": -1}]})),
+    "num_marks_float": (200, json.dumps({"predictions": [{"marks": [[1.0, 1.0, 0.5]], "num_marks": 0.5}]})),
+    "long_side_huge": (200, json.dumps({"predictions": [{"marks": [[1.0, 1.0, 0.5]], "num_marks": 1,
+                                                         "long_side": 10**12}]})),
+    "ragged": (200, json.dumps({"predictions": [{"marks": [[1.0, 1.0, 0.5], [1.0]], "num_marks": 1}]})),
+    "not_utf8": (200, b"\xff\xfe\x00garbage"),
+    "error_escape": (500, json.dumps({"error": "boom \x1b[2J\x1b[31mred\rover\nsecond line"})),
+    "not_found_escape": (404, json.dumps({"error": "Servable not found \x1b]0;pwned\x07 for request"})),
+    "bad_gateway_html": (502, "<html>bad gateway</html>"),
+    "unavailable": (503, json.dumps({"error": "starting"})),
+}
+
+
+class HostileRestServer:
+    """A TEST DOUBLE of a misbehaving TF Serving REST endpoint: `http://127.0.0.1:PORT/<mode>` answers
+    with `HOSTILE_REST_MODES[mode]`, or one of the special modes: ``huge_declared`` (a Content-Length of
+    1 GiB), ``huge`` (3 MiB without Content-Length), ``slow`` (answers after 5 s), ``drip`` (a byte every
+    0.2 s, forever), ``redirect_file`` (302 to file:///etc/passwd), ``close`` (drops the connection)."""
+
+    def start(self):
+        double = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def do_POST(self):  # noqa: N802 - http.server method name
+                length = int(self.headers.get("Content-Length", 0) or 0)
+                self.rfile.read(length)
+                mode = self.path.strip("/").split("/", 1)[0]
+                try:
+                    double.answer(self, mode)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self.server, f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    @staticmethod
+    def answer(handler, mode: str) -> None:
+        import time
+
+        if mode == "close":
+            handler.connection.close()
+            return
+        if mode == "redirect_file":
+            handler.send_response(302)
+            handler.send_header("Location", "file:///etc/passwd")
+            handler.end_headers()
+            return
+        if mode == "huge_declared":
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(2**30))
+            handler.end_headers()
+            handler.wfile.write(b"[" * 1000)
+            return
+        if mode == "huge":
+            handler.send_response(200)
+            handler.end_headers()
+            chunk = b"[" * 65536
+            for _ in range(48):
+                handler.wfile.write(chunk)
+            return
+        if mode == "slow":
+            time.sleep(5)
+        if mode == "drip":
+            handler.send_response(200)
+            handler.end_headers()
+            for _ in range(600):
+                handler.wfile.write(b" ")
+                handler.wfile.flush()
+                time.sleep(0.2)
+            return
+        status, body = HOSTILE_REST_MODES.get(mode, HOSTILE_REST_MODES["good"])
+        data = body if isinstance(body, bytes) else body.encode("utf-8")
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+
+class HostileGrpcServicer:
+    """A TEST DOUBLE of a misbehaving TF Serving gRPC PredictionService: the model name of the request
+    picks the behaviour: ``empty`` (no outputs), ``string_marks`` (marks as DT_STRING), ``bad_shape``,
+    ``nan``, ``slow`` (sleeps 5 s), ``internal_escape`` (INTERNAL with terminal escapes), ``huge`` (a
+    reply above the client's limit), ``good``."""
+
+    def start(self):
+        from concurrent import futures
+
+        import grpc
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+        from serving.client import to_tensor_proto
+
+        class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+            def Predict(self, request, context):  # noqa: N802 - gRPC method name
+                import time
+
+                mode = request.model_spec.name
+                response = predict_pb2.PredictResponse()
+                if mode == "slow":
+                    time.sleep(5)
+                if mode == "internal_escape":
+                    context.abort(grpc.StatusCode.INTERNAL, "kernel \x1b[31mexploded\r\nsecond line")
+                outputs = {"marks": np.array([[[5.0, 6.0, 0.9]]], np.float32), "num_marks": np.array([1], np.int32),
+                           "long_side": np.array([64], np.int32)}
+                if mode == "empty":
+                    outputs = {}
+                elif mode == "string_marks":
+                    outputs["marks"] = np.array([b"abc"], dtype=object)
+                elif mode == "bad_shape":
+                    outputs["marks"] = np.zeros((1, 2, 2), np.float32)
+                elif mode == "nan":
+                    outputs["marks"] = np.full((1, 1, 3), np.nan, np.float32)
+                elif mode == "huge":
+                    outputs["heatmap"] = np.zeros((1, 1024, 1024, 1), np.float32)
+                for key, value in outputs.items():
+                    response.outputs[key].CopyFrom(to_tensor_proto(value))
+                return response
+
+        options = [("grpc.max_send_message_length", 64 * 2**20)]
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Servicer(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        return server, f"127.0.0.1:{port}"

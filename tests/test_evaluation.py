@@ -281,7 +281,7 @@ def test_evaluate_cli_bad_inputs(tmp_path, capsys):
     cases = [
         (["--model", tmp_path / "missing.keras", "--data", prep], "missing.keras: no such model file"),
         (["--model", model_path, "--data", tmp_path / "nodata"], "nodata: no such prepared directory"),
-        (["--model", garbage, "--data", prep], "garbage.keras: cannot load the Keras model"),
+        (["--model", garbage, "--data", prep], "garbage.keras: not a Keras model archive"),
         (["--model", model_path, "--data", prep, "--split", "val"], "prep: no TFRecords for split 'val'"),
     ]
     for argv, message in cases:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 
 import numpy as np
 import pytest
@@ -285,3 +286,105 @@ def test_cbis_falls_back_to_the_tcia_folder_layout(tmp_path):
     assert image.path.endswith("1.000000-full-2/1-1.dcm")
     assert mask_box(image.findings[0].mask_paths, (96, 64)) == (30, 10, 40, 20)
     assert [(r.row.split(":")[1], r.code) for r in result.rejects] == [("2", "ambiguous_file")]
+
+
+# ------------------------------------------------------------------------------- paths and tables
+def _escape_fixture(tmp_path):
+    """root/ (one good image, links/ pointing outside) and outside/canary.dcm (a valid mammogram)."""
+    from hostile import plant_links
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    write_mammogram(root / "good.dcm")
+    (root / "inner").mkdir()
+    os.symlink(root / "good.dcm", root / "inner" / "alias.dcm")  # a symlink that stays inside: fine
+    canary = write_mammogram(outside / "canary.dcm")
+    plant_links(root, outside, canary)
+    return root, outside
+
+
+def test_canonical_rejects_every_path_leaving_the_root_before_opening_it(tmp_path):
+    from hostile import OpenRecorder, escaping_paths
+
+    root, outside = _escape_fixture(tmp_path)
+    spellings = escaping_paths("../outside/canary.dcm", str(outside / "canary.dcm"))
+    rows = [[path, f"P{i}", f"S{i}", "L", "CC", "normal", "", "", "", "", ""] for i, path in enumerate(spellings.values())]
+    rows += [["good.dcm", "PG", "SG", "L", "CC", "normal", "", "", "", "", ""],
+             [str(root / "inner" / "alias.dcm"), "PA", "SA", "L", "CC", "normal", "", "", "", "", ""]]
+    table = write_csv(tmp_path / "t.csv", CANONICAL, rows)
+    with OpenRecorder() as recorder:
+        result = get_importer("canonical")(table, str(root))
+    result.check_accounting()
+    codes = _codes(result)
+    escaping = {str(i + 1): name for i, name in enumerate(spellings)}
+    assert {name: codes.get(row) for row, name in escaping.items()} == {name: "outside_root" for name in spellings}
+    # The good file and its inside alias are one image (the alias a duplicate); nothing outside was opened.
+    assert [i.key for i in result.images] == ["good.dcm"] and codes[str(len(rows))] == "duplicate_image"
+    assert recorder.under(outside) == [] and recorder.under("/etc") == []
+    # Existing and missing targets are indistinguishable: the same code and the same reason.
+    reasons = {r.reason for r in result.rejects if r.code == "outside_root"}
+    assert reasons == {"image path resolves (symlinks included) outside --images-root"}
+
+
+def test_vindr_and_cbis_refuse_paths_leaving_the_root(tmp_path):
+    root, outside = _escape_fixture(tmp_path)
+    write_mammogram(outside / "im1.dicom")
+    os.makedirs(root / "images")
+    os.symlink(outside, root / "images" / "linked_study")
+    vindr = write_csv(tmp_path / "finding_annotations.csv", VINDR, [
+        ["..", "se", "im1", "L", "CC", 96, 64, "BI-RADS 1", "DENSITY C", "['No Finding']", "", "", "", "", "",
+         "training"],                                                                   # root/../im1.dicom
+        ["linked_study", "se", "im1", "L", "CC", 96, 64, "BI-RADS 1", "DENSITY C", "['No Finding']", "", "", "",
+         "", "", "training"],                                                           # a symlinked study
+    ])
+    result = get_importer("vindr")(vindr, str(root))
+    assert _codes(result) == {"1": "outside_root", "2": "outside_root"}
+
+    image = "Mass-Training_P_00001_LEFT_CC/1.2.3/1.2.3.4/000000.dcm"
+    write_mammogram(root / image)
+    write_mask(outside / "mask.dcm", 96, 64, (10, 12, 20, 30))
+    os.makedirs(root / "Mass-Training_P_00002_LEFT_CC")
+    os.symlink(outside / "canary.dcm", root / "Mass-Training_P_00002_LEFT_CC" / "1-1.dcm")  # TCIA fallback
+    row = ["P_00001", 3, "LEFT", "CC", 1, "mass", "OVAL", "SPICULATED", 5, "MALIGNANT", 4]
+    cbis = write_csv(tmp_path / "mass_case_description_train_set.csv", MASS, [
+        row + ["../outside/canary.dcm", "", ""],                                        # 1 image outside
+        row + [image, "../outside/mask.dcm", ""],                                       # 2 mask outside
+        row + [image, "", str(outside / "mask.dcm")],                                   # 3 crop/mask abs outside
+        ["P_00002"] + row[1:] + ["Mass-Training_P_00002_LEFT_CC/x/y/000000.dcm", "a/1.dcm", "a/2.dcm"],  # 4
+        row + ["Mass-Training_P_00001_LEFT_CC/../../outside/canary.dcm", "", ""],       # 5
+    ])
+    result = get_importer("cbis-ddsm")([cbis], str(root))
+    result.check_accounting()
+    assert {row: code for row, code in _codes(result).items() if code != "sibling_rejected"} == {
+        "1": "outside_root", "2": "outside_root", "3": "outside_root", "4": "outside_root", "5": "outside_root"}
+
+
+def test_a_table_without_header_or_in_utf16_is_named_not_echoed(tmp_path):
+    headerless = tmp_path / "headerless.csv"
+    headerless.write_text("img.dcm,MRN901234,ST77,L,CC,normal,,,,,\n")
+    with pytest.raises(InputError) as err:
+        get_importer("canonical")(str(headerless), str(tmp_path))
+    message = str(err.value)
+    assert "MRN901234" not in message and "img.dcm" not in message and "ST77" not in message
+    assert "missing column(s) image_path" in message and "no header line?" in message
+    text = ",".join(CANONICAL) + "\nimg.dcm,MRN901234,ST77,L,CC,normal,,,,,\n"
+    for name, data, kind in [
+        ("utf16le.csv", text.encode("utf-16"), "UTF-16-LE text (byte-order mark FF FE)"),
+        ("utf16be.csv", b"\xfe\xff" + text.encode("utf-16-be"), "UTF-16-BE text (byte-order mark FE FF)"),
+        ("nobom.csv", text.encode("utf-16-le"), "it holds NUL bytes"),
+        ("book.csv", b"PK\x03\x04" + b"\0" * 40, "a ZIP archive (an .xlsx/.ods workbook?)"),
+    ]:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(InputError, match=re.escape(kind)):
+            get_importer("canonical")(str(tmp_path / name), str(tmp_path))
+
+
+def test_exact_duplicate_rows_are_merged_into_one_finding(tmp_path):
+    (tmp_path / "a.dcm").write_bytes(b"x")
+    row = ["a.dcm", "P1", "S1", "L", "CC", "malignant", "mass", 10, 20, 30, 40]
+    table = write_csv(tmp_path / "dup.csv", CANONICAL, [row, row, row[:7] + [10, 20, 30, 41], row])
+    result = get_importer("canonical")(table, str(tmp_path))
+    result.check_accounting()
+    (image,) = result.images
+    assert image.rows == ["dup.csv:1", "dup.csv:2", "dup.csv:3", "dup.csv:4"]  # every row accounted for
+    assert [f.box for f in image.findings] == [(20.0, 10.0, 40.0, 30.0), (20.0, 10.0, 41.0, 30.0)]
+    assert image.duplicate_rows == 2

@@ -196,7 +196,8 @@ def test_no_patient_identifier_in_any_output_byte(tmp_path):
         for secret in secrets:
             assert secret not in blob, f"{secret!r} found in {name}"
     rejects = _rejects(tmp_path / "prep")
-    assert len(rejects) == 8 and any("<id:" in r["image_path"] for r in rejects)
+    assert len(rejects) == 8 and all(set(r) == {"row", "image_hash", "code", "reason"} for r in rejects)
+    assert all(len(r["image_hash"]) == 16 and r["row"].startswith("annotations.csv:") for r in rejects)
 
 
 def test_interrupted_run_resumes_to_the_same_records(tmp_path):
@@ -335,7 +336,8 @@ def test_cli_help_errors_and_tfio(tmp_path, capsys):
     out = subprocess.run([sys.executable, "-m", "keras_hourglass.cli.main", "prepare", "--help"],
                          capture_output=True, text=True, env=env)
     assert out.returncode == 0 and "examples:" in out.stdout and "--num-shards" in out.stdout
-    code = cli_main(["prepare", "--annotations", str(tmp_path / "no.csv"), "--images-root", str(tmp_path),
+    (tmp_path / "root").mkdir()
+    code = cli_main(["prepare", "--annotations", str(tmp_path / "no.csv"), "--images-root", str(tmp_path / "root"),
                      "--out", str(tmp_path / "p")])
     assert code == 2 and "no.csv: annotation table not found" in capsys.readouterr().err
     table = _dataset(tmp_path / "in", images=1, patients=1)
@@ -366,3 +368,56 @@ def test_tfio_decoder_writes_the_same_records_as_pydicom(tmp_path):
     for key in a:
         np.testing.assert_allclose(a[key]["image"], b[key]["image"], atol=2e-3)
         np.testing.assert_allclose(a[key]["boxes"], b[key]["boxes"], atol=1e-4)
+
+
+def test_rejects_name_rows_and_image_hashes_never_paths(tmp_path):
+    """Folders named after patients (as real exports do) reach no artifact: rejects carry the row and the
+    salted image hash; another row's id in a path or a shifted cell is not echoed either."""
+    root = tmp_path / "in"
+    write_mammogram(root / "DOE^JANE" / "MRN901234" / "L_CC.dcm", 96, 64)
+    (root / "ROE^RICHARD").mkdir()
+    (root / "ROE^RICHARD" / "MRN445566_R_CC.dcm").write_bytes(b"not a dicom")
+    extra = [
+        ["DOE^JANE/MRN901234/L_CC.dcm", "MRN-OTHER-1", "S-1", "L", "CC", "normal", "", "", "", "", ""],
+        ["ROE^RICHARD/MRN445566_R_CC.dcm", "MRN-OTHER-2", "S-2", "R", "CC", "normal", "", "", "", "", ""],
+        ["DOE^JANE/MRN901234/gone.dcm", "MRN-OTHER-3", "S-3", "L", "CC", "normal", "", "", "", "", ""],
+        ["../MRN778899/x.dcm", "MRN-OTHER-4", "S-4", "L", "CC", "normal", "", "", "", "", ""],
+        ["img000.dcm", "MRN-OTHER-5", "S-5", "L", "CC", "MRN901234", "mass", 1, 1, 5, 5],
+    ]
+    table = _dataset(root, images=4, patients=2, extra_rows=extra)
+    out = tmp_path / "prep"
+    prepare(_config(table, root, out))
+    rejects = {r["row"]: r for r in _rejects(out)}
+    by_code = {r["code"] for r in rejects.values()}
+    assert {"unreadable", "missing_file", "outside_root", "bad_label"} <= by_code
+    image_hash = phi.salted_hash("ROE^RICHARD/MRN445566_R_CC.dcm", SALT, "image")
+    assert rejects["annotations.csv:6"]["image_hash"] == image_hash
+    for path in [p for p in out.rglob("*") if p.is_file()]:
+        data = path.read_bytes()
+        for secret in (b"DOE", b"JANE", b"ROE^RICHARD", b"RICHARD", b"MRN901234", b"MRN445566", b"MRN778899",
+                       b"L_CC.dcm", b"gone.dcm", b"MRN-OTHER"):
+            assert secret not in data, f"{secret!r} in {path}"
+
+
+def test_out_inside_the_images_root_is_refused(tmp_path):
+    table = _dataset(tmp_path / "in", images=1, patients=1)
+    for out in (tmp_path / "in", tmp_path / "in" / "prep"):
+        with pytest.raises(InputError, match="is --images-root or inside it"):
+            prepare(_config(table, tmp_path / "in", out))
+    os.symlink(tmp_path / "in", tmp_path / "alias")  # the same directory under another name
+    with pytest.raises(InputError, match="is --images-root or inside it"):
+        prepare(_config(table, tmp_path / "alias", tmp_path / "in" / "p2"))
+    assert not (tmp_path / "in" / "prep").exists() and not (tmp_path / "in" / "p2").exists()
+
+
+def test_duplicate_rows_count_once_and_are_counted_in_the_manifest(tmp_path):
+    root = tmp_path / "in"
+    write_mammogram(root / "m.dcm", 96, 64)
+    row = ["m.dcm", "MRN-1", "S-1", "L", "CC", "malignant", "mass", 8, 16, 28, 40]
+    table = write_csv(root / "annotations.csv", CANONICAL, [row, row, row])
+    prepare(_config(table, root, tmp_path / "prep", val_fraction=0.0, test_fraction=0.0))
+    manifest = json.loads((tmp_path / "prep" / "manifest.json").read_text())
+    assert manifest["ingested"] == {"rows": 3, "images": 1, "duplicate_rows_merged": 2}
+    assert manifest["findings"]["malignant"] == 1
+    (example,) = _read_all(tmp_path / "prep").values()
+    assert len(example["boxes"]) == 1

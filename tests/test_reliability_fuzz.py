@@ -5,8 +5,10 @@ JPEG 2000 compressed) are mutated, seeded, into N files (500 in the suite, 5000 
 HOURGLASS_SOAK=1): truncations, bit flips, wrong element lengths, absurd Rows/Columns, a wrong
 transfer syntax UID in the file meta, missing pixel data, garbage preambles/prefixes, header
 semantics (modality, frames, photometric, For Processing), empty and random files, missing files,
-and unmutated controls. All are listed in one canonical CSV and go through the real CLI in-process
-(`hourglass prepare --workers 2`). Checks:
+unmutated controls, and valid files OUTSIDE --images-root reached by paths escaping it (``..``,
+absolute, symlinked file or folder; they must be rejected as ``outside_root``, never ingested). All
+are listed in one canonical CSV and go through the real CLI in-process (`hourglass prepare
+--workers 2`). Checks:
 
 - exit code 0; manifest rows == CSV rows == ingested + rejected;
 - every file is either in the TFRecords (by its salted image hash) or in rejects.csv, never both;
@@ -65,7 +67,14 @@ EXPECTED = {
     "zero_dims": {"unreadable"},
     "unknown_syntax": {"unsupported_transfer_syntax"},
     "empty_syntax": {"unsupported_transfer_syntax", "unreadable"},
+    # A valid file OUTSIDE --images-root, reached by a path that escapes it: never opened, always this code.
+    "escape_dotdot": {"outside_root"},
+    "escape_absolute": {"outside_root"},
+    "escape_symlink": {"outside_root"},
+    "escape_symlink_dir": {"outside_root"},
+    "escape_missing": {"outside_root"},
 }
+ESCAPES = ("escape_dotdot", "escape_absolute", "escape_symlink", "escape_symlink_dir", "escape_missing")
 
 
 # ----------------------------------------------------------------------------------- valid bases
@@ -174,7 +183,7 @@ def _element_offsets(data: bytes) -> list[tuple[int, int]]:
 
 def mutate(kind: str, base: bytes, rng: random.Random) -> bytes | None:
     """Returns the mutated file content (None: the file is not written at all)."""
-    if kind in ("control",):
+    if kind in ("control",) or kind in ESCAPES:
         return base
     if kind == "truncate":
         return base[:rng.randrange(0, len(base))]
@@ -239,7 +248,27 @@ def mutate(kind: str, base: bytes, rng: random.Random) -> bytes | None:
 KINDS = {"truncate": 18, "bitflip": 22, "bad_length": 16, "wrong_dims": 6, "wrong_syntax": 8, "huge_dims": 3,
          "zero_dims": 2, "unknown_syntax": 2, "empty_syntax": 2, "no_pixel_data": 3, "random_preamble": 2,
          "garbage_prefix": 3, "empty_file": 1, "random_bytes": 2, "missing_file": 1, "modality_ct": 1,
-         "for_processing": 1, "multi_frame": 1, "rgb": 1, "control": 5}
+         "for_processing": 1, "multi_frame": 1, "rgb": 1, "control": 5, "escape_dotdot": 1, "escape_absolute": 1,
+         "escape_symlink": 1, "escape_symlink_dir": 1, "escape_missing": 1}
+
+
+def escaping_path(root: Path, kind: str, name: str, data: bytes) -> str:
+    """Writes `data` OUTSIDE root (root/../outside/) and returns a table path that reaches it by `kind`."""
+    outside = root.parent / "outside"
+    outside.mkdir(exist_ok=True)
+    if kind != "escape_missing":
+        (outside / name).write_bytes(data)
+    if kind in ("escape_dotdot", "escape_missing"):
+        return f"../outside/{name}"
+    if kind == "escape_absolute":
+        return str(outside / name)
+    if kind == "escape_symlink":
+        (root / "images" / f"link_{name}").symlink_to(outside / name)
+        return f"images/link_{name}"
+    link = root / "images" / "outside_dir"
+    if not link.is_symlink():
+        link.symlink_to(outside)
+    return f"images/outside_dir/{name}"
 
 
 def build_corpus(root: Path, count: int, seed: int) -> tuple[Path, list[dict]]:
@@ -255,7 +284,9 @@ def build_corpus(root: Path, count: int, seed: int) -> tuple[Path, list[dict]]:
         base_name = base_names[i % len(base_names)]
         data = mutate(kind, bases[base_name], rng)
         relative = f"images/f{i:05d}_{kind}_{base_name}.dcm"
-        if data is not None:
+        if kind in ESCAPES:
+            relative = escaping_path(root, kind, f"f{i:05d}_{kind}_{base_name}.dcm", data)
+        elif data is not None:
             (root / relative).write_bytes(data)
         malignant = i % 7 == 3
         plan.append({"image_path": relative, "patient_id": f"PAT{i % 97:03d}", "study_id": f"ST{i:05d}",
@@ -282,6 +313,7 @@ def test_prepare_survives_mutated_dicoms(tmp_path, capsys):
     kinds = collections.Counter(p["kind"] for p in plan)
     assert len(plan) >= 500 and all(kinds[k] for k in ("truncate", "bitflip", "bad_length", "wrong_syntax",
                                                        "huge_dims", "no_pixel_data", "garbage_prefix"))
+    assert sum(kinds[k] for k in ESCAPES) >= 3
     out = tmp_path / "prep"
     code = cli_main(["prepare", "--annotations", str(table), "--images-root", str(tmp_path / "corpus"),
                      "--out", str(out), "--size", "32", "--workers", "2", "--salt", SALT, "--quiet",
@@ -310,9 +342,10 @@ def test_prepare_survives_mutated_dicoms(tmp_path, capsys):
                 assert image_hash in by_hash, f"unknown image hash {image_hash} {context}"
                 assert image_hash not in ingested, f"image written twice {context}"
                 ingested[image_hash] = tuple(example["image"].shape)
-    rejected = collections.defaultdict(list)
+    rejected = collections.defaultdict(list)  # by image path, through the salted hash rejects.csv carries
     for reject in rejects:
-        rejected[reject["image_path"]].append(reject)
+        assert reject["image_hash"] in by_hash, f"reject with an unknown image hash {reject} {context}"
+        rejected[by_hash[reject["image_hash"]]["image_path"]].append(reject)
     ingested_paths = {by_hash[h]["image_path"] for h in ingested}
     assert not ingested_paths & set(rejected), f"files both ingested and rejected {context}"
     unaccounted = [p["image_path"] for p in plan if p["image_path"] not in ingested_paths | set(rejected)]

@@ -342,10 +342,11 @@ def test_real_tensorflow_model_server(export_dir, dicoms, tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
-        client = sc.GrpcClient(f"127.0.0.1:{grpc_port}", retries=20, backoff=0.5, long_side=LONG_SIDE)
+        client = sc.GrpcClient(f"127.0.0.1:{grpc_port}", retries=20, backoff=0.5, timeout=120, long_side=LONG_SIDE)
         expected = sc.LocalClient(export_dir, long_side=LONG_SIDE).detect_file(dicoms[0])
         np.testing.assert_allclose(client.detect_file(dicoms[0]).marks, expected.marks, atol=1e-4)
-        rest = sc.RestClient(f"http://127.0.0.1:{rest_port}", signature="detect_png", retries=20, long_side=LONG_SIDE)
+        rest = sc.RestClient(f"http://127.0.0.1:{rest_port}", signature="detect_png", retries=20, timeout=120,
+                             long_side=LONG_SIDE)
         np.testing.assert_allclose(rest.detect_file(dicoms[0]).marks, expected.marks, atol=1e-3)
         with pytest.raises(sc.ModelNotFoundError):
             sc.RestClient(f"http://127.0.0.1:{rest_port}", model_name="nope", retries=0).detect_file(dicoms[0])

@@ -346,6 +346,7 @@ def test_cli_bad_space_file_exits_2_naming_the_file(tmp_path, capsys):
     space.write_text('{"omega": {"min": 1, "max": 0.1}}')
     data = tmp_path / "prep"
     data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"images_written": {"val": {"malignant": 1}}}))
     code = main(["tune", "--data", str(data), "--out", str(tmp_path / "tune"), "--space", str(space)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
@@ -371,6 +372,7 @@ def test_cli_refuses_to_resume_a_search_with_other_settings(tmp_path, capsys):
 
     data = tmp_path / "prep"
     data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"images_written": {"val": {"malignant": 1}}}))
     out = tmp_path / "tune"
     out.mkdir()
     (out / "search.json").write_text(json.dumps({"tuner": "bayesian"}))

@@ -199,13 +199,19 @@ def _validate(args) -> dict[str, Any]:
 
 
 def _check_validation_split(prep_dir: str) -> None:
-    """Fails early when the objective would be undefined: no malignant image in the val split."""
+    """Fails early on a directory that `hourglass prepare` did not write (no readable manifest.json), and
+    when the objective would be undefined: no malignant image in the val split."""
     path = os.path.join(prep_dir, "manifest.json")
+    if not os.path.isfile(path):
+        raise InputError(prep_dir, "no manifest.json: not a directory written by `hourglass prepare`")
     try:
         with open(path, encoding="utf-8") as handle:
-            written = json.load(handle).get("images_written", {})
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return  # no readable manifest: the data pipeline reports what is wrong
+            manifest = json.load(handle)
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"cannot read the manifest ({type(err).__name__})") from None
+    if not isinstance(manifest, dict):
+        raise InputError(path, "not a prepare manifest (not a JSON object)")
+    written = manifest.get("images_written", {})
     val = written.get("val") if isinstance(written, dict) else None
     if isinstance(val, dict) and not val.get("malignant"):
         raise InputError(path, "the val split has no malignant image: validation sensitivity (the objective) "

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
+
+from keras_hourglass.errors import InputError
 
 
 def _int(text: str) -> int:
@@ -18,6 +22,22 @@ def number(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def finite(text: str) -> float:
+    """Returns: `text` as a finite float (argparse type; NaN and infinities are refused)."""
+    value = number(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """Returns: `text` as a finite float > 0 (argparse type)."""
+    value = finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value:g}")
+    return value
 
 
 def positive(text: str) -> int:
@@ -42,3 +62,30 @@ def rate(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
     return value
+
+
+def check_output_dir(path: str, flag: str) -> None:
+    """Checks that an output directory can be used before any work starts.
+
+    Args:
+        path: the directory given by the user (it may not exist yet).
+        flag: the flag that named it, e.g. "--out" (named in the message).
+
+    Raises:
+        InputError: the path is empty, holds a NUL character, is a file (or a broken symlink),
+            or lies under a file, so that it could never be created.
+    """
+    if not path or not str(path).strip():
+        raise InputError(flag, "is empty")
+    if "\x00" in str(path):
+        raise InputError(flag, "contains a NUL character")
+    target = os.path.abspath(os.fspath(path))
+    if os.path.lexists(target):
+        if not os.path.isdir(target):
+            raise InputError(path, f"{flag} exists and is not a directory")
+        return
+    parent = os.path.dirname(target)
+    while not os.path.lexists(parent) and parent != os.path.dirname(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise InputError(path, f"{flag} cannot be created: {parent} is a file, not a directory")

@@ -70,8 +70,9 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if not os.path.isfile(args.model):
-        raise InputError(args.model, "no such model file")
+    from keras_hourglass.modelfile import check_archive
+
+    check_archive(args.model)  # before TensorFlow is imported: a bad file costs nothing
     if not os.path.isdir(args.data):
         raise InputError(args.data, "no such prepared directory")
     for name in ("max_marks", "overlays", "bootstrap"):
@@ -85,21 +86,14 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def load_model(path: str):
-    """Loads a Keras model (compile=False) with the package's layers registered.
+    """Loads a Keras heatmap model (compile=False) with the package's layers registered.
 
     Raises:
-        InputError: the file is not a loadable Keras model.
+        InputError: the file is not a loadable one-channel heatmap model (`keras_hourglass.modelfile`).
     """
-    import keras
+    from keras_hourglass.modelfile import load_heatmap_model
 
-    import keras_hourglass.losses  # noqa: F401  (registers the losses)
-    import keras_hourglass.model  # noqa: F401  (registers the layers)
-
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as err:  # noqa: BLE001 - any failure here is a bad input file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(path, f"cannot load the Keras model: {reason[:200]}") from err
+    return load_heatmap_model(path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,7 +107,11 @@ def run(args: argparse.Namespace) -> int:
     from keras_hourglass.evaluation.froc import POSITIVE_LABELS, froc
 
     model = load_model(args.model)
-    dataset = evaluation_dataset(args.data, split=args.split, input_multiple=model_input_multiple(model))
+    try:
+        multiple = model_input_multiple(model)
+    except (ValueError, TypeError) as err:
+        raise InputError(args.model, f"not a fully convolutional heatmap model ({type(err).__name__})") from None
+    dataset = evaluation_dataset(args.data, split=args.split, input_multiple=multiple)
     records = predict_marks(
         model,
         dataset,

@@ -15,8 +15,29 @@ import importlib
 import os
 import sys
 
-from keras_hourglass.errors import InputError
+from keras_hourglass.cli import argtypes
+from keras_hourglass.errors import InputError, escape_controls
 from keras_hourglass.version import __version__
+
+# Output directories each subcommand creates (checked before it runs: a file in the way is exit 2).
+OUTPUT_FLAGS = {
+    "synth": ("--out",),
+    "prepare": ("--out",),
+    "train": ("--out",),
+    "evaluate": ("--out",),
+    "tune": ("--out",),
+    "export": ("--base-path",),
+    "predict": ("--overlay-dir", "--dicom-sr", "--dicom-pr"),
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (exit 2), like every other error of the CLI;
+    the usage stays available through ``--help``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {escape_controls(message)} (see {self.prog} --help)\n")
+
 
 # Order shown in --help.
 COMMANDS = {
@@ -32,7 +53,7 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     """Returns: the top-level parser with every importable subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="hourglass",
         description="Train, evaluate, tune and serve a hypersensitive Hourglass lesion detector.",
     )
@@ -56,9 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        for flag in OUTPUT_FLAGS.get(args.command, ()):
+            value = getattr(args, flag[2:].replace("-", "_"), None)
+            if value is not None:
+                argtypes.check_output_dir(value, flag)
         result = args.func(args)
     except InputError as err:
-        print(f"hourglass {args.command}: error: {err}", file=sys.stderr)
+        print(f"hourglass {args.command}: error: {escape_controls(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"hourglass {args.command}: interrupted", file=sys.stderr)

@@ -28,6 +28,9 @@ goes to stdout. Same --seed, same files.
 """
 
 
+MAX_SIDE = 8192  # a full-field mammogram is at most ~4096 x 3328
+
+
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Adds `synth` to the CLI. Args: subparsers: from `add_subparsers`. Returns: the parser."""
     from keras_hourglass.data.synthetic.dataset import DEFAULT_HEIGHT, DEFAULT_WIDTH
@@ -76,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
     config = SynthConfig(num_images=args.images, seed=args.seed, height=args.height, width=args.width,
                          malignant_rate=args.malignant_rate, high_risk_rate=args.high_risk_rate,
                          benign_rate=args.benign_rate, stress=stress)
+    for flag, value in (("--height", args.height), ("--width", args.width)):
+        if value > MAX_SIDE:
+            raise InputError(flag, f"{value} is too large (at most {MAX_SIDE} pixels)")
     try:
         config.validate()
     except ValueError as err:

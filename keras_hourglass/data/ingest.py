@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 
 import numpy as np
 
 from keras_hourglass.data import phi
 from keras_hourglass.data.importers import ImageRecord
 from keras_hourglass.data.png16 import encode_png16
-from keras_hourglass.errors import InputError
+from keras_hourglass.errors import InputError, escape_controls
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,9 +111,11 @@ def clip_boxes(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, 
 def rejected_result(record: ImageRecord, code: str, reason: str, salt: str, secrets=(),
                     bad_row: str | None = None) -> dict:
     """Builds the result of a rejected image: `bad_row` (or every row) gets the reason, the others
-    ``sibling_rejected``; identifiers in `secrets` (and the record's own) are scrubbed from the reason."""
-    secrets = [*secrets, record.patient_id, record.study_id]
-    reason = phi.redact(reason, secrets, salt)
+    ``sibling_rejected``; identifiers in `secrets`, the record's own ids and its path (as the table
+    spells it, as resolved, and its file name: folders may be named after the patient) are scrubbed
+    from the reason, and control characters escaped."""
+    secrets = [*secrets, record.patient_id, record.study_id, *path_spellings(record)]
+    reason = escape_controls(phi.redact(reason, secrets, salt))
     rows = []
     for row in record.rows:
         if bad_row is None or row == bad_row:
@@ -122,7 +125,28 @@ def rejected_result(record: ImageRecord, code: str, reason: str, salt: str, secr
     return {"status": "rejected", "key": record.key, "rejects": rows}
 
 
+def path_spellings(record: ImageRecord) -> list[str]:
+    """Returns: the forms under which the record's path may appear in a message (longest first)."""
+    spellings = {record.key, record.path, os.path.basename(record.path), os.path.basename(record.key)}
+    for finding in record.findings:
+        for mask in finding.mask_paths:
+            spellings |= {mask, os.path.basename(mask)}
+    return sorted((s for s in spellings if s), key=len, reverse=True)
+
+
 def process_image(record: ImageRecord, settings: IngestSettings, salt: str) -> dict:
+    """Reads, preprocesses and encodes one image with its findings (see `_process_image`).
+
+    pydicom's warnings on a corrupt file quote its path (folders may be named after the patient) and
+    header values, and would reach stderr raw: they are silenced here; the reject reason says what is
+    wrong with the file.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _process_image(record, settings, salt)
+
+
+def _process_image(record: ImageRecord, settings: IngestSettings, salt: str) -> dict:
     """Reads, preprocesses and encodes one image with its findings.
 
     Args:

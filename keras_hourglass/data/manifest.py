@@ -25,7 +25,9 @@ import re
 
 from keras_hourglass.errors import InputError
 
-REJECT_COLUMNS = ("row", "image_path", "code", "reason")
+REJECT_COLUMNS = ("row", "image_hash", "code", "reason")
+"""rejects.csv columns. A row is named by its table and record number (``annotations.csv:17``) and its image
+by the salted hash of the path (as in the TFRecords): no path or table cell is ever written."""
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
@@ -55,7 +57,7 @@ def read_json(path: str) -> dict:
 
 
 def rejects_csv_bytes(rejects: list[dict]) -> bytes:
-    """Returns: rejects.csv content (columns row, image_path, code, reason), rows sorted by row id."""
+    """Returns: rejects.csv content (columns `REJECT_COLUMNS`), rows sorted by row id."""
     def order(reject):
         source, _, number = reject["row"].rpartition(":")
         return (source, int(number) if number.isdigit() else 0)
@@ -157,7 +159,8 @@ def merge(prep_dir: str, num_shards: int | None = None) -> dict:
         "preprocessing": first["preprocessing"],
         "splits": {**first["splits"], "conflicts": totals.get("split_conflicts", 0)},
         "inputs": {"rows": rows_total, "images": totals["images_seen"]},
-        "ingested": {"rows": totals["rows_ingested"], "images": totals["images_written_total"]},
+        "ingested": {"rows": totals["rows_ingested"], "images": totals["images_written_total"],
+                     "duplicate_rows_merged": totals.get("duplicate_rows_merged", 0)},
         "images_written": totals["images_written"],
         "findings": totals["findings"],
         "boxes_clipped": totals["boxes_clipped"],

@@ -45,13 +45,14 @@ import sys
 from typing import Iterable
 
 from keras_hourglass.data import ingest, manifest, phi, splits
-from keras_hourglass.data.importers import ImageRecord, ImportResult, Reject, get_importer
+from keras_hourglass.data.importers import ImageRecord, ImportResult, Reject, get_importer, is_inside, real_root
 from keras_hourglass.errors import InputError
 from keras_hourglass.version import __version__
 
 logger = logging.getLogger(__name__)
 
 LABELS = ("normal", "benign", "high_risk", "malignant")
+MAX_SIZE = 16384  # --size: 4x the long side of a native full-field mammogram
 ORIENTATION_RULES = {
     "left": "chest wall on the left (right breasts mirrored; tags, then pixels)",
     "right": "chest wall on the right (left breasts mirrored; tags, then pixels)",
@@ -133,12 +134,19 @@ def _validate(config: PrepareConfig) -> None:
         raise InputError("--salt", "required with --num-shards > 1: every machine must use the same salt")
     if config.size < 16:
         raise InputError("--size", f"{config.size} is too small (at least 16 pixels)")
+    if config.size > MAX_SIZE:
+        raise InputError("--size", f"{config.size} is too large (at most {MAX_SIZE} pixels)")
+    if config.max_pixels < 1:
+        raise InputError("--max-pixels", f"must be >= 1, got {config.max_pixels}")
     if config.workers < 1:
         raise InputError("--workers", "must be at least 1")
     if config.images_per_file < 1:
         raise InputError("--images-per-file", "must be at least 1")
     if not os.path.isdir(config.images_root):
         raise InputError(config.images_root, "--images-root is not a directory")
+    if is_inside(os.path.realpath(config.out), real_root(config.images_root)):
+        raise InputError("--out", "is --images-root or inside it: write PREP elsewhere (its files would mix "
+                                  "with the inputs)")
     for table in config.annotations:
         if not os.path.isfile(table):
             raise InputError(table, "annotation table not found")
@@ -183,8 +191,10 @@ def _machine_of(key: str, salt: str, num_shards: int) -> int:
 
 
 def _reject_dict(reject: Reject, salt: str) -> dict:
-    return {"row": reject.row, "image_path": phi.redact(reject.image_path, reject.secrets, salt),
-            "code": reject.code, "reason": phi.redact(reject.reason, reject.secrets, salt)}
+    """A reject as written to rejects.csv and the manifests: the row (table name + row number), the salted
+    hash of the image path (the TFRecords' ``image_hash``), never the path itself (it may name the patient)."""
+    return {"row": reject.row, "image_hash": phi.salted_hash(reject.image_path, salt, "image") if reject.image_path
+            else "", "code": reject.code, "reason": phi.redact(reject.reason, reject.secrets, salt)}
 
 
 def _stratum_of(labels: Iterable[str]) -> str:
@@ -266,7 +276,7 @@ def _write_chunk(out: str, relative: str, chunk: _Chunk, results: Iterable[dict]
     rejects: list[dict] = []
     findings: collections.Counter = collections.Counter()
     rules: dict[str, collections.Counter] = {"voi": collections.Counter(), "orientation": collections.Counter()}
-    stats = {"clipped": 0, "rows": 0, "written": 0}
+    stats = {"clipped": 0, "rows": 0, "written": 0, "duplicates": 0}
 
     def examples():
         for item, result in zip(chunk.items, results):
@@ -274,16 +284,15 @@ def _write_chunk(out: str, relative: str, chunk: _Chunk, results: Iterable[dict]
             if result["key"] != item.record.key:
                 raise RuntimeError("ingest results out of order")  # a bug, never bad input
             if result["status"] != "ok":
-                secrets = (item.record.patient_id, item.record.study_id)
                 for row, code, reason in result["rejects"]:
-                    rejects.append({"row": row, "image_path": phi.redact(item.record.key, secrets, salt),
-                                    "code": code, "reason": reason})
+                    rejects.append({"row": row, "image_hash": item.image_hash, "code": code, "reason": reason})
                 continue
             findings.update(result["box_labels"])
             rules["voi"][result["voi_rule"]] += 1
             rules["orientation"][result["orientation_rule"]] += 1
             stats["clipped"] += result["clipped"]
             stats["rows"] += len(item.record.rows)
+            stats["duplicates"] += item.record.duplicate_rows
             stats["written"] += 1
             yield records.make_example(
                 result["png"], height=result["height"], width=result["width"], boxes=result["boxes"],
@@ -307,6 +316,7 @@ def _write_chunk(out: str, relative: str, chunk: _Chunk, results: Iterable[dict]
     marker = {"fingerprint": chunk.fingerprint, "split": chunk.split, "stratum": chunk.stratum,
               "images": [i.image_hash for i in chunk.items], "written": stats["written"], "size": size,
               "findings": dict(findings), "clipped": stats["clipped"], "rows_ingested": stats["rows"],
+              "duplicate_rows_merged": stats["duplicates"],
               "rules": {key: dict(counter) for key, counter in rules.items()}, "rejects": rejects}
     manifest.write_json_atomic(_marker_path(out, relative), marker)
     return marker
@@ -493,7 +503,8 @@ def prepare(config: PrepareConfig) -> dict:
         stream.close()  # shuts the worker pool down, also on an error or Ctrl-C
         bar.close()
 
-    counts = {"rows_ingested": 0, "rows_rejected": 0, "images_seen": images_seen, "images_written_total": 0,
+    counts = {"rows_ingested": 0, "rows_rejected": 0, "duplicate_rows_merged": 0, "images_seen": images_seen,
+              "images_written_total": 0,
               "images_written": {s: {label: 0 for label in LABELS} for s in ("train", "val", "test")},
               "findings": {label: 0 for label in LABELS if label != "normal"}, "boxes_clipped": 0,
               "rules_fired": {"voi": {}, "orientation": {}},
@@ -503,6 +514,7 @@ def prepare(config: PrepareConfig) -> dict:
     for i, chunk in enumerate(chunks):
         marker = markers[i]
         counts["rows_ingested"] += marker["rows_ingested"]
+        counts["duplicate_rows_merged"] += marker.get("duplicate_rows_merged", 0)
         counts["images_written_total"] += marker["written"]
         counts["images_written"][chunk.split][chunk.stratum] += marker["written"]
         for label, n in marker["findings"].items():

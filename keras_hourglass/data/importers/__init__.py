@@ -74,10 +74,12 @@ class ImageRecord:
         laterality: "L", "R" or "" (then the DICOM header decides).
         view: "CC", "MLO", ... or "".
         findings: the findings (empty: a normal image).
-        rows: every source row ("file:number") of this image.
+        rows: every source row ("file:number") of this image, exact duplicates included.
         split: the dataset's own split ("train"/"val"/"test") or None.
         expected_shape: (rows, columns) the table says the DICOM has (VinDr's height/width),
             checked at ingest: boxes are in that frame.
+        duplicate_rows: rows of `rows` that repeat an earlier row exactly (merged: their finding
+            counts once; counted in the manifest).
     """
 
     key: str
@@ -90,6 +92,7 @@ class ImageRecord:
     rows: list[str]
     split: str | None = None
     expected_shape: tuple[int, int] | None = None
+    duplicate_rows: int = 0
 
 
 @dataclasses.dataclass
@@ -174,6 +177,9 @@ def read_csv_rows(path: str | os.PathLike, required: Iterable[str],
             data = raw.read()
     except OSError as err:
         raise InputError(path, f"cannot read annotation table: {err.strerror or err}") from None
+    kind = _not_text(data)
+    if kind:
+        raise InputError(path, f"annotation table is {kind}, not a UTF-8 (or latin-1) CSV: save it as CSV UTF-8")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -192,7 +198,11 @@ def read_csv_rows(path: str | os.PathLike, required: Iterable[str],
         columns = [(aliases or {}).get(h.strip(), h.strip()) for h in header]
         missing = [c for c in required if c not in columns]
         if missing:
-            raise InputError(path, f"missing column(s) {', '.join(missing)}; found {', '.join(columns)}")
+            # Never echo the header: a table without one has a data row (a patient id) in its place.
+            known = [c for c in columns if c in set(required) | set(aliases or {}) | OPTIONAL_COLUMNS]
+            hint = " (no header line? the first line is read as the header)" if not known else ""
+            raise InputError(path, f"missing column(s) {', '.join(missing)}; the header has {len(columns)} "
+                                   f"column(s), {len(known)} of them known{hint}")
         number = 0
         try:
             for values in reader:
@@ -206,6 +216,30 @@ def read_csv_rows(path: str | os.PathLike, required: Iterable[str],
                 yield f"{name}:{number}", row
         except csv.Error as err:
             raise InputError(path, f"malformed CSV after data record {number}: {err}") from None
+
+
+OPTIONAL_COLUMNS = {"split", "height", "width", "series_id", "breast_birads", "breast_density", "assessment",
+                    "subtlety", "calc type", "calc distribution", "mass shape", "mass margins", "abnormality id"}
+"""Column names the importers know besides their required ones (may be named in messages)."""
+
+_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32-LE text (byte-order mark FF FE 00 00)"),
+         (b"\x00\x00\xfe\xff", "UTF-32-BE text (byte-order mark 00 00 FE FF)"),
+         (b"\xff\xfe", "UTF-16-LE text (byte-order mark FF FE)"),
+         (b"\xfe\xff", "UTF-16-BE text (byte-order mark FE FF)"))
+_MAGIC = ((b"PK\x03\x04", "a ZIP archive (an .xlsx/.ods workbook?)"),
+          (b"\xd0\xcf\x11\xe0", "an OLE2 file (an .xls workbook?)"),
+          (b"\x1f\x8b", "gzip-compressed"),
+          (b"%PDF", "a PDF document"))
+
+
+def _not_text(data: bytes) -> str | None:
+    """Returns: what the bytes are when they are not a text table (BOM, known binary format, NUL bytes), else None."""
+    for prefix, kind in _BOMS + _MAGIC:
+        if data.startswith(prefix):
+            return kind
+    if b"\x00" in data[:65536]:
+        return "binary or UTF-16/32 without a byte-order mark (it holds NUL bytes)"
+    return None
 
 
 def parse_float(value: str) -> float | None:
@@ -243,8 +277,43 @@ def box_from_xyxy(row: dict[str, str]) -> tuple[float, float, float, float] | No
 
 
 def resolve(images_root: str | os.PathLike, relative: str) -> str:
-    """Returns: `relative` joined to `images_root` (an absolute path is kept)."""
-    return os.path.normpath(os.path.join(os.fspath(images_root), relative))
+    """Resolves a table's path inside the images root, before any file is opened.
+
+    The path is joined to the REAL images root and resolved with every symlink
+    (`os.path.realpath`); the result must lie inside the real root. Absolute
+    paths elsewhere, ``..`` escapes in any spelling and symlinks (files or
+    folders) that point outside are refused with the same code whether or not
+    the target exists, so the reject code tells nothing about files outside
+    the root. There is deliberately no way to turn this off.
+
+    Args:
+        images_root: the ``--images-root`` directory.
+        relative: the path as the table gives it.
+
+    Returns:
+        The real path of the file (read this one: it is the path that was checked).
+
+    Raises:
+        ValueError: ("outside_root", message) for a path that leaves the root,
+            ("bad_value", message) for a path with a NUL character.
+    """
+    if "\x00" in relative:
+        raise ValueError("bad_value", "image path contains a NUL character")
+    root = real_root(images_root)
+    real = os.path.realpath(os.path.join(root, relative))
+    if not is_inside(real, root):
+        raise ValueError("outside_root", "image path resolves (symlinks included) outside --images-root")
+    return real
+
+
+def real_root(images_root: str | os.PathLike) -> str:
+    """Returns: the real path of the images root (symlinks resolved)."""
+    return os.path.realpath(os.fspath(images_root))
+
+
+def is_inside(path: str, root: str) -> bool:
+    """Returns: whether the real path `path` is `root` itself or lies below the real path `root`."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def group_rows(parsed: list[ParsedRow], rejects: list[Reject]) -> list[ImageRecord]:
@@ -254,7 +323,10 @@ def group_rows(parsed: list[ParsedRow], rejects: list[Reject]) -> list[ImageReco
     rejected, code ``inconsistent_image``). A file listed under two path
     spellings keeps the spelling listed first; the rows of the other are
     rejected (``duplicate_image``). A normal row (no finding) next
-    to finding rows of the same image counts as ingested with them.
+    to finding rows of the same image counts as ingested with them. A row
+    that repeats an earlier row of its image exactly (every value but its
+    number) is merged into it: ingested, its finding counted once
+    (`ImageRecord.duplicate_rows`, summed in the manifest).
 
     Args:
         parsed: valid rows.
@@ -297,12 +369,28 @@ def group_rows(parsed: list[ParsedRow], rejects: list[Reject]) -> list[ImageReco
             for r in rows:
                 rejects.append(Reject(r.row, key, reason[0], reason[1], secrets))
             continue
+        findings, seen = [], set()
+        for r in rows:
+            signature = _row_signature(r)
+            if signature in seen:
+                continue  # an exact duplicate row: one finding, not two (they would inflate FROC counts)
+            seen.add(signature)
+            if r.finding is not None:
+                findings.append(r.finding)
         images.append(ImageRecord(
             key=key, path=first.path, patient_id=first.patient_id, study_id=first.study_id,
-            laterality=first.laterality, view=first.view,
-            findings=[r.finding for r in rows if r.finding is not None],
-            rows=[r.row for r in rows], split=first.split, expected_shape=first.expected_shape))
+            laterality=first.laterality, view=first.view, findings=findings,
+            rows=[r.row for r in rows], split=first.split, expected_shape=first.expected_shape,
+            duplicate_rows=len(rows) - len(seen)))
     return images
+
+
+def _row_signature(row: ParsedRow) -> tuple:
+    """Everything a parsed row says except its row number: equal signatures are exact duplicates."""
+    finding = row.finding
+    what = None if finding is None else (finding.label, finding.finding_type, finding.box, finding.mask_paths)
+    return (row.key, row.path, row.patient_id, row.study_id, row.laterality, row.view, row.split,
+            row.expected_shape, what)
 
 
 IMPORTERS: dict[str, str] = {
@@ -326,4 +414,5 @@ def get_importer(fmt: str) -> Callable[..., ImportResult]:
 
 
 __all__ = ["Finding", "ImageRecord", "ImportResult", "IMPORTERS", "LABELS", "FINDING_TYPES", "ParsedRow",
-           "Reject", "box_from_xyxy", "get_importer", "group_rows", "read_csv_rows", "resolve"]
+           "Reject", "box_from_xyxy", "get_importer", "group_rows", "is_inside", "read_csv_rows", "real_root",
+           "resolve"]

@@ -53,6 +53,7 @@ def parse_row(row_id: str, row: dict[str, str], images_root: str) -> ParsedRow:
     path = row["image_path"]
     if not path:
         raise ValueError("missing_field", "empty image_path")
+    full = resolve(images_root, path)  # refuses paths leaving --images-root before any file is touched
     if not row["patient_id"]:
         raise ValueError("missing_field", "empty patient_id")
     label = row["label"].strip().lower()
@@ -82,7 +83,6 @@ def parse_row(row_id: str, row: dict[str, str], images_root: str) -> ParsedRow:
         if box is None:
             raise ValueError("missing_box", f"a {label} finding needs xmin, ymin, xmax, ymax")
         finding = Finding(label=label, finding_type=finding_type, box=box, row=row_id)
-    full = resolve(images_root, path)
     if not os.path.isfile(full):
         raise ValueError("missing_file", "image file not found under --images-root")
     return ParsedRow(row=row_id, key=image_key(path), path=full, patient_id=row["patient_id"],

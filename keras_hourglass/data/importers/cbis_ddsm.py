@@ -37,8 +37,8 @@ from __future__ import annotations
 import os
 import re
 
-from keras_hourglass.data.importers import (Finding, ImportResult, ParsedRow, Reject, group_rows,
-                                            read_csv_rows, resolve)
+from keras_hourglass.data.importers import (Finding, ImportResult, ParsedRow, Reject, group_rows, is_inside,
+                                            read_csv_rows, real_root, resolve)
 
 REQUIRED = ("patient_id", "left or right breast", "image view", "abnormality type", "pathology",
             "image file path", "cropped image file path", "ROI mask file path")
@@ -53,19 +53,30 @@ def clean_path(value: str) -> str:
 
 
 class _Locator:
-    """Finds CBIS-DDSM files by their CSV path or, failing that, by their top folder (TCIA layout)."""
+    """Finds CBIS-DDSM files by their CSV path or, failing that, by their top folder (TCIA layout).
+
+    Every path, the fallback folders and every file found in them included, must resolve (symlinks
+    included) inside the real images root (`resolve`); one that leaves it rejects the row
+    (``outside_root``) before any file is opened.
+    """
 
     def __init__(self, images_root: str):
-        self.root = images_root
+        self.root = real_root(images_root)
         self._listing: dict[str, list[str]] = {}
 
     def files_under(self, top: str) -> list[str]:
         if top not in self._listing:
+            base = resolve(self.root, top)
             found = []
-            for directory, _dirs, names in os.walk(os.path.join(self.root, top)):
+            for directory, _dirs, names in os.walk(base):  # followlinks=False: linked folders are not walked
                 found += [os.path.join(directory, n) for n in names if n.lower().endswith(".dcm")]
-            self._listing[top] = sorted(found)
-        return self._listing[top]
+            real = [os.path.realpath(f) for f in sorted(found)]
+            self._listing[top] = real
+        listing = self._listing[top]
+        if any(not is_inside(f, self.root) for f in listing):
+            raise ValueError("outside_root", "a DICOM file under the image's top folder is a symlink leaving "
+                                             "--images-root")
+        return listing
 
     def image(self, key: str) -> str | None:
         full = resolve(self.root, key)
@@ -78,7 +89,8 @@ class _Locator:
         return candidates[0] if candidates else None
 
     def masks(self, paths: list[str]) -> list[str]:
-        exact = [resolve(self.root, p) for p in paths if p and os.path.isfile(resolve(self.root, p))]
+        resolved = [resolve(self.root, p) for p in paths if p]
+        exact = [full for full in resolved if os.path.isfile(full)]
         if exact:
             return exact
         tops = []
@@ -106,6 +118,7 @@ def parse_row(row_id: str, row: dict[str, str], locator: _Locator) -> ParsedRow:
     key = clean_path(row["image file path"])
     if not key:
         raise ValueError("missing_field", "empty image file path")
+    resolve(locator.root, key)  # a path leaving --images-root is refused first, whatever else is wrong
     label = PATHOLOGY.get(row["pathology"].strip().upper())
     if label is None:
         raise ValueError("bad_label", f"pathology is not MALIGNANT, BENIGN or "

@@ -26,7 +26,7 @@ import os
 import re
 
 from keras_hourglass.data.importers import (Finding, ImportResult, ParsedRow, Reject, box_from_xyxy,
-                                            group_rows, parse_float, read_csv_rows)
+                                            group_rows, parse_float, read_csv_rows, resolve)
 
 REQUIRED = ("study_id", "image_id", "laterality", "view_position", "finding_categories", "finding_birads",
             "xmin", "ymin", "xmax", "ymax", "split")
@@ -79,9 +79,12 @@ def _finding_type(categories: list[str]) -> str:
 
 
 def _image_path(images_root: str, study_id: str, image_id: str) -> tuple[str, str]:
+    """Returns (key, real path or ""); raises ValueError("outside_root", ...) when a candidate leaves the root."""
+    if {study_id, image_id} & {".", ".."}:
+        raise ValueError("outside_root", "study_id/image_id name a parent or current directory")
     key = f"images/{study_id}/{image_id}.dicom"
-    for relative in (key, f"{study_id}/{image_id}.dicom"):
-        full = os.path.join(images_root, relative)
+    candidates = [resolve(images_root, relative) for relative in (key, f"{study_id}/{image_id}.dicom")]
+    for full in candidates:
         if os.path.isfile(full):
             return key, full
     return key, ""

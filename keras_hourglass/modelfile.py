@@ -1,0 +1,90 @@
+"""Loading a user-named `.keras` file as a heatmap model, with one-line errors (used by evaluate and export).
+
+`keras.saving.load_model` fails on a bad file with messages that mislead ("File not found" for a
+corrupt archive) or with a traceback deep in deserialisation, and happily loads models that are no
+heatmap detector at all (a classifier, a 3-channel segmenter), which then fail later with a shape
+error. `load_heatmap_model` checks the file's form first, loads it, then checks the contract every
+consumer relies on: one image input ``[B, H, W, 1]`` and every output a one-channel heatmap
+``[B, h, w, 1]``.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+from keras_hourglass.errors import InputError, escape_controls
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def check_archive(path: str) -> None:
+    """Raises InputError unless `path` is a file that looks like a Keras model (a zip with config.json, or HDF5)."""
+    if os.path.isdir(path):
+        raise InputError(path, "is a directory, not a .keras model file (give RUN/model.keras)")
+    if not os.path.isfile(path):
+        raise InputError(path, "no such model file")
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if head == HDF5_MAGIC:
+        return  # a legacy .h5 model: Keras reads it
+    if not zipfile.is_zipfile(path):
+        raise InputError(path, "not a Keras model archive (a .keras file is a zip holding config.json)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise InputError(path, "not a Keras model archive (corrupt zip)") from None
+    if "config.json" not in names:
+        raise InputError(path, "not a Keras model archive (the zip holds no config.json)")
+
+
+def check_heatmap_model(model, path: str) -> None:
+    """Raises InputError unless `model` has one image input [B, H, W, 1] and one-channel 4-D outputs.
+
+    Args:
+        model: a loaded Keras model.
+        path: its file (named in the message).
+    """
+    try:
+        inputs, outputs = list(model.inputs), list(model.outputs)
+    except (AttributeError, ValueError):
+        raise InputError(path, "not a heatmap model: it has no defined inputs/outputs (a subclassed model?)") from None
+    if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[-1] not in (1, None):
+        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+        raise InputError(path, f"not a one-channel heatmap model: expected one image input [B, H, W, 1], "
+                               f"it takes {shapes or 'no input'}")
+    bad = [t for t in outputs if len(t.shape) != 4 or t.shape[-1] != 1]
+    if not outputs or bad:
+        shapes = ", ".join(str(tuple(t.shape)) for t in outputs)
+        raise InputError(path, f"not a one-channel heatmap model: expected heatmap outputs [B, h, w, 1], "
+                               f"it returns {shapes or 'nothing'}")
+
+
+def load_heatmap_model(path: str | os.PathLike):
+    """Loads a `.keras` model file (compile=False) and checks that it is a one-channel heatmap model.
+
+    Args:
+        path: the model file given by the user.
+
+    Returns:
+        The `keras.Model`.
+
+    Raises:
+        InputError: no such file, a directory, not a Keras archive, not loadable, or not a heatmap model.
+    """
+    import keras
+
+    import keras_hourglass.losses  # noqa: F401 - registers the losses
+    import keras_hourglass.model  # noqa: F401 - registers the custom layers
+
+    path = os.fspath(path)
+    check_archive(path)
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as err:  # noqa: BLE001 - any load failure is a bad input file
+        lines = str(err).strip().splitlines()
+        detail = escape_controls(" ".join(lines[0].split()))[:200] if lines else type(err).__name__
+        raise InputError(path, f"cannot load the Keras model ({type(err).__name__}: {detail})") from None
+    check_heatmap_model(model, path)
+    return model
