@@ -108,6 +108,20 @@ def test_cli_help_and_bad_data_exit_codes(tmp_path, capsys):
     assert not (tmp_path / "run").exists()  # nothing written for a refused run
 
 
+def test_a_prep_without_training_positives_is_refused(tmp_path, capsys):
+    from keras_hourglass.cli.main import main
+
+    prep = tmp_path / "prep"
+    prep.mkdir()
+    (prep / "manifest.json").write_text(json.dumps({
+        "preprocessing": {"long_side": 64},
+        "images_written": {"train": {"normal": 4, "benign": 2, "high_risk": 0, "malignant": 0}}}))
+    assert main(["train", "--data", str(prep), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "the train split has no high_risk or malignant image" in err
+    assert not (tmp_path / "run").exists()
+
+
 def write_prep(root) -> str:
     """A small prepared directory: 64x64 images, bright squares on the positive findings."""
     from keras_hourglass.data import records

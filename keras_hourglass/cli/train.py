@@ -216,6 +216,29 @@ def build_config(args: argparse.Namespace):
     return config.validate()
 
 
+def _require_training_positives(manifest_path: str) -> None:
+    """Refuses a PREP whose train split has no high_risk or malignant image (the loss would learn nothing).
+
+    A manifest without `images_written` (older or hand-made) is not checked here; the pipeline still
+    fails on a split without records.
+    """
+    import json
+
+    from keras_hourglass.errors import InputError
+
+    try:
+        with open(manifest_path, encoding="utf-8") as handle:
+            written = json.load(handle).get("images_written")
+    except (OSError, ValueError, AttributeError):
+        raise InputError(manifest_path, "not a readable JSON manifest") from None
+    if not isinstance(written, dict) or not isinstance(written.get("train"), dict):
+        return
+    positives = sum(int(written["train"].get(label) or 0) for label in ("high_risk", "malignant"))
+    if positives == 0:
+        raise InputError(manifest_path, "the train split has no high_risk or malignant image: the detection loss "
+                                        "has nothing to learn (prepare more data or other splits)")
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs `hourglass train`. Returns: 0. Raises: InputError on bad arguments or inputs."""
     import os
@@ -227,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(args.data, "not a directory (run `hourglass prepare` first)")
     if not os.path.exists(os.path.join(args.data, "manifest.json")):
         raise InputError(args.data, "no manifest.json: not a directory written by `hourglass prepare`")
+    _require_training_positives(os.path.join(args.data, "manifest.json"))
     if os.path.isfile(args.out):
         raise InputError(args.out, "exists and is a file")
 
