@@ -39,12 +39,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from common import hourglass_cli, run_step  # noqa: E402
 
 #: name -> (description, extra `hourglass train` flags)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -101,20 +103,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def hourglass() -> list[str]:
-    return [sys.executable, "-m", "keras_hourglass.cli.main"]
+    return hourglass_cli()
 
 
 def run(cmd: list[str], log_path: str, timeout: float) -> tuple[str, float]:
-    """Runs one step; stdout (its JSON summary) is returned, stderr goes to `log_path`."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop("TF_CONFIG", None)
-    start = time.time()
-    with open(log_path, "w") as log:
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, timeout=timeout, env=env,
-                              cwd=ROOT)
-    if done.returncode != 0:
-        raise SystemExit(f"ablation: step failed (exit {done.returncode}), see {log_path}: {' '.join(cmd)}")
-    return done.stdout, time.time() - start
+    """Runs one step; returns (stdout, seconds). stderr goes to `log_path`."""
+    return run_step(cmd, log_path, timeout, "ablation")
 
 
 def prepare_data(args, out: str) -> str:

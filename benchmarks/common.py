@@ -119,3 +119,27 @@ def write(path: str, name: str, figures: list[dict], details: dict, quick: bool,
               f"[{f['numerator']} / {f['denominator']}]", flush=True)
     print(f"wrote {path}", flush=True)
     return result
+
+
+def hourglass_cli() -> list[str]:
+    """The `hourglass` command of this checkout's interpreter (as a module: no console script needed)."""
+    return [sys.executable, "-m", "keras_hourglass.cli.main"]
+
+
+def run_step(cmd: list[str], log_path: str, timeout: float, who: str) -> tuple[str, float]:
+    """Runs one CLI step of a benchmark; returns (stdout, seconds). stderr goes to `log_path`.
+
+    Raises:
+        SystemExit: the step failed (naming `who`, the log and the command).
+    """
+    import subprocess
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("TF_CONFIG", None)
+    start = time.time()
+    with open(log_path, "w") as log:
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, timeout=timeout, env=env, cwd=REPO)
+    if done.returncode != 0:
+        raise SystemExit(f"{who}: step failed (exit {done.returncode}), see {log_path}: {' '.join(cmd)}")
+    return done.stdout, time.time() - start
+

@@ -44,6 +44,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from common import hourglass_cli, run_step  # noqa: E402
 FPI_COLUMNS = ("0.25", "0.5", "1", "2", "4.8")
 SENSITIVITY_TARGETS = (0.95, 0.97)
 VAL_TARGETS = (0.8, 0.9)
@@ -120,19 +123,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def hourglass() -> list[str]:
-    return [sys.executable, "-m", "keras_hourglass.cli.main"]
+    return hourglass_cli()
 
 
 def run(cmd: list[str], log_path: str, timeout: float) -> tuple[str, float]:
     """Runs one step; returns (stdout, seconds). stderr goes to `log_path`."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop("TF_CONFIG", None)
-    start = time.time()
-    with open(log_path, "w") as log:
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, timeout=timeout, env=env, cwd=ROOT)
-    if done.returncode != 0:
-        raise SystemExit(f"quality: step failed (exit {done.returncode}), see {log_path}: {' '.join(cmd)}")
-    return done.stdout, time.time() - start
+    return run_step(cmd, log_path, timeout, "quality")
 
 
 def read_json(path: str):
@@ -208,6 +204,38 @@ def data_facts(prep: str, split: str = "test") -> dict:
             "finding_centres_inside_mask": {k: f"{sum(v)}/{len(v)}" for k, v in sorted(inside.items())},
             "default_geometry": geometry.to_json(),
             "crop_share_masked_from_l_bg": round(geometry.masked_share(), 3)}
+
+
+def blob_filter_baseline(prep: str, split: str = "test") -> dict:
+    """A detector with no training, to calibrate how hard the data is: the maximum over three scales of a
+    difference-of-Gaussians blob filter (sigma 1, 2, 3 image px against 3x as wide), max-pooled to stride 4,
+    peaks in the breast mask, evaluated with the same FROC as the trained models."""
+    import numpy as np
+    from scipy import ndimage
+
+    from keras_hourglass.breast import breast_mask
+    from keras_hourglass.data import pipeline
+    from keras_hourglass.evaluation.froc import ImageRecord, froc
+    from keras_hourglass.peaks import find_peaks
+
+    records = []
+    for element in pipeline.evaluation_dataset(prep, split=split, input_multiple=32):
+        image = element["image"].numpy()[0, ..., 0]
+        height, width = int(element["height"][0]), int(element["width"][0])
+        response = np.zeros_like(image)
+        for sigma in (1.0, 2.0, 3.0):
+            dog = ndimage.gaussian_filter(image, sigma) - ndimage.gaussian_filter(image, 3 * sigma)
+            response = np.maximum(response, sigma * dog)
+        heatmap = response.reshape(image.shape[0] // 4, 4, image.shape[1] // 4, 4).max(axis=(1, 3))
+        marks, count = find_peaks(heatmap[None, ..., None], max_marks=100, threshold=-1e9, stride=4,
+                                  mask=breast_mask(element["image"], 4))
+        marks = marks.numpy()[0][: int(count[0])].astype(float)
+        marks = marks[(marks[:, 0] < height) & (marks[:, 1] < width)]
+        records.append(ImageRecord(image_id=element["image_hash"].numpy()[0].decode(),
+                                   patient_id=element["patient_hash"].numpy()[0].decode(), marks=marks,
+                                   boxes=element["boxes"].numpy()[0],
+                                   labels=[label.decode() for label in element["box_labels"].numpy()[0]]))
+    return froc(records, n_bootstrap=1000, seed=0).to_json()
 
 
 def train_flags(args, variant_flags: list[str], seed: int) -> list[str]:
@@ -427,6 +455,10 @@ def main(argv=None) -> int:
             if not os.path.exists(facts_path):
                 write_json(facts_path, data_facts(prep))
             facts[group] = read_json(facts_path)
+            baseline_path = os.path.join(os.path.dirname(prep), "blob_filter_froc.json")
+            if not os.path.exists(baseline_path):
+                write_json(baseline_path, blob_filter_baseline(prep))
+            facts[group]["blob_filter"] = summarise_froc(read_json(baseline_path))
         groups[group] = {name: [] for name in variants}
         # Seed-major: an interrupted invocation leaves every variant with the same seeds done.
         for seed in args.seeds:
@@ -444,6 +476,11 @@ def main(argv=None) -> int:
 
     text = markdown(table, groups, args)
     for group, fact in facts.items():
+        blob = fact.get("blob_filter")
+        if blob:
+            text += (f"\nNo-training reference ({group}): a difference-of-Gaussians blob filter scores "
+                     + ", ".join(f"{fmt(blob['sensitivity_at_fpi'][k])} at {k}" for k in FPI_COLUMNS)
+                     + f" FPI (max {fmt(blob['max_sensitivity'])}).\n")
         text += (f"\nData ({group}): breast mask = {fact['breast_mask_share_of_image']:.0%} of the image on "
                  f"average, finding centres inside it: {fact['finding_centres_inside_mask']}; at the default "
                  f"geometry the detector patch and 3 blob masks hide {fact['crop_share_masked_from_l_bg']:.0%} "

@@ -230,3 +230,21 @@ def check_boxes(y_true: tf.Tensor) -> tf.Tensor:
             f"(y0, x0, y1, x1) in heatmap pixels; got shape {y_true.shape}"
         )
     return y_true
+
+
+def target_centres(y_true, y_pred, dtype) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The valid box centres of `y_true` and the heatmap size of `y_pred`, for Gaussian-target losses.
+
+    Args:
+        y_true: boxes `[B, MAX_BOXES, 4]` in heatmap pixels.
+        y_pred: heatmap `[B, h, w, 1]` (only its shape is used).
+        dtype: computation dtype.
+
+    Returns:
+        `(centres [B, N, 2], valid [B, N], height, width)`.
+    """
+    boxes = check_boxes(tf.convert_to_tensor(y_true, dtype=dtype))
+    heatmap = as_heatmap(tf.convert_to_tensor(y_pred, dtype=dtype))
+    valid = box_validity(boxes)
+    return box_centres(boxes, valid), valid, tf.shape(heatmap)[1], tf.shape(heatmap)[2]
+

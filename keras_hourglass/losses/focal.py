@@ -80,11 +80,7 @@ class PenaltyReducedFocalLoss(keras.losses.Loss):
         Returns:
             float `[B, h, w]`.
         """
-        boxes = box_ops.check_boxes(tf.convert_to_tensor(y_true, dtype=self.dtype))
-        heatmap = box_ops.as_heatmap(tf.convert_to_tensor(y_pred, dtype=self.dtype))
-        valid = box_ops.box_validity(boxes)
-        height, width = tf.shape(heatmap)[1], tf.shape(heatmap)[2]
-        centres = box_ops.box_centres(boxes, valid)
+        centres, valid, height, width = box_ops.target_centres(y_true, y_pred, self.dtype)
         limit = tf.cast(tf.stack([height, width]) - 1, centres.dtype)
         pixel_centres = tf.clip_by_value(tf.floor(centres), 0.0, limit) + 0.5
         return box_ops.gaussian_target(pixel_centres, valid, self.sigma, height, width)

@@ -58,11 +58,7 @@ class GaussianL2Loss(keras.losses.Loss):
         Returns:
             float `[B, h, w]`.
         """
-        boxes = box_ops.check_boxes(tf.convert_to_tensor(y_true, dtype=self.dtype))
-        heatmap = box_ops.as_heatmap(tf.convert_to_tensor(y_pred, dtype=self.dtype))
-        valid = box_ops.box_validity(boxes)
-        centres = box_ops.box_centres(boxes, valid)
-        height, width = tf.shape(heatmap)[1], tf.shape(heatmap)[2]
+        centres, valid, height, width = box_ops.target_centres(y_true, y_pred, self.dtype)
         return box_ops.gaussian_target(centres, valid, self.sigma, height, width)
 
     def call(self, y_true, y_pred):

@@ -117,8 +117,10 @@ def resolve_geometry(config, *, long_side: int, stride: int, input_multiple: int
         return resolved
 
     patch = _at_least(heatmap_px("patch_size", config.patch_size, MIN_PATCH_SIZE), MIN_PATCH_SIZE)
-    mask_ref = config.patch_size / 2 if config.mask_size is None else config.mask_size
-    mask = _at_least(heatmap_px("mask_size", mask_ref, MIN_PATCH_SIZE), MIN_PATCH_SIZE)
+    if config.mask_size is None:  # half the patch: a predicted blob's extent; never degenerate by default
+        mask = max(MIN_PATCH_SIZE, int(round(patch / 2)))
+    else:
+        mask = _at_least(heatmap_px("mask_size", config.mask_size, MIN_PATCH_SIZE), MIN_PATCH_SIZE)
     sigmas = tuple(round(heatmap_px("sigmas", s, MIN_SIGMA), 4) for s in config.sigmas)
     target_sigma = round(heatmap_px("target_sigma", config.target_sigma, MIN_SIGMA), 4)
 
