@@ -497,6 +497,10 @@ def main(argv=None) -> int:
     write_json(os.path.join(out, f"quality-{table}.json"), payload)
     with open(os.path.join(out, f"quality-{table}.md"), "w", encoding="utf-8") as handle:
         handle.write(text)
+    if not args.quick:  # the committed copy that BENCHMARKS.md (benchmarks/run_all.py) carries
+        with open(os.path.join(HERE, f"quality-{table}.md"), "w", encoding="utf-8") as handle:
+            handle.write(f"## Detection quality: `{table}` table (`python benchmarks/quality.py {table}`)\n\n"
+                         f"Command: `{payload['command']}`\n\n{text}")
     first_group = next(iter(groups.values()), {})
     curves = {name: read_json(os.path.join(recs[0]["eval_dir"], "froc.json"))
               for name, recs in first_group.items() if recs and os.path.exists(recs[0].get("eval_dir", ""))}
