@@ -103,7 +103,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="override a model preset option, e.g. num_stacks=1 (repeatable)")
     parser.add_argument("--phase", choices=("patch", "full"), default="patch", help="training phase (default patch)")
     parser.add_argument("--crop-size", type=int, default=None, metavar="PIXELS",
-                        help="patch-phase crop side (default: the pipeline's)")
+                        help="patch-phase crop side, reference image px (default: the training default)")
     parser.add_argument("--strategy", choices=("default", "mirrored"), default="default",
                         help="distribution strategy inside each trial (mirrored: all local GPUs); "
                              "--batch-size is the global batch")

@@ -83,7 +83,7 @@ _DEFAULT_SAMPLING = {"omega": "log", "learning_rate": "log"}
 
 
 def parse_sigmas(text: str) -> tuple[float, ...]:
-    """Parses a sigma-bank string such as "1.5,3,6".
+    """Parses a sigma-bank string such as "6,9,12,18" (reference heatmap pixels).
 
     Args:
         text: comma-separated positive numbers.
@@ -114,7 +114,7 @@ def _check_value(name: str, value: Any) -> Any:
     kind = _KIND[name]
     if kind == "sigmas":
         if not isinstance(value, str):
-            raise ValueError(f"{name}: {value!r} must be a string such as \"1.5,3,6\"")
+            raise ValueError(f"{name}: {value!r} must be a string such as \"6,9,12,18\"")
         parse_sigmas(value)
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
