@@ -24,7 +24,7 @@ Outputs (under --out, default benchmarks/out/quality):
     quality-<table>.png             every FROC curve (seed 0 of every variant) in one plot
 
 Usage:
-    python benchmarks/quality.py main                      # ~9 runs of ~6 min on 2 cores
+    python benchmarks/quality.py main                      # 9 runs of 1,600 steps, ~6-9 min each on 2 cores
     python benchmarks/quality.py ablation --seeds 0,1,2
     python benchmarks/quality.py stress --seeds 0,1
     python benchmarks/quality.py main --quick              # smoke run: little data, a few steps
@@ -96,8 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2; stress 0,1)")
     parser.add_argument("--variants", default=None, help="comma-separated subset of the table's variants")
     parser.add_argument("--axes", default=None, help="stress: comma-separated subset of " + ", ".join(STRESS_AXES))
-    parser.add_argument("--patch-epochs", type=int, default=16)
-    parser.add_argument("--full-epochs", type=int, default=8)
+    parser.add_argument("--patch-epochs", type=int, default=12)
+    parser.add_argument("--full-epochs", type=int, default=4)
     parser.add_argument("--steps-per-epoch", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--val-images", type=int, default=64)

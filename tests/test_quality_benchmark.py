@@ -47,4 +47,4 @@ def test_every_variant_is_a_valid_hourglass_train_command():
         for _, flags in table.values():
             argv = ["train", "--data", "P", "--out", "R", *quality.train_flags(args, flags, 0)]
             config = cli.build_config(parser.parse_args(argv))
-            assert config.phases() == [("patch", 16), ("full", 8)] and config.steps_per_epoch == 100
+            assert config.phases() == [("patch", 12), ("full", 4)] and config.steps_per_epoch == 100
