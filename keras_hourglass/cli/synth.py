@@ -68,6 +68,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+STRESS_FLAGS = ("box_looseness", "box_offset", "size_spread", "contrast")
+"""`StressSettings` fields, each set by the flag of the same name."""
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs `hourglass synth`. Returns: 0. Raises: InputError on bad arguments."""
     from keras_hourglass.data.synthetic import SynthConfig, generate_dataset
@@ -84,8 +88,11 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(flag, f"{value} is too large (at most {MAX_SIDE} pixels)")
     try:
         config.validate()
-    except ValueError as err:
-        raise InputError(None, str(err)) from None
+    except ValueError as err:  # the library names its arguments; the CLI names the flag
+        message = str(err)
+        name = message.split(" ", 1)[0]
+        flag = f"--{name.replace('_', '-')}" if name in STRESS_FLAGS else None
+        raise InputError(flag, message.split(" ", 1)[1] if flag else message) from None
     try:
         summary = generate_dataset(args.out, config, progress=not args.no_progress and sys.stderr.isatty())
     except OSError as err:

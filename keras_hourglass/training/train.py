@@ -313,8 +313,8 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
         "model": {"preset": config.preset, "config": model_config, "output_stride": stride,
                   "input_multiple": multiple, "num_outputs": num_outputs},
         "geometry": {"unit": f"reference pixels (long side {REFERENCE_LONG_SIDE}, heatmap stride 4)",
-                     "given": {k: config.to_json()[k] for k in ("patch_size", "mask_size", "sigmas",
-                                                                 "target_sigma", "crop_size")},
+                     "given": {k: v for k, v in config.to_json().items()
+                               if k in ("patch_size", "mask_size", "sigmas", "target_sigma", "crop_size")},
                      "resolved": geometry.to_json()},
         "loss": make_loss(config, geometry).get_config(),
         "seed": int(config.seed),
