@@ -50,7 +50,7 @@ def memorisation_patches(prep: str, seed: int):
     from keras_hourglass.training.config import TrainConfig
     from keras_hourglass.training.geometry import prep_long_side, resolve_geometry
 
-    geometry = resolve_geometry(TrainConfig(), prep_long_side(prep), stride=4, input_multiple=32)
+    geometry = resolve_geometry(TrainConfig(), long_side=prep_long_side(prep), stride=4, input_multiple=32)
     dataset = pipeline.training_dataset(prep, phase="patch", batch_size=64, stride=4, input_multiple=32,
                                         patch_size=geometry.crop_size, seed=seed, augment=False)
     images, boxes = next(iter(dataset))
@@ -77,7 +77,7 @@ def fit_once(initializer: str, images, boxes, target_sigma: float, args) -> dict
     def measure(step: int, train_loss: float | None) -> dict:
         out = model(images, training=False).numpy()[..., 0]
         return {"step": step, "loss": None if train_loss is None else round(train_loss, 3),
-                "eval_loss": round(float(tf.reduce_mean(loss.call(boxes, out[..., None]))), 3),
+                "eval_loss": round(float(tf.reduce_mean(loss.call(boxes, tf.constant(out[..., None])))), 3),
                 "heatmap_on_target": round(float(out[target > 0.6].mean()), 3),
                 "heatmap_off_target_p99": round(float(np.percentile(out[target < 0.01], 99)), 3),
                 "heatmap_abs_mean": round(float(np.abs(out).mean()), 3)}
