@@ -17,9 +17,14 @@ examples:
   # an explicit version, at most 50 marks per image, default threshold 0.3
   hourglass export --model runs/r1/model.keras --base-path serving/hourglass \\
       --version 7 --max-marks 50 --threshold 0.3
+  # record the operating points hourglass evaluate measured (predict --operating-point 4.8)
+  hourglass export --model runs/r1/model.keras --base-path serving/hourglass --evaluation eval/r1
 
-The version is written under BASE/.tmp-<uuid>, verified (op allow-list,
-saved_model_cli show/run on both signatures, warmup replay) and renamed to
+Every version carries its model contract (preprocessing, thresholds,
+operating points, lineage) as the signature `metadata` and in
+assets.extra/keras_hourglass.json. The version is written under
+BASE/.tmp-<uuid>, verified (op allow-list, saved_model_cli show/run, warmup
+replay, metadata == assets.extra) and renamed to
 BASE/<version>; an existing version is never overwritten (exit 2). Prints
 the export's JSON (path, version, metadata, verification) on stdout.
 """
@@ -47,6 +52,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         metavar="PIXELS",
         help="long side of the training images (default: from the run's config.json); clients preprocess DICOMs to it",
     )
+    parser.add_argument("--evaluation", metavar="EVAL", default=None,
+                        help="EVAL/froc.json (or EVAL) of `hourglass evaluate` on this model: its operating "
+                             "points go into the model contract (hourglass predict --operating-point FPI)")
     parser.add_argument("--model-name", default="hourglass", help="model name used in the warmup requests")
     parser.add_argument(
         "--verify",
@@ -81,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             long_side=args.long_side,
             model_name=args.model_name,
             verify=args.verify,
+            evaluation=args.evaluation,
         )
     except VerificationError as err:
         print(f"hourglass export: verification failed, nothing published: {err}", file=sys.stderr)

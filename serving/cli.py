@@ -17,8 +17,13 @@ examples:
   hourglass predict --grpc localhost:8500 --version 3 --overlay-dir overlays exam/L_CC.dcm
   # TF Serving REST (port 8501); sends a 16-bit PNG (signature detect_png)
   hourglass predict --rest http://localhost:8501 --threshold 0.5 exam/L_CC.dcm
+  # the canary version, at the threshold evaluation measured for 4.8 false marks per image
+  hourglass predict --grpc localhost:8500 --label canary --operating-point 4.8 exam/L_CC.dcm
 
-Prints JSON: per file, marks with x, y (ORIGINAL DICOM pixels; x = column),
+The client first reads the model version's contract (signature `metadata`)
+and preprocesses exactly as it says (long side, windowing, orientation).
+Prints JSON: the model version that answered, the preprocessing and threshold
+used, and per file marks with x, y (ORIGINAL DICOM pixels; x = column),
 score, and image_x, image_y (preprocessed image pixels). Default signature:
 serving_default for --saved-model/--grpc, detect_png for --rest (a PNG is far
 smaller than a JSON float array). A bad DICOM is reported in the results
@@ -43,12 +48,19 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--model-name", default="hourglass", help="model name on the server (default hourglass)")
     parser.add_argument("--signature", choices=("serving_default", "detect_png"), default=None,
                         help="signature to call (default: detect_png for --rest, else serving_default)")
-    parser.add_argument("--version", type=argtypes.positive, default=None, metavar="N",
-                        help="model version (default: latest; with --saved-model BASE: BASE/N)")
-    parser.add_argument("--threshold", type=argtypes.finite, default=None, metavar="T",
-                        help="score threshold (default: the export's)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--version", type=argtypes.positive, default=None, metavar="N",
+                       help="model version (default: latest; with --saved-model BASE: BASE/N)")
+    which.add_argument("--label", default=None, metavar="NAME",
+                       help="TF Serving version label, e.g. stable or canary (models.config version_labels)")
+    cut = parser.add_mutually_exclusive_group()
+    cut.add_argument("--threshold", type=argtypes.finite, default=None, metavar="T",
+                     help="score threshold (default: the export's)")
+    cut.add_argument("--operating-point", type=argtypes.positive_number, default=None, metavar="FPI",
+                     help="use the threshold recorded at this FPI by hourglass evaluate (e.g. 4.8)")
     parser.add_argument("--long-side", type=argtypes.positive, default=None, metavar="PIXELS",
-                        help="preprocessing long side (default: the model's; see README)")
+                        help="override the contract's preprocessing long side (only for exports without "
+                             "a metadata signature)")
     parser.add_argument("--timeout", type=argtypes.positive_number, default=30.0, metavar="S",
                         help="seconds for one request, its retries included: one overall deadline (default 30)")
     parser.add_argument("--retries", type=argtypes.non_negative, default=3,
@@ -75,15 +87,19 @@ def run(args: argparse.Namespace) -> int:
         rest=args.rest,
         model_name=args.model_name,
         version=args.version,
+        label=args.label,
         signature=signature,
         long_side=args.long_side,
         threshold=args.threshold,
+        operating_point=args.operating_point,
         timeout=args.timeout,
         retries=args.retries,
         max_message_bytes=int(args.max_message_mb * 2**20),
     )
     results, failed = [], False
     try:
+        client.contract()  # once, before any file: pins the version that answered
+        threshold = client.effective_threshold()
         for path in args.files:
             try:
                 results.append(client.detect_file(path, overlay_dir=args.overlay_dir).to_json())
@@ -100,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         client.close()
-    print(json.dumps({"target": client.target, "model_name": args.model_name, "signature": signature,
-                      "results": results}, indent=2))
+    contract = client.contract()
+    summary = {"target": client.target, "model_name": args.model_name, "model_version": client.model_version,
+               "label": args.label, "signature": signature, "threshold": threshold,
+               "preprocessing": {"long_side": args.long_side or contract.long_side, **contract.read_options()}}
+    if args.operating_point is not None:
+        summary["operating_point"] = contract.operating_point(args.operating_point)
+    print(json.dumps({**summary, "results": results}, indent=2))
     return 2 if failed else 0
