@@ -17,6 +17,8 @@ examples:
   hourglass predict --grpc localhost:8500 --version 3 --overlay-dir overlays exam/L_CC.dcm
   # TF Serving REST (port 8501); sends a 16-bit PNG (signature detect_png)
   hourglass predict --rest http://localhost:8501 --threshold 0.5 exam/L_CC.dcm
+  # results as DICOM for the PACS: a Structured Report and a presentation state per image
+  hourglass predict --grpc localhost:8500 --dicom-sr out/sr --dicom-pr out/pr exam/*.dcm
   # the canary version, at the threshold evaluation measured for 4.8 false marks per image
   hourglass predict --grpc localhost:8500 --label canary --operating-point 4.8 exam/L_CC.dcm
 
@@ -68,6 +70,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--max-message-mb", type=argtypes.positive_number, default=64.0, metavar="MB",
                         help="largest request/response in MiB (default 64; TF Serving must allow it too)")
     parser.add_argument("--overlay-dir", metavar="DIR", help="write FILE.png overlays (marks on the preprocessed image)")
+    parser.add_argument("--dicom-sr", metavar="DIR", default=None,
+                        help="write one DICOM Structured Report per image (TID 1500; marks as SCOORD points in "
+                             "original pixels) as DIR/<SOPInstanceUID>.SR.dcm")
+    parser.add_argument("--dicom-pr", metavar="DIR", default=None,
+                        help="write one Grayscale Softcopy Presentation State per image (circles at the marks) "
+                             "as DIR/<SOPInstanceUID>.PR.dcm")
     parser.add_argument("files", nargs="+", metavar="FILE", help="DICOM files")
     parser.set_defaults(func=run)
     return parser
@@ -96,13 +104,25 @@ def run(args: argparse.Namespace) -> int:
         retries=args.retries,
         max_message_bytes=int(args.max_message_mb * 2**20),
     )
+    writer = None
+    if args.dicom_sr or args.dicom_pr:
+        from keras_hourglass.version import __version__
+        from serving.dicom_outputs import DicomResultWriter
+
+        writer = DicomResultWriter(args.dicom_sr, args.dicom_pr, algorithm_version=__version__)
     results, failed = [], False
     try:
         client.contract()  # once, before any file: pins the version that answered
         threshold = client.effective_threshold()
+        if writer is not None:
+            writer.algorithm_version += f" model version {client.model_version}"
         for path in args.files:
             try:
-                results.append(client.detect_file(path, overlay_dir=args.overlay_dir).to_json())
+                detection = client.detect_file(path, overlay_dir=args.overlay_dir)
+                result = detection.to_json()
+                if writer is not None:
+                    result.update(writer.write(detection, path))
+                results.append(result)
             except InputError as err:
                 if not err.path or err.path.startswith("--"):
                     raise  # a bad argument (unknown model/signature, size limit): stop here

@@ -56,6 +56,7 @@ import urllib.request
 import numpy as np
 
 from keras_hourglass.errors import InputError, escape_controls
+from serving.dicom_outputs import image_identifiers, overlay_radius
 from serving.contract import (
     METADATA_SIGNATURE,
     ContractError,
@@ -103,6 +104,8 @@ class Detection:
         marks: float64 `[N, 3]` (y, x, score) in image pixels (valid marks only).
         original_marks: float64 `[N, 2]` (y, x) in original DICOM pixels.
         model_version: the model version that answered (None when unknown).
+        identifiers: the source's StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, laterality and
+            view (`serving.dicom_outputs.image_identifiers`; never patient identity).
     """
 
     file: str
@@ -113,11 +116,13 @@ class Detection:
     marks: np.ndarray
     original_marks: np.ndarray
     model_version: int | None = None
+    identifiers: dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         """Returns: the JSON form (x = column, y = row; original and image coordinates)."""
         return {
             "file": self.file,
+            **self.identifiers,
             "signature": self.signature,
             "original_shape": list(self.original_shape),
             "image_shape": list(self.image_shape),
@@ -441,6 +446,7 @@ class PredictionClient(abc.ABC):
             marks=marks,
             original_marks=np.asarray(original, np.float64).reshape(-1, 2),
             model_version=self._pinned,
+            identifiers=image_identifiers(path, mammogram.header),
         )
         if overlay_dir is not None:
             write_overlay(mammogram.image, marks, os.path.join(overlay_dir, os.path.basename(path) + ".png"))
@@ -455,7 +461,7 @@ def write_overlay(image: np.ndarray, marks: np.ndarray, path: str) -> str:
     gray = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
     canvas = Image.fromarray(gray).convert("RGB")
     draw = ImageDraw.Draw(canvas)
-    radius = max(4, round(max(gray.shape) / 60))
+    radius = overlay_radius(gray.shape)
     for rank, (y, x, score) in enumerate(np.asarray(marks).reshape(-1, 3)):
         color = (255, 64, 64) if rank < 3 else (255, 200, 0)
         draw.ellipse([x - radius, y - radius, x + radius, y + radius], outline=color, width=2)
