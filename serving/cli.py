@@ -19,6 +19,9 @@ examples:
   hourglass predict --rest http://localhost:8501 --threshold 0.5 exam/L_CC.dcm
   # results as DICOM for the PACS: a Structured Report and a presentation state per image
   hourglass predict --grpc localhost:8500 --dicom-sr out/sr --dicom-pr out/pr exam/*.dcm
+  # TLS: gRPC with a private CA and a client certificate; REST over https with a CA bundle
+  hourglass predict --grpc tfs.example:8500 --ca-cert ca.pem --client-cert me.pem --client-key me.key exam/L_CC.dcm
+  hourglass predict --rest https://tfs.example:8501 --ca-cert ca.pem exam/L_CC.dcm
   # the canary version, at the threshold evaluation measured for 4.8 false marks per image
   hourglass predict --grpc localhost:8500 --label canary --operating-point 4.8 exam/L_CC.dcm
 
@@ -66,9 +69,17 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=argtypes.positive_number, default=30.0, metavar="S",
                         help="seconds for one request, its retries included: one overall deadline (default 30)")
     parser.add_argument("--retries", type=argtypes.non_negative, default=3,
-                        help="retries while the server is unavailable, within --timeout (default 3)")
+                        help="retries while the server is unavailable, with jittered exponential backoff, "
+                             "within --timeout (default 3)")
     parser.add_argument("--max-message-mb", type=argtypes.positive_number, default=64.0, metavar="MB",
                         help="largest request/response in MiB (default 64; TF Serving must allow it too)")
+    tls = parser.add_argument_group("TLS (gRPC: ssl_channel_credentials; REST: an https:// URL)")
+    tls.add_argument("--tls", action="store_true", help="gRPC over TLS with the system's CAs (implied by the flags below)")
+    tls.add_argument("--ca-cert", metavar="PEM", default=None, help="CA bundle to verify the server with")
+    tls.add_argument("--client-cert", metavar="PEM", default=None, help="client certificate chain (mutual TLS)")
+    tls.add_argument("--client-key", metavar="PEM", default=None, help="its private key (mutual TLS)")
+    tls.add_argument("--tls-server-name", metavar="NAME", default=None,
+                     help="gRPC: name to verify in the server certificate instead of the host")
     parser.add_argument("--overlay-dir", metavar="DIR", help="write FILE.png overlays (marks on the preprocessed image)")
     parser.add_argument("--dicom-sr", metavar="DIR", default=None,
                         help="write one DICOM Structured Report per image (TID 1500; marks as SCOORD points in "
@@ -89,7 +100,12 @@ def run(args: argparse.Namespace) -> int:
     if args.long_side is not None and not 16 <= args.long_side <= MAX_LONG_SIDE:
         raise InputError("--long-side", f"must be in [16, {MAX_LONG_SIDE}], got {args.long_side}")
     signature = args.signature or ("detect_png" if args.rest else "serving_default")
+    from serving.tls import TlsOptions
+
+    tls = TlsOptions(enabled=args.tls, ca_cert=args.ca_cert, client_cert=args.client_cert,
+                     client_key=args.client_key, server_name=args.tls_server_name)
     client = make_client(
+        tls=tls,
         saved_model=args.saved_model,
         grpc=args.grpc,
         rest=args.rest,

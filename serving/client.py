@@ -48,6 +48,8 @@ import dataclasses
 import io
 import json
 import os
+import random
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -57,6 +59,7 @@ import numpy as np
 
 from keras_hourglass.errors import InputError, escape_controls
 from serving.dicom_outputs import image_identifiers, overlay_radius
+from serving.tls import TlsOptions, grpc_credentials, is_tls_failure, ssl_context
 from serving.contract import (
     METADATA_SIGNATURE,
     ContractError,
@@ -215,9 +218,25 @@ class Deadline:
         return max(0.0, self.end - time.monotonic())
 
     def sleep_backoff(self, attempt: int, backoff: float) -> bool:
-        """Sleeps the retry delay (at most what is left). Returns: whether time is left afterwards."""
-        time.sleep(min(backoff * 2**attempt, 8.0, self.remaining()))
+        """Sleeps the jittered retry delay (`backoff_delay`, at most what is left).
+
+        Returns: whether time is left afterwards.
+        """
+        time.sleep(min(backoff_delay(attempt, backoff), self.remaining()))
         return self.remaining() > 0
+
+
+MAX_BACKOFF = 8.0
+
+
+def backoff_delay(attempt: int, backoff: float, rng: random.Random | None = None) -> float:
+    """The delay before retry `attempt` (0-based): exponential, capped, with "equal jitter".
+
+    `base = min(backoff * 2**attempt, MAX_BACKOFF)`, delay uniform in `[base / 2, base]`: clients that
+    failed together (a server restart) do not retry in lockstep, and none retries at once.
+    """
+    base = min(backoff * 2**attempt, MAX_BACKOFF)
+    return base * (0.5 + 0.5 * (rng or random).random())
 
 
 # ------------------------------------------------------------------------------------------ clients
@@ -480,23 +499,29 @@ class GrpcClient(PredictionClient):
 
     transport = "grpc"
 
-    def __init__(self, address: str, **kwargs):
+    def __init__(self, address: str, *, tls: TlsOptions | None = None, **kwargs):
         super().__init__(**kwargs)
         import grpc
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 
         self.address = address
+        self.tls = tls or TlsOptions()
         options = [
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_receive_message_length", self.max_message_bytes),
         ]
         self._grpc = grpc
-        self._channel = grpc.insecure_channel(address, options=options)
+        if self.tls.enabled:
+            if self.tls.server_name:
+                options.append(("grpc.ssl_target_name_override", self.tls.server_name))
+            self._channel = grpc.secure_channel(address, grpc_credentials(self.tls), options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
     @property
     def target(self) -> str:
-        return f"grpc://{self.address}"
+        return f"grpcs://{self.address}" if self.tls.enabled else f"grpc://{self.address}"
 
     def close(self) -> None:
         self._channel.close()
@@ -533,6 +558,8 @@ class GrpcClient(PredictionClient):
             except self._grpc.RpcError as err:
                 code = err.code()
                 details = escape_controls(((err.details() or "").splitlines() or [""])[0][:300])
+                if code == status.UNAVAILABLE and self.tls.enabled and is_tls_failure(details):
+                    raise ServingError(f"{self.target}: TLS failed, not retried ({details})") from None
                 if code == status.UNAVAILABLE and attempt < self.retries and deadline.sleep_backoff(attempt, self.backoff):
                     continue
                 raise self._map_error(code, details, signature) from None
@@ -579,15 +606,20 @@ class RestClient(PredictionClient):
 
     transport = "rest"
 
-    def __init__(self, url: str, **kwargs):
+    def __init__(self, url: str, *, tls: TlsOptions | None = None, **kwargs):
         super().__init__(**kwargs)
         parts = urllib.parse.urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
             raise InputError("--rest", f"must be an http:// or https:// URL with a host (got scheme "
                                        f"{parts.scheme or 'none'!r})")
         self.url = url.rstrip("/")
-        # No redirects (TF Serving never sends one; urllib would follow them to ftp:// too).
-        self._opener = urllib.request.build_opener(_NoRedirect)
+        self.tls = tls or TlsOptions()
+        handlers = [_NoRedirect]  # TF Serving never redirects (urllib would follow them to ftp:// too)
+        if parts.scheme.lower() == "https":
+            handlers.append(urllib.request.HTTPSHandler(context=ssl_context(self.tls)))
+        elif self.tls.enabled:
+            raise InputError("--rest", "TLS settings need an https:// URL")
+        self._opener = urllib.request.build_opener(*handlers)
 
     @property
     def target(self) -> str:
@@ -666,6 +698,9 @@ class RestClient(PredictionClient):
                 raise self._map_error(err.code, message, signature) from None
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as err:
                 reason = escape_controls(str(getattr(err, "reason", err)))[:200]
+                cause = err.reason if isinstance(err, urllib.error.URLError) else err
+                if isinstance(cause, ssl.SSLError):
+                    raise ServingError(f"{self.url}: TLS failed, not retried ({reason})") from None
                 if attempt < self.retries and deadline.sleep_backoff(attempt, self.backoff):
                     continue
                 raise ServerUnavailableError(
@@ -923,8 +958,12 @@ def make_client(
     given = [name for name, value in (("saved_model", saved_model), ("grpc", grpc), ("rest", rest)) if value]
     if len(given) != 1:
         raise ValueError(f"give exactly one of saved_model, grpc, rest; got {given or 'none'}")
+    tls = kwargs.pop("tls", None)
     if saved_model:
+        if tls is not None and tls.enabled:
+            raise InputError("--ca-cert", "TLS settings are for --grpc or --rest")
         return LocalClient(saved_model, **kwargs)
+    kwargs["tls"] = tls
     if grpc:
         return GrpcClient(grpc, **kwargs)
     return RestClient(rest, **kwargs)
