@@ -20,6 +20,9 @@ examples:
   # publish as the canary: models.config gets version_labels { canary: N }, atomically
   hourglass export --model runs/r2/model.keras --base-path serving/hourglass --label canary \\
       --models-config serving/models.config
+  # TF Serving batches (--enable_batching): warm up at every allowed batch size of its file
+  hourglass export --model runs/r1/model.keras --base-path serving/hourglass \\
+      --batching-parameters serving/batching_parameters.txt
   # record the operating points hourglass evaluate measured (predict --operating-point 4.8)
   hourglass export --model runs/r1/model.keras --base-path serving/hourglass --evaluation eval/r1
 
@@ -66,6 +69,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--models-config", default=None, metavar="FILE",
                         help="models.config that --label updates (default: models.config next to the base path; "
                              "created if absent)")
+    parser.add_argument("--batching-parameters", metavar="FILE", default=None,
+                        help="TF Serving batching parameters the server runs with (serving/batching_parameters.txt): "
+                             "warmup at each allowed_batch_sizes entry (default: batch 1, batching off)")
     parser.add_argument(
         "--verify",
         choices=("full", "ops"),
@@ -89,6 +95,11 @@ def run(args: argparse.Namespace) -> int:
         check_label(config, args.model_name, args.label)  # before anything is published
     elif args.models_config:
         raise InputError("--models-config", "only used with --label")
+    batch_sizes = (1,)
+    if args.batching_parameters:
+        from serving.batching import allowed_batch_sizes
+
+        batch_sizes = allowed_batch_sizes(args.batching_parameters)
     versions = list_versions(args.base_path)
     if versions:
         newest = os.path.join(args.base_path, str(versions[-1]))
@@ -108,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
             model_name=args.model_name,
             verify=args.verify,
             evaluation=args.evaluation,
+            batch_sizes=batch_sizes,
         )
     except VerificationError as err:
         print(f"hourglass export: verification failed, nothing published: {err}", file=sys.stderr)

@@ -166,7 +166,12 @@ def export_detector(
             raise InputError(base / str(version), "version already exists; refusing to overwrite it")
     base.mkdir(parents=True, exist_ok=True)
 
-    meta = build_contract(detector, metadata)
+    from export.warmup import warmup_shapes
+
+    warm_side = detector.long_side or 512
+    warmup = {"long_side": warm_side, "shapes": [list(shape) for shape in warmup_shapes(warm_side)],
+              "batch_sizes": sorted({int(b) for b in batch_sizes})}
+    meta = build_contract(detector, {"warmup": warmup, **(metadata or {})})
     text = contract_text(meta)
     ModelContract.from_text(text, source="export")  # what the clients will parse
     staging = str(base / f"{TMP_PREFIX}{uuid.uuid4().hex}") if _atomic else str(base / str(version or next_version(base)))
@@ -174,8 +179,7 @@ def export_detector(
         build_export_archive(detector, text).write_out(staging, verbose=False)
         write_warmup_requests(
             staging,
-            build_warmup_requests(model_name=model_name, long_side=detector.long_side or 512,
-                                  batch_sizes=batch_sizes),
+            build_warmup_requests(model_name=model_name, long_side=warm_side, batch_sizes=batch_sizes),
         )
         with open(metadata_path(staging), "w", encoding="utf-8") as f:
             f.write(text)
@@ -290,6 +294,7 @@ def export_keras_model(
     model_name: str = "hourglass",
     verify: str = "full",
     evaluation: str | os.PathLike | None = None,
+    batch_sizes: tuple[int, ...] = (1,),
 ) -> ExportResult:
     """`hourglass export`: loads `RUN/model.keras` and exports it under `base_path`.
 
@@ -306,6 +311,7 @@ def export_keras_model(
         verify: see `export_detector`.
         evaluation: `EVAL/froc.json` (or `EVAL`) of `hourglass evaluate` on this model: its
             operating points go into the contract.
+        batch_sizes: batch sizes to warm up (`serving.batching.allowed_batch_sizes`).
 
     Returns:
         An `ExportResult`.
@@ -337,6 +343,7 @@ def export_keras_model(
                   "operating_points": operating_points},
         verify=verify,
         verify_image_hw=(2 * multiple + 3, multiple + 5),
+        batch_sizes=batch_sizes,
     )
 
 

@@ -290,3 +290,41 @@ def test_cli_export_writes_versions_and_refuses_overwrite(tmp_path, capsys):
     assert main(["export", "--model", str(tmp_path / "nope.keras"), "--base-path", str(base)]) == 2
     assert "nope.keras: no such model file" in capsys.readouterr().err
     assert sm.list_versions(base) == [1]
+
+
+def test_warmup_covers_every_allowed_batch_size_of_the_batching_config(tmp_path, capsys):
+    from pathlib import Path
+
+    from serving.batching import allowed_batch_sizes
+
+    config = Path(__file__).resolve().parents[1] / "serving" / "batching_parameters.txt"
+    sizes = allowed_batch_sizes(config)
+    assert sizes == (1, 2, 4)
+    detector = HourglassDetector(conv_model(stride=2), stride=2, input_multiple=4, max_marks=3, long_side=40)
+    result = sm.export_detector(detector, tmp_path / "hourglass", verify="none", batch_sizes=sizes)
+    requests = [log.predict_log.request for log in read_warmup_requests(result.path)]
+    seen = {}
+    for request in requests:
+        name = request.model_spec.signature_name
+        key = "image" if name == "serving_default" else "image_bytes" if name == "detect_png" else "request"
+        shape = tuple(d.size for d in request.inputs[key].tensor_shape.dim)
+        seen.setdefault(name, set()).add(shape)
+    assert {s[0] for s in seen["serving_default"]} == set(sizes) == {s[0] for s in seen["detect_png"]}
+    assert {s[1:3] for s in seen["serving_default"]} == {(40, 32), (32, 40)}  # portrait and landscape
+    assert result.metadata["warmup"] == {"long_side": 40, "shapes": [[40, 32], [32, 40]], "batch_sizes": [1, 2, 4]}
+    assert len(requests) == 1 + 4 * len(sizes)
+    loaded = tf.saved_model.load(result.path)  # every record runs (in-process: the subprocess replay is slow)
+    for request in requests:
+        outputs = loaded.signatures[request.model_spec.signature_name](
+            **{k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()})
+        batch = next(iter(request.inputs.values())).tensor_shape.dim[0].size
+        assert all(v.shape[0] == batch for v in outputs.values())
+    # A batching file against TF Serving's rules: one line, exit 2, before any export.
+    bad = tmp_path / "bad.txt"
+    bad.write_text("max_batch_size { value: 8 }\nallowed_batch_sizes: 2\nallowed_batch_sizes: 4\n")
+    model = tmp_path / "m.keras"
+    conv_model(stride=2).save(model)
+    assert main(["export", "--model", str(model), "--base-path", str(tmp_path / "b"), "--batching-parameters",
+                 str(bad)]) == 2
+    assert "must equal max_batch_size" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

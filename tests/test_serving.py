@@ -83,37 +83,12 @@ def test_models_config_parses_as_model_server_config():
     assert model.model_version_policy.latest.num_versions == 2
 
 
-def _batching_parameters_class():
-    """BatchingParameters of tensorflow_serving/servables/tensorflow/session_bundle_config.proto.
-
-    tensorflow-serving-api's wheel does not ship that proto, so its message is rebuilt here from the
-    upstream definition (fields 1-7 with their upstream numbers and wrapper types).
-    """
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
-
-    pool = descriptor_pool.DescriptorPool()
-    wrappers = descriptor_pb2.FileDescriptorProto()
-    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
-    pool.Add(wrappers)
-    f = descriptor_pb2.FileDescriptorProto(name="session_bundle_config_subset.proto", package="tensorflow.serving",
-                                           syntax="proto3", dependency=["google/protobuf/wrappers.proto"])
-    m = f.message_type.add(name="BatchingParameters")
-    fd = descriptor_pb2.FieldDescriptorProto
-    for number, name, type_name in [(1, "max_batch_size", "Int64Value"), (2, "batch_timeout_micros", "Int64Value"),
-                                    (3, "max_enqueued_batches", "Int64Value"), (4, "num_batch_threads", "Int64Value"),
-                                    (5, "thread_pool_name", "StringValue")]:
-        m.field.add(name=name, number=number, type=fd.TYPE_MESSAGE, label=fd.LABEL_OPTIONAL,
-                    type_name=f".google.protobuf.{type_name}")
-    m.field.add(name="allowed_batch_sizes", number=6, type=fd.TYPE_INT64, label=fd.LABEL_REPEATED)
-    m.field.add(name="pad_variable_length_inputs", number=7, type=fd.TYPE_BOOL, label=fd.LABEL_OPTIONAL)
-    pool.Add(f)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
-
-
 def test_batching_parameters_parse_and_are_consistent():
     from google.protobuf import text_format
 
-    params = text_format.Parse((SERVING_DIR / "batching_parameters.txt").read_text(), _batching_parameters_class()())
+    from serving.batching import batching_parameters_class
+
+    params = text_format.Parse((SERVING_DIR / "batching_parameters.txt").read_text(), batching_parameters_class()())
     sizes = list(params.allowed_batch_sizes)
     assert sizes == sorted(sizes) and sizes[-1] == params.max_batch_size.value  # TF Serving's rules
     assert params.num_batch_threads.value >= 1 and params.batch_timeout_micros.value > 0
