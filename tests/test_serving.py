@@ -439,3 +439,72 @@ def test_operating_point_picks_the_recorded_threshold(tmp_path, dicoms, capsys):
     assert main(["predict", "--saved-model", str(none_base), "--operating-point", "4.8", dicoms[0]]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "records no operating points" in err
+
+
+@pytest.mark.real_server
+@pytest.mark.skipif(shutil.which("tensorflow_model_server") is None or shutil.which("openssl") is None,
+                    reason="tensorflow_model_server or openssl not on PATH")
+def test_real_server_metadata_labels_and_tls(export_dir, dicoms, tmp_path):
+    """The real TF Serving: the metadata signature over REST and gRPC, version labels (stable, canary) from
+    models.config, gRPC over TLS (--ssl_config_file) with a private CA."""
+    import socket
+    import time
+
+    from serving.model_config import set_version_label
+    from test_tls import _make_pki
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    base = tmp_path / "hourglass"
+    for version in (1, 2):
+        shutil.copytree(export_dir, base / str(version))
+    config = tmp_path / "models.config"
+    set_version_label(config, "hourglass", "stable", 1, base_path=str(base))
+    set_version_label(config, "hourglass", "canary", 2)
+    pki = _make_pki(tmp_path, "real")
+    ssl_config = tmp_path / "ssl.config"
+    ssl_config.write_text(f"server_key: {json.dumps(open(pki['key']).read())}\n"
+                          f"server_cert: {json.dumps(open(pki['cert']).read())}\n"
+                          f"custom_ca: {json.dumps(open(pki['ca']).read())}\nclient_verify: false\n")
+    grpc_port, rest_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        ["tensorflow_model_server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+         f"--model_config_file={config}", "--allow_version_labels_for_unavailable_models=true",
+         f"--ssl_config_file={ssl_config}", "--enable_model_warmup=true", "--rest_api_timeout_in_ms=60000"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        import urllib.request
+
+        from serving.tls import TlsOptions
+
+        deadline = time.monotonic() + 120
+        while True:  # both versions loaded and warmed up (a label of a loading version is NOT_FOUND)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/v1/models/hourglass", timeout=5) as reply:
+                    states = [v["state"] for v in json.load(reply)["model_version_status"]]
+                if states.count("AVAILABLE") == 2:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "TF Serving did not load both versions"
+            time.sleep(0.5)
+        tls = TlsOptions(ca_cert=pki["ca"])
+        with sc.GrpcClient(f"127.0.0.1:{grpc_port}", label="canary", tls=tls, retries=30, backoff=0.5,
+                           timeout=120) as client:
+            detection = client.detect_file(dicoms[0])
+            assert client.contract().long_side == LONG_SIDE and detection.model_version == 2
+        rest = sc.RestClient(f"http://127.0.0.1:{rest_port}", label="stable", signature="detect_png", retries=30,
+                             timeout=120)
+        assert rest.detect_file(dicoms[0]).model_version == 1
+        np.testing.assert_allclose(rest.detect_file(dicoms[0]).marks, detection.marks, atol=1e-3)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        time.sleep(0.1)
