@@ -472,15 +472,25 @@ class PredictionClient(abc.ABC):
         return detection
 
 
-def write_overlay(image: np.ndarray, marks: np.ndarray, path: str) -> str:
-    """Writes the preprocessed image with one circle + score per mark (image pixels). Returns: path."""
+def write_overlay(image: np.ndarray, marks: np.ndarray, path: str, *, radius: float | None = None) -> str:
+    """Writes the preprocessed image with one circle + score per mark (image pixels).
+
+    Args:
+        image: the preprocessed image `[H, W]` in [0, 1].
+        marks: `[N, 3]` (y, x, score) in image pixels, by descending score.
+        path: the PNG to write.
+        radius: circle radius in image pixels (default `overlay_radius`, as the GSPS uses).
+
+    Returns:
+        The path.
+    """
     from PIL import Image, ImageDraw
 
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     gray = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
     canvas = Image.fromarray(gray).convert("RGB")
     draw = ImageDraw.Draw(canvas)
-    radius = overlay_radius(gray.shape)
+    radius = overlay_radius(gray.shape) if radius is None else radius
     for rank, (y, x, score) in enumerate(np.asarray(marks).reshape(-1, 3)):
         color = (255, 64, 64) if rank < 3 else (255, 200, 0)
         draw.ellipse([x - radius, y - radius, x + radius, y + radius], outline=color, width=2)

@@ -110,3 +110,31 @@ def test_an_unreferenceable_or_malformed_source_writes_no_sr(base, tmp_path, cap
     assert not sr_dir.exists() or os.listdir(sr_dir) == []  # nothing half-written, no temp file left
     results = json.loads(captured.out)["results"]
     assert all("error" in r for r in results)
+
+
+def test_an_overlay_rendered_from_the_gsps_matches_the_png_overlay(base, source, tmp_path, capsys):
+    from PIL import Image
+
+    from serving.client import write_overlay
+
+    overlays, pr_dir = tmp_path / "overlays", tmp_path / "pr"
+    assert main(["predict", "--saved-model", base, "--overlay-dir", str(overlays), "--dicom-pr", str(pr_dir),
+                 source]) == 0
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    png = np.asarray(Image.open(overlays / "right.dcm.png"))
+    mammogram = read_mammogram(source, long_side=LONG_SIDE)
+    (annotation,) = pydicom.dcmread(result["dicom_pr"]).GraphicAnnotationSequence
+    circles = [g.GraphicData for g in annotation.GraphicObjectSequence]
+    scores = [float(t.UnformattedTextValue) for t in annotation.TextObjectSequence]
+    scale = mammogram.image.shape[1] / mammogram.transform.original_shape[1]
+    marks, radii = [], []
+    for (cx, cy, ex, ey), score in zip(circles, scores):
+        y, x = mammogram.transform.forward_points(np.array([cy, cx]))  # original -> preprocessed pixels
+        marks.append((y, x, score))
+        radii.append(np.hypot(ex - cx, ey - cy) * scale)
+    assert np.ptp(radii) < 1e-6
+    write_overlay(mammogram.image, np.array(marks), str(tmp_path / "from_gsps.png"), radius=radii[0])
+    rendered = np.asarray(Image.open(tmp_path / "from_gsps.png"))
+    differing = np.any(rendered != png, axis=-1).mean()
+    drawn = np.any(png != np.asarray(Image.open(overlays / "right.dcm.png").convert("L").convert("RGB")), axis=-1)
+    assert drawn.sum() > 50 and differing < 0.005, f"{differing:.4f} of the pixels differ"
