@@ -153,9 +153,13 @@ def run(args: argparse.Namespace) -> int:
     finally:
         client.close()
     contract = client.contract()
+    try:
+        options = contract.read_options()
+    except ValueError:  # reported per file already (ServingError)
+        options = {}
     summary = {"target": client.target, "model_name": args.model_name, "model_version": client.model_version,
                "label": args.label, "signature": signature, "threshold": threshold,
-               "preprocessing": {"long_side": args.long_side or contract.long_side, **contract.read_options()}}
+               "preprocessing": {"long_side": args.long_side or contract.long_side, **options}}
     if args.operating_point is not None:
         summary["operating_point"] = contract.operating_point(args.operating_point)
     print(json.dumps({**summary, "results": results}, indent=2))
