@@ -46,9 +46,10 @@ test-tfio: $(TFIO_VENV)/.installed
 # The TFX leg: its own venv with tfx 1.21 (TF 2.21, Beam, TFMA, TFDV, TFT), pinned by
 # .ci/tfx-constraints.txt; runs the LocalDagRunner pipeline test (ImportExampleGen -> Tuner -> Trainer
 # -> Pusher). HOURGLASS_REQUIRE_TFX=1 turns "tfx missing" skips into failures.
-# tfx 1.21's native dependencies are built for glibc >= 2.39 (ml-metadata 1.21.0 ships only
-# manylinux_2_39 wheels and its extension needs libstdc++ GLIBCXX_3.4.32): on an older system (Debian 12:
-# glibc 2.36) pip finds no ml-metadata 1.21, so the leg stops first with that reason.
+# tfx 1.21's native dependencies are built for glibc >= 2.39: ml-metadata 1.21.0 ships only manylinux_2_39
+# wheels (its extension needs libstdc++ GLIBCXX_3.4.32) and TFDV 1.21's extension calls glibc 2.38
+# symbols. On an older system (Debian 12: glibc 2.36) pip finds no ml-metadata 1.21, so the leg stops
+# first with that reason.
 TFX_PYTHON ?= $(PYTHON)
 TFX_VENV ?= .venv-tfx
 TFX_PY := $(TFX_VENV)/bin/python

@@ -59,6 +59,10 @@ def test_local_dag_runner_pipeline_pushes_a_verified_servable_version(tmp_path, 
     assert len(best_files) == 1
     best = json.loads(open(best_files[0]).read())
     assert {"omega", "top_k", "sigmas", "learning_rate"} <= set(best["values"])
+    results_files = glob.glob(str(tmp_path / "tfx_root" / "**" / "tuner_results.json"), recursive=True)
+    results = json.loads(open(results_files[0]).read())  # the Tuner's COMPLETED trials, best first
+    assert len(results) == 2 and all(0.0 <= r["score"] <= 1.0 for r in results)
+    assert best["values"]["omega"] == pytest.approx(results[0]["omega"])
     versions = [p for p in serving_base.iterdir() if p.name.isdigit()]
     assert len(versions) == 1, list(serving_base.iterdir())
     version = versions[0]
