@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import uuid
 from typing import Any, Sequence
 
@@ -39,6 +40,8 @@ METRICS = (
     (objective_lib.MAX_NAME, "max sensitivity"),
 )
 _SESSION_PREFIX = "trial_"
+#: The chief's oracle ends trials in gRPC server threads: one sync at a time.
+_SYNC_LOCK = threading.Lock()
 
 
 def logs_dir(directory: str | os.PathLike) -> str:
@@ -150,9 +153,14 @@ def sync(project_dir: str | os.PathLike, logs: str | os.PathLike) -> list[str]:
     Returns:
         The ids of the trials written now.
     """
+    logs = os.fspath(logs)
+    with _SYNC_LOCK:
+        return _sync(project_dir, logs)
+
+
+def _sync(project_dir: str | os.PathLike, logs: str) -> list[str]:
     import tensorflow as tf
 
-    logs = os.fspath(logs)
     finished = [r for r in load_trials(project_dir) if r.completed]
     if not finished:
         return []
