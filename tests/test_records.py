@@ -72,15 +72,15 @@ def test_make_example_validates_lengths_and_labels():
 
 
 def test_layout_names_atomic_writes_and_listing(tmp_path):
-    name = records.shard_file_name("malignant", 3, shard_index=1, num_shards=4)
-    assert name == "malignant-s01of04-00003.tfrecord"
+    name = records.shard_file_name("malignant", 3)
+    assert name == "malignant-00003.tfrecord"
     example = _example(np.zeros((8, 8), np.float32)).SerializeToString()
     path = tmp_path / "train" / name
     assert records.write_records_atomic(path, [example, example]) == 2
-    (tmp_path / "train" / ".benign-s00of01-00000.tfrecord.99.tmp").write_bytes(b"partial")
-    records.write_records_atomic(tmp_path / "train" / "normal-s00of01-00000.tfrecord", [example])
+    (tmp_path / "train" / ".benign-00000.tfrecord.99.tmp").write_bytes(b"partial")
+    records.write_records_atomic(tmp_path / "train" / "normal-00000-of-00002.tfrecord", [example])  # Beam's name
     assert [os.path.basename(f) for f in records.list_files(tmp_path, "train")] == [
-        "malignant-s01of04-00003.tfrecord", "normal-s00of01-00000.tfrecord"]
+        "malignant-00003.tfrecord", "normal-00000-of-00002.tfrecord"]
     assert records.list_files(tmp_path, "train", "benign") == []
     assert sum(1 for _ in tf.data.TFRecordDataset(str(path))) == 2
     assert not [f for f in os.listdir(tmp_path / "train") if f.endswith(".tmp") and "malignant" in f]
@@ -92,5 +92,5 @@ def test_failed_write_leaves_no_file(tmp_path):
         raise RuntimeError("worker died")
 
     with pytest.raises(RuntimeError):
-        records.write_records_atomic(tmp_path / "train" / "normal-s00of01-00000.tfrecord", broken())
+        records.write_records_atomic(tmp_path / "train" / "normal-00000.tfrecord", broken())
     assert os.listdir(tmp_path / "train") == []

@@ -3,14 +3,15 @@
 Layout of a prepared directory::
 
     PREP/manifest.json, PREP/rejects.csv
-    PREP/<split>/<stratum>-s<II>of<NN>-<CCCCC>.tfrecord
+    PREP/<split>/<stratum>-<CCCCC>.tfrecord              the local path
+    PREP/<split>/<stratum>-<SSSSS>-of-<NNNNN>.tfrecord   the Beam path (``--runner``)
 
 ``split`` is train|val|test, ``stratum`` the image label (most severe
-finding: malignant > high_risk > benign > normal), ``II``/``NN`` the
-machine shard index and count (``--shard-index/--num-shards``; s00of01 on
-one machine) and ``CCCCC`` the chunk number within that (split, stratum,
-machine shard). Names never collide across machines, and a chunk is the
-unit of atomic writing and of resumption (``<file>.done`` beside it).
+finding: malignant > high_risk > benign > normal). Local path: ``CCCCC``
+is the chunk number within that (split, stratum), the unit of atomic
+writing and of resumption (``<file>.done`` beside it). Beam path: shard
+SSSSS of NNNNN, written by Beam's file sink (temporary files, finalised
+when the write succeeds). Readers list ``<stratum>-*.tfrecord``.
 
 Feature keys (one Example per image):
 
@@ -200,18 +201,16 @@ def parse_example(serialized: tf.Tensor) -> dict:
     }
 
 
-def shard_file_name(stratum: str, chunk: int, shard_index: int = 0, num_shards: int = 1) -> str:
-    """Returns the file name of one chunk, e.g. ``malignant-s00of01-00003.tfrecord``.
+def shard_file_name(stratum: str, chunk: int) -> str:
+    """Returns the file name of one chunk of the local path, e.g. ``malignant-00003.tfrecord``.
 
     Args:
         stratum: image stratum.
-        chunk: chunk number within (split, stratum, machine shard).
-        shard_index: this machine's `--shard-index`.
-        num_shards: `--num-shards`.
+        chunk: chunk number within (split, stratum).
     """
     if stratum not in LABELS:
         raise ValueError(f"unknown stratum {stratum!r}")
-    return f"{stratum}-s{shard_index:02d}of{num_shards:02d}-{chunk:05d}.tfrecord"
+    return f"{stratum}-{chunk:05d}.tfrecord"
 
 
 def list_files(prep_dir: str | os.PathLike, split: str, stratum: str | None = None) -> list[str]:
