@@ -94,3 +94,31 @@ def test_failed_write_leaves_no_file(tmp_path):
     with pytest.raises(RuntimeError):
         records.write_records_atomic(tmp_path / "train" / "normal-00000.tfrecord", broken())
     assert os.listdir(tmp_path / "train") == []
+
+
+def test_the_tensorflow_free_builder_writes_tf_train_example_bytes():
+    import subprocess
+    import sys
+
+    from keras_hourglass.data import example_codec
+
+    cases = [dict(image=np.random.default_rng(0).random((20, 12)).astype(np.float32),
+                  boxes=[[1, 2, 3.3, 4.7], [0, 0, 1e-8, -0.0]], box_labels=["benign", "malignant"],
+                  finding_types=["mass", "calcification"], patient_hash="abc", study_hash="d", image_hash="e",
+                  laterality="L", view="CC", transform=[1.5, -2, 3e30]),
+             dict(image=b"\x89PNG...", height=3, width=4, boxes=np.zeros((0, 4)), box_labels=[], finding_types=[],
+                  patient_hash="", study_hash="", image_hash="x", label="benign")]
+    for kw in cases:
+        reference = tf.train.Example()  # built field by field with TensorFlow's own classes
+        serialized = example_codec.serialize_example(**kw)
+        reference.ParseFromString(serialized)
+        assert reference.SerializeToString(deterministic=True) == serialized
+        assert records.make_example(**kw).SerializeToString(deterministic=True) == serialized
+        feature = reference.features.feature
+        assert feature["image/height"].WhichOneof("kind") == "int64_list"
+        assert feature["box_labels"].WhichOneof("kind") == "bytes_list"  # set even when empty
+        assert feature["transform"].WhichOneof("kind") == "float_list"
+    code = "import sys; import keras_hourglass.data.example_codec, keras_hourglass.data.plan; " \
+           "print('tensorflow' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"

@@ -1,5 +1,4 @@
-"""What `hourglass prepare` does with each image, shared by the local and the Beam path (no TensorFlow
-at import).
+"""What `hourglass prepare` does with each image, shared by the local and the Beam path (no TensorFlow).
 
 - `plan_images`: the images of an import with their salted hashes, split (by patient) and stratum.
 - `partition_of`: the salted-hash partition of an image (the Beam path's unit of work).
@@ -22,12 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Iterable
-
 from keras_hourglass.data import phi, splits
+from keras_hourglass.data.example_codec import LABELS, serialize_example, stratum_of
 from keras_hourglass.data.importers import ImageRecord, ImportResult, Reject
 
-LABELS = ("normal", "benign", "high_risk", "malignant")
 SPLITS = ("train", "val", "test")
 
 
@@ -48,16 +45,6 @@ class Planned:
     study_hash: str
     split: str
     stratum: str
-
-
-def stratum_of(labels: Iterable[str]) -> str:
-    """`records.stratum_of` (the most severe label; "normal" without findings) without TensorFlow."""
-    best = 0
-    for label in labels:
-        if label not in LABELS:
-            raise ValueError(f"unknown label {label!r}; expected one of {LABELS}")
-        best = max(best, LABELS.index(label))
-    return LABELS[best]
 
 
 def partition_of(key: str, salt: str, count: int) -> int:
@@ -153,7 +140,8 @@ def image_outcome(item: Planned, result: dict) -> Outcome:
         result: its ingest result.
 
     Returns:
-        The image's `Outcome`; the Example is serialised deterministically (`records` module docstring).
+        The image's `Outcome`; the Example comes from `example_codec.serialize_example` (no TensorFlow,
+        deterministic bytes, the same builder as `records.make_example`).
     """
     if result["key"] != item.record.key:
         raise RuntimeError("ingest results out of order")  # a bug, never bad input
@@ -161,14 +149,12 @@ def image_outcome(item: Planned, result: dict) -> Outcome:
         rejects = [{"row": row, "image_hash": item.image_hash, "code": code, "reason": reason}
                    for row, code, reason in result["rejects"]]
         return Outcome(None, {}, rejects)
-    from keras_hourglass.data import records
-
-    example = records.make_example(
+    example = serialize_example(
         result["png"], height=result["height"], width=result["width"], boxes=result["boxes"],
         box_labels=result["box_labels"], finding_types=result["finding_types"], label=item.stratum,
         patient_hash=item.patient_hash, study_hash=item.study_hash, image_hash=item.image_hash,
         laterality=result["laterality"], view=result["view"], transform=result["transform"],
-    ).SerializeToString(deterministic=True)
+    )
     findings: dict[str, int] = {}
     for label in result["box_labels"]:
         findings[label] = findings.get(label, 0) + 1
