@@ -84,6 +84,9 @@ class IngestPartition(beam.DoFn):
 
     def setup(self) -> None:
         """Imports and plans the table once per worker (the same code and result as on the launcher)."""
+        # pydicom logs what it repairs in a corrupt header, values included (a birth date, a name): a
+        # worker's log is shipped to the runner's log service, so it stays silent; rejects say what is wrong.
+        logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
         config = prepare.PrepareConfig(**self._spec["config"])
         found = [manifest.file_sha256(t) for t in config.annotations]
         if found != self._spec["tables_sha256"]:
