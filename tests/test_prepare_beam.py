@@ -150,3 +150,26 @@ def test_partitions_cover_every_image_once():
 
     assert [beam_ingest.partition_count(n) for n in (0, 1, 5, 64, 65, 100_000)] == [1, 1, 5, 64, 64, 6250]
     assert PrepareConfig(annotations=[], images_root="", out="").runner is None
+
+
+def test_an_exception_on_one_image_is_its_reject_not_a_failed_job(tmp_path, monkeypatch):
+    _beam()
+    from keras_hourglass.data import ingest
+
+    root = tmp_path / "in"
+    table = _dataset(root, images=4, patients=2)
+    real = ingest.process_image
+
+    def explode_on_img002(record, settings, salt):
+        if record.key == "img002.dcm":
+            raise RuntimeError(f"codec bug while reading {record.path} of {record.patient_id}")
+        return real(record, settings, salt)
+
+    monkeypatch.setattr(ingest, "process_image", explode_on_img002)  # the in-process DirectRunner sees it
+    summary = prepare(_config(table, root, tmp_path / "p", runner="DirectRunner"))
+    assert summary["rejects"] == {"rows": 1, "by_code": {"unexpected_error": 1}}
+    assert summary["inputs"]["rows"] == 4 and sum(n for s in summary["images_written"].values()
+                                                  for n in s.values()) == 3
+    (reject,) = _rejects(tmp_path / "p")
+    assert reject["row"] == "annotations.csv:3" and "RuntimeError" in reject["reason"]
+    assert "img002" not in reject["reason"] and "MRN-" not in reject["reason"]  # path and id redacted
