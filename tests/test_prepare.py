@@ -224,6 +224,9 @@ def test_interrupted_run_resumes_to_the_same_records(tmp_path):
     assert third["chunks"]["written"] == 0 and third["content_hash"] == first["content_hash"]
     with pytest.raises(InputError, match="other settings"):
         prepare(_config(table, root, tmp_path / "prep", size=64))
+    (tmp_path / "old" / "shards").mkdir(parents=True)  # the layout before issue 14: never mixed with this one
+    with pytest.raises(InputError, match="older version"):
+        prepare(_config(table, root, tmp_path / "old"))
 
 
 def test_unwritable_output_is_a_one_line_input_error(tmp_path):

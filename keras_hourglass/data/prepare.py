@@ -462,6 +462,9 @@ def _prepare_local(config: PrepareConfig) -> dict:
     salt = _resolve_salt(config)
     fingerprint = _settings_fingerprint(config, settings, salt)
     state_path = _state_path(config.out)
+    if os.path.isdir(os.path.join(config.out, "shards")):
+        raise InputError(config.out, "holds a PREP of an older version (machine shards, sIIofNN files); use a "
+                                     "fresh --out")
     previous = os.path.join(config.out, "manifest.json")
     if os.path.exists(previous) and manifest.read_json(previous).get("runner", "local") != "local":
         raise InputError(config.out, "holds a PREP written by a Beam runner; use a fresh --out")
