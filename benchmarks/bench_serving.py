@@ -42,7 +42,7 @@ def main(argv=None) -> dict:
     figures, details = [], {"repeats": repeats, "timings": {}}
     try:
         keras.utils.set_random_seed(0)
-        model = inference_model(build_hourglass("tiny"))
+        model = inference_model(build_hourglass("tiny", head_initializer="glorot_uniform"))  # untrained but marking
         model_path = os.path.join(work, "run", "model.keras")
         os.makedirs(os.path.dirname(model_path))
         model.save(model_path)

@@ -1,6 +1,7 @@
 """Detection quality: the losses side by side on the same data, seeds and budget, with confidence intervals.
 
-Tables (each its own make target, resumable: a finished run is kept, keyed by its data and flags):
+Tables (each its own make target, resumable: a finished run is kept, keyed by its data, its flags and
+the fingerprint of the training and scoring code, `recipe_fingerprint`):
 
     main      (make quality)           L2, hypersensitive, focal             x seeds (default 0, 1, 2)
     ablation  (make quality-ablation)  hypersensitive with (a)-(d) off       x seeds
@@ -245,6 +246,45 @@ def train_flags(args, variant_flags: list[str], seed: int) -> list[str]:
             "--quiet"]
 
 
+# The sources that decide what a training run learns and how it is scored; a change in any of them
+# (docstrings and comments aside) makes a finished run stale.
+RECIPE_SOURCES = ("keras_hourglass/model", "keras_hourglass/losses", "keras_hourglass/training",
+                  "keras_hourglass/data/pipeline.py", "keras_hourglass/data/records.py", "keras_hourglass/peaks.py",
+                  "keras_hourglass/breast.py", "keras_hourglass/evaluation", "keras_hourglass/cli/train.py")
+
+
+def _code_without_docstrings(path: str) -> str:
+    import ast
+
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(getattr(body[0], "value", None), ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            body[0] = ast.Pass()
+    return ast.dump(tree)
+
+
+def recipe_fingerprint(root: str = ROOT) -> str:
+    """A hash of the training and scoring code (RECIPE_SOURCES, docstrings and comments ignored).
+
+    Returns:
+        12 hex digits; part of every run's key, so runs made by other code are redone, not reused.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for source in RECIPE_SOURCES:
+        path = os.path.join(root, source)
+        files = [path] if path.endswith(".py") else sorted(
+            os.path.join(d, f) for d, _, names in os.walk(path) for f in names if f.endswith(".py"))
+        for file in files:
+            digest.update(os.path.relpath(file, root).encode())
+            digest.update(_code_without_docstrings(file).encode())
+    return digest.hexdigest()[:12]
+
+
 def git_commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -285,14 +325,16 @@ def run_one(args, out: str, table: str, name: str, prep: str, variant_flags: lis
     record_path = os.path.join(base, f"{tag}.record.json")
     flags = train_flags(args, variant_flags, seed)
     data_hash = read_json(os.path.join(prep, "manifest.json")).get("content_hash")
+    recipe = recipe_fingerprint()
     if os.path.exists(record_path):
         record = read_json(record_path)
-        if record.get("train_flags") == flags and record.get("data_hash") == data_hash:
+        if (record.get("train_flags") == flags and record.get("data_hash") == data_hash
+                and (args.render_only or record.get("recipe") == recipe)):
             return record
     if args.render_only:
         return None
     stamp_path = os.path.join(base, f"{tag}.stamp.json")
-    stamp = {"train_flags": flags, "data_hash": data_hash}
+    stamp = {"train_flags": flags, "data_hash": data_hash, "recipe": recipe}
     if not os.path.exists(stamp_path) or read_json(stamp_path) != stamp:  # stale: start that run over
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(eval_dir, ignore_errors=True)
@@ -309,7 +351,7 @@ def run_one(args, out: str, table: str, name: str, prep: str, variant_flags: lis
     froc = read_json(os.path.join(eval_dir, "froc.json"))
     history = read_history(os.path.join(run_dir, "history.csv"))
     record = {"table": table, "name": name, "seed": seed, "description": description, "train_flags": flags,
-              "data_hash": data_hash, "prep": prep, "commit": git_commit(), "eval_dir": eval_dir,
+              "data_hash": data_hash, "recipe": recipe, "prep": prep, "commit": git_commit(), "eval_dir": eval_dir,
               "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
               "time_to_val_sensitivity_minutes": time_to_quality(history),
               "summary": summarise_froc(froc), "curve": froc.get("curve", [])}

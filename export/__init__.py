@@ -4,7 +4,10 @@ Public API (TensorFlow is imported on first use of a submodule):
 
 - `export.saved_model.export_keras_model(model_path, base_path, ...)`: `hourglass export`.
 - `export.saved_model.export_detector(detector, base_path, ...)`: export an in-memory model.
-- `export.signatures.HourglassDetector`, `build_export_archive`: the two signatures.
+- `export.signatures.HourglassDetector`, `build_export_archive`: the signatures serving_default,
+  detect_png and metadata (the model contract, format in `serving.contract`).
+- `export.contract`: operating points (from froc.json) and lineage for the contract.
 - `export.verify.verify_saved_model(path, ...)`: servability checks.
-- `export.warmup.build_warmup_requests`, `write_warmup_requests`, `read_warmup_requests`.
+- `export.warmup.build_warmup_requests`, `write_warmup_requests`, `read_warmup_requests`: records at the
+  served shapes and batch sizes.
 """

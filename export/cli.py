@@ -8,7 +8,7 @@ import os
 import sys
 
 from keras_hourglass.cli import argtypes
-from keras_hourglass.errors import escape_controls
+from keras_hourglass.errors import InputError, escape_controls
 
 EPILOG = """\
 examples:
@@ -17,9 +17,20 @@ examples:
   # an explicit version, at most 50 marks per image, default threshold 0.3
   hourglass export --model runs/r1/model.keras --base-path serving/hourglass \\
       --version 7 --max-marks 50 --threshold 0.3
+  # publish as the canary: models.config gets version_labels { canary: N }, atomically
+  hourglass export --model runs/r2/model.keras --base-path serving/hourglass --label canary \\
+      --models-config serving/models.config
+  # TF Serving batches (--enable_batching): warm up at every allowed batch size of its file
+  hourglass export --model runs/r1/model.keras --base-path serving/hourglass \\
+      --batching-parameters serving/batching_parameters.txt
+  # record the operating points hourglass evaluate measured (predict --operating-point 4.8)
+  hourglass export --model runs/r1/model.keras --base-path serving/hourglass --evaluation eval/r1
 
-The version is written under BASE/.tmp-<uuid>, verified (op allow-list,
-saved_model_cli show/run on both signatures, warmup replay) and renamed to
+Every version carries its model contract (preprocessing, thresholds,
+operating points, lineage) as the signature `metadata` and in
+assets.extra/keras_hourglass.json. The version is written under
+BASE/.tmp-<uuid>, verified (op allow-list, saved_model_cli show/run, warmup
+replay, metadata == assets.extra) and renamed to
 BASE/<version>; an existing version is never overwritten (exit 2). Prints
 the export's JSON (path, version, metadata, verification) on stdout.
 """
@@ -47,7 +58,20 @@ def register(subparsers) -> argparse.ArgumentParser:
         metavar="PIXELS",
         help="long side of the training images (default: from the run's config.json); clients preprocess DICOMs to it",
     )
-    parser.add_argument("--model-name", default="hourglass", help="model name used in the warmup requests")
+    parser.add_argument("--evaluation", metavar="EVAL", default=None,
+                        help="EVAL/froc.json (or EVAL) of `hourglass evaluate` on this model: its operating "
+                             "points go into the model contract (hourglass predict --operating-point FPI)")
+    parser.add_argument("--model-name", default="hourglass",
+                        help="model name (warmup requests, models.config entry; default hourglass)")
+    parser.add_argument("--label", default=None, metavar="NAME",
+                        help="after publishing, point this TF Serving version label (stable, canary) at the new "
+                             "version in --models-config, atomically")
+    parser.add_argument("--models-config", default=None, metavar="FILE",
+                        help="models.config that --label updates (default: models.config next to the base path; "
+                             "created if absent)")
+    parser.add_argument("--batching-parameters", metavar="FILE", default=None,
+                        help="TF Serving batching parameters the server runs with (serving/batching_parameters.txt): "
+                             "warmup at each allowed_batch_sizes entry (default: batch 1, batching off)")
     parser.add_argument(
         "--verify",
         choices=("full", "ops"),
@@ -63,6 +87,19 @@ def run(args: argparse.Namespace) -> int:
     from export.saved_model import export_keras_model, list_versions, version_problem
     from export.verify import VerificationError
 
+    config = None
+    if args.label:
+        from serving.model_config import check_label
+
+        config = args.models_config or os.path.join(os.path.dirname(os.path.abspath(args.base_path)), "models.config")
+        check_label(config, args.model_name, args.label)  # before anything is published
+    elif args.models_config:
+        raise InputError("--models-config", "only used with --label")
+    batch_sizes = (1,)
+    if args.batching_parameters:
+        from serving.batching import allowed_batch_sizes
+
+        batch_sizes = allowed_batch_sizes(args.batching_parameters)
     versions = list_versions(args.base_path)
     if versions:
         newest = os.path.join(args.base_path, str(versions[-1]))
@@ -81,9 +118,17 @@ def run(args: argparse.Namespace) -> int:
             long_side=args.long_side,
             model_name=args.model_name,
             verify=args.verify,
+            evaluation=args.evaluation,
+            batch_sizes=batch_sizes,
         )
     except VerificationError as err:
         print(f"hourglass export: verification failed, nothing published: {err}", file=sys.stderr)
         return 1
-    print(json.dumps(result.to_json(), indent=2))
+    payload = result.to_json()
+    if args.label:
+        from serving.model_config import set_version_label
+
+        payload["version_label"] = set_version_label(config, args.model_name, args.label, result.version,
+                                                     base_path=os.path.abspath(args.base_path))
+    print(json.dumps(payload, indent=2))
     return 0

@@ -13,7 +13,8 @@ Layout of one version:
 ```
 BASE/<version>/saved_model.pb, variables/, fingerprint.pb
 BASE/<version>/assets.extra/tf_serving_warmup_requests   # PredictionLog TFRecord
-BASE/<version>/assets.extra/keras_hourglass.json         # export metadata (EXPORT_METADATA)
+BASE/<version>/assets.extra/keras_hourglass.json         # the model contract (serving.contract),
+                                                         # the same JSON as the `metadata` signature
 ```
 """
 
@@ -122,6 +123,7 @@ def export_detector(
     metadata: dict | None = None,
     verify: str = "full",
     verify_image_hw: tuple[int, int] = (64, 48),
+    batch_sizes: tuple[int, ...] = (1,),
     _atomic: bool = True,
 ) -> ExportResult:
     """Writes `detector`'s signatures as a new version under `base_path`.
@@ -132,10 +134,12 @@ def export_detector(
         version: the version number; default: the next integer. An existing
             version is never overwritten.
         model_name: model name written into the warmup requests.
-        metadata: extra entries for `assets.extra/keras_hourglass.json`.
+        metadata: extra entries of the model contract (`build_contract`): `preprocessing`,
+            `operating_points`, `source_model` (RUN/model.keras: lineage hashes), ...
         verify: "full" (op check + saved_model_cli subprocesses + warmup
             replay), "ops" (op check only) or "none".
         verify_image_hw: image size for the saved_model_cli run check.
+        batch_sizes: batch sizes to warm up (`allowed_batch_sizes` when TF Serving batches).
         _atomic: testing only: False writes straight into `BASE/<version>`
             (the unsafe way), so the atomicity test can show it fails.
 
@@ -147,10 +151,10 @@ def export_detector(
         export.verify.VerificationError: the SavedModel failed verification
             (nothing is published).
     """
-    from export.signatures import SIGNATURE_NAMES, build_export_archive
+    from export.signatures import build_export_archive
     from export.verify import verify_saved_model
     from export.warmup import build_warmup_requests, write_warmup_requests
-    from keras_hourglass.version import __version__
+    from serving.contract import ModelContract, contract_text
 
     if verify not in ("full", "ops", "none"):
         raise ValueError(f"verify must be 'full', 'ops' or 'none', got {verify!r}")
@@ -162,29 +166,23 @@ def export_detector(
             raise InputError(base / str(version), "version already exists; refusing to overwrite it")
     base.mkdir(parents=True, exist_ok=True)
 
-    meta = {
-        "format": "keras-hourglass-export/1",
-        "keras_hourglass_version": __version__,
-        "tensorflow_version": _tf_version(),
-        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "signatures": list(SIGNATURE_NAMES),
-        "stride": detector.stride,
-        "input_multiple": detector.input_multiple,
-        "max_marks": detector.max_marks,
-        "threshold": detector.threshold,
-        "pool_size": detector.pool_size,
-        "long_side": detector.long_side,
-        **(metadata or {}),
-    }
+    from export.warmup import warmup_shapes
+
+    warm_side = detector.long_side or 512
+    warmup = {"long_side": warm_side, "shapes": [list(shape) for shape in warmup_shapes(warm_side)],
+              "batch_sizes": sorted({int(b) for b in batch_sizes})}
+    meta = build_contract(detector, {"warmup": warmup, **(metadata or {})})
+    text = contract_text(meta)
+    ModelContract.from_text(text, source="export")  # what the clients will parse
     staging = str(base / f"{TMP_PREFIX}{uuid.uuid4().hex}") if _atomic else str(base / str(version or next_version(base)))
     try:
-        build_export_archive(detector).write_out(staging, verbose=False)
+        build_export_archive(detector, text).write_out(staging, verbose=False)
         write_warmup_requests(
             staging,
-            build_warmup_requests(model_name=model_name, long_side=detector.long_side or 512),
+            build_warmup_requests(model_name=model_name, long_side=warm_side, batch_sizes=batch_sizes),
         )
-        with open(metadata_path(staging), "w") as f:
-            json.dump(meta, f, indent=2)
+        with open(metadata_path(staging), "w", encoding="utf-8") as f:
+            f.write(text)
         report = None
         if verify != "none":
             report = verify_saved_model(
@@ -206,10 +204,47 @@ def export_detector(
     return ExportResult(str(final), int(final.name), meta, report)
 
 
-def _tf_version() -> str:
-    import tensorflow as tf
+def build_contract(detector, metadata: dict | None = None) -> dict:
+    """The model contract of an export (`serving.contract`): the detector's settings, preprocessing
+    (read_mammogram's defaults unless `metadata["preprocessing"]` says otherwise), operating points
+    and lineage.
 
-    return tf.__version__
+    Args:
+        detector: an `export.signatures.HourglassDetector`.
+        metadata: entries to add or override (`preprocessing` is merged into the defaults).
+
+    Returns:
+        The contract as a JSON-safe dict.
+    """
+    from export.contract import SCALE_RULE, lineage
+    from export.signatures import SIGNATURE_NAMES
+    from keras_hourglass.data.dicom import DEFAULT_MAX_PIXELS
+    from serving.contract import CONTRACT_FORMAT
+
+    extra = dict(metadata or {})
+    trace = lineage(extra.get("source_model"))
+    preprocessing = {"long_side": detector.long_side, "windowing": "auto", "orientation": "left",
+                     "max_pixels": DEFAULT_MAX_PIXELS, "scale_rule": SCALE_RULE,
+                     **(extra.pop("preprocessing", None) or {})}
+    preprocessing["long_side"] = detector.long_side
+    return {
+        "format": CONTRACT_FORMAT,
+        "keras_hourglass_version": trace["keras_hourglass_version"],
+        "tensorflow_version": trace["tensorflow_version"],
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "signatures": list(SIGNATURE_NAMES),
+        "stride": detector.stride,
+        "input_multiple": detector.input_multiple,
+        "max_marks": detector.max_marks,
+        "threshold": detector.threshold,
+        "pool_size": detector.pool_size,
+        "breast_only": detector.breast_only,
+        "long_side": detector.long_side,
+        "preprocessing": preprocessing,
+        "operating_points": extra.pop("operating_points", None),
+        "lineage": trace,
+        **extra,
+    }
 
 
 def _publish(staging: str, base: Path, version: int | None) -> Path:
@@ -258,6 +293,8 @@ def export_keras_model(
     long_side: int | None = None,
     model_name: str = "hourglass",
     verify: str = "full",
+    evaluation: str | os.PathLike | None = None,
+    batch_sizes: tuple[int, ...] = (1,),
 ) -> ExportResult:
     """`hourglass export`: loads `RUN/model.keras` and exports it under `base_path`.
 
@@ -272,11 +309,17 @@ def export_keras_model(
             0 (unknown: remote clients then start at 1536; pass --long-side).
         model_name: model name written into the warmup requests.
         verify: see `export_detector`.
+        evaluation: `EVAL/froc.json` (or `EVAL`) of `hourglass evaluate` on this model: its
+            operating points go into the contract.
+        batch_sizes: batch sizes to warm up (`serving.batching.allowed_batch_sizes`).
 
     Returns:
         An `ExportResult`.
     """
+    from export.contract import operating_points_from_froc
     from export.signatures import HourglassDetector
+
+    operating_points = operating_points_from_froc(evaluation) if evaluation is not None else None
 
     model, stride, multiple = load_inference_model(model_path)
     preprocessing = training_preprocessing(model_path)
@@ -296,9 +339,11 @@ def export_keras_model(
         version=version,
         model_name=model_name,
         metadata={"source_model": os.path.abspath(model_path),
-                  "preprocessing": {**preprocessing, "long_side": long_side}},
+                  "preprocessing": {**preprocessing, "long_side": long_side},
+                  "operating_points": operating_points},
         verify=verify,
         verify_image_hw=(2 * multiple + 3, multiple + 5),
+        batch_sizes=batch_sizes,
     )
 
 
@@ -306,7 +351,8 @@ def training_preprocessing(model_path: str | os.PathLike) -> dict:
     """The preprocessing the model was trained with, from RUN/config.json -> data.prep_dir/manifest.json.
 
     Returns:
-        `{"long_side": int, "windowing": ..., "orientation": ...}` with the keys found ({} if none):
+        `{"long_side": int, "windowing": ..., "orientation": ..., "max_pixels": ...}` with the keys
+        found ({} if none):
         `long_side` from config.json (`long_side`/`size`) or the prepared data's manifest
         `preprocessing` block, which `hourglass prepare` writes.
     """
@@ -330,7 +376,7 @@ def training_preprocessing(model_path: str | os.PathLike) -> dict:
             pre = {}
         if isinstance(pre.get("long_side"), int) and pre["long_side"] > 0:
             found.setdefault("long_side", pre["long_side"])
-        for key in ("windowing", "orientation"):
+        for key in ("windowing", "orientation", "max_pixels"):
             if key in pre:
                 found[key] = pre[key]
     return found

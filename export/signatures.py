@@ -1,6 +1,6 @@
 """Serving signatures of the exported Hourglass detector.
 
-Two signatures, both made of plain TensorFlow ops (no PyFunc, no
+Three signatures, all made of plain TensorFlow ops (no PyFunc, no
 tensorflow-io, no `jit_compile`), so that TensorFlow Serving can run them
 with its default settings (XLA off):
 
@@ -33,6 +33,11 @@ with its default settings (XLA off):
              coordinates, `num_marks` int32 `[B]`, `long_side` int32 `[B]`.
     Images of different sizes may share one request: the batch is mapped
     image by image with `tf.map_fn` (no batching speed-up inside one request).
+- `metadata` (`serving.contract`): the model contract.
+    inputs:  `request` int32 `[B]` (any values; TF Serving needs an input).
+    outputs: `metadata` string `[B]` (the contract JSON, repeated per row),
+             `metadata_sha256` string `[B]` (its hex SHA-256). Constant
+             string tensors only.
 
 The functions are registered on a `keras.export.ExportArchive`, the Keras 3
 API for TF Serving exports (`keras/src/export/saved_model.py`).
@@ -47,9 +52,17 @@ import tensorflow as tf
 
 from keras_hourglass.breast import breast_mask, suppress_outside_breast
 
+from serving.contract import (
+    METADATA_DIGEST_OUTPUT,
+    METADATA_INPUT,
+    METADATA_OUTPUT,
+    METADATA_SIGNATURE,
+    contract_digest,
+)
+
 SERVING_DEFAULT = "serving_default"
 DETECT_PNG = "detect_png"
-SIGNATURE_NAMES = (SERVING_DEFAULT, DETECT_PNG)
+SIGNATURE_NAMES = (SERVING_DEFAULT, DETECT_PNG, METADATA_SIGNATURE)
 
 # PNG decoding: tf.io.decode_png(dtype=uint16) scales 8-bit PNGs by 257
 # (255 -> 65535), so dividing by 65535 maps 8- and 16-bit PNGs to [0, 1].
@@ -192,8 +205,21 @@ class HourglassDetector:
         }
 
 
-def build_export_archive(detector: HourglassDetector) -> keras.export.ExportArchive:
-    """Builds the `ExportArchive` holding both signatures.
+def metadata_outputs(request: tf.Tensor, text: str) -> dict[str, tf.Tensor]:
+    """`metadata`: the contract JSON `text` and its SHA-256, one row per row of `request`."""
+    batch = tf.shape(request)[:1]
+    return {
+        METADATA_OUTPUT: tf.fill(batch, tf.constant(text, tf.string)),
+        METADATA_DIGEST_OUTPUT: tf.fill(batch, tf.constant(contract_digest(text), tf.string)),
+    }
+
+
+def build_export_archive(detector: HourglassDetector, contract: str) -> keras.export.ExportArchive:
+    """Builds the `ExportArchive` holding the three signatures.
+
+    Args:
+        detector: the inference computation.
+        contract: the model contract's JSON text (`serving.contract.contract_text`).
 
     The functions are `tf.function(jit_compile=False, autograph=False)`:
     nothing is compiled with XLA (TF Serving disables XLA unless started with
@@ -224,6 +250,15 @@ def build_export_archive(detector: HourglassDetector) -> keras.export.ExportArch
     def detect_png(image_bytes, threshold):
         return detector.detect_png(image_bytes, threshold)
 
+    @tf.function(
+        input_signature=[tf.TensorSpec([None], tf.int32, name=METADATA_INPUT)],
+        jit_compile=False,
+        autograph=False,
+    )
+    def metadata(request):
+        return metadata_outputs(request, contract)
+
     archive.add_endpoint(SERVING_DEFAULT, serving_default)
     archive.add_endpoint(DETECT_PNG, detect_png)
+    archive.add_endpoint(METADATA_SIGNATURE, metadata)
     return archive

@@ -12,9 +12,11 @@ load tensorflow-io, and disables XLA unless started with a flag. So
 2. runs `saved_model_cli show --all` and `saved_model_cli run` (serving_default,
    zero image) in subprocesses that do not import keras_hourglass, and checks the
    signatures and output shapes;
-3. replays the warmup records (both signatures) in a plain-TensorFlow
+3. replays the warmup records (every signature) in a plain-TensorFlow
    subprocess, as TF Serving does on load, failing if keras_hourglass (or
-   export/serving) had to be imported. (TF itself may import Keras lazily.)
+   export/serving) had to be imported (TF itself may import Keras lazily),
+   and checks that the `metadata` signature returns exactly
+   `assets.extra/keras_hourglass.json`.
 """
 
 from __future__ import annotations
@@ -225,10 +227,13 @@ for raw in tf.data.TFRecordDataset(warmup):
     name = request.model_spec.signature_name or "serving_default"
     outputs = model.signatures[name](**{k: tf.make_ndarray(v) for k, v in request.inputs.items()})
     records.append({"signature": name, "outputs": {k: list(v.shape) for k, v in outputs.items()}})
+contract = None
+if "metadata" in model.signatures:
+    contract = model.signatures["metadata"](request=tf.constant([0]))["metadata"].numpy()[0].decode("utf-8")
 ours = sorted(m for m in sys.modules if m.split(".")[0] in ("keras_hourglass", "export", "serving"))
 if ours:
     sys.exit("the SavedModel needed Python modules beyond TensorFlow: " + ", ".join(ours[:5]))
-print(json.dumps(records))
+print(json.dumps({"records": records, "metadata": contract}))
 """
 
 
@@ -250,8 +255,9 @@ def run_saved_model_cli(
 
     Returns:
         `(signatures, output_shapes, replayed)`: the parsed `show --all`;
-        output key -> shape of `run`; per warmup record, its signature and
-        output shapes.
+        output key -> shape of `run`; `{"records": [per warmup record, its
+        signature and output shapes], "metadata": the `metadata` signature's
+        JSON text (None without that signature)}`.
 
     Raises:
         RuntimeError: a subprocess failed (its last stderr line included).
@@ -299,7 +305,7 @@ def run_saved_model_cli(
             for f in sorted(os.listdir(outdir))
             if f.endswith(".npy")
         }
-    replayed = json.loads(outputs["warmup replay"].strip().splitlines()[-1]) if replay else []
+    replayed = json.loads(outputs["warmup replay"].strip().splitlines()[-1]) if replay else {"records": []}
     return parse_show_all(outputs["saved_model_cli show"]), shapes, replayed
 
 
@@ -340,15 +346,32 @@ def verify_saved_model(
             )
         except (RuntimeError, subprocess.TimeoutExpired) as err:
             raise VerificationError(path, [f"saved_model_cli/replay failed: {err}"]) from None
-        report.warmup_records = len(replayed)
+        report.warmup_records = len(replayed["records"])
         problems += _check_cli(report, stride, max_marks, image_hw)
-        for i, record in enumerate(replayed):
+        problems += _check_metadata(path, replayed["metadata"])
+        for i, record in enumerate(replayed["records"]):
+            if record["signature"] == "metadata":
+                continue
             marks = record["outputs"].get("marks")
             if max_marks and (not marks or marks[1:] != [max_marks, 3]):
                 problems.append(f"warmup record {i} ({record['signature']}): marks shape {marks}")
     if problems:
         raise VerificationError(path, problems)
     return report
+
+
+def _check_metadata(path: str | os.PathLike, text: str | None) -> list[str]:
+    """The `metadata` signature must return exactly `assets.extra/keras_hourglass.json`."""
+    try:
+        with open(os.path.join(path, "assets.extra", "keras_hourglass.json"), encoding="utf-8") as handle:
+            written = handle.read()
+    except OSError:
+        written = None
+    if text is None:
+        return ["signature metadata missing or empty"]
+    if written is not None and text != written:
+        return ["the metadata signature differs from assets.extra/keras_hourglass.json"]
+    return []
 
 
 def _check_cli(report: VerificationReport, stride, max_marks, image_hw) -> list[str]:

@@ -5,13 +5,20 @@ AVAILABLE, so the first real request does not pay for lazy initialisation.
 The file is a TFRecord of `tensorflow_serving.apis.prediction_log_pb2.PredictionLog`
 (at most 1000 records); each holds a `PredictLog` with a `PredictRequest`.
 
-The records written here:
-1. `serving_default`, one float32 image `[1, h, w, 1]` (small: the float
-   tensor is stored in the SavedModel);
-2. `detect_png`, one 16-bit PNG at the training size (long side x 0.8 long
-   side; a PNG of a smooth image is small);
-3. `detect_png`, a batch of two 8-bit PNGs of different sizes (exercises the
-   per-image `tf.map_fn` path).
+The records are at the shapes that will be served (`warmup_shapes`): the
+export's long side, one portrait (long side x 0.8 long side, rows x columns)
+and one landscape image, at every batch size TF Serving may form
+(`batch_sizes`: `allowed_batch_sizes` of the batching parameters when
+batching is on, else 1):
+
+1. `metadata`, once;
+2. `serving_default`, per batch size and orientation: a constant float32
+   image `[B, h, w, 1]`, stored as ONE value (TensorProto's compact form,
+   which TF and TF Serving broadcast), so a 1536-px record is 40 bytes,
+   not 7 MB;
+3. `detect_png`, per batch size, twice: B flat 16-bit PNGs alternating
+   portrait and landscape, starting with each (a flat PNG is a few KB), so
+   both sizes and mixed batches go through the per-image `tf.map_fn` path.
 """
 
 from __future__ import annotations
@@ -30,18 +37,21 @@ def warmup_path(saved_model_dir: str | os.PathLike) -> str:
     return os.path.join(saved_model_dir, "assets.extra", WARMUP_FILE)
 
 
-def _ramp(h: int, w: int) -> np.ndarray:
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    return (0.5 + 0.25 * np.sin(yy / 17.0) * np.cos(xx / 23.0)).astype(np.float32)
+WARMUP_ASPECT = 0.8  # columns / rows of a portrait mammogram at training scale (e.g. 1536 x 1229)
+WARMUP_VALUE = 0.5
 
 
-def _png(image: np.ndarray, bits: int) -> bytes:
-    import tensorflow as tf
+def warmup_shapes(long_side: int, aspect: float = WARMUP_ASPECT) -> list[tuple[int, int]]:
+    """Returns: `[(rows, cols) portrait, (rows, cols) landscape]` at `long_side`."""
+    long_side = max(int(long_side), 16)
+    short = max(1, round(long_side * aspect))
+    return [(long_side, short), (short, long_side)]
 
-    scale = 65535 if bits == 16 else 255
-    dtype = tf.uint16 if bits == 16 else tf.uint8
-    pixels = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 1.0) * scale), dtype)[..., None]
-    return tf.io.encode_png(pixels).numpy()
+
+def _flat_png16(h: int, w: int) -> bytes:
+    from keras_hourglass.data.png16 import encode_png16
+
+    return encode_png16(np.full((h, w), WARMUP_VALUE, np.float32))
 
 
 def build_warmup_requests(
@@ -49,16 +59,19 @@ def build_warmup_requests(
     model_name: str = "hourglass",
     long_side: int = 512,
     threshold: float = float("nan"),
-    float_image_hw: tuple[int, int] = (128, 96),
+    batch_sizes: tuple[int, ...] = (1,),
+    aspect: float = WARMUP_ASPECT,
 ) -> list:
-    """Builds the warmup `PredictionLog`s.
+    """Builds the warmup `PredictionLog`s (see the module docstring).
 
     Args:
         model_name: model name put in each request's model_spec.
-        long_side: long side (pixels) of the detect_png warmup image.
+        long_side: the export's long side (the size of real requests).
         threshold: threshold sent with the detect_png requests (NaN: the
             export default, as clients send it).
-        float_image_hw: size of the serving_default warmup image.
+        batch_sizes: every batch size the server may run (batching's
+            `allowed_batch_sizes`; (1,) without batching).
+        aspect: columns / rows of the portrait image.
 
     Returns:
         A list of `prediction_log_pb2.PredictionLog`.
@@ -66,34 +79,32 @@ def build_warmup_requests(
     import tensorflow as tf
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+    from serving.contract import METADATA_SIGNATURE, metadata_request
+
     def log(signature: str, inputs: dict) -> prediction_log_pb2.PredictionLog:
         request = predict_pb2.PredictRequest(
             model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature)
         )
         for key, value in inputs.items():
-            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+            request.inputs[key].CopyFrom(value if hasattr(value, "tensor_shape") else tf.make_tensor_proto(value))
         return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
 
-    long_side = max(int(long_side), 16)
-    h, w = float_image_hw
-    small = [_png(_ramp(long_side // 4, long_side // 5), 8), _png(_ramp(long_side // 5, long_side // 4), 8)]
-    return [
-        log("serving_default", {"image": _ramp(h, w)[None, ..., None]}),
-        log(
-            "detect_png",
-            {
-                "image_bytes": np.array([_png(_ramp(long_side, int(long_side * 0.8)), 16)], dtype=object),
-                "threshold": np.array([threshold], np.float32),
-            },
-        ),
-        log(
-            "detect_png",
-            {
-                "image_bytes": np.array(small, dtype=object),
-                "threshold": np.full([2], threshold, np.float32),
-            },
-        ),
-    ]
+    sizes = sorted({int(b) for b in batch_sizes})
+    if not sizes or sizes[0] < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
+    shapes = warmup_shapes(long_side, aspect)
+    pngs = [_flat_png16(h, w) for h, w in shapes]
+    records = [log(METADATA_SIGNATURE, metadata_request())]
+    for batch in sizes:
+        for h, w in shapes:
+            image = tf.make_tensor_proto(WARMUP_VALUE, dtype=tf.float32, shape=[batch, h, w, 1])
+            records.append(log("serving_default", {"image": image}))
+        for first in (0, 1):
+            records.append(log("detect_png", {
+                "image_bytes": np.array([pngs[(first + i) % 2] for i in range(batch)], dtype=object),
+                "threshold": np.full([batch], threshold, np.float32),
+            }))
+    return records
 
 
 def write_warmup_requests(saved_model_dir: str | os.PathLike, records: list) -> str:

@@ -12,22 +12,20 @@ All three share one flow (`PredictionClient.detect_file`):
 3. map the marks (image pixels, `(y, x, score)`) back to ORIGINAL DICOM pixel
    coordinates with the transform's `inverse_points`.
 
-Long side: the model only works at the image scale it was trained at. Every
-signature also returns `long_side` (the training long side recorded at
-export). `LocalClient` reads it from the export metadata before the first
-request; the remote clients start from `long_side` (default: the export's
-if known, else 1536) and, if the server reports a different one, re-read the
-DICOM at the model's long side and resend once (then remember it). Pass
-`long_side=` to force one.
+Model contract: before the first image, a client reads the `metadata` signature of the version it
+will use (`serving.contract.ModelContract`: long side, windowing, orientation, thresholds, operating
+points) and pins that version for every later request, so the contract and the answers come from the
+same version; `Detection.model_version` reports it. It then preprocesses exactly as the contract says
+(`read_mammogram(long_side=, voi=, orient=, max_pixels=)`); there is no guessing: a reply whose
+`long_side` differs from the contract is an error. Version choice: `version=N`, `label="canary"`
+(TF Serving version labels), or the latest (gRPC: the version that answered the metadata call; REST:
+the highest AVAILABLE version in GET /v1/models/NAME). An export without the `metadata` signature
+(made before the contract) needs `long_side=` and gets `read_mammogram`'s defaults.
 
-Windowing and orientation: `LocalClient` also applies the export's recorded
-training `windowing`/`orientation` (from the prepared data's manifest); remote
-clients use `read_mammogram`'s defaults (voi "auto", orient "left"), which
-are also `hourglass prepare`'s defaults.
-
-Thresholds: `detect_png` takes the threshold per request. `serving_default`
-applies the export's threshold; a higher `threshold=` filters its marks
-client-side (a lower one cannot bring back marks the server dropped).
+Thresholds: `detect_png` takes the threshold per request. `serving_default` applies the export's
+threshold; a higher `threshold=` filters its marks client-side (a lower one cannot bring back marks the
+server dropped). `operating_point=FPI` takes the threshold the contract records at that FPI (marks
+with `score >=` it are kept, as in FROC).
 
 Imports: this module and `RestClient` need no TensorFlow (numpy, Pillow,
 urllib). `GrpcClient` needs `tensorflow-serving-api`, whose generated
@@ -50,6 +48,8 @@ import dataclasses
 import io
 import json
 import os
+import random
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -58,9 +58,17 @@ import urllib.request
 import numpy as np
 
 from keras_hourglass.errors import InputError, escape_controls
+from serving.dicom_outputs import image_identifiers, overlay_radius
+from serving.tls import TlsOptions, grpc_credentials, is_tls_failure, ssl_context
+from serving.contract import (
+    METADATA_SIGNATURE,
+    ContractError,
+    ModelContract,
+    inclusive_threshold,
+    metadata_request,
+)
 
 SIGNATURES = ("serving_default", "detect_png")
-DEFAULT_LONG_SIDE = 1536
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -98,6 +106,9 @@ class Detection:
         long_side: long side the image was preprocessed to.
         marks: float64 `[N, 3]` (y, x, score) in image pixels (valid marks only).
         original_marks: float64 `[N, 2]` (y, x) in original DICOM pixels.
+        model_version: the model version that answered (None when unknown).
+        identifiers: the source's StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, laterality and
+            view (`serving.dicom_outputs.image_identifiers`; never patient identity).
     """
 
     file: str
@@ -107,15 +118,19 @@ class Detection:
     long_side: int
     marks: np.ndarray
     original_marks: np.ndarray
+    model_version: int | None = None
+    identifiers: dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         """Returns: the JSON form (x = column, y = row; original and image coordinates)."""
         return {
             "file": self.file,
+            **self.identifiers,
             "signature": self.signature,
             "original_shape": list(self.original_shape),
             "image_shape": list(self.image_shape),
             "long_side": self.long_side,
+            "model_version": self.model_version,
             "num_marks": int(len(self.marks)),
             "marks": [
                 {
@@ -203,24 +218,42 @@ class Deadline:
         return max(0.0, self.end - time.monotonic())
 
     def sleep_backoff(self, attempt: int, backoff: float) -> bool:
-        """Sleeps the retry delay (at most what is left). Returns: whether time is left afterwards."""
-        time.sleep(min(backoff * 2**attempt, 8.0, self.remaining()))
+        """Sleeps the jittered retry delay (`backoff_delay`, at most what is left).
+
+        Returns: whether time is left afterwards.
+        """
+        time.sleep(min(backoff_delay(attempt, backoff), self.remaining()))
         return self.remaining() > 0
+
+
+MAX_BACKOFF = 8.0
+
+
+def backoff_delay(attempt: int, backoff: float, rng: random.Random | None = None) -> float:
+    """The delay before retry `attempt` (0-based): exponential, capped, with "equal jitter".
+
+    `base = min(backoff * 2**attempt, MAX_BACKOFF)`, delay uniform in `[base / 2, base]`: clients that
+    failed together (a server restart) do not retry in lockstep, and none retries at once.
+    """
+    base = min(backoff * 2**attempt, MAX_BACKOFF)
+    return base * (0.5 + 0.5 * (rng or random).random())
 
 
 # ------------------------------------------------------------------------------------------ clients
 class PredictionClient(abc.ABC):
-    """Base of the three clients: preprocessing, signature inputs, coordinate mapping.
+    """Base of the three clients: model contract, preprocessing, signature inputs, coordinate mapping.
 
     Args:
         model_name: the model name on the server.
-        version: a model version, or None for the latest.
+        version: a model version, or None (the latest, or `label`'s).
+        label: a TF Serving version label ("stable", "canary"), or None.
         signature: "serving_default" or "detect_png".
-        long_side: preprocessing long side; None: the model's (see module docstring).
+        long_side: preprocessing long side; None: the contract's (see module docstring).
         threshold: score threshold; None: the export's default.
-        timeout: seconds per request.
+        operating_point: an FPI whose recorded threshold to use instead of `threshold`.
+        timeout: seconds per request, retries included.
         retries: retries on UNAVAILABLE / connection errors / HTTP 503.
-        backoff: first retry delay in seconds (doubles each retry, at most 8 s).
+        backoff: first retry delay in seconds (doubles each retry, jittered, at most 8 s).
         max_message_bytes: refuse requests larger than this (checked before sending).
     """
 
@@ -231,30 +264,44 @@ class PredictionClient(abc.ABC):
         *,
         model_name: str = "hourglass",
         version: int | None = None,
+        label: str | None = None,
         signature: str = "serving_default",
         long_side: int | None = None,
         threshold: float | None = None,
+        operating_point: float | None = None,
         timeout: float = 30.0,
         retries: int = 3,
         backoff: float = 0.5,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ):
+        if version is not None and label is not None:
+            raise InputError("--label", "give --version or --label, not both")
+        if threshold is not None and operating_point is not None:
+            raise InputError("--operating-point", "give --threshold or --operating-point, not both")
         self.model_name = model_name
         self.version = version
+        self.label = label
         self.signature = signature
         self.long_side = long_side
         self.threshold = threshold
+        self.operating_point = operating_point
         self.timeout = float(timeout)
         self.retries = max(0, int(retries))
         self.backoff = float(backoff)
         self.max_message_bytes = int(max_message_bytes)
-        self._model_long_side: int | None = None  # learnt from the model's `long_side` output
-        self.read_options: dict = {}  # extra read_mammogram options (voi, orient) when the export knows them
+        self._pinned: int | None = None  # the version every request goes to, once the contract is read
+        self._answered: int | None = None  # the version that answered the last request (when the reply says)
+        self._contract: ModelContract | None = None
 
     # -- transport
     @abc.abstractmethod
     def predict(self, inputs: dict[str, np.ndarray], signature: str) -> dict[str, np.ndarray]:
         """Runs `signature` on `inputs` (numpy arrays). Returns: the outputs as numpy arrays."""
+
+    def resolve_version(self) -> int | None:
+        """The version the requested one (`version`, `label` or latest) stands for, if the transport can
+        tell before a prediction (REST: model status; local: the directory). None: learn it from a reply."""
+        return self.version
 
     @property
     def target(self) -> str:
@@ -268,6 +315,73 @@ class PredictionClient(abc.ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+    def _spec(self) -> tuple[int | None, str | None]:
+        """Returns: `(version, label)` to put in a request (the pinned version once known)."""
+        if self._pinned is not None:
+            return self._pinned, None
+        return self.version, self.label
+
+    def _where(self) -> str:
+        version, label = self._spec()
+        return (f"{self.target} model {self.model_name!r}" + (f" version {version}" if version is not None else "")
+                + (f" label {label!r}" if label else ""))
+
+    # -- the model contract
+    @property
+    def model_version(self) -> int | None:
+        """Returns: the version the client is pinned to (None before the contract is read, or unknown)."""
+        return self._pinned
+
+    def contract(self) -> ModelContract:
+        """Reads the `metadata` signature once per client and pins the version that answered it.
+
+        Raises:
+            InputError: (`--long-side`) the export has no metadata signature and no `long_side` was given.
+            ServingError: a malformed contract.
+        """
+        if self._contract is not None:
+            return self._contract
+        self._pinned = self.resolve_version()
+        self._answered = None
+        try:
+            outputs = self.predict(metadata_request(), METADATA_SIGNATURE)
+        except SignatureNotFoundError:
+            self._contract = self._contract_without_metadata()
+            return self._contract
+        if self._answered is not None:
+            self._pinned = self._answered
+        try:
+            self._contract = ModelContract.from_outputs(outputs, version=self._pinned, source=self.target)
+        except ContractError as err:
+            raise ServingError(str(err)) from None
+        return self._contract
+
+    def _contract_without_metadata(self) -> ModelContract:
+        """An export from before the contract: only an explicit `long_side` makes it usable."""
+        if not self.long_side:
+            raise InputError("--long-side", f"{self._where()} has no {METADATA_SIGNATURE!r} signature (exported "
+                                            "before the model contract): re-export it, or pass --long-side")
+        return ModelContract({"format": "keras-hourglass-export/1", "long_side": int(self.long_side)},
+                             version=self._pinned)
+
+    def effective_threshold(self) -> float | None:
+        """The threshold to send: `threshold`, or the one recorded at `operating_point` (made inclusive).
+
+        Raises:
+            InputError: (`--operating-point`) not recorded, or below what serving_default returns.
+        """
+        if self.operating_point is None:
+            return self.threshold
+        contract = self.contract()
+        point = contract.operating_point(self.operating_point)
+        threshold = inclusive_threshold(point["threshold"])
+        if self.signature == "serving_default" and threshold < contract.default_threshold:
+            raise InputError("--operating-point", f"threshold {point['threshold']:.6g} at FPI "
+                                                  f"{self.operating_point:g} is below the export's threshold "
+                                                  f"{contract.default_threshold:g}, so serving_default cannot "
+                                                  "return those marks: use --signature detect_png")
+        return threshold
 
     # -- one image
     def signature_inputs(self, image: np.ndarray, signature: str, threshold: float | None) -> dict[str, np.ndarray]:
@@ -304,8 +418,23 @@ class PredictionClient(abc.ABC):
         return marks, long_side
 
     # -- one file
-    def _preprocess_long_side(self) -> int:
-        return int(self.long_side or self._model_long_side or DEFAULT_LONG_SIDE)
+    def read_file(self, path: str | os.PathLike):
+        """Reads a DICOM exactly as the model's contract says. Returns: the `Mammogram`.
+
+        Raises:
+            keras_hourglass.data.dicom.DicomError: a bad DICOM (names the file).
+        """
+        from keras_hourglass.data.dicom import read_mammogram
+
+        contract = self.contract()
+        long_side = int(self.long_side or contract.long_side or 0)
+        if not long_side:
+            raise InputError("--long-side", f"{self._where()}: its contract records no long side; pass --long-side")
+        try:
+            options = contract.read_options()
+        except ContractError as err:
+            raise ServingError(str(err)) from None
+        return read_mammogram(path, long_side=long_side, **options)
 
     def detect_file(self, path: str | os.PathLike, *, overlay_dir: str | os.PathLike | None = None) -> Detection:
         """Reads a DICOM, detects, maps marks to original pixels; optionally writes an overlay PNG.
@@ -314,22 +443,18 @@ class PredictionClient(abc.ABC):
             keras_hourglass.data.dicom.DicomError: a bad DICOM (names the file).
             ServingError and subclasses: see the module docstring.
         """
-        from keras_hourglass.data.dicom import read_mammogram
-
         path = os.fspath(path)
-        long_side = self._preprocess_long_side()
-        mammogram = read_mammogram(path, long_side=long_side, **self.read_options)
+        threshold = self.effective_threshold()
+        mammogram = self.read_file(path)
+        long_side = max(mammogram.image.shape)
         try:
-            marks, model_long_side = self.detect_image(mammogram.image)
+            marks, model_long_side = self.detect_image(mammogram.image, threshold=threshold)
         except RequestTooLargeError as err:
             raise RequestTooLargeError(path, err.reason) from None
-        if model_long_side and not self.long_side and model_long_side != long_side:
-            # Preprocessed at the wrong scale: redo once at the model's long side.
-            self._model_long_side = long_side = model_long_side
-            mammogram = read_mammogram(path, long_side=long_side, **self.read_options)
-            marks, _ = self.detect_image(mammogram.image)
-        elif model_long_side:
-            self._model_long_side = model_long_side
+        expected = self.contract().long_side
+        if model_long_side and expected and model_long_side != expected:
+            raise ServingError(f"{self._where()} answered with long side {model_long_side}, but its contract says "
+                               f"{expected} (a different version answered?)")
         original = mammogram.transform.inverse_points(marks[:, :2]) if len(marks) else np.zeros((0, 2))
         detection = Detection(
             file=path,
@@ -339,21 +464,33 @@ class PredictionClient(abc.ABC):
             long_side=long_side,
             marks=marks,
             original_marks=np.asarray(original, np.float64).reshape(-1, 2),
+            model_version=self._pinned,
+            identifiers=image_identifiers(path, mammogram.header),
         )
         if overlay_dir is not None:
             write_overlay(mammogram.image, marks, os.path.join(overlay_dir, os.path.basename(path) + ".png"))
         return detection
 
 
-def write_overlay(image: np.ndarray, marks: np.ndarray, path: str) -> str:
-    """Writes the preprocessed image with one circle + score per mark (image pixels). Returns: path."""
+def write_overlay(image: np.ndarray, marks: np.ndarray, path: str, *, radius: float | None = None) -> str:
+    """Writes the preprocessed image with one circle + score per mark (image pixels).
+
+    Args:
+        image: the preprocessed image `[H, W]` in [0, 1].
+        marks: `[N, 3]` (y, x, score) in image pixels, by descending score.
+        path: the PNG to write.
+        radius: circle radius in image pixels (default `overlay_radius`, as the GSPS uses).
+
+    Returns:
+        The path.
+    """
     from PIL import Image, ImageDraw
 
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     gray = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
     canvas = Image.fromarray(gray).convert("RGB")
     draw = ImageDraw.Draw(canvas)
-    radius = max(4, round(max(gray.shape) / 60))
+    radius = overlay_radius(gray.shape) if radius is None else radius
     for rank, (y, x, score) in enumerate(np.asarray(marks).reshape(-1, 3)):
         color = (255, 64, 64) if rank < 3 else (255, 200, 0)
         draw.ellipse([x - radius, y - radius, x + radius, y + radius], outline=color, width=2)
@@ -372,23 +509,29 @@ class GrpcClient(PredictionClient):
 
     transport = "grpc"
 
-    def __init__(self, address: str, **kwargs):
+    def __init__(self, address: str, *, tls: TlsOptions | None = None, **kwargs):
         super().__init__(**kwargs)
         import grpc
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 
         self.address = address
+        self.tls = tls or TlsOptions()
         options = [
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_receive_message_length", self.max_message_bytes),
         ]
         self._grpc = grpc
-        self._channel = grpc.insecure_channel(address, options=options)
+        if self.tls.enabled:
+            if self.tls.server_name:
+                options.append(("grpc.ssl_target_name_override", self.tls.server_name))
+            self._channel = grpc.secure_channel(address, grpc_credentials(self.tls), options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
     @property
     def target(self) -> str:
-        return f"grpc://{self.address}"
+        return f"grpcs://{self.address}" if self.tls.enabled else f"grpc://{self.address}"
 
     def close(self) -> None:
         self._channel.close()
@@ -398,8 +541,11 @@ class GrpcClient(PredictionClient):
         from tensorflow_serving.apis import model_pb2, predict_pb2
 
         spec = model_pb2.ModelSpec(name=self.model_name, signature_name=signature)
-        if self.version is not None:
-            spec.version.value = int(self.version)
+        version, label = self._spec()
+        if version is not None:
+            spec.version.value = int(version)
+        elif label:
+            spec.version_label = label
         request = predict_pb2.PredictRequest(model_spec=spec)
         for key, value in inputs.items():
             request.inputs[key].CopyFrom(to_tensor_proto(value))
@@ -422,9 +568,13 @@ class GrpcClient(PredictionClient):
             except self._grpc.RpcError as err:
                 code = err.code()
                 details = escape_controls(((err.details() or "").splitlines() or [""])[0][:300])
+                if code == status.UNAVAILABLE and self.tls.enabled and is_tls_failure(details):
+                    raise ServingError(f"{self.target}: TLS failed, not retried ({details})") from None
                 if code == status.UNAVAILABLE and attempt < self.retries and deadline.sleep_backoff(attempt, self.backoff):
                     continue
                 raise self._map_error(code, details, signature) from None
+            if response.model_spec.HasField("version"):
+                self._answered = int(response.model_spec.version.value)
             try:
                 return {key: from_tensor_proto(proto) for key, proto in response.outputs.items()}
             except (ValueError, TypeError) as err:
@@ -433,7 +583,9 @@ class GrpcClient(PredictionClient):
 
     def _map_error(self, code, details: str, signature: str) -> Exception:
         status = self._grpc.StatusCode
-        where = f"{self.target} model {self.model_name!r}" + (f" version {self.version}" if self.version else "")
+        where = self._where()
+        if self._spec()[1] and "label" in details.lower():
+            return ModelNotFoundError("--label", f"{where}: no such version label ({details})")
         if code == status.NOT_FOUND:
             return ModelNotFoundError("--model-name", f"{where} not found ({details})")
         if "signature" in details.lower() and "not found" in details.lower():
@@ -464,23 +616,55 @@ class RestClient(PredictionClient):
 
     transport = "rest"
 
-    def __init__(self, url: str, **kwargs):
+    def __init__(self, url: str, *, tls: TlsOptions | None = None, **kwargs):
         super().__init__(**kwargs)
         parts = urllib.parse.urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
             raise InputError("--rest", f"must be an http:// or https:// URL with a host (got scheme "
                                        f"{parts.scheme or 'none'!r})")
         self.url = url.rstrip("/")
-        # No redirects (TF Serving never sends one; urllib would follow them to ftp:// too).
-        self._opener = urllib.request.build_opener(_NoRedirect)
+        self.tls = tls or TlsOptions()
+        handlers = [_NoRedirect]  # TF Serving never redirects (urllib would follow them to ftp:// too)
+        if parts.scheme.lower() == "https":
+            handlers.append(urllib.request.HTTPSHandler(context=ssl_context(self.tls)))
+        elif self.tls.enabled:
+            raise InputError("--rest", "TLS settings need an https:// URL")
+        self._opener = urllib.request.build_opener(*handlers)
 
     @property
     def target(self) -> str:
         return self.url
 
+    def model_url(self) -> str:
+        """Returns: `URL/v1/models/NAME[/versions/N | /labels/L]` for the current spec."""
+        version, label = self._spec()
+        suffix = (f"/versions/{int(version)}" if version is not None
+                  else f"/labels/{urllib.parse.quote(label, safe='')}" if label else "")
+        return f"{self.url}/v1/models/{urllib.parse.quote(self.model_name, safe='')}{suffix}"
+
     def predict_url(self) -> str:
-        version = f"/versions/{int(self.version)}" if self.version is not None else ""
-        return f"{self.url}/v1/models/{self.model_name}{version}:predict"
+        return f"{self.model_url()}:predict"
+
+    def resolve_version(self) -> int | None:
+        """GET the model status (`/v1/models/NAME[/labels/L]`): the highest AVAILABLE version.
+
+        Raises:
+            ModelNotFoundError: no such model or label, or no AVAILABLE version.
+        """
+        if self.version is not None:
+            return self.version
+        payload = self._request_json(urllib.request.Request(self.model_url(), method="GET"), "status")
+        statuses = payload.get("model_version_status") if isinstance(payload, dict) else None
+        if not isinstance(statuses, list):
+            raise ServingError(f"{self.url}: malformed model status reply (no model_version_status list)")
+        available = []
+        for entry in statuses:
+            if isinstance(entry, dict) and entry.get("state") == "AVAILABLE" and str(entry.get("version", "")).isdigit():
+                available.append(int(entry["version"]))
+        if not available:
+            raise ModelNotFoundError("--label" if self.label else "--model-name",
+                                     f"{self._where()} has no AVAILABLE version")
+        return max(available)
 
     def build_body(self, inputs: dict[str, np.ndarray], signature: str) -> bytes:
         """Returns: the JSON request body."""
@@ -503,10 +687,18 @@ class RestClient(PredictionClient):
                 f"request body is {len(body) / 2**20:.1f} MiB, above the {self.max_message_bytes / 2**20:.0f} MiB "
                 "limit (use --signature detect_png, which sends a PNG)",
             )
-        url = self.predict_url()
+        request = urllib.request.Request(self.predict_url(), data=body,
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        return _rest_outputs(self._request_json(request, signature), self.url)
+
+    def _request_json(self, request: urllib.request.Request, signature: str):
+        """Sends `request` with retries (503, connection errors) within one deadline. Returns: the JSON reply.
+
+        Raises:
+            ServingError and subclasses: see the module docstring.
+        """
         deadline = Deadline(self.timeout)
         for attempt in range(self.retries + 1):
-            request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
             try:
                 data = self._post(request, deadline)
             except urllib.error.HTTPError as err:
@@ -516,16 +708,18 @@ class RestClient(PredictionClient):
                 raise self._map_error(err.code, message, signature) from None
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as err:
                 reason = escape_controls(str(getattr(err, "reason", err)))[:200]
+                cause = err.reason if isinstance(err, urllib.error.URLError) else err
+                if isinstance(cause, ssl.SSLError):
+                    raise ServingError(f"{self.url}: TLS failed, not retried ({reason})") from None
                 if attempt < self.retries and deadline.sleep_backoff(attempt, self.backoff):
                     continue
                 raise ServerUnavailableError(
                     f"{self.url} unavailable after {attempt + 1} attempts within {self.timeout:g} s ({reason})"
                 ) from None
             try:
-                payload = json.loads(data.decode("utf-8"))
+                return json.loads(data.decode("utf-8"))
             except (UnicodeDecodeError, ValueError):
                 raise ServingError(f"{self.url}: malformed reply: not JSON ({len(data)} bytes)") from None
-            return _rest_outputs(payload, self.url)
         raise AssertionError("unreachable")
 
     def _post(self, request, deadline: Deadline) -> bytes:
@@ -573,7 +767,9 @@ class RestClient(PredictionClient):
         return outcome["data"]
 
     def _map_error(self, http_status: int, message: str, signature: str) -> Exception:
-        where = f"{self.url} model {self.model_name!r}" + (f" version {self.version}" if self.version else "")
+        where = self._where()
+        if self._spec()[1] and "label" in message.lower():
+            return ModelNotFoundError("--label", f"{where}: no such version label ({message})")
         if "signature" in message.lower() and "not found" in message.lower():
             return SignatureNotFoundError("--signature", f"{where} has no signature {signature!r} ({message})")
         if http_status == 404:
@@ -638,15 +834,11 @@ class LocalClient(PredictionClient):
         super().__init__(**kwargs)
         import tensorflow as tf
 
+        if self.label:
+            raise InputError("--label", "version labels are TF Serving's (models.config); with --saved-model "
+                                        "give --version N")
         path = select_version(os.fspath(saved_model_dir), self.version)
         self.path = path
-        self.metadata = read_export_metadata(path)
-        self._model_long_side = int(self.metadata.get("long_side") or 0) or None
-        pre = self.metadata.get("preprocessing", {})
-        if "windowing" in pre:
-            self.read_options["voi"] = pre["windowing"]
-        if "orientation" in pre:
-            self.read_options["orient"] = pre["orientation"]
         self._tf = tf
         try:
             self._loaded = tf.saved_model.load(path)
@@ -656,6 +848,20 @@ class LocalClient(PredictionClient):
     @property
     def target(self) -> str:
         return self.path
+
+    def resolve_version(self) -> int | None:
+        name = os.path.basename(os.path.normpath(self.path))
+        return int(name) if name.isdigit() else None
+
+    def _contract_without_metadata(self) -> ModelContract:
+        """An export from before the `metadata` signature: its assets.extra JSON, if any."""
+        metadata = read_export_metadata(self.path)
+        if metadata and not self.long_side:
+            try:
+                return ModelContract.from_text(json.dumps(metadata), version=self._pinned, source=self.path)
+            except ContractError as err:
+                raise InputError(self.path, str(err)) from None
+        return super()._contract_without_metadata()
 
     def predict(self, inputs: dict[str, np.ndarray], signature: str) -> dict[str, np.ndarray]:
         signatures = self._loaded.signatures
@@ -762,8 +968,12 @@ def make_client(
     given = [name for name, value in (("saved_model", saved_model), ("grpc", grpc), ("rest", rest)) if value]
     if len(given) != 1:
         raise ValueError(f"give exactly one of saved_model, grpc, rest; got {given or 'none'}")
+    tls = kwargs.pop("tls", None)
     if saved_model:
+        if tls is not None and tls.enabled:
+            raise InputError("--ca-cert", "TLS settings are for --grpc or --rest")
         return LocalClient(saved_model, **kwargs)
+    kwargs["tls"] = tls
     if grpc:
         return GrpcClient(grpc, **kwargs)
     return RestClient(rest, **kwargs)

@@ -27,7 +27,8 @@ def tiny_hourglass(seed: int = 0):
     from keras_hourglass.model import build_hourglass
 
     keras.utils.set_random_seed(seed)
-    return build_hourglass("tiny", num_stacks=1, depth=2, num_features=8, stem_features=4)
+    return build_hourglass("tiny", num_stacks=1, depth=2, num_features=8, stem_features=4,
+                           head_initializer="glorot_uniform")  # an untrained model that still marks
 
 
 _SHARED_EXPORTS: dict = {}
@@ -96,31 +97,60 @@ def breast_pixels(rows: int = 96, cols: int = 72, seed: int = 0) -> np.ndarray:
     return np.clip(img, 0, 4095).astype(np.uint16)
 
 
+# ------------------------------------------------------------------ TF Serving test doubles (shared)
+class _Versions:
+    """The servables of one model in a TF Serving TEST DOUBLE: versions (each a loaded SavedModel) and
+    version labels, resolved the way TF Serving does (latest = highest version; an unknown label is
+    'Unrecognized servable version label')."""
+
+    def __init__(self, saved_model_dir: str | None, version: int, versions: dict | None, labels: dict | None):
+        import tensorflow as tf
+
+        paths = dict(versions) if versions else {version: saved_model_dir}
+        self.loaded = {int(v): tf.saved_model.load(str(path)) for v, path in paths.items()}
+        self.labels = dict(labels or {})
+
+    def resolve(self, version: int | None, label: str | None) -> tuple[int | None, str]:
+        """Returns: (version or None, error message if none)."""
+        if label:
+            if label not in self.labels:
+                return None, f"Unrecognized servable version label: {label}"
+            version = self.labels[label]
+        if version is None:
+            return max(self.loaded), ""
+        if int(version) not in self.loaded:
+            return None, f"Servable not found for request: Specific(hourglass, {version})"
+        return int(version), ""
+
+
 # ------------------------------------------------------------------ TF Serving test doubles (gRPC)
 class TFServingPredictionServiceDouble:
-    """TEST DOUBLE of TensorFlow Serving's gRPC PredictionService over one SavedModel.
+    """TEST DOUBLE of TensorFlow Serving's gRPC PredictionService over SavedModel versions.
 
     Not TF Serving: it implements `Predict` with tensorflow-serving-api's generated
     servicer base class, the way TF Serving answers (NOT_FOUND "Servable not found
-    for request: ..." for an unknown model/version, FAILED_PRECONDITION 'Serving
-    signature key "x" not found.', INVALID_ARGUMENT when the inputs do not match the
-    signature), and returns UNAVAILABLE for the first `unavailable_first` calls; `delay`
-    seconds of sleep before answering simulate a slow server.
+    for request: ..." for an unknown model/version, INVALID_ARGUMENT "Unrecognized servable
+    version label" for an unknown label, FAILED_PRECONDITION 'Serving signature key "x"
+    not found.', INVALID_ARGUMENT when the inputs do not match the signature; the reply's
+    model_spec names the version that answered), and returns UNAVAILABLE for the first
+    `unavailable_first` calls; `delay` seconds of sleep before answering simulate a slow
+    server. `versions={1: dir1, 2: dir2}` and `labels={"canary": 2}` serve several versions.
     """
 
-    def __init__(self, saved_model_dir: str, *, model_name: str = "hourglass", version: int = 1,
-                 unavailable_first: int = 0, delay: float = 0.0):
+    def __init__(self, saved_model_dir: str | None = None, *, model_name: str = "hourglass", version: int = 1,
+                 unavailable_first: int = 0, delay: float = 0.0, versions: dict | None = None,
+                 labels: dict | None = None):
         import threading
 
         import grpc
-        import tensorflow as tf
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-        self.model_name, self.version, self.unavailable_first = model_name, version, unavailable_first
+        self.model_name, self.unavailable_first = model_name, unavailable_first
         self.delay = delay
         self.calls = 0
+        self.requests: list = []  # (signature, version or None, label or "")
         self._lock = threading.Lock()
-        self._loaded = tf.saved_model.load(saved_model_dir)
+        self.servables = _Versions(saved_model_dir, version, versions, labels)
         double = self
 
         class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -143,13 +173,20 @@ class TFServingPredictionServiceDouble:
 
             time.sleep(self.delay)
         spec = request.model_spec
-        if spec.name != self.model_name or (spec.HasField("version") and spec.version.value != self.version):
-            which = f"Specific({spec.name}, {spec.version.value})" if spec.HasField("version") else f"Latest({spec.name})"
-            context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {which}")
+        asked = spec.version.value if spec.HasField("version") else None
+        self.requests.append((spec.signature_name, asked, spec.version_label))
+        self.last_inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        if spec.name != self.model_name:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({spec.name})")
+        version, problem = self.servables.resolve(asked, spec.version_label or None)
+        if version is None:
+            code = grpc.StatusCode.INVALID_ARGUMENT if "label" in problem else grpc.StatusCode.NOT_FOUND
+            context.abort(code, problem)
+        loaded = self.servables.loaded[version]
         name = spec.signature_name or "serving_default"
-        if name not in self._loaded.signatures:
+        if name not in loaded.signatures:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{name}" not found.')
-        fn = self._loaded.signatures[name]
+        fn = loaded.signatures[name]
         expected = set(fn.structured_input_signature[1])
         if set(request.inputs) != expected:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -157,14 +194,17 @@ class TFServingPredictionServiceDouble:
         outputs = fn(**{k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()})
         response = predict_pb2.PredictResponse()
         response.model_spec.name = self.model_name
-        response.model_spec.version.value = self.version
+        response.model_spec.version.value = version
         response.model_spec.signature_name = name
         for key, value in outputs.items():
             response.outputs[key].CopyFrom(tf.make_tensor_proto(value.numpy()))
         return response
 
-    def start(self):
-        """Starts a gRPC server on 127.0.0.1 (free port). Returns: (server, "127.0.0.1:PORT")."""
+    def start(self, credentials=None):
+        """Starts a gRPC server on 127.0.0.1 (free port); `credentials`: `grpc.ssl_server_credentials` for TLS.
+
+        Returns: (server, "127.0.0.1:PORT").
+        """
         from concurrent import futures
 
         import grpc
@@ -173,52 +213,84 @@ class TFServingPredictionServiceDouble:
         options = [("grpc.max_receive_message_length", 256 * 2**20), ("grpc.max_send_message_length", 256 * 2**20)]
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=options)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self.servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
+        if credentials is None:
+            port = server.add_insecure_port("127.0.0.1:0")
+        else:
+            port = server.add_secure_port("127.0.0.1:0", credentials)
         server.start()
         return server, f"127.0.0.1:{port}"
 
 
 # ------------------------------------------------------------------ TF Serving test doubles (REST)
 class TFServingRestDouble:
-    """TEST DOUBLE of TensorFlow Serving's REST predict API over one SavedModel (http.server).
+    """TEST DOUBLE of TensorFlow Serving's REST API over SavedModel versions (http.server).
 
-    Speaks `POST /v1/models/NAME[/versions/N]:predict` with the "instances" (row) and
+    Speaks `POST /v1/models/NAME[/versions/N | /labels/L]:predict` with the "instances" (row) and
     "inputs" (columnar) forms, `{"b64": ...}` binary values and NaN in JSON, answers
-    {"predictions": [...]} / {"outputs": {...}}, and errors as {"error": msg} with 404
-    (unknown model), 400 (unknown signature, bad inputs) and 503 for the first
-    `unavailable_first` calls.
+    {"predictions": [...]} / {"outputs": {...}} (string outputs as JSON strings, as TF Serving does
+    for names not ending in "_bytes"), `GET /v1/models/NAME[/versions/N | /labels/L]` with the model
+    status, and errors as {"error": msg} with 404 (unknown model or version), 400 (unknown label or
+    signature, bad inputs) and 503 for the first `unavailable_first` calls.
     """
 
-    def __init__(self, saved_model_dir: str, *, model_name: str = "hourglass", version: int = 1,
-                 unavailable_first: int = 0):
-        import tensorflow as tf
-
-        self.model_name, self.version, self.unavailable_first = model_name, version, unavailable_first
+    def __init__(self, saved_model_dir: str | None = None, *, model_name: str = "hourglass", version: int = 1,
+                 unavailable_first: int = 0, versions: dict | None = None, labels: dict | None = None):
+        self.model_name, self.unavailable_first = model_name, unavailable_first
         self.calls = 0
-        self._loaded = tf.saved_model.load(saved_model_dir)
+        self.requests: list = []  # (method, path)
+        self.servables = _Versions(saved_model_dir, version, versions, labels)
+
+    def _route(self, path: str, suffix: str):
+        """Returns: (version, None) or (None, (status, payload))."""
+        import re
+
+        match = re.fullmatch(r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?" + suffix, path)
+        if not match:
+            return None, (404, {"error": f"Malformed request: {path}"})
+        name, version, label = match.group(1), match.group(2), match.group(3)
+        if name != self.model_name:
+            return None, (404, {"error": f"Servable not found for request: Latest({name})"})
+        resolved, problem = self.servables.resolve(int(version) if version else None, label)
+        if resolved is None:
+            return None, (400 if "label" in problem else 404, {"error": problem})
+        return resolved, None
+
+    def status(self, path: str) -> tuple[int, dict]:
+        import re
+
+        if re.fullmatch(r"/v1/models/[^/:]+", path):  # every loaded version, as TF Serving lists them
+            if path.rsplit("/", 1)[1] != self.model_name:
+                return 404, {"error": f"Could not find any versions of model {path.rsplit('/', 1)[1]}"}
+            versions = sorted(self.servables.loaded)
+        else:
+            version, error = self._route(path, "")
+            if error:
+                return error
+            versions = [version]
+        return 200, {"model_version_status": [{"version": str(v), "state": "AVAILABLE",
+                                               "status": {"error_code": "OK", "error_message": ""}}
+                                              for v in versions]}
 
     def handle(self, path: str, body: bytes) -> tuple[int, dict]:
         import base64
         import json
-        import re
 
         import tensorflow as tf
 
         self.calls += 1
+        self.requests.append(("POST", path))
         if self.calls <= self.unavailable_first:
             return 503, {"error": "test double: server starting"}
-        match = re.fullmatch(r"/v1/models/([^/:]+)(?:/versions/(\d+))?:predict", path)
-        if not match:
-            return 404, {"error": f"Malformed request: POST {path}"}
-        name, version = match.group(1), match.group(2)
-        if name != self.model_name or (version is not None and int(version) != self.version):
-            which = f"Specific({name}, {version})" if version else f"Latest({name})"
-            return 404, {"error": f"Servable not found for request: {which}"}
+        version, error = self._route(path, ":predict")
+        if error:
+            return error
+        loaded = self.servables.loaded[version]
         request = json.loads(body)
+        self.last_body = request
         signature = request.get("signature_name", "serving_default")
-        if signature not in self._loaded.signatures:
+        if signature not in loaded.signatures:
             return 400, {"error": f'Serving signature name: "{signature}" not found in signature def'}
-        fn = self._loaded.signatures[signature]
+        fn = loaded.signatures[signature]
         specs = fn.structured_input_signature[1]
 
         def decode(value):
@@ -241,14 +313,25 @@ class TFServingRestDouble:
             k: tf.constant(np.array(v, dtype=object) if specs[k].dtype == tf.string else np.array(v, specs[k].dtype.as_numpy_dtype))
             for k, v in columns.items()
         }
-        outputs = {k: v.numpy().tolist() for k, v in fn(**tensors).items()}
+
+        def jsonable(key, value):
+            if value.dtype == object:
+                items = [base64.b64encode(b).decode() if key.endswith("_bytes") else b.decode("utf-8")
+                         for b in value.reshape(-1)]
+                return np.array(items, dtype=object).reshape(value.shape).tolist()
+            return value.tolist()
+
+        outputs = {k: jsonable(k, v.numpy()) for k, v in fn(**tensors).items()}
         if "instances" in request:
             batch = len(next(iter(outputs.values())))
             return 200, {"predictions": [{k: v[i] for k, v in outputs.items()} for i in range(batch)]}
         return 200, {"outputs": outputs}
 
-    def start(self):
-        """Starts an HTTP server on 127.0.0.1 (free port) in a thread. Returns: (server, "http://127.0.0.1:PORT")."""
+    def start(self, ssl_context=None):
+        """Starts an HTTP server on 127.0.0.1 (free port) in a thread; `ssl_context` (server side) for https.
+
+        Returns: (server, "http[s]://127.0.0.1:PORT").
+        """
         import http.server
         import json
         import threading
@@ -256,9 +339,7 @@ class TFServingRestDouble:
         double = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server method name
-                length = int(self.headers.get("Content-Length", 0))
-                status, payload = double.handle(self.path, self.rfile.read(length))
+            def _answer(self, status, payload):
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -266,12 +347,24 @@ class TFServingRestDouble:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def do_POST(self):  # noqa: N802 - http.server method name
+                length = int(self.headers.get("Content-Length", 0))
+                self._answer(*double.handle(self.path, self.rfile.read(length)))
+
+            def do_GET(self):  # noqa: N802 - http.server method name
+                double.requests.append(("GET", self.path))
+                self._answer(*double.status(self.path))
+
             def log_message(self, *args):
                 pass
 
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        scheme = "http"
+        if ssl_context is not None:
+            server.socket = ssl_context.wrap_socket(server.socket, server_side=True)
+            scheme = "https"
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server, f"http://127.0.0.1:{server.server_address[1]}"
+        return server, f"{scheme}://127.0.0.1:{server.server_address[1]}"
 
 
 # ------------------------------------------------------------------ hostile servers (test doubles)
@@ -301,8 +394,19 @@ HOSTILE_REST_MODES = {
 }
 
 
+def hostile_contract_outputs() -> dict:
+    """The `metadata` outputs the hostile doubles answer honestly (long side 64), so that their misbehaviour
+    reaches the predict call under test."""
+    from serving.contract import contract_digest, contract_text
+
+    text = contract_text({"format": "keras-hourglass-export/2", "long_side": 64, "threshold": 0.0,
+                          "preprocessing": {"long_side": 64, "windowing": "auto", "orientation": "left"}})
+    return {"metadata": [text], "metadata_sha256": [contract_digest(text)]}
+
+
 class HostileRestServer:
     """A TEST DOUBLE of a misbehaving TF Serving REST endpoint: `http://127.0.0.1:PORT/<mode>` answers
+    model status (GET) and the `metadata` signature honestly, and predictions
     with `HOSTILE_REST_MODES[mode]`, or one of the special modes: ``huge_declared`` (a Content-Length of
     1 GiB), ``huge`` (3 MiB without Content-Length), ``slow`` (answers after 5 s), ``drip`` (a byte every
     0.2 s, forever), ``redirect_file`` (302 to file:///etc/passwd), ``close`` (drops the connection)."""
@@ -315,12 +419,17 @@ class HostileRestServer:
 
             def do_POST(self):  # noqa: N802 - http.server method name
                 length = int(self.headers.get("Content-Length", 0) or 0)
-                self.rfile.read(length)
+                body = self.rfile.read(length)
                 mode = self.path.strip("/").split("/", 1)[0]
+                if b'"signature_name": "metadata"' in body:
+                    mode = "metadata"
                 try:
                     double.answer(self, mode)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
+
+            def do_GET(self):  # noqa: N802 - http.server method name
+                double.answer(self, "status")
 
             def log_message(self, *args):
                 pass
@@ -365,7 +474,12 @@ class HostileRestServer:
                 handler.wfile.flush()
                 time.sleep(0.2)
             return
-        status, body = HOSTILE_REST_MODES.get(mode, HOSTILE_REST_MODES["good"])
+        if mode == "metadata":
+            status, body = 200, json.dumps({"outputs": hostile_contract_outputs()})
+        elif mode == "status":
+            status, body = 200, json.dumps({"model_version_status": [{"version": "1", "state": "AVAILABLE"}]})
+        else:
+            status, body = HOSTILE_REST_MODES.get(mode, HOSTILE_REST_MODES["good"])
         data = body if isinstance(body, bytes) else body.encode("utf-8")
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json")
@@ -375,8 +489,8 @@ class HostileRestServer:
 
 
 class HostileGrpcServicer:
-    """A TEST DOUBLE of a misbehaving TF Serving gRPC PredictionService: the model name of the request
-    picks the behaviour: ``empty`` (no outputs), ``string_marks`` (marks as DT_STRING), ``bad_shape``,
+    """A TEST DOUBLE of a misbehaving TF Serving gRPC PredictionService (honest `metadata` answers): the
+    model name of the request picks the behaviour of predictions: ``empty`` (no outputs), ``string_marks`` (marks as DT_STRING), ``bad_shape``,
     ``nan``, ``slow`` (sleeps 5 s), ``internal_escape`` (INTERNAL with terminal escapes), ``huge`` (a
     reply above the client's limit), ``good``."""
 
@@ -394,6 +508,10 @@ class HostileGrpcServicer:
 
                 mode = request.model_spec.name
                 response = predict_pb2.PredictResponse()
+                if request.model_spec.signature_name == "metadata":
+                    for key, value in hostile_contract_outputs().items():
+                        response.outputs[key].CopyFrom(to_tensor_proto(np.array(value, dtype=object)))
+                    return response
                 if mode == "slow":
                     time.sleep(5)
                 if mode == "internal_escape":

@@ -297,7 +297,7 @@ def test_evaluate_cli_with_the_real_tiny_hourglass(tmp_path, capsys):
     prep = write_prep(tmp_path / "prep")
     model_path = tmp_path / "model.keras"
     # A smaller tiny (one stack, depth 2): same custom layers and loading path, half the tracing time.
-    build_hourglass("tiny", num_stacks=1, depth=2).save(model_path)
+    build_hourglass("tiny", num_stacks=1, depth=2, head_initializer="glorot_uniform").save(model_path)
     out = tmp_path / "eval"
     assert run_cli("--model", model_path, "--data", prep, "--out", out, "--bootstrap", 0, "--overlays", 1, "--quiet") == 0
     payload = json.loads((out / "froc.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))

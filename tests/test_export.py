@@ -58,13 +58,18 @@ def test_export_writes_version_1_with_metadata(exported):
     meta = sm.read_metadata(result.path)
     assert meta["stride"] == STRIDE and meta["input_multiple"] == MULTIPLE
     assert meta["max_marks"] == MAX_MARKS and meta["long_side"] == LONG_SIDE
-    assert meta["signatures"] == ["serving_default", "detect_png"]
+    assert meta["signatures"] == ["serving_default", "detect_png", "metadata"]
+    assert meta["format"] == "keras-hourglass-export/2" and meta["operating_points"] is None
+    assert meta["preprocessing"]["long_side"] == LONG_SIDE and meta["preprocessing"]["windowing"] == "auto"
+    assert meta["lineage"]["tensorflow_version"] == tf.__version__
 
 
 def test_signatures_as_saved_model_cli_shows_them(exported):
     _, result = exported
     sigs = result.verification["signatures"]  # parsed from `saved_model_cli show --all`
-    assert set(sigs) == {"serving_default", "detect_png"}
+    assert set(sigs) == {"serving_default", "detect_png", "metadata"}
+    assert sigs["metadata"]["inputs"] == {"request": ["DT_INT32", "(-1)"]}
+    assert sigs["metadata"]["outputs"] == {"metadata": ["DT_STRING", "(-1)"], "metadata_sha256": ["DT_STRING", "(-1)"]}
     sd, png = sigs["serving_default"], sigs["detect_png"]
     assert sd["inputs"] == {"image": ["DT_FLOAT", "(-1, -1, -1, 1)"]}
     assert sd["outputs"] == {
@@ -82,8 +87,9 @@ def test_signatures_as_saved_model_cli_shows_them(exported):
     # saved_model_cli run (subprocess, plain TF) on a 30 x 21 image: heatmap cropped to ceil(/4).
     shapes = result.verification["cli_output_shapes"]
     assert shapes == {"heatmap": [1, 8, 6, 1], "marks": [1, MAX_MARKS, 3], "num_marks": [1], "long_side": [1]}
-    # The warmup records (both signatures) were replayed in a plain-TensorFlow subprocess.
-    assert result.verification["warmup_records_replayed"] == 3
+    # The warmup records (every signature) were replayed in a plain-TensorFlow subprocess:
+    # metadata, then per batch size (1): serving_default portrait + landscape, detect_png x 2.
+    assert result.verification["warmup_records_replayed"] == 5
 
 
 def _reference(detector, images: np.ndarray, threshold: float):
@@ -142,19 +148,21 @@ def test_detect_png_mixed_sizes_and_bit_depths_equal_reference(exported, loaded)
     np.testing.assert_array_equal(out["marks"].numpy()[1], np.tile([-1.0, -1.0, 0.0], (MAX_MARKS, 1)))
 
 
-def test_warmup_records_are_prediction_logs_for_both_signatures(exported):
+def test_warmup_records_are_prediction_logs_at_the_served_shapes(exported):
     _, result = exported
     logs = read_warmup_requests(result.path)
     assert 1 <= len(logs) <= 1000
     requests = [log.predict_log.request for log in logs]
-    assert [r.model_spec.signature_name for r in requests] == ["serving_default", "detect_png", "detect_png"]
+    assert [r.model_spec.signature_name for r in requests] == [
+        "metadata", "serving_default", "serving_default", "detect_png", "detect_png"]
     assert all(r.model_spec.name == "hourglass" for r in requests)
-    image = tf.make_ndarray(requests[0].inputs["image"])
-    assert image.dtype == np.float32 and image.ndim == 4 and image.shape[0] == 1 and image.shape[3] == 1
-    pngs = tf.make_ndarray(requests[2].inputs["image_bytes"])
-    assert pngs.shape == (2,) and tf.make_ndarray(requests[2].inputs["threshold"]).shape == (2,)
-    big = decode_png_image(tf.make_ndarray(requests[1].inputs["image_bytes"])[0])
-    assert max(big.shape[:2]) == LONG_SIDE
+    shapes = [tf.make_ndarray(r.inputs["image"]).shape for r in requests[1:3]]
+    assert shapes == [(1, LONG_SIDE, round(0.8 * LONG_SIDE), 1), (1, round(0.8 * LONG_SIDE), LONG_SIDE, 1)]
+    assert requests[1].inputs["image"].ByteSize() < 100  # one value, broadcast (TensorProto compact form)
+    for request, first in zip(requests[3:], ((LONG_SIDE, 51), (51, LONG_SIDE))):
+        (png,) = tf.make_ndarray(request.inputs["image_bytes"])
+        assert tuple(decode_png_image(png).shape[:2]) == first
+        assert np.isnan(tf.make_ndarray(request.inputs["threshold"])).all()
 
 
 def small_detector(peak_fn=None) -> HourglassDetector:
@@ -273,10 +281,50 @@ def test_cli_export_writes_versions_and_refuses_overwrite(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["version"] == 1 and out["metadata"]["input_multiple"] == MULTIPLE
     assert out["metadata"]["long_side"] == 96 and out["metadata"]["max_marks"] == 4
-    assert out["metadata"]["preprocessing"] == {"long_side": 96, "windowing": "auto", "orientation": "left"}
+    pre = out["metadata"]["preprocessing"]
+    assert {k: pre[k] for k in ("long_side", "windowing", "orientation")} == {
+        "long_side": 96, "windowing": "auto", "orientation": "left"}
     assert out["metadata"]["tensorflow_version"] == tf.__version__
     assert main([*argv, "--version", "1"]) == 2
     assert "1: version already exists" in capsys.readouterr().err
     assert main(["export", "--model", str(tmp_path / "nope.keras"), "--base-path", str(base)]) == 2
     assert "nope.keras: no such model file" in capsys.readouterr().err
     assert sm.list_versions(base) == [1]
+
+
+def test_warmup_covers_every_allowed_batch_size_of_the_batching_config(tmp_path, capsys):
+    from pathlib import Path
+
+    from serving.batching import allowed_batch_sizes
+
+    config = Path(__file__).resolve().parents[1] / "serving" / "batching_parameters.txt"
+    sizes = allowed_batch_sizes(config)
+    assert sizes == (1, 2, 4)
+    detector = HourglassDetector(conv_model(stride=2), stride=2, input_multiple=4, max_marks=3, long_side=40)
+    result = sm.export_detector(detector, tmp_path / "hourglass", verify="none", batch_sizes=sizes)
+    requests = [log.predict_log.request for log in read_warmup_requests(result.path)]
+    seen = {}
+    for request in requests:
+        name = request.model_spec.signature_name
+        key = "image" if name == "serving_default" else "image_bytes" if name == "detect_png" else "request"
+        shape = tuple(d.size for d in request.inputs[key].tensor_shape.dim)
+        seen.setdefault(name, set()).add(shape)
+    assert {s[0] for s in seen["serving_default"]} == set(sizes) == {s[0] for s in seen["detect_png"]}
+    assert {s[1:3] for s in seen["serving_default"]} == {(40, 32), (32, 40)}  # portrait and landscape
+    assert result.metadata["warmup"] == {"long_side": 40, "shapes": [[40, 32], [32, 40]], "batch_sizes": [1, 2, 4]}
+    assert len(requests) == 1 + 4 * len(sizes)
+    loaded = tf.saved_model.load(result.path)  # every record runs (in-process: the subprocess replay is slow)
+    for request in requests:
+        outputs = loaded.signatures[request.model_spec.signature_name](
+            **{k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()})
+        batch = next(iter(request.inputs.values())).tensor_shape.dim[0].size
+        assert all(v.shape[0] == batch for v in outputs.values())
+    # A batching file against TF Serving's rules: one line, exit 2, before any export.
+    bad = tmp_path / "bad.txt"
+    bad.write_text("max_batch_size { value: 8 }\nallowed_batch_sizes: 2\nallowed_batch_sizes: 4\n")
+    model = tmp_path / "m.keras"
+    conv_model(stride=2).save(model)
+    assert main(["export", "--model", str(model), "--base-path", str(tmp_path / "b"), "--batching-parameters",
+                 str(bad)]) == 2
+    assert "must equal max_batch_size" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -33,7 +33,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def small():
     """Two stacks of depth 2 (input multiple 16)."""
-    return build_hourglass("tiny", **SMALL)
+    return build_hourglass("tiny", head_initializer="glorot_uniform", **SMALL)  # outputs that can differ
 
 
 def residual_params(cin: int, cout: int) -> int:
@@ -150,8 +150,9 @@ def test_wrong_size_at_call_time(small):
         serve(tf.zeros([1, 12, 24, 1]))
 
 
-def test_every_weight_gets_a_gradient(small):
-    model = small
+def test_every_weight_gets_a_gradient():
+    # Glorot heads: with the default zero heads only the heads get a gradient before the first step.
+    model = build_hourglass("tiny", head_initializer="glorot_uniform", **SMALL)
     image = np.random.default_rng(2).random((2, 16, 16, 1), np.float32)
     with tf.GradientTape() as tape:
         outputs = model(image, training=True)
@@ -160,6 +161,26 @@ def test_every_weight_gets_a_gradient(small):
     assert all(g is not None for g in grads)
     assert all(np.all(np.isfinite(g.numpy())) for g in grads)
     assert sum(float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads) == len(grads)
+
+
+def test_zero_heads_start_at_zero_and_train():
+    model = build_hourglass("tiny", **SMALL)
+    image = np.random.default_rng(4).random((2, 32, 32, 1), np.float32)
+    for out in model(image, training=True):
+        np.testing.assert_array_equal(out.numpy(), 0.0)  # the untrained heatmap is all zero
+    optimizer = keras.optimizers.SGD(0.1)
+
+    def step():
+        with tf.GradientTape() as tape:
+            loss = sum(tf.reduce_mean(tf.square(out - 1.0)) for out in model(image, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return grads
+
+    step()  # the heads move off zero ...
+    grads = step()  # ... and from then on every weight learns
+    assert sum(float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads) == len(grads)
+    assert float(tf.reduce_max(tf.abs(model(image)[-1]))) > 0
 
 
 @pytest.mark.parametrize(
@@ -171,6 +192,7 @@ def test_every_weight_gets_a_gradient(small):
         ({"num_features": 2.5}, "'num_features'"),
         ({"num_stacks": "two"}, "'num_stacks'"),
         ({"input_size": (64,)}, "'input_size'"),
+        ({"head_initializer": "no_such_initializer"}, "no_such_initializer"),
     ],
 )
 def test_bad_options_raise_naming_the_key(overrides, message):

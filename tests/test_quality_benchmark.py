@@ -48,3 +48,20 @@ def test_every_variant_is_a_valid_hourglass_train_command():
             argv = ["train", "--data", "P", "--out", "R", *quality.train_flags(args, flags, 0)]
             config = cli.build_config(parser.parse_args(argv))
             assert config.phases() == [("patch", 12), ("full", 4)] and config.steps_per_epoch == 100
+
+
+def test_recipe_fingerprint_follows_code_not_docstrings(tmp_path):
+    def write(body: str) -> str:
+        for source in quality.RECIPE_SOURCES:
+            path = tmp_path / source
+            if source.endswith(".py"):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("x = 1\n")
+            else:
+                path.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "keras_hourglass/model/net.py").write_text(body)
+        return quality.recipe_fingerprint(str(tmp_path))
+
+    base = write('"""Doc."""\ndef f():\n    """Old words."""\n    return 1  # a comment\n')
+    assert write('"""Other doc."""\ndef f():\n    """New words."""\n    return 1\n') == base
+    assert write('"""Doc."""\ndef f():\n    """Old words."""\n    return 2\n') != base

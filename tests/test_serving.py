@@ -15,6 +15,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from keras_hourglass.cli.main import main  # noqa: E402
+from export.signatures import decode_png_image  # noqa: E402
 from keras_hourglass.data.dicom import read_mammogram  # noqa: E402
 from serving import client as sc  # noqa: E402
 from serving_doubles import (  # noqa: E402
@@ -82,37 +83,12 @@ def test_models_config_parses_as_model_server_config():
     assert model.model_version_policy.latest.num_versions == 2
 
 
-def _batching_parameters_class():
-    """BatchingParameters of tensorflow_serving/servables/tensorflow/session_bundle_config.proto.
-
-    tensorflow-serving-api's wheel does not ship that proto, so its message is rebuilt here from the
-    upstream definition (fields 1-7 with their upstream numbers and wrapper types).
-    """
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
-
-    pool = descriptor_pool.DescriptorPool()
-    wrappers = descriptor_pb2.FileDescriptorProto()
-    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
-    pool.Add(wrappers)
-    f = descriptor_pb2.FileDescriptorProto(name="session_bundle_config_subset.proto", package="tensorflow.serving",
-                                           syntax="proto3", dependency=["google/protobuf/wrappers.proto"])
-    m = f.message_type.add(name="BatchingParameters")
-    fd = descriptor_pb2.FieldDescriptorProto
-    for number, name, type_name in [(1, "max_batch_size", "Int64Value"), (2, "batch_timeout_micros", "Int64Value"),
-                                    (3, "max_enqueued_batches", "Int64Value"), (4, "num_batch_threads", "Int64Value"),
-                                    (5, "thread_pool_name", "StringValue")]:
-        m.field.add(name=name, number=number, type=fd.TYPE_MESSAGE, label=fd.LABEL_OPTIONAL,
-                    type_name=f".google.protobuf.{type_name}")
-    m.field.add(name="allowed_batch_sizes", number=6, type=fd.TYPE_INT64, label=fd.LABEL_REPEATED)
-    m.field.add(name="pad_variable_length_inputs", number=7, type=fd.TYPE_BOOL, label=fd.LABEL_OPTIONAL)
-    pool.Add(f)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
-
-
 def test_batching_parameters_parse_and_are_consistent():
     from google.protobuf import text_format
 
-    params = text_format.Parse((SERVING_DIR / "batching_parameters.txt").read_text(), _batching_parameters_class()())
+    from serving.batching import batching_parameters_class
+
+    params = text_format.Parse((SERVING_DIR / "batching_parameters.txt").read_text(), batching_parameters_class()())
     sizes = list(params.allowed_batch_sizes)
     assert sizes == sorted(sizes) and sizes[-1] == params.max_batch_size.value  # TF Serving's rules
     assert params.num_batch_threads.value >= 1 and params.batch_timeout_micros.value > 0
@@ -253,11 +229,19 @@ def test_rest_client_both_forms_match_local(local, rest_double, dicoms):
     assert len(client.detect_file(dicoms[1]).marks) == 0
 
 
-def test_rest_client_learns_the_models_long_side(rest_double, dicoms):
+def test_clients_read_the_contract_once_and_pin_the_version(export_dir, rest_double, grpc_double, dicoms):
     _, url = rest_double
-    client = sc.RestClient(url, signature="detect_png")  # starts at 1536, the model says 64
+    client = sc.RestClient(url, signature="detect_png")  # no long side given: the contract's
     detection = client.detect_file(dicoms[0])
     assert detection.long_side == LONG_SIDE and max(detection.image_shape) == LONG_SIDE
+    assert detection.model_version == 1 and client.contract().long_side == LONG_SIDE
+    double, address = grpc_double
+    double.requests.clear()
+    with sc.GrpcClient(address) as grpc_client:
+        grpc_client.detect_file(dicoms[0])
+        grpc_client.detect_file(dicoms[1])
+    # One metadata call (latest), then every prediction pinned to the version that answered it.
+    assert double.requests == [("metadata", None, ""), ("serving_default", 1, ""), ("serving_default", 1, "")]
 
 
 def test_rest_errors_and_retries(export_dir, rest_double, dicoms):
@@ -351,6 +335,173 @@ def test_real_tensorflow_model_server(export_dir, dicoms, tmp_path):
         with pytest.raises(sc.ModelNotFoundError):
             sc.RestClient(f"http://127.0.0.1:{rest_port}", model_name="nope", retries=0).detect_file(dicoms[0])
         client.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        time.sleep(0.1)
+
+
+# ---------------------------------------------------------------------------- the model contract
+def _canonical_table(root: Path, image_name: str) -> str:
+    path = root / "annotations.csv"
+    path.write_text("image_path,patient_id,study_id,laterality,view,label,finding_type,xmin,ymin,xmax,ymax\n"
+                    f"{image_name},P-1,S-1,R,CC,normal,,,,,\n")
+    return str(path)
+
+
+def test_client_sends_exactly_the_training_pixels_of_prep(tmp_path):
+    """An export whose PREP used non-default preprocessing (min-max instead of the file's window, no
+    reorientation, long side 40): both remote clients send PREP's pixels, not read_mammogram's defaults."""
+    from export.saved_model import export_keras_model
+    from keras_hourglass.data import records
+    from keras_hourglass.data.prepare import PrepareConfig, prepare
+    from serving_doubles import conv_model
+
+    images = tmp_path / "images"
+    dicom = write_mammogram_dicom(images / "right.dcm", breast_pixels(seed=4)[:, ::-1], laterality="R")
+    import pydicom
+
+    ds = pydicom.dcmread(dicom)
+    ds.WindowCenter, ds.WindowWidth = 1600, 600  # a narrow window: "auto" would use it
+    ds.save_as(dicom)
+    prep = tmp_path / "prep"
+    prepare(PrepareConfig(annotations=[_canonical_table(images, "right.dcm")], images_root=str(images),
+                          out=str(prep), size=40, voi="none", orient="none", salt="s", quiet=True,
+                          val_fraction=0.0, test_fraction=0.0))
+    (raw,) = [r for f in records.list_files(str(prep), "train") for r in tf.data.TFRecordDataset(f)]
+    prep_pixels = records.parse_example(raw)["image"].numpy()[..., 0]
+    run = tmp_path / "run"
+    run.mkdir()
+    conv_model(stride=2).save(run / "model.keras")
+    (run / "config.json").write_text(json.dumps({"data": {"prep_dir": str(prep)}}))
+    result = export_keras_model(run / "model.keras", tmp_path / "serving" / "hourglass", verify="none", max_marks=3)
+    assert result.metadata["preprocessing"]["windowing"] == "none"
+    defaults = read_mammogram(dicom, long_side=40).image
+    assert defaults.shape == prep_pixels.shape and np.abs(defaults - prep_pixels).max() > 0.1  # they differ
+
+    grpc_double = TFServingPredictionServiceDouble(result.path)
+    server, address = grpc_double.start()
+    try:
+        with sc.GrpcClient(address) as client:
+            client.detect_file(dicom)
+        sent = grpc_double.last_inputs["image"][0, ..., 0]
+        np.testing.assert_allclose(sent, prep_pixels, atol=1.0 / 65535 + 1e-7)
+    finally:
+        server.stop(None)
+    rest_double = TFServingRestDouble(result.path)
+    server, url = rest_double.start()
+    try:
+        sc.RestClient(url, signature="detect_png").detect_file(dicom)
+        import base64
+
+        png = base64.b64decode(rest_double.last_body["instances"][0]["image_bytes"]["b64"])
+        sent = decode_png_image(png).numpy()[..., 0]
+        np.testing.assert_allclose(sent, prep_pixels, atol=1.0 / 65535 + 1e-7)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_operating_point_picks_the_recorded_threshold(tmp_path, dicoms, capsys):
+    from export.saved_model import export_detector
+    from export.signatures import HourglassDetector
+    from serving.contract import inclusive_threshold
+    from serving_doubles import conv_model
+
+    froc = tmp_path / "eval" / "froc.json"
+    froc.parent.mkdir()
+    froc.write_text(json.dumps({"split": "test", "num_images": 10, "operating_points": {
+        "1": {"threshold": 0.75, "fpi": 0.9, "sensitivity": 0.5},
+        "4.8": {"threshold": 0.25, "fpi": 4.7, "sensitivity": 0.8},
+        "0.125": {"threshold": None, "fpi": None, "sensitivity": None}}}))
+    from export.contract import operating_points_from_froc
+
+    detector = HourglassDetector(conv_model(stride=2), stride=2, input_multiple=4, max_marks=4, threshold=-1e9,
+                                 long_side=LONG_SIDE)
+    base = tmp_path / "serving" / "hourglass"
+    export_detector(detector, base, verify="none", metadata={"operating_points": operating_points_from_froc(froc)})
+    assert main(["predict", "--saved-model", str(base), "--operating-point", "4.8", dicoms[0]]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["operating_point"]["threshold"] == 0.25 and out["threshold"] == inclusive_threshold(0.25)
+    assert out["model_version"] == 1
+    assert all(m["score"] >= 0.25 for m in out["results"][0]["marks"])
+    assert main(["predict", "--saved-model", str(base), "--operating-point", "2", dicoms[0]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no operating point at FPI 2 (recorded: 0.125, 1, 4.8)" in err
+    contract = sc.ModelContract.from_text((base / "1" / "assets.extra" / "keras_hourglass.json").read_text())
+    with pytest.raises(sc.InputError, match="no threshold keeps FPI <= 0.125"):
+        contract.operating_point(0.125)
+    # An export without recorded operating points: one line, exit 2.
+    none_base = tmp_path / "serving" / "plain"
+    export_detector(detector, none_base, verify="none")
+    assert main(["predict", "--saved-model", str(none_base), "--operating-point", "4.8", dicoms[0]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "records no operating points" in err
+
+
+@pytest.mark.real_server
+@pytest.mark.skipif(shutil.which("tensorflow_model_server") is None or shutil.which("openssl") is None,
+                    reason="tensorflow_model_server or openssl not on PATH")
+def test_real_server_metadata_labels_and_tls(export_dir, dicoms, tmp_path):
+    """The real TF Serving: the metadata signature over REST and gRPC, version labels (stable, canary) from
+    models.config, gRPC over TLS (--ssl_config_file) with a private CA."""
+    import socket
+    import time
+
+    from serving.model_config import set_version_label
+    from test_tls import _make_pki
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    base = tmp_path / "hourglass"
+    for version in (1, 2):
+        shutil.copytree(export_dir, base / str(version))
+    config = tmp_path / "models.config"
+    set_version_label(config, "hourglass", "stable", 1, base_path=str(base))
+    set_version_label(config, "hourglass", "canary", 2)
+    pki = _make_pki(tmp_path, "real")
+    ssl_config = tmp_path / "ssl.config"
+    ssl_config.write_text(f"server_key: {json.dumps(open(pki['key']).read())}\n"
+                          f"server_cert: {json.dumps(open(pki['cert']).read())}\n"
+                          f"custom_ca: {json.dumps(open(pki['ca']).read())}\nclient_verify: false\n")
+    grpc_port, rest_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        ["tensorflow_model_server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+         f"--model_config_file={config}", "--allow_version_labels_for_unavailable_models=true",
+         f"--ssl_config_file={ssl_config}", "--enable_model_warmup=true", "--rest_api_timeout_in_ms=60000"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        import urllib.request
+
+        from serving.tls import TlsOptions
+
+        deadline = time.monotonic() + 120
+        while True:  # both versions loaded and warmed up (a label of a loading version is NOT_FOUND)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/v1/models/hourglass", timeout=5) as reply:
+                    states = [v["state"] for v in json.load(reply)["model_version_status"]]
+                if states.count("AVAILABLE") == 2:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "TF Serving did not load both versions"
+            time.sleep(0.5)
+        tls = TlsOptions(ca_cert=pki["ca"])
+        with sc.GrpcClient(f"127.0.0.1:{grpc_port}", label="canary", tls=tls, retries=30, backoff=0.5,
+                           timeout=120) as client:
+            detection = client.detect_file(dicoms[0])
+            assert client.contract().long_side == LONG_SIDE and detection.model_version == 2
+        rest = sc.RestClient(f"http://127.0.0.1:{rest_port}", label="stable", signature="detect_png", retries=30,
+                             timeout=120)
+        assert rest.detect_file(dicoms[0]).model_version == 1
+        np.testing.assert_allclose(rest.detect_file(dicoms[0]).marks, detection.marks, atol=1e-3)
     finally:
         proc.terminate()
         try:
