@@ -8,7 +8,7 @@ HOURGLASS := $(VENV)/bin/hourglass
 DEMO ?= demo_out
 PIP_FLAGS ?= --disable-pip-version-check --progress-bar off
 
-.PHONY: venv demo test test-tfio bench ablation quality quality-ablation quality-stress soak clean
+.PHONY: venv demo test test-tfio test-tfx bench ablation quality quality-ablation quality-stress soak clean
 
 venv: $(VENV)/.installed
 
@@ -24,7 +24,7 @@ demo: venv
 
 # The test suite (tiny models, tiny images; < 10 min on 2 cores).
 test: venv
-	$(PY) -m pytest -q -m "not tfio and not real_server" tests
+	$(PY) -m pytest -q -m "not tfio and not tfx and not real_server" tests
 
 # The tensorflow-io leg: its own venv with TF 2.17.1 + tensorflow-io 0.37.1 (tfio's ops do not load on
 # TF >= 2.18), pinned by .ci/tfio-constraints.txt. HOURGLASS_REQUIRE_TFIO=1 turns "tfio missing" skips
@@ -42,6 +42,31 @@ $(TFIO_VENV)/.installed: setup.cfg pyproject.toml .ci/tfio-constraints.txt
 test-tfio: $(TFIO_VENV)/.installed
 	status=0; HOURGLASS_REQUIRE_TFIO=1 $(TFIO_PY) -m pytest -q -m tfio tests || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "test-tfio: no tfio test collected"; exit 0; fi; exit $$status
+
+# The TFX leg: its own venv with tfx 1.21 (TF 2.21, Beam, TFMA, TFDV, TFT), pinned by
+# .ci/tfx-constraints.txt; runs the LocalDagRunner pipeline test (ImportExampleGen -> Tuner -> Trainer
+# -> Pusher). HOURGLASS_REQUIRE_TFX=1 turns "tfx missing" skips into failures.
+# tfx 1.21's native dependencies are built for glibc >= 2.39: ml-metadata 1.21.0 ships only manylinux_2_39
+# wheels (its extension needs libstdc++ GLIBCXX_3.4.32) and TFDV 1.21's extension calls glibc 2.38
+# symbols. On an older system (Debian 12: glibc 2.36) pip finds no ml-metadata 1.21, so the leg stops
+# first with that reason.
+TFX_PYTHON ?= $(PYTHON)
+TFX_VENV ?= .venv-tfx
+TFX_PY := $(TFX_VENV)/bin/python
+
+$(TFX_VENV)/.installed: setup.cfg pyproject.toml .ci/tfx-constraints.txt
+	@glibc=$$(getconf GNU_LIBC_VERSION | cut -d' ' -f2); \
+	if [ "$$(printf '%s\n2.39\n' "$$glibc" | sort -V | head -1)" != 2.39 ]; then \
+	  echo "test-tfx: tfx 1.21 needs glibc >= 2.39 (ml-metadata 1.21 wheels are manylinux_2_39); this system has $$glibc"; exit 1; fi
+	$(TFX_PYTHON) -m venv $(TFX_VENV)
+	$(TFX_PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(TFX_PY) -m pip install $(PIP_FLAGS) -c .ci/tfx-constraints.txt -e ".[dev,tfx]"
+	$(TFX_PY) -c "import tfx, tensorflow as tf; from tfx.v1.dsl import Pipeline; print('tfx', tfx.__version__, 'tf', tf.__version__)"
+	touch $@
+
+test-tfx: $(TFX_VENV)/.installed
+	status=0; HOURGLASS_REQUIRE_TFX=1 $(TFX_PY) -m pytest -q -m tfx tests || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "test-tfx: no tfx test collected"; exit 1; fi; exit $$status
 
 # Benchmarks (not CI): each benchmark in its own subprocess with a timeout -> benchmarks/results.json
 # and BENCHMARKS.md (ratios measured in one run, absolute times beside them). BENCH_FLAGS=--quick: smoke run.
@@ -74,4 +99,4 @@ soak: venv
 	  tests/test_reliability_phi.py tests/test_reliability_hostile.py
 
 clean:
-	rm -rf $(VENV) $(TFIO_VENV) $(DEMO) build *.egg-info
+	rm -rf $(VENV) $(TFIO_VENV) $(TFX_VENV) $(DEMO) build *.egg-info

@@ -12,7 +12,8 @@ Measured per checkpoint: the training loss, the loss of an all-zero heatmap on t
 "learned nothing" line), the mean heatmap on target pixels (target > 0.6) and the 99th percentile of the
 heatmap off target (target < 0.01). Same patches, same seed, same optimizer for both.
 
-Outputs: benchmarks/out/init_diagnosis.json and .md.
+Outputs: benchmarks/out/init_diagnosis.json, and the table in benchmarks/init-diagnosis.md (committed;
+`benchmarks/run_all.py` appends it to BENCHMARKS.md).
 
 Usage:
     python benchmarks/init_diagnosis.py --data PREP              # 2 x 600 steps, ~5 min on 2 cores
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, "init_diagnosis.json"), "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=2)
     text = markdown(result)
-    with open(os.path.join(args.out, "init_diagnosis.md"), "w", encoding="utf-8") as handle:
+    with open(os.path.join(HERE, "init-diagnosis.md"), "w", encoding="utf-8") as handle:
         handle.write(text)
     print(text)
     return 0

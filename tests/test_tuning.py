@@ -557,3 +557,96 @@ def test_chief_refreshes_the_outputs_when_a_worker_ends_a_trial(tmp_path, monkey
         assert [(r["trial_id"], r["status"], r["objective"]) for r in csv.DictReader(handle)] == [
             (trial.trial_id, "COMPLETED", "0.5")]
     assert json.load(open(tmp_path / "best_hyperparameters.json"))["values"] == trial.hyperparameters.values
+
+
+# ---------------------------------------------------------------------------------------------
+# TensorBoard HParams data (tuning.hparams), read back with TensorBoard's own readers
+
+
+def _read_hparams(logs):
+    """{run: session start info or experiment}, {run: {tag: value}} read with TensorBoard's event APIs."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing import plugin_event_multiplexer
+    from tensorboard.plugins.hparams import metadata
+
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logs))
+    mux.Reload()
+    infos = {}
+    for run, tags in mux.PluginRunToTagToContent(metadata.PLUGIN_NAME).items():
+        for tag, content in tags.items():
+            if tag == metadata.EXPERIMENT_TAG:
+                infos[run] = metadata.parse_experiment_plugin_data(content)
+            elif tag == metadata.SESSION_START_INFO_TAG:
+                infos[run] = metadata.parse_session_start_info_plugin_data(content)
+    scalars = {}
+    for run, tags in mux.PluginRunToTagToContent("scalars").items():
+        scalars[run] = {tag: float(tf.make_ndarray(mux.Tensors(run, tag)[-1].tensor_proto)) for tag in tags}
+    return infos, scalars
+
+
+def _hparam_value(value):
+    kind = value.WhichOneof("kind")
+    return {"number_value": value.number_value, "string_value": value.string_value,
+            "bool_value": value.bool_value}[kind]
+
+
+def test_hparams_dashboard_holds_every_finished_trial(tmp_path):
+    import shutil
+
+    from tuning import hparams, outputs, search
+
+    tuner = search.make_tuner(_hypermodel(), tmp_path, max_trials=2, seed=3)
+    summary = search.run_search(tuner, tmp_path)
+    assert summary["hparams_logs"] == str(tmp_path / "logs")
+    records = outputs.load_trials(search.project_dir(tmp_path))
+    assert len(records) == 2 and all(r.completed for r in records)
+
+    def check():
+        infos, scalars = _read_hparams(tmp_path / "logs")
+        experiment = infos.pop(".")
+        assert [i.name for i in experiment.hparam_infos] == ["omega", "top_k", "sigmas", "learning_rate"]
+        assert [m.name.tag for m in experiment.metric_infos] == [
+            "val_sensitivity", "val_sensitivity_at_1", "val_sensitivity_at_2", "val_sensitivity_at_4.8",
+            "val_mean_sensitivity", "val_max_sensitivity"]
+        assert sorted(infos) == sorted(f"trial_{r.trial_id}" for r in records)
+        for record in records:
+            run = f"trial_{record.trial_id}"
+            values = {name: _hparam_value(v) for name, v in infos[run].hparams.items()}
+            # the searched values (patch_size is fixed by the fixture: not searched, not shown)
+            assert values == pytest.approx({k: record.values[k] for k in ("omega", "top_k", "sigmas", "learning_rate")})
+            assert infos[run].group_name == record.trial_id
+            expected = {tag: record.metrics[tag] for tag, _ in hparams.METRICS}
+            assert scalars[run] == pytest.approx(expected)
+
+    check()
+    # Resumable: a session lost (killed before it was written) is written by the next run, once.
+    shutil.rmtree(tmp_path / "logs" / f"trial_{records[1].trial_id}")
+    again = search.run_search(search.make_tuner(_hypermodel(), tmp_path, max_trials=2, seed=3), tmp_path)
+    assert again["trials_run"] == []
+    check()
+    assert all(len(os.listdir(tmp_path / "logs" / f"trial_{r.trial_id}")) == 1 for r in records)
+    # --overwrite starts the dashboard over with the search.
+    search.make_tuner(_hypermodel(), tmp_path, max_trials=2, seed=3, overwrite=True)
+    assert not (tmp_path / "logs").exists()
+
+
+def test_hparams_of_a_trial_run_by_a_worker_are_written_by_the_chief(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "chief")
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "1")
+    from tuning import search
+
+    tuner = search.make_tuner(_hypermodel(), tmp_path, max_trials=2, seed=1)
+    # What the chief's gRPC servicer does for a worker: create a trial, record its metrics, end it.
+    trial = tuner.oracle.create_trial("tuner0")
+    metrics = {"val_sensitivity": 0.5, "val_mean_sensitivity": 0.2, "val_max_sensitivity": 0.75,
+               "val_sensitivity_at_1": 0.25, "val_sensitivity_at_2": 0.375, "val_sensitivity_at_4.8": 0.5}
+    tuner.oracle.update_trial(trial.trial_id, metrics)
+    trial.status = "COMPLETED"
+    tuner.oracle.end_trial(trial)
+    infos, scalars = _read_hparams(tmp_path / "logs")
+    run = f"trial_{trial.trial_id}"
+    assert {k: _hparam_value(v) for k, v in infos[run].hparams.items()} == pytest.approx(
+        {k: trial.hyperparameters.values[k] for k in ("omega", "top_k", "sigmas", "learning_rate")})
+    assert scalars[run] == pytest.approx(metrics)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from test_tuning import clean_env, make_prepared, tune_command
+from test_tuning import _hparam_value, _read_hparams, clean_env, make_prepared, tune_command
 
 pytestmark = pytest.mark.slow
 
@@ -76,3 +76,12 @@ def test_chief_and_two_workers_split_the_trials(tmp_path):
     with open(os.path.join(out, "trials.csv"), newline="") as handle:
         assert [r["status"] for r in csv.DictReader(handle)] == ["COMPLETED", "COMPLETED"]
     assert os.path.exists(os.path.join(out, "best_hyperparameters.json"))
+    # The HParams dashboard holds both trials, whichever worker ran them (the chief writes it).
+    from tuning import hparams, outputs
+
+    infos, scalars = _read_hparams(os.path.join(out, "logs"))
+    for record in outputs.load_trials(project):
+        run = f"trial_{record.trial_id}"
+        assert {k: _hparam_value(v) for k, v in infos[run].hparams.items()} == pytest.approx(
+            {k: record.values[k] for k in ("omega", "top_k", "sigmas", "learning_rate")})
+        assert scalars[run] == pytest.approx({tag: record.metrics[tag] for tag, _ in hparams.METRICS})

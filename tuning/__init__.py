@@ -8,5 +8,6 @@ Modules (this package imports none of them, so `hourglass --help` stays TensorFl
 - `tuning.search`: `make_tuner(...)`, `run_search(tuner, out)`, `role()` (single / chief / worker).
 - `tuning.outputs`: `write_outputs(project_dir, out)` -> trials.csv, best_hyperparameters.json,
   objective.png (no TensorFlow).
+- `tuning.hparams`: `sync(project_dir, logs_dir)` -> TensorBoard HParams data per finished trial in TUNE/logs.
 - `tuning.cli`: the `hourglass tune` subcommand.
 """

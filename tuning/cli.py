@@ -49,7 +49,8 @@ examples:
   KERASTUNER_TUNER_ID=tuner1 KERASTUNER_ORACLE_IP=10.0.0.1 KERASTUNER_ORACLE_PORT=8000 hourglass tune ...
 
 outputs (in --out): best_hyperparameters.json (for `hourglass train --hparams`), trials.csv,
-objective.png, search.json (the settings), hourglass_tune/ (KerasTuner's project: trials, oracle).
+objective.png, search.json (the settings), logs/ (TensorBoard HParams: `tensorboard --logdir TUNE/logs`),
+hourglass_tune/ (KerasTuner's project: trials, oracle).
 Objective: val_sensitivity at --target-fpi (max); ties -> higher mean sensitivity, higher max
 sensitivity, lower omega, earlier trial.
 """

@@ -11,7 +11,8 @@
   contains "chief" serves the oracle over gRPC (it runs no trials and returns
   when every trial has ended) and the others (`tuner0`, `tuner1`, ...) ask it
   for trials and report their results. Only the chief (or a non-distributed
-  search) writes the outputs.
+  search) writes the outputs, and the TensorBoard HParams data of every finished trial
+  (`tuning.hparams`, `TUNE/logs`), whichever worker ran it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import keras_tuner
 
 from tuning import durability
+from tuning import hparams
 from tuning import objective as objective_lib
 from tuning import outputs
 from tuning.outputs import PROJECT_NAME
@@ -76,6 +78,7 @@ def _recording(base: type) -> type:
         def _write_outputs(self):
             try:
                 outputs.write_outputs(self.project_dir, self.directory)
+                hparams.sync(self.project_dir, hparams.logs_dir(self.directory))
             except Exception as err:  # never lose a search over a report
                 _log(f"could not refresh the outputs: {err.__class__.__name__}: {err}")
 
@@ -152,6 +155,8 @@ def make_tuner(
     durability.install_atomic_state_writes()
     if not overwrite and role() != "worker":
         durability.check_state_files(project_dir(directory))
+    if overwrite and role() != "worker":
+        hparams.clear(hparams.logs_dir(directory))
     common = dict(
         hypermodel=hypermodel,
         objective=objective_lib.objective(),
@@ -205,4 +210,9 @@ def run_search(tuner: keras_tuner.Tuner, directory: str | os.PathLike) -> dict[s
     }
     if this_role != "worker":
         summary.update(outputs.write_outputs(project_dir(directory), directory))
+        summary["hparams_logs"] = hparams.logs_dir(directory)
+        try:
+            hparams.sync(project_dir(directory), summary["hparams_logs"])
+        except Exception as err:  # the search itself is done and recorded
+            _log(f"could not write the HParams data: {err.__class__.__name__}: {err}")
     return summary

@@ -13,10 +13,11 @@ Architecture (`build_hourglass`):
 
 Head initialisation: each 1x1 heatmap convolution starts with a zero kernel
 and bias (`head_initializer="zeros"`), so the untrained network outputs an
-all-zero heatmap. With Glorot-initialised heads the untrained tiny model
-output about +-1.4 per pixel on mammogram crops (L2 loss 50x the all-zero
-output's), and at our budgets training spent its steps shrinking that
-background instead of learning the lesions (benchmarks/init_diagnosis.py).
+all-zero heatmap. With Glorot-initialised heads, fitting the tiny model to
+33 training patches with L2 started at 18x the all-zero heatmap's loss and
+was still above it after 600 steps; with zero heads it reached 0.3x
+(benchmarks/init_diagnosis.py): at our budgets training spent its steps
+shrinking the untrained background instead of learning the lesions.
 
 Outputs: with `intermediate_supervision` and more than one stack, a list
 `[heatmap_stack1, ..., heatmap_stack{n-1}, heatmap]`; otherwise the single
