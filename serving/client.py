@@ -737,6 +737,7 @@ class RestClient(PredictionClient):
         def work():
             try:
                 with self._opener.open(request, timeout=max(deadline.remaining(), 0.001)) as response:
+                    outcome["response"] = response  # closed by the caller if the deadline passes first
                     length = response.headers.get("Content-Length")
                     if length and length.strip().isdigit() and int(length) > self.max_message_bytes:
                         raise ServingError(f"{self.url}: reply of {int(length) / 2**20:.1f} MiB is above the "
@@ -761,6 +762,12 @@ class RestClient(PredictionClient):
         thread.start()
         thread.join(deadline.remaining() + 0.05)
         if thread.is_alive():
+            response = outcome.get("response")
+            if response is not None:  # do not leave the connection open behind a timed-out request
+                try:
+                    response.close()
+                except OSError:
+                    pass
             raise TimeoutError(f"no complete reply within {self.timeout:g} s")
         if "error" in outcome:
             raise outcome["error"]
