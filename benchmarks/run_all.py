@@ -256,10 +256,12 @@ def write_markdown(entries: list[dict], quick: bool, started_at: str, path: str)
         load = (result.get("machine") or {}).get("load_average_1m", result.get("load_average_1m_at_end", ""))
         lines.append(f"| {e['name']} | {e['status']} | {e['seconds']} | {load} |")
     lines += ["", "Raw results: benchmarks/results.json (per-benchmark JSON in benchmarks/out/)."]
-    # The detection-quality tables (`make quality*`) are kept beside this file and carried over verbatim.
+    # The detection-quality tables (`make quality*`) and the head-initialisation diagnosis
+    # (`benchmarks/init_diagnosis.py`) are kept beside this file and carried over verbatim.
     import glob
 
-    for table in sorted(glob.glob(os.path.join(HERE, "quality-*.md"))):
+    tables = sorted(glob.glob(os.path.join(HERE, "quality-*.md"))) + sorted(glob.glob(os.path.join(HERE, "init-*.md")))
+    for table in tables:
         with open(table, encoding="utf-8") as handle:
             lines += ["", handle.read().rstrip()]
     with open(path, "w") as handle:
