@@ -1,4 +1,4 @@
-"""hourglass prepare: accounting, boxes, splits, PHI, resumability, machine shards, workers, CLI."""
+"""hourglass prepare (local path): accounting, boxes, splits, PHI, resumability, workers, CLI."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def test_every_row_ingested_or_rejected_and_boxes_reach_the_image_frame(tmp_path
     assert manifest["code_version"] and manifest["salt"] == SALT and manifest["preprocessing"]["size"] == 48
     for ex in written.values():
         assert ex["label"].decode() == records.stratum_of(b.decode() for b in ex["box_labels"])
-        assert ex["file"].startswith(ex["label"].decode() + "-s00of01-")
+        assert ex["file"].startswith(ex["label"].decode() + "-")
         assert ex["image"].shape == (48, 32, 1)
     # Boxes: original (ymin, xmin, ymax, xmax) forward-mapped to the 48x32 image (R breasts mirrored).
     for i in (2, 3):  # img002 high_risk R, img003 malignant L
@@ -224,6 +224,9 @@ def test_interrupted_run_resumes_to_the_same_records(tmp_path):
     assert third["chunks"]["written"] == 0 and third["content_hash"] == first["content_hash"]
     with pytest.raises(InputError, match="other settings"):
         prepare(_config(table, root, tmp_path / "prep", size=64))
+    (tmp_path / "old" / "shards").mkdir(parents=True)  # the layout before issue 14: never mixed with this one
+    with pytest.raises(InputError, match="older version"):
+        prepare(_config(table, root, tmp_path / "old"))
 
 
 def test_unwritable_output_is_a_one_line_input_error(tmp_path):
@@ -233,35 +236,6 @@ def test_unwritable_output_is_a_one_line_input_error(tmp_path):
     (tmp_path / "prep" / "train").write_text("a file where the split directory goes")
     with pytest.raises(InputError, match="cannot write"):
         prepare(_config(table, root, tmp_path / "prep", val_fraction=0.0, test_fraction=0.0))
-
-
-def test_machine_shards_merge_to_the_single_machine_result(tmp_path):
-    root = tmp_path / "in"
-    table = _dataset(root, images=12, patients=6, extra_rows=[
-        ["gone.dcm", "MRN-G", "S", "L", "CC", "normal", "", "", "", "", ""]])
-    single = prepare(_config(table, root, tmp_path / "one"))
-    with pytest.raises(InputError, match="--salt"):
-        prepare(_config(table, root, tmp_path / "two", salt=None, num_shards=2, shard_index=0))
-    part0 = prepare(_config(table, root, tmp_path / "two", num_shards=2, shard_index=0))
-    assert part0["merged"] is False and "[1]" in part0["waiting_for"]
-    part1 = prepare(_config(table, root, tmp_path / "two", num_shards=2, shard_index=1))
-    assert part1["merged"] is True
-    assert part0["images_written_here"] > 0 and part1["images_written_here"] > 0
-    merged = json.loads((tmp_path / "two" / "manifest.json").read_text())
-    one = json.loads((tmp_path / "one" / "manifest.json").read_text())
-    for key in ("inputs", "ingested", "images_written", "findings", "rejects", "boxes_clipped"):
-        assert merged[key] == one[key], key
-    a, b = _read_all(tmp_path / "one"), _read_all(tmp_path / "two")
-    assert sorted(a) == sorted(b)
-    assert all(a[k]["split"] == b[k]["split"] and a[k]["label"] == b[k]["label"] for k in a)
-    # the explicit merge (CLI) rewrites the same manifest
-    (tmp_path / "two" / "manifest.json").unlink()
-    assert cli_main(["prepare", "--merge", "--out", str(tmp_path / "two")]) == 0
-    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["content_hash"] == \
-        merged["content_hash"]
-    assert single["content_hash"] != merged["content_hash"]  # file names carry the machine tag
-    with pytest.raises(InputError, match=r"another|--num-shards \[2\]"):
-        prepare(_config(table, root, tmp_path / "two"))  # a 1-machine run into a 2-machine PREP
 
 
 @pytest.mark.slow
@@ -335,7 +309,7 @@ def test_cli_help_errors_and_tfio(tmp_path, capsys):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     out = subprocess.run([sys.executable, "-m", "keras_hourglass.cli.main", "prepare", "--help"],
                          capture_output=True, text=True, env=env)
-    assert out.returncode == 0 and "examples:" in out.stdout and "--num-shards" in out.stdout
+    assert out.returncode == 0 and "examples:" in out.stdout and "--runner" in out.stdout and "--num-shards" not in out.stdout
     (tmp_path / "root").mkdir()
     code = cli_main(["prepare", "--annotations", str(tmp_path / "no.csv"), "--images-root", str(tmp_path / "root"),
                      "--out", str(tmp_path / "p")])
@@ -349,7 +323,7 @@ def test_cli_help_errors_and_tfio(tmp_path, capsys):
     code = cli_main(["prepare", "--annotations", table, "--images-root", str(tmp_path / "in"),
                      "--out", str(tmp_path / "ok"), "--size", "48", "--quiet", "--salt", SALT])
     summary = json.loads(capsys.readouterr().out)
-    assert code == 0 and summary["merged"] and summary["inputs"]["rows"] == 1
+    assert code == 0 and summary["runner"] == "local" and summary["inputs"]["rows"] == 1
 
 
 @pytest.mark.tfio

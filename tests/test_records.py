@@ -72,15 +72,15 @@ def test_make_example_validates_lengths_and_labels():
 
 
 def test_layout_names_atomic_writes_and_listing(tmp_path):
-    name = records.shard_file_name("malignant", 3, shard_index=1, num_shards=4)
-    assert name == "malignant-s01of04-00003.tfrecord"
+    name = records.shard_file_name("malignant", 3)
+    assert name == "malignant-00003.tfrecord"
     example = _example(np.zeros((8, 8), np.float32)).SerializeToString()
     path = tmp_path / "train" / name
     assert records.write_records_atomic(path, [example, example]) == 2
-    (tmp_path / "train" / ".benign-s00of01-00000.tfrecord.99.tmp").write_bytes(b"partial")
-    records.write_records_atomic(tmp_path / "train" / "normal-s00of01-00000.tfrecord", [example])
+    (tmp_path / "train" / ".benign-00000.tfrecord.99.tmp").write_bytes(b"partial")
+    records.write_records_atomic(tmp_path / "train" / "normal-00000-of-00002.tfrecord", [example])  # Beam's name
     assert [os.path.basename(f) for f in records.list_files(tmp_path, "train")] == [
-        "malignant-s01of04-00003.tfrecord", "normal-s00of01-00000.tfrecord"]
+        "malignant-00003.tfrecord", "normal-00000-of-00002.tfrecord"]
     assert records.list_files(tmp_path, "train", "benign") == []
     assert sum(1 for _ in tf.data.TFRecordDataset(str(path))) == 2
     assert not [f for f in os.listdir(tmp_path / "train") if f.endswith(".tmp") and "malignant" in f]
@@ -92,5 +92,33 @@ def test_failed_write_leaves_no_file(tmp_path):
         raise RuntimeError("worker died")
 
     with pytest.raises(RuntimeError):
-        records.write_records_atomic(tmp_path / "train" / "normal-s00of01-00000.tfrecord", broken())
+        records.write_records_atomic(tmp_path / "train" / "normal-00000.tfrecord", broken())
     assert os.listdir(tmp_path / "train") == []
+
+
+def test_the_tensorflow_free_builder_writes_tf_train_example_bytes():
+    import subprocess
+    import sys
+
+    from keras_hourglass.data import example_codec
+
+    cases = [dict(image=np.random.default_rng(0).random((20, 12)).astype(np.float32),
+                  boxes=[[1, 2, 3.3, 4.7], [0, 0, 1e-8, -0.0]], box_labels=["benign", "malignant"],
+                  finding_types=["mass", "calcification"], patient_hash="abc", study_hash="d", image_hash="e",
+                  laterality="L", view="CC", transform=[1.5, -2, 3e30]),
+             dict(image=b"\x89PNG...", height=3, width=4, boxes=np.zeros((0, 4)), box_labels=[], finding_types=[],
+                  patient_hash="", study_hash="", image_hash="x", label="benign")]
+    for kw in cases:
+        reference = tf.train.Example()  # built field by field with TensorFlow's own classes
+        serialized = example_codec.serialize_example(**kw)
+        reference.ParseFromString(serialized)
+        assert reference.SerializeToString(deterministic=True) == serialized
+        assert records.make_example(**kw).SerializeToString(deterministic=True) == serialized
+        feature = reference.features.feature
+        assert feature["image/height"].WhichOneof("kind") == "int64_list"
+        assert feature["box_labels"].WhichOneof("kind") == "bytes_list"  # set even when empty
+        assert feature["transform"].WhichOneof("kind") == "float_list"
+    code = "import sys; import keras_hourglass.data.example_codec, keras_hourglass.data.plan; " \
+           "print('tensorflow' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"

@@ -304,10 +304,7 @@ def build_corpus(root: Path, count: int, seed: int) -> tuple[Path, list[dict]]:
 
 # ------------------------------------------------------------------------------------------ test
 def test_prepare_survives_mutated_dicoms(tmp_path, capsys):
-    import tensorflow as tf
-
     from keras_hourglass.cli.main import main as cli_main
-    from keras_hourglass.data import phi, records
 
     table, plan = build_corpus(tmp_path / "corpus", COUNT, SEED)
     kinds = collections.Counter(p["kind"] for p in plan)
@@ -321,7 +318,18 @@ def test_prepare_survives_mutated_dicoms(tmp_path, capsys):
     stdout = capsys.readouterr().out
     context = f"(seed {SEED}, {COUNT} files; HOURGLASS_FUZZ_SEED={SEED} reproduces)"
     assert code == 0, f"prepare exit {code} {context}"
-    summary = json.loads(stdout)
+    outcome = check_fuzzed_prep(out, plan, json.loads(stdout), context)
+    assert outcome["control"]["ingested"] == kinds["control"] > 0
+    print(f"\nfuzz {context}: " + json.dumps({k: dict(v) for k, v in sorted(outcome.items())}))
+
+
+def check_fuzzed_prep(out: Path, plan: list[dict], summary: dict, context: str) -> dict:
+    """Checks a PREP made from `build_corpus` (either prepare path): row and file accounting, reject codes
+    and reasons, no untyped error, decoded shapes. Returns: {kind: Counter of outcomes}."""
+    import tensorflow as tf
+
+    from keras_hourglass.data import phi, records
+
     manifest = json.loads((out / "manifest.json").read_text())
 
     # Row accounting.
@@ -380,5 +388,4 @@ def test_prepare_survives_mutated_dicoms(tmp_path, capsys):
     # Ingested images decode at training scale (long side 32 -> 32x24, channel last).
     shapes = collections.Counter(ingested.values())
     assert set(shapes) <= {(32, 24, 1)}, f"unexpected image shapes {shapes} {context}"
-    assert outcome["control"]["ingested"] == kinds["control"] > 0
-    print(f"\nfuzz {context}: " + json.dumps({k: dict(v) for k, v in sorted(outcome.items())}))
+    return outcome

@@ -127,7 +127,7 @@ def test_prepare_sigkill_then_rerun_matches_uninterrupted(tmp_path):
 
     resumed = run(killed)
     uninterrupted = run(reference)
-    assert resumed["merged"] and uninterrupted["merged"]
+    assert resumed["manifest"] and uninterrupted["manifest"]
     assert resumed["chunks"]["skipped"] >= at_kill[-1] >= 1, f"the rerun did not resume: {resumed['chunks']}"
     assert uninterrupted["chunks"]["skipped"] == 0
 

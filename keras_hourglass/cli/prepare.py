@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from keras_hourglass.errors import InputError
 
@@ -22,14 +21,19 @@ examples:
       --annotations mass_case_description_train_set.csv mass_case_description_test_set.csv \\
                     calc_case_description_train_set.csv calc_case_description_test_set.csv
 
-  # across 4 machines sharing PREP (same command and --salt on each); the last one merges,
-  # or merge explicitly once all four are done:
-  hourglass prepare ... --out PREP --salt 5f3c... --shard-index 2 --num-shards 4
-  hourglass prepare --merge --out PREP
-  # (without shared storage: copy every machine's PREP/<split>/ and PREP/shards/ into one PREP first)
+  # the same ingest as an Apache Beam pipeline (pip install 'keras-hourglass[beam]'); Beam's own
+  # options follow a lone "--": two local worker processes ...
+  hourglass prepare --annotations synth/annotations.csv --images-root synth --out prepared-beam \\
+      --runner DirectRunner -- --direct_num_workers 2 --direct_running_mode multi_processing
+  # ... or many machines (README "Many machines": Dataflow, Flink, Spark)
+  hourglass prepare --annotations /mnt/vindr/finding_annotations.csv --images-root /mnt/vindr \\
+      --format vindr --out gs://BUCKET/prepared --salt 5f3c... --runner DataflowRunner -- \\
+      --project P --region europe-west4 --temp_location gs://BUCKET/tmp --sdk_container_image IMAGE
 
-An interrupted run resumes: rerun the same command (complete chunks are skipped).
-Output: PREP/<split>/<stratum>-sIIofNN-CCCCC.tfrecord, PREP/manifest.json, PREP/rejects.csv;
+Local path: an interrupted run resumes (rerun the same command: complete chunks are skipped);
+PREP/<split>/<stratum>-CCCCC.tfrecord. Beam path: the runner retries failed work; files are
+PREP/<split>/<stratum>-SSSSS-of-NNNNN.tfrecord, finalised by Beam's file sink; --out must be new.
+Both: PREP/manifest.json, PREP/rejects.csv, the same Examples for the same inputs and --salt;
 a JSON summary on stdout. Exit 0 on success, 2 on bad arguments or inputs.
 """
 
@@ -68,10 +72,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="decoding processes (default 1)")
     parser.add_argument("--decoder", default="pydicom", choices=["pydicom", "tfio"],
                         help="pixel decoder (tfio: tensorflow-io, only in a TF 2.17.1 environment)")
-    parser.add_argument("--shard-index", type=int, default=0, metavar="I",
-                        help="this machine's part: images whose salted hash mod N == I (default 0)")
-    parser.add_argument("--num-shards", type=int, default=1, metavar="N",
-                        help="number of machines sharing the work (default 1; >1 needs --salt)")
+    parser.add_argument("--runner", default=None, metavar="BEAM_RUNNER",
+                        help="run as an Apache Beam pipeline on this runner (DirectRunner, PrismRunner, "
+                             "DataflowRunner, FlinkRunner, SparkRunner); Beam options after a lone --")
     parser.add_argument("--salt", default=None, metavar="S",
                         help="hashing salt (default: reuse the previous run's, else a new random one)")
     parser.add_argument("--val-fraction", type=_fraction, default=0.1, metavar="F",
@@ -88,32 +91,32 @@ def register(subparsers) -> argparse.ArgumentParser:
                              "at 1536 px)")
     parser.add_argument("--birads-map", type=_birads, default=None, metavar="MAP",
                         help="VinDr label map, e.g. '2=benign,3=benign,4=high_risk,5=malignant'")
-    parser.add_argument("--merge", action="store_true",
-                        help="only merge PREP/shards/*.json into manifest.json and rejects.csv")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    # Retired (issue 14): hand-made machine shards and their manifest merge; a Beam runner distributes.
+    parser.add_argument("--shard-index", "--num-shards", dest="retired_shards", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--merge", dest="retired_merge", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("beam_options", nargs="*", metavar="-- BEAM_OPTION",
+                        help="Apache Beam pipeline options, after a lone -- (with --runner)")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs `hourglass prepare`. Returns: exit code 0 (errors raise InputError -> exit 2)."""
-    from keras_hourglass.data import manifest, prepare
+    from keras_hourglass.data import prepare
 
-    if args.merge:
-        merged = manifest.merge(args.out, args.num_shards if args.num_shards > 1 else None)
-        print(json.dumps({"merged": True, "manifest": os.path.join(args.out, "manifest.json"),
-                          "inputs": merged["inputs"], "images_written": merged["images_written"],
-                          "rejects": merged["rejects"], "content_hash": merged["content_hash"]}, indent=2))
-        return 0
+    if args.retired_shards is not None or args.retired_merge:
+        raise InputError("--num-shards", "--shard-index/--num-shards and --merge are retired: run the ingest on "
+                                         "many machines as a Beam pipeline (--runner, README 'Many machines')")
     if not args.annotations or not args.images_root:
-        raise InputError("--annotations", "--annotations and --images-root are required (unless --merge)")
+        raise InputError("--annotations", "--annotations and --images-root are required")
     voi = int(args.voi) if args.voi.isdigit() else args.voi
     if voi not in ("auto", "window", "none") and not isinstance(voi, int):
         raise InputError("--voi", f"{args.voi!r} is not auto, window, none or an index")
     config = prepare.PrepareConfig(
         annotations=args.annotations, images_root=args.images_root, out=args.out, fmt=args.format,
-        size=args.size, workers=args.workers, decoder=args.decoder, shard_index=args.shard_index,
-        num_shards=args.num_shards, salt=args.salt, val_fraction=args.val_fraction,
+        size=args.size, workers=args.workers, decoder=args.decoder, runner=args.runner,
+        beam_options=list(args.beam_options), salt=args.salt, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, max_pixels=args.max_pixels, voi=voi, orient=args.orient,
         images_per_file=args.images_per_file, quiet=args.quiet, birads_map=args.birads_map)
     print(json.dumps(prepare.prepare(config), indent=2))

@@ -1,28 +1,20 @@
-"""manifest.json, rejects.csv and the merge of per-machine manifests (no TensorFlow).
+"""manifest.json and rejects.csv (no TensorFlow).
 
-Files (see `keras_hourglass.data.prepare` for the whole layout):
-
-- ``PREP/shards/sIIofNN.json``: one machine's manifest (``--shard-index II
-  --num-shards NN``), with its rejects inline.
-- ``PREP/manifest.json`` and ``PREP/rejects.csv``: the merge of all NN
-  machine manifests, written when the last one is present (automatically
-  at the end of ``hourglass prepare`` if it sees all of them, or by
-  ``hourglass prepare --merge --out PREP``).
-
-The merge checks that the machines agree (salt, format, settings, input
-rows) and that ingested + rejected == rows of the input table(s).
+`finish` writes both at the end of ``hourglass prepare`` on either path (local processes or an
+Apache Beam pipeline, see `keras_hourglass.data.prepare` and `keras_hourglass.data.beam_ingest`),
+after checking that ingested + rejected == rows of the input table(s). The counts it receives are
+summed by the ingest itself (`keras_hourglass.data.plan`), never recounted from the files.
 """
 
 from __future__ import annotations
 
 import csv
-import glob
 import hashlib
 import io
 import json
 import os
-import re
 
+from keras_hourglass.data import plan
 from keras_hourglass.errors import InputError
 
 REJECT_COLUMNS = ("row", "image_hash", "code", "reason")
@@ -87,93 +79,52 @@ def content_hash(prep_dir: str, files: list[str]) -> str:
     return digest.hexdigest()
 
 
-def machine_manifest_path(prep_dir: str, shard_index: int, num_shards: int) -> str:
-    """Returns: PREP/shards/sIIofNN.json."""
-    return os.path.join(prep_dir, "shards", f"s{shard_index:02d}of{num_shards:02d}.json")
-
-
-def _add(target: dict, source: dict) -> None:
-    for key, value in source.items():
-        if isinstance(value, dict):
-            _add(target.setdefault(key, {}), value)
-        else:
-            target[key] = target.get(key, 0) + value
-
-
-def merge(prep_dir: str, num_shards: int | None = None) -> dict:
-    """Merges the machine manifests into PREP/manifest.json and PREP/rejects.csv.
+def finish(prep_dir: str, header: dict, counts: dict, rejects: list[dict], files: list[dict], *,
+           rows_total: int, images_seen: int, content_hash: str | None = None, write=None) -> dict:
+    """Checks the accounting and writes PREP/manifest.json and PREP/rejects.csv (both paths).
 
     Args:
-        prep_dir: the prepared directory.
-        num_shards: expected machine count (default: read from the manifests).
+        prep_dir: the prepared directory (a local path, or a URL with `write`).
+        header: format, sources, code_version, salt, runner, preprocessing, splits (with conflicts).
+        counts: the summed per-image counts (`keras_hourglass.data.plan`).
+        rejects: every rejects.csv row (importer and ingest rejects).
+        files: the TFRecord files written, ``{"path" (relative to PREP), "split", "stratum"[, "records"]}``.
+        rows_total: data rows of the input table(s).
+        images_seen: distinct images the table names.
+        content_hash: SHA-256 over the files (the local path; None on the Beam path, whose file
+            boundaries are the runner's: compare `examples_hash` there).
+        write: `write(path, bytes)` (default: `write_bytes_atomic`).
 
     Returns:
-        The merged manifest.
+        The manifest.
 
     Raises:
-        InputError: a machine manifest is missing or the machines disagree.
+        AssertionError: ingested + rejected != rows (a bug: every row must be accounted for).
     """
-    found = sorted(glob.glob(os.path.join(prep_dir, "shards", "s[0-9][0-9]of[0-9][0-9].json")))
-    if not found:
-        raise InputError(prep_dir, "no machine manifests under shards/ (run hourglass prepare first)")
-    parts = [read_json(p) for p in found]
-    counts = {p["shard"]["count"] for p in parts}
-    if num_shards is None:
-        if len(counts) != 1:
-            raise InputError(prep_dir, f"shards/ mixes runs with --num-shards {sorted(counts)}")
-        num_shards = counts.pop()
-    parts = [p for p in parts if p["shard"]["count"] == num_shards]
-    have = sorted(p["shard"]["index"] for p in parts)
-    missing = sorted(set(range(num_shards)) - set(have))
-    if missing:
-        raise InputError(prep_dir, f"missing machine manifests for --shard-index {missing} of {num_shards}")
-    first = parts[0]
-    for part in parts[1:]:
-        for key in ("salt", "format", "preprocessing", "inputs_total", "settings_fingerprint"):
-            if part[key] != first[key]:
-                raise InputError(machine_manifest_path(prep_dir, part["shard"]["index"], num_shards),
-                                 f"disagrees with shard 0 on {key!r}: machines must run the same command "
-                                 "(same --salt, inputs and settings)")
-    totals: dict = {}
-    rejects: list[dict] = []
-    files: list[dict] = []
-    for part in parts:
-        _add(totals, part["counts"])
-        rejects += part["rejects"]
-        files += part["files"]
-    rows_total = first["inputs_total"]["rows"]
-    accounted = totals["rows_ingested"] + totals["rows_rejected"]
-    if accounted != rows_total or len(rejects) != totals["rows_rejected"]:
-        raise AssertionError(f"accounting broken: ingested {totals['rows_ingested']} + rejected "
-                             f"{totals['rows_rejected']} != {rows_total} rows")
+    write = write or write_bytes_atomic
+    accounted = counts["rows_ingested"] + len(rejects)
+    if accounted != rows_total:
+        raise AssertionError(f"accounting broken: ingested {counts['rows_ingested']} + rejected "
+                             f"{len(rejects)} != {rows_total} rows")
     by_code: dict[str, int] = {}
     for reject in rejects:
         by_code[reject["code"]] = by_code.get(reject["code"], 0) + 1
-    files.sort(key=lambda f: f["path"])
     manifest = {
-        "format": first["format"],
-        "sources": first["sources"],
-        "code_version": first["code_version"],
-        "salt": first["salt"],
-        "shards": {"count": num_shards},
-        "preprocessing": first["preprocessing"],
-        "splits": {**first["splits"], "conflicts": totals.get("split_conflicts", 0)},
-        "inputs": {"rows": rows_total, "images": totals["images_seen"]},
-        "ingested": {"rows": totals["rows_ingested"], "images": totals["images_written_total"],
-                     "duplicate_rows_merged": totals.get("duplicate_rows_merged", 0)},
-        "images_written": totals["images_written"],
-        "findings": totals["findings"],
-        "boxes_clipped": totals["boxes_clipped"],
-        "preprocessing_rules_fired": totals.get("rules_fired", {}),
-        "rejects": {"rows": totals["rows_rejected"], "by_code": dict(sorted(by_code.items()))},
-        "files": files,
-        "content_hash": content_hash(prep_dir, [f["path"] for f in files]),
+        **header,
+        "inputs": {"rows": rows_total, "images": images_seen},
+        "ingested": {"rows": counts["rows_ingested"], "images": counts["images_written_total"],
+                     "duplicate_rows_merged": counts["duplicate_rows_merged"]},
+        "images_written": counts["images_written"],
+        "findings": counts["findings"],
+        "boxes_clipped": counts["boxes_clipped"],
+        "preprocessing_rules_fired": counts["rules_fired"],
+        "rejects": {"rows": len(rejects), "by_code": dict(sorted(by_code.items()))},
+        "files": sorted(files, key=lambda f: f["path"]),
+        "examples_hash": plan.digest_hex(counts["examples_digest"]),
+        "content_hash": content_hash,
     }
-    write_bytes_atomic(os.path.join(prep_dir, "rejects.csv"), rejects_csv_bytes(rejects))
-    write_json_atomic(os.path.join(prep_dir, "manifest.json"), manifest)
+    join = (lambda name: prep_dir.rstrip("/") + "/" + name) if "://" in prep_dir else \
+        (lambda name: os.path.join(prep_dir, name))
+    write(join("rejects.csv"), rejects_csv_bytes(rejects))
+    write(join("manifest.json"), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     return manifest
-
-
-def is_machine_manifest_name(name: str) -> bool:
-    """Returns: whether a file name is a machine manifest (sIIofNN.json)."""
-    return re.fullmatch(r"s\d\dof\d\d\.json", name) is not None

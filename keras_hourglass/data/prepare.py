@@ -1,32 +1,28 @@
 """`hourglass prepare`: annotation table + DICOMs -> sharded TFRecords, manifest, rejects.
 
-Steps: import the table (`keras_hourglass.data.importers`), assign
-patient-level splits (`keras_hourglass.data.splits`), keep the images of
-this machine (``--shard-index I --num-shards N``: salted image hash mod N
-== I), plan chunks, decode in ``--workers`` processes
-(`keras_hourglass.data.ingest`, no TensorFlow), write each chunk in the
-parent, then the machine manifest and, when all machines are done, the
-merged manifest.json and rejects.csv (`keras_hourglass.data.manifest`).
+Two paths, the same records: this module's local one (``--workers`` decoding processes on this
+machine, the default) and an Apache Beam pipeline (``--runner NAME``, see
+`keras_hourglass.data.beam_ingest`: DirectRunner locally, Dataflow / Flink / Spark at scale). Both
+import the table (`keras_hourglass.data.importers`), plan the images (`keras_hourglass.data.plan`:
+salted hashes, patient-level split, stratum), decode with the ONE preprocessing function
+(`keras_hourglass.data.ingest`, no TensorFlow) and serialise each Example the same way
+(`plan.image_outcome`), so for the same inputs and salt they write the same set of serialized
+Examples per split and stratum (manifest ``examples_hash``); only the cut into files differs.
 
-Layout::
+Local layout::
 
-    PREP/<split>/<stratum>-sIIofNN-CCCCC.tfrecord   one chunk (see records.py)
-    PREP/<split>/<stratum>-sIIofNN-CCCCC.done       its completion marker (JSON)
-    PREP/shards/sIIofNN.json                        machine manifest (rejects inline)
-    PREP/shards/sIIofNN.state.json                  salt + settings fingerprint of the run
-    PREP/manifest.json, PREP/rejects.csv            the merge of all machines
+    PREP/<split>/<stratum>-CCCCC.tfrecord   one chunk (see records.py)
+    PREP/<split>/<stratum>-CCCCC.done       its completion marker (JSON)
+    PREP/prepare-state.json                 salt + settings fingerprint of the run
+    PREP/manifest.json, PREP/rejects.csv
 
-Chunks: the images of one (split, stratum, machine) sorted by image hash,
-``images_per_file`` per chunk. A chunk is written to a temporary name and
-renamed, then its marker is written; a rerun skips every chunk whose
-marker matches (same images, same settings) and whose file is intact, so
-an interrupted prepare resumes where it stopped and produces the same
-files. Rerunning into a PREP made with other settings or another input is
-refused.
+Chunks: the images of one (split, stratum) sorted by image hash, ``images_per_file`` per chunk. A
+chunk is written to a temporary name and renamed, then its marker is written; a rerun skips every
+chunk whose marker matches (same images, same settings) and whose file is intact, so an interrupted
+prepare resumes where it stopped and produces the same files. Rerunning into a PREP made with other
+settings or another input is refused.
 
-Salt: ``--salt`` or, on a rerun, the salt of the previous run, or a new
-random one; with ``--num-shards > 1`` it is required (machines must agree
-on the split of every patient).
+Salt: ``--salt`` or, on a rerun, the salt of the previous run, or a new random one.
 """
 
 from __future__ import annotations
@@ -35,7 +31,6 @@ import collections
 import concurrent.futures
 from concurrent.futures.process import BrokenProcessPool
 import dataclasses
-import glob
 import hashlib
 import json
 import logging
@@ -44,14 +39,14 @@ import os
 import sys
 from typing import Iterable
 
-from keras_hourglass.data import ingest, manifest, phi, splits
-from keras_hourglass.data.importers import ImageRecord, ImportResult, Reject, get_importer, is_inside, real_root
+from keras_hourglass.data import ingest, manifest, phi, plan
+from keras_hourglass.data.importers import ImportResult, get_importer, is_inside, real_root
 from keras_hourglass.errors import InputError
 from keras_hourglass.version import __version__
 
 logger = logging.getLogger(__name__)
 
-LABELS = ("normal", "benign", "high_risk", "malignant")
+LABELS = plan.LABELS
 MAX_SIZE = 16384  # --size: 4x the long side of a native full-field mammogram
 ORIENTATION_RULES = {
     "left": "chest wall on the left (right breasts mirrored; tags, then pixels)",
@@ -72,7 +67,8 @@ class PrepareConfig:
         size: training-scale long side (pixels).
         workers: decoding processes (1: in this process).
         decoder: "pydicom" or "tfio".
-        shard_index, num_shards: this machine's part of the work.
+        runner: Apache Beam runner name (None: the local processes).
+        beam_options: Beam pipeline options (``--direct_num_workers 2``, ``--project P``...).
         salt: hashing salt (None: reuse or generate).
         val_fraction, test_fraction: patient shares (see splits.py).
         max_pixels: reject larger images before decoding.
@@ -89,8 +85,8 @@ class PrepareConfig:
     size: int = 1536
     workers: int = 1
     decoder: str = "pydicom"
-    shard_index: int = 0
-    num_shards: int = 1
+    runner: str | None = None
+    beam_options: list[str] = dataclasses.field(default_factory=list)
     salt: str | None = None
     val_fraction: float = 0.1
     test_fraction: float = 0.1
@@ -102,14 +98,7 @@ class PrepareConfig:
     birads_map: dict | None = None
 
 
-@dataclasses.dataclass
-class _Planned:
-    record: ImageRecord
-    image_hash: str
-    patient_hash: str
-    study_hash: str
-    split: str
-    stratum: str
+_Planned = plan.Planned  # the name the worker tests use
 
 
 @dataclasses.dataclass
@@ -120,18 +109,14 @@ class _Chunk:
     items: list[_Planned]
     fingerprint: str = ""
 
-    def relative(self, shard_index: int, num_shards: int) -> str:
-        from_name = f"{self.stratum}-s{shard_index:02d}of{num_shards:02d}-{self.number:05d}.tfrecord"
-        return f"{self.split}/{from_name}"
+    @property
+    def relative(self) -> str:
+        """The chunk's file path relative to PREP (`records.shard_file_name`, without importing TensorFlow)."""
+        return f"{self.split}/{self.stratum}-{self.number:05d}.tfrecord"
 
 
-def _validate(config: PrepareConfig) -> None:
-    if config.num_shards < 1 or not 0 <= config.shard_index < config.num_shards:
-        raise InputError("--shard-index", f"must be in [0, {config.num_shards}) with --num-shards >= 1")
-    if config.num_shards > 99:
-        raise InputError("--num-shards", "at most 99 machines")
-    if config.num_shards > 1 and not config.salt:
-        raise InputError("--salt", "required with --num-shards > 1: every machine must use the same salt")
+def validate(config: PrepareConfig) -> None:
+    """Checks the arguments and inputs of a prepare (either path). Raises: InputError naming the problem."""
     if config.size < 16:
         raise InputError("--size", f"{config.size} is too small (at least 16 pixels)")
     if config.size > MAX_SIZE:
@@ -144,7 +129,7 @@ def _validate(config: PrepareConfig) -> None:
         raise InputError("--images-per-file", "must be at least 1")
     if not os.path.isdir(config.images_root):
         raise InputError(config.images_root, "--images-root is not a directory")
-    if is_inside(os.path.realpath(config.out), real_root(config.images_root)):
+    if "://" not in config.out and is_inside(os.path.realpath(config.out), real_root(config.images_root)):
         raise InputError("--out", "is --images-root or inside it: write PREP elsewhere (its files would mix "
                                   "with the inputs)")
     for table in config.annotations:
@@ -170,14 +155,17 @@ def _settings_fingerprint(config: PrepareConfig, settings: ingest.IngestSettings
     digest.update(json.dumps({
         "format": config.fmt, "settings": dataclasses.asdict(settings), "salt": salt,
         "val": config.val_fraction, "test": config.test_fraction, "per_file": config.images_per_file,
-        "shards": [config.shard_index, config.num_shards], "birads": sorted((config.birads_map or {}).items()),
+        "birads": sorted((config.birads_map or {}).items()),
     }, sort_keys=True).encode())
     return digest.hexdigest()
 
 
+def _state_path(out: str) -> str:
+    return os.path.join(out, "prepare-state.json")
+
+
 def _resolve_salt(config: PrepareConfig) -> str:
-    state_path = os.path.join(config.out, "shards",
-                              f"s{config.shard_index:02d}of{config.num_shards:02d}.state.json")
+    state_path = _state_path(config.out)
     if os.path.exists(state_path):
         previous = manifest.read_json(state_path)["salt"]
         if config.salt and config.salt != previous:
@@ -186,122 +174,67 @@ def _resolve_salt(config: PrepareConfig) -> str:
     return config.salt or phi.new_salt()
 
 
-def _machine_of(key: str, salt: str, num_shards: int) -> int:
-    return int(phi.salted_hash(key, salt, "machine"), 16) % num_shards
-
-
-def _reject_dict(reject: Reject, salt: str) -> dict:
-    """A reject as written to rejects.csv and the manifests: the row (table name + row number), the salted
-    hash of the image path (the TFRecords' ``image_hash``), never the path itself (it may name the patient)."""
-    return {"row": reject.row, "image_hash": phi.salted_hash(reject.image_path, salt, "image") if reject.image_path
-            else "", "code": reject.code, "reason": phi.redact(reject.reason, reject.secrets, salt)}
-
-
-def _stratum_of(labels: Iterable[str]) -> str:
-    """`records.stratum_of` (the most severe label; "normal" without findings) without importing
-    TensorFlow: planning happens before the decoding processes start, TensorFlow is imported after."""
-    best = 0
-    for label in labels:
-        if label not in LABELS:
-            raise ValueError(f"unknown label {label!r}; expected one of {LABELS}")
-        best = max(best, LABELS.index(label))
-    return LABELS[best]
-
-
-def _plan(result: ImportResult, config: PrepareConfig, salt: str, fingerprint: str):
-    """Returns: (chunks of this machine, split stats, this machine's import rejects, images seen)."""
-    split_of, split_stats = splits.assign_splits(result.images, salt, val_fraction=config.val_fraction,
-                                                 test_fraction=config.test_fraction)
-    mine = lambda key: _machine_of(key, salt, config.num_shards) == config.shard_index  # noqa: E731
-    groups: dict[tuple[str, str], list[_Planned]] = collections.defaultdict(list)
-    for record in result.images:
-        if not mine(record.key):
-            continue
-        stratum = _stratum_of(f.label for f in record.findings)
-        groups[(split_of[record.key], stratum)].append(_Planned(
-            record=record, image_hash=phi.salted_hash(record.key, salt, "image"),
-            patient_hash=phi.salted_hash(record.patient_id, salt, "patient"),
-            study_hash=phi.salted_hash(record.study_id, salt, "study"),
-            split=split_of[record.key], stratum=stratum))
+def _chunks(items: list[plan.Planned], images_per_file: int, fingerprint: str) -> list[_Chunk]:
+    """Cuts the planned images (sorted by split, stratum, image hash) into chunks of `images_per_file`."""
+    groups: dict[tuple[str, str], list[plan.Planned]] = collections.defaultdict(list)
+    for item in items:
+        groups[(item.split, item.stratum)].append(item)
     chunks = []
-    for (split, stratum), items in sorted(groups.items()):
-        items.sort(key=lambda p: p.image_hash)
-        for number, start in enumerate(range(0, len(items), config.images_per_file)):
-            chunk = _Chunk(split, stratum, number, items[start:start + config.images_per_file])
+    for (split, stratum), members in sorted(groups.items()):
+        for number, start in enumerate(range(0, len(members), images_per_file)):
+            chunk = _Chunk(split, stratum, number, members[start:start + images_per_file])
             digest = hashlib.sha256(fingerprint.encode())
             for item in chunk.items:
                 digest.update(f"{item.image_hash}:{len(item.record.rows)}\n".encode())
             chunk.fingerprint = digest.hexdigest()
             chunks.append(chunk)
-    rejects = [r for r in result.rejects if mine(r.image_path or r.row)]
-    seen = {r.key for r in result.images} | {r.image_path for r in result.rejects if r.image_path}
-    seen_mine = sum(1 for key in seen if mine(key))
-    return chunks, split_stats, rejects, seen_mine
+    return chunks
 
 
 def _marker_path(out: str, relative: str) -> str:
     return os.path.join(out, relative[: -len(".tfrecord")] + ".done")
 
 
-def _chunk_done(out: str, chunk: _Chunk, relative: str) -> dict | None:
-    marker_path = _marker_path(out, relative)
+def _chunk_done(out: str, chunk: _Chunk) -> dict | None:
+    marker_path = _marker_path(out, chunk.relative)
     if not os.path.exists(marker_path):
         return None
     marker = manifest.read_json(marker_path)
     if marker.get("fingerprint") != chunk.fingerprint:
         raise InputError(marker_path, "belongs to a run with other settings or input; use a fresh --out")
-    path = os.path.join(out, relative)
+    path = os.path.join(out, chunk.relative)
     if marker["written"] and (not os.path.exists(path) or os.path.getsize(path) != marker["size"]):
         return None  # file lost or truncated: redo the chunk
     return marker
 
 
-def _write_chunk(out: str, relative: str, chunk: _Chunk, results: Iterable[dict], salt: str,
-                 on_image=lambda: None) -> dict:
+def _write_chunk(out: str, chunk: _Chunk, results: Iterable[dict], on_image=lambda: None) -> dict:
     """Streams one chunk's results into its TFRecord (temporary name, renamed when complete), then the marker.
 
     Args:
         out: PREP directory.
-        relative: the chunk file path relative to PREP.
         chunk: the planned chunk.
         results: ingest results in the order of `chunk.items`.
-        salt: dataset salt (for redaction).
         on_image: called after each image (progress bar).
 
     Returns:
-        The marker (also written to disk).
+        The marker (also written to disk): the chunk's counts and rejects.
     """
     from keras_hourglass.data import records
 
     rejects: list[dict] = []
-    findings: collections.Counter = collections.Counter()
-    rules: dict[str, collections.Counter] = {"voi": collections.Counter(), "orientation": collections.Counter()}
-    stats = {"clipped": 0, "rows": 0, "written": 0, "duplicates": 0}
+    counts: dict = {}
 
     def examples():
         for item, result in zip(chunk.items, results):
             on_image()
-            if result["key"] != item.record.key:
-                raise RuntimeError("ingest results out of order")  # a bug, never bad input
-            if result["status"] != "ok":
-                for row, code, reason in result["rejects"]:
-                    rejects.append({"row": row, "image_hash": item.image_hash, "code": code, "reason": reason})
-                continue
-            findings.update(result["box_labels"])
-            rules["voi"][result["voi_rule"]] += 1
-            rules["orientation"][result["orientation_rule"]] += 1
-            stats["clipped"] += result["clipped"]
-            stats["rows"] += len(item.record.rows)
-            stats["duplicates"] += item.record.duplicate_rows
-            stats["written"] += 1
-            yield records.make_example(
-                result["png"], height=result["height"], width=result["width"], boxes=result["boxes"],
-                box_labels=result["box_labels"], finding_types=result["finding_types"], label=item.stratum,
-                patient_hash=item.patient_hash, study_hash=item.study_hash, image_hash=item.image_hash,
-                laterality=result["laterality"], view=result["view"], transform=result["transform"],
-            ).SerializeToString(deterministic=True)
+            outcome = plan.image_outcome(item, result)
+            rejects.extend(outcome.rejects)
+            plan.add_counts(counts, outcome.counts)
+            if outcome.example is not None:
+                yield outcome.example
 
-    path = os.path.join(out, relative)
+    path = os.path.join(out, chunk.relative)
     import tensorflow as tf
 
     try:
@@ -310,15 +243,14 @@ def _write_chunk(out: str, relative: str, chunk: _Chunk, results: Iterable[dict]
         message = getattr(err, "strerror", None) or getattr(err, "message", None) or str(err)
         raise InputError(path, f"cannot write: {' '.join(str(message).split())[:200]}") from None
     size = os.path.getsize(path)
-    if stats["written"] == 0:
+    written = counts.get("images_written_total", 0)
+    if written == 0:
         os.remove(path)  # every image rejected: no empty file, the marker says so
         size = 0
     marker = {"fingerprint": chunk.fingerprint, "split": chunk.split, "stratum": chunk.stratum,
-              "images": [i.image_hash for i in chunk.items], "written": stats["written"], "size": size,
-              "findings": dict(findings), "clipped": stats["clipped"], "rows_ingested": stats["rows"],
-              "duplicate_rows_merged": stats["duplicates"],
-              "rules": {key: dict(counter) for key, counter in rules.items()}, "rejects": rejects}
-    manifest.write_json_atomic(_marker_path(out, relative), marker)
+              "images": [i.image_hash for i in chunk.items], "written": written, "size": size,
+              "counts": counts, "rejects": rejects}
+    manifest.write_json_atomic(_marker_path(out, chunk.relative), marker)
     return marker
 
 
@@ -441,8 +373,59 @@ def _drain(pool, in_flight: collections.deque, position: int, batches: list, wor
         pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context)
 
 
+def import_table(config: PrepareConfig) -> ImportResult:
+    """Runs the importer of `config.fmt` over the annotation table(s) (path checks included).
+
+    Returns: the import, its accounting checked.
+    """
+    importer = get_importer(config.fmt)
+    options = {"birads_map": config.birads_map} if config.birads_map else {}
+    result = importer(config.annotations, config.images_root, **options)
+    result.check_accounting()
+    return result
+
+
+def ingest_settings(config: PrepareConfig) -> ingest.IngestSettings:
+    """Returns: the preprocessing settings of a prepare."""
+    return ingest.IngestSettings(long_side=config.size, voi=config.voi, orient=config.orient,
+                                 max_pixels=config.max_pixels, decoder=config.decoder)
+
+
+def manifest_header(config: PrepareConfig, result: ImportResult, salt: str, split_stats: dict,
+                    runner: str) -> dict:
+    """Returns: the manifest entries that describe the run (not its counts); the same on both paths."""
+    settings = ingest_settings(config)
+    return {
+        "format": config.fmt,
+        "sources": result.sources,
+        "code_version": __version__,
+        "salt": salt,
+        "runner": runner,
+        "settings_fingerprint": hashlib.sha256(
+            json.dumps([dataclasses.asdict(settings), config.fmt, salt, config.val_fraction,
+                        config.test_fraction, [manifest.file_sha256(t) for t in config.annotations]],
+                       sort_keys=True).encode()).hexdigest(),
+        "preprocessing": {"size": config.size, "long_side": config.size, "windowing": config.voi,
+                          "orientation": config.orient, "orientation_rule": ORIENTATION_RULES[config.orient],
+                          "max_pixels": config.max_pixels, "decoder": config.decoder, "png_bits": 16,
+                          "box_frame": "image (training scale), continuous pixel coordinates"},
+        "splits": {**{key: split_stats[key] for key in ("rule", "patients", "val_fraction", "test_fraction")},
+                   "conflicts": split_stats["conflicts"]},
+    }
+
+
+def summary_of(out: str, result_manifest: dict, **extra) -> dict:
+    """Returns: the JSON summary `hourglass prepare` prints (both paths)."""
+    return {"out": out, "manifest": (out.rstrip("/") + "/manifest.json") if "://" in out
+            else os.path.join(out, "manifest.json"), "runner": result_manifest["runner"],
+            "rows": result_manifest["inputs"]["rows"], "inputs": result_manifest["inputs"],
+            "images_written": result_manifest["images_written"], "rejects": result_manifest["rejects"],
+            "examples_hash": result_manifest["examples_hash"], "content_hash": result_manifest["content_hash"],
+            **extra}
+
+
 def prepare(config: PrepareConfig) -> dict:
-    """Runs the ingest of this machine's share and merges manifests when all machines are done.
+    """Runs the ingest: on this machine's processes, or as a Beam pipeline when `config.runner` is set.
 
     Args:
         config: the run's configuration.
@@ -453,43 +436,58 @@ def prepare(config: PrepareConfig) -> dict:
     Raises:
         InputError: bad arguments, unreadable tables, or a PREP from another run.
     """
+    if config.runner:
+        if config.workers != 1:
+            raise InputError("--workers", "is for the local path; with --runner the runner decides (e.g. "
+                                          "-- --direct_num_workers 2 --direct_running_mode multi_processing)")
+        try:
+            from keras_hourglass.data import beam_ingest
+        except ImportError as err:
+            if "apache_beam" not in str(err):
+                raise
+            raise InputError("--runner", "needs Apache Beam: pip install 'keras-hourglass[beam]'") from None
+        return beam_ingest.run(config)
+    if config.beam_options:
+        raise InputError("--runner", f"Beam options given ({config.beam_options[0]} ...) but no --runner")
+    return _prepare_local(config)
+
+
+def _prepare_local(config: PrepareConfig) -> dict:
+    """The local path: chunks decoded by `config.workers` processes, written here, resumable."""
     from tqdm import tqdm
 
-    _validate(config)
+    validate(config)
     os.makedirs(config.out, exist_ok=True)
-    settings = ingest.IngestSettings(long_side=config.size, voi=config.voi, orient=config.orient,
-                                     max_pixels=config.max_pixels, decoder=config.decoder)
+    settings = ingest_settings(config)
     salt = _resolve_salt(config)
     fingerprint = _settings_fingerprint(config, settings, salt)
-    tag = f"s{config.shard_index:02d}of{config.num_shards:02d}"
-    state_path = os.path.join(config.out, "shards", f"{tag}.state.json")
-    previous_counts = {int(os.path.basename(p)[5:7])
-                       for p in glob.glob(os.path.join(config.out, "shards", "s[0-9][0-9]of[0-9][0-9].state.json"))}
-    previous_counts.discard(config.num_shards)
-    if previous_counts:
-        raise InputError(config.out, f"holds a run with --num-shards {sorted(previous_counts)}; its files would "
-                                     "mix with this one's: use a fresh --out")
+    state_path = _state_path(config.out)
+    if os.path.isdir(os.path.join(config.out, "shards")):
+        raise InputError(config.out, "holds a PREP of an older version (machine shards, sIIofNN files); use a "
+                                     "fresh --out")
+    previous = os.path.join(config.out, "manifest.json")
+    if os.path.exists(previous) and manifest.read_json(previous).get("runner", "local") != "local":
+        raise InputError(config.out, "holds a PREP written by a Beam runner; use a fresh --out")
     if os.path.exists(state_path) and manifest.read_json(state_path)["fingerprint"] != fingerprint:
         raise InputError(config.out, "was prepared with other settings or another input; use a fresh --out")
     manifest.write_json_atomic(state_path, {"salt": salt, "fingerprint": fingerprint})
 
-    importer = get_importer(config.fmt)
-    options = {"birads_map": config.birads_map} if config.birads_map else {}
-    result = importer(config.annotations, config.images_root, **options)
-    result.check_accounting()
-    chunks, split_stats, import_rejects, images_seen = _plan(result, config, salt, fingerprint)
+    result = import_table(config)
+    items, split_stats = plan.plan_images(result, salt, val_fraction=config.val_fraction,
+                                          test_fraction=config.test_fraction)
+    chunks = _chunks(items, config.images_per_file, fingerprint)
 
     markers: dict[int, dict] = {}
     todo = []
     for i, chunk in enumerate(chunks):
-        marker = _chunk_done(config.out, chunk, chunk.relative(config.shard_index, config.num_shards))
+        marker = _chunk_done(config.out, chunk)
         if marker is not None:
             markers[i] = marker
         else:
             todo.append(i)
     total_images = sum(len(c.items) for c in chunks)
     done_images = sum(len(chunks[i].items) for i in markers)
-    bar = tqdm(total=total_images, initial=done_images, unit="img", desc=f"prepare {tag}",
+    bar = tqdm(total=total_images, initial=done_images, unit="img", desc="prepare",
                disable=config.quiet or not sys.stderr.isatty(), file=sys.stderr)
     # Starts the decoding processes now: they work while this process imports TensorFlow (records).
     stream = _results([item for i in todo for item in chunks[i].items], settings, salt, config.workers)
@@ -497,72 +495,24 @@ def prepare(config: PrepareConfig) -> dict:
         for i in todo:
             chunk = chunks[i]
             results = (next(stream) for _ in chunk.items)
-            markers[i] = _write_chunk(config.out, chunk.relative(config.shard_index, config.num_shards), chunk,
-                                      results, salt, on_image=lambda: bar.update(1))
+            markers[i] = _write_chunk(config.out, chunk, results, on_image=lambda: bar.update(1))
     finally:
         stream.close()  # shuts the worker pool down, also on an error or Ctrl-C
         bar.close()
 
-    counts = {"rows_ingested": 0, "rows_rejected": 0, "duplicate_rows_merged": 0, "images_seen": images_seen,
-              "images_written_total": 0,
-              "images_written": {s: {label: 0 for label in LABELS} for s in ("train", "val", "test")},
-              "findings": {label: 0 for label in LABELS if label != "normal"}, "boxes_clipped": 0,
-              "rules_fired": {"voi": {}, "orientation": {}},
-              "split_conflicts": split_stats["conflicts"] if config.shard_index == 0 else 0}
-    rejects = [_reject_dict(r, salt) for r in import_rejects]
+    counts = plan.empty_counts()
+    rejects = [plan.reject_dict(r, salt) for r in result.rejects]
     files = []
     for i, chunk in enumerate(chunks):
         marker = markers[i]
-        counts["rows_ingested"] += marker["rows_ingested"]
-        counts["duplicate_rows_merged"] += marker.get("duplicate_rows_merged", 0)
-        counts["images_written_total"] += marker["written"]
-        counts["images_written"][chunk.split][chunk.stratum] += marker["written"]
-        for label, n in marker["findings"].items():
-            counts["findings"][label] += n
-        counts["boxes_clipped"] += marker["clipped"]
-        for kind, fired in marker.get("rules", {}).items():
-            for rule, n in fired.items():
-                counts["rules_fired"][kind][rule] = counts["rules_fired"][kind].get(rule, 0) + n
+        plan.add_counts(counts, marker["counts"])
         rejects += marker["rejects"]
         if marker["written"]:
-            files.append({"path": chunk.relative(config.shard_index, config.num_shards),
-                          "records": marker["written"], "split": chunk.split, "stratum": chunk.stratum})
-    counts["rows_rejected"] = len(rejects)
-    machine = {
-        "format": config.fmt,
-        "sources": result.sources,
-        "code_version": __version__,
-        "salt": salt,
-        "settings_fingerprint": hashlib.sha256(
-            json.dumps([dataclasses.asdict(settings), config.fmt, salt, config.val_fraction,
-                        config.test_fraction, [manifest.file_sha256(t) for t in config.annotations]],
-                       sort_keys=True).encode()).hexdigest(),
-        "shard": {"index": config.shard_index, "count": config.num_shards},
-        "preprocessing": {"size": config.size, "long_side": config.size, "windowing": config.voi,
-                          "orientation": config.orient, "orientation_rule": ORIENTATION_RULES[config.orient],
-                          "max_pixels": config.max_pixels, "decoder": config.decoder, "png_bits": 16,
-                          "box_frame": "image (training scale), continuous pixel coordinates"},
-        "splits": {key: split_stats[key] for key in ("rule", "patients", "val_fraction", "test_fraction")},
-        "inputs_total": {"rows": result.total_rows},
-        "counts": counts,
-        "rejects": rejects,
-        "files": files,
-        "chunks": {"total": len(chunks), "skipped": len(chunks) - len(todo), "written": len(todo)},
-    }
-    manifest.write_json_atomic(manifest.machine_manifest_path(config.out, config.shard_index,
-                                                              config.num_shards), machine)
-    summary = {"out": config.out, "shard": machine["shard"], "chunks": machine["chunks"],
-               "rows": result.total_rows, "rows_ingested_here": counts["rows_ingested"],
-               "rows_rejected_here": counts["rows_rejected"], "images_written_here": counts["images_written_total"]}
-    try:
-        merged = manifest.merge(config.out, config.num_shards)
-    except InputError as err:
-        if "missing machine manifests" not in err.reason:
-            raise
-        summary["merged"] = False
-        summary["waiting_for"] = err.reason
-        return summary
-    summary.update({"merged": True, "manifest": os.path.join(config.out, "manifest.json"),
-                    "images_written": merged["images_written"], "rejects": merged["rejects"],
-                    "inputs": merged["inputs"], "content_hash": merged["content_hash"]})
-    return summary
+            files.append({"path": chunk.relative, "records": marker["written"], "split": chunk.split,
+                          "stratum": chunk.stratum})
+    header = manifest_header(config, result, salt, split_stats, runner="local")
+    written = manifest.finish(config.out, header, counts, rejects, files, rows_total=result.total_rows,
+                              images_seen=plan.images_seen(result),
+                              content_hash=manifest.content_hash(config.out, [f["path"] for f in files]))
+    chunk_stats = {"total": len(chunks), "skipped": len(chunks) - len(todo), "written": len(todo)}
+    return summary_of(config.out, written, chunks=chunk_stats)

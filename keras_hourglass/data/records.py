@@ -3,14 +3,15 @@
 Layout of a prepared directory::
 
     PREP/manifest.json, PREP/rejects.csv
-    PREP/<split>/<stratum>-s<II>of<NN>-<CCCCC>.tfrecord
+    PREP/<split>/<stratum>-<CCCCC>.tfrecord              the local path
+    PREP/<split>/<stratum>-<SSSSS>-of-<NNNNN>.tfrecord   the Beam path (``--runner``)
 
 ``split`` is train|val|test, ``stratum`` the image label (most severe
-finding: malignant > high_risk > benign > normal), ``II``/``NN`` the
-machine shard index and count (``--shard-index/--num-shards``; s00of01 on
-one machine) and ``CCCCC`` the chunk number within that (split, stratum,
-machine shard). Names never collide across machines, and a chunk is the
-unit of atomic writing and of resumption (``<file>.done`` beside it).
+finding: malignant > high_risk > benign > normal). Local path: ``CCCCC``
+is the chunk number within that (split, stratum), the unit of atomic
+writing and of resumption (``<file>.done`` beside it). Beam path: shard
+SSSSS of NNNNN, written by Beam's file sink (temporary files, finalised
+when the write succeeds). Readers list ``<stratum>-*.tfrecord``.
 
 Feature keys (one Example per image):
 
@@ -38,10 +39,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_hourglass.data.png16 import encode_png16
-
-LABELS = ("normal", "benign", "high_risk", "malignant")
-"""Labels and strata, least to most severe."""
+from keras_hourglass.data.example_codec import LABELS, serialize_example, stratum_of  # noqa: F401 (public here too)
 SPLITS = ("train", "val", "test")
 POSITIVE_LABELS = ("high_risk", "malignant")
 """Training positives: their boxes feed L_DET."""
@@ -62,37 +60,6 @@ _FEATURES = {
     "view": tf.io.FixedLenFeature([], tf.string, default_value=""),
     "transform": tf.io.VarLenFeature(tf.float32),
 }
-
-
-def stratum_of(labels: Iterable[str]) -> str:
-    """Returns the image stratum: the most severe of its finding labels.
-
-    Args:
-        labels: finding labels of one image (empty for a normal image).
-
-    Returns:
-        One of `LABELS` ("normal" when there is no finding).
-    """
-    rank = {name: i for i, name in enumerate(LABELS)}
-    best = 0
-    for label in labels:
-        if label not in rank:
-            raise ValueError(f"unknown label {label!r}; expected one of {LABELS}")
-        best = max(best, rank[label])
-    return LABELS[best]
-
-
-def _bytes(values: Sequence[bytes | str]) -> tf.train.Feature:
-    return tf.train.Feature(bytes_list=tf.train.BytesList(
-        value=[v.encode("utf-8") if isinstance(v, str) else v for v in values]))
-
-
-def _floats(values) -> tf.train.Feature:
-    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
-
-
-def _ints(values) -> tf.train.Feature:
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
 
 
 def make_example(
@@ -127,41 +94,13 @@ def make_example(
         height, width: image size, needed when `image` is PNG bytes.
 
     Returns:
-        A `tf.train.Example`.
+        A `tf.train.Example` (built by `example_codec.serialize_example`, the one builder, which the
+        TensorFlow-free ingest workers call directly).
     """
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    if len(box_labels) != len(boxes) or len(finding_types) != len(boxes):
-        raise ValueError(f"{len(boxes)} boxes but {len(box_labels)} labels and "
-                         f"{len(finding_types)} finding types")
-    derived = stratum_of(box_labels)
-    if label is None:
-        label = derived
-    elif label not in LABELS:
-        raise ValueError(f"unknown stratum {label!r}")
-    if isinstance(image, (bytes, bytearray)):
-        if height is None or width is None:
-            raise ValueError("height and width are required with PNG bytes")
-        png = bytes(image)
-    else:
-        array = np.asarray(image)
-        height, width = int(array.shape[0]), int(array.shape[1])
-        png = encode_png16(array)
-    feature = {
-        "image/png": _bytes([png]),
-        "image/height": _ints([height]),
-        "image/width": _ints([width]),
-        "boxes": _floats(boxes.reshape(-1)),
-        "box_labels": _bytes(list(box_labels)),
-        "finding_types": _bytes(list(finding_types)),
-        "label": _bytes([label]),
-        "patient_hash": _bytes([patient_hash]),
-        "study_hash": _bytes([study_hash]),
-        "image_hash": _bytes([image_hash]),
-        "laterality": _bytes([laterality]),
-        "view": _bytes([view]),
-        "transform": _floats(transform),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature))
+    return tf.train.Example.FromString(serialize_example(
+        image, boxes=boxes, box_labels=box_labels, finding_types=finding_types, patient_hash=patient_hash,
+        study_hash=study_hash, image_hash=image_hash, laterality=laterality, view=view, transform=transform,
+        label=label, height=height, width=width))
 
 
 def parse_example(serialized: tf.Tensor) -> dict:
@@ -200,18 +139,16 @@ def parse_example(serialized: tf.Tensor) -> dict:
     }
 
 
-def shard_file_name(stratum: str, chunk: int, shard_index: int = 0, num_shards: int = 1) -> str:
-    """Returns the file name of one chunk, e.g. ``malignant-s00of01-00003.tfrecord``.
+def shard_file_name(stratum: str, chunk: int) -> str:
+    """Returns the file name of one chunk of the local path, e.g. ``malignant-00003.tfrecord``.
 
     Args:
         stratum: image stratum.
-        chunk: chunk number within (split, stratum, machine shard).
-        shard_index: this machine's `--shard-index`.
-        num_shards: `--num-shards`.
+        chunk: chunk number within (split, stratum).
     """
     if stratum not in LABELS:
         raise ValueError(f"unknown stratum {stratum!r}")
-    return f"{stratum}-s{shard_index:02d}of{num_shards:02d}-{chunk:05d}.tfrecord"
+    return f"{stratum}-{chunk:05d}.tfrecord"
 
 
 def list_files(prep_dir: str | os.PathLike, split: str, stratum: str | None = None) -> list[str]:
