@@ -154,6 +154,21 @@ def test_labels_on_the_hand_built_case(system):
     assert len(normal) == 1 and normal[0]["label"] == 0 and normal[0]["stratum"] == "normal"
 
 
+def test_training_streams_balance_the_classes(system):
+    from keras_hourglass.two_stage.records import training_dataset
+
+    # train: 6 positives, 7 negatives. Sampling: each class drawn with probability 1/2.
+    batches = list(training_dataset(system["proposals"], batch_size=50, seed=0, augment=False).take(4))
+    share = float(np.mean(np.concatenate([labels.numpy() for _, labels in batches])))
+    assert 0.35 < share < 0.65
+    # Weights: the natural stream, each class weighted to half of the loss (n / (2 n_class)).
+    patches, labels, weights = next(iter(training_dataset(system["proposals"], batch_size=13, seed=0,
+                                                          balance="weights", class_counts=(7, 6))))
+    assert patches.shape == (13, 16, 16, 1) and labels.shape == (13, 1)
+    expected = np.where(labels.numpy()[:, 0] == 1, 13 / 12, 13 / 14)
+    np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-6)
+
+
 def test_no_patient_crosses_splits(system, tmp_path, capsys):
     seen = {split: {r["patient_hash"] for r in read_proposals(system["proposals"], split)} for split in LAYOUT}
     assert not (seen["train"] & seen["val"]) and not (seen["train"] & seen["test"]) and not (seen["val"] & seen["test"])
@@ -206,12 +221,13 @@ def test_stage_two_run_directory_and_resume(system, capsys):
 
     history = read_history(os.path.join(system["run2"], "history.csv"))
     assert [int(r["epoch"]) for r in history] == [1, 2] and "val_auc" in history[0]
-    # Rerunning the finished command resumes after epoch 2 (nothing left); other settings are refused.
+    # Rerunning the finished command (spelled train-stage2 this time) resumes after epoch 2: nothing left.
     capsys.readouterr()
-    assert main(system["train"]) == 0
+    again = ["train-stage2", *system["train"][3:]]
+    assert main(again) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["resumed_from_epoch"] == 2
-    assert main([*system["train"], "--learning-rate", "0.01"]) == 2
-    one_line_error(capsys, "train", "was written by a run with other settings")
+    assert main([*again, "--learning-rate", "0.01"]) == 2  # other settings in the same RUN2 are refused
+    one_line_error(capsys, "train-stage2", "was written by a run with other settings")
 
 
 def test_combined_froc_has_both_systems(system):
@@ -249,10 +265,24 @@ def test_bad_inputs_are_one_line_errors(system, tmp_path, capsys):
                  "--out", str(tmp_path / "e"), "--quiet"]) == 2
     one_line_error(capsys, "evaluate", "not a patch classifier")
     assert main(["train", "--stage", "2", "--data", system["prep"], "--out", str(tmp_path / "r")]) == 2
-    one_line_error(capsys, "train", "not a proposals manifest (format 'keras-hourglass-proposals/1' expected): a prep")
-    assert main(["train", "--stage", "2", "--data", system["proposals"], "--out", str(tmp_path / "r"),
-                 "--omega", "0.1"]) == 2
-    one_line_error(capsys, "train", "--omega: applies to stage one only")
+    one_line_error(capsys, "train-stage2", "not a proposals manifest (format 'keras-hourglass-proposals/1' expected): a prep")
+    with pytest.raises(SystemExit) as exit_info:  # a stage-one flag is an argparse error (exit 2, one line)
+        main(["train", "--stage=2", "--data", system["proposals"], "--out", str(tmp_path / "r"), "--omega", "0.1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hourglass: error: unrecognized arguments: --omega 0.1") and "\n" not in err
+
+
+def test_operating_point_reads_the_threshold_on_val(system, tmp_path):
+    # Val marks (malignant positives only): .265 hit; false .215, .165 (v1) -> FPI 1 over 2 images at .165.
+    out = str(tmp_path / "p")
+    assert main(["proposals", "--model", system["model"], "--data", system["prep"], "--out", out,
+                 "--operating-point", "1", "--quiet"]) == 0
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    point = manifest["stage_one"]["operating_point"]
+    assert point["split"] == "val" and point["fpi_reached"] == 1.0 and point["sensitivity"] == 1.0
+    assert manifest["stage_one"]["threshold"] == pytest.approx(0.165, abs=1e-4)
+    assert manifest["splits"]["train"]["marks"] == 9  # malignant, high_risk, benign marks of 3 images
 
 
 def test_combinations_and_patch_geometry():
@@ -273,3 +303,4 @@ def test_combinations_and_patch_geometry():
     image = np.arange(36, dtype=np.float32).reshape(6, 6)
     patch = crop_patches(image, np.array([[0.2, 5.9]]), 4)[0, ..., 0]  # top-left (-2, 4): padded with 0
     np.testing.assert_array_equal(patch, np.pad(image[0:2, 4:6], ((2, 0), (0, 2))))
+    assert crop_patches(image, np.zeros((0, 3)), 4).shape == (0, 4, 4, 1)

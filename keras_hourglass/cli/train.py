@@ -31,9 +31,6 @@ EPILOG = """examples:
   # all GPUs of this machine, global batch 32 (16 per GPU with 2 GPUs)
   hourglass train --data data/prepared --out runs/hs --strategy mirrored --batch-size 32
 
-  # two-stage: the patch classifier on the proposals of a stage-one run (`hourglass proposals`)
-  hourglass train --stage 2 --data proposals/hs --out runs/hs-stage2 --epochs 10 --steps-per-epoch 100
-
   # several machines: run the same command on each, with TF_CONFIG naming the cluster and this task
   TF_CONFIG='{"cluster": {"worker": ["host0:2222", "host1:2222"]}, "task": {"type": "worker", "index": 0}}' \\
       hourglass train --data /shared/prepared --out /shared/runs/hs --strategy multi-worker
@@ -170,9 +167,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                       help="split the CPU into N logical devices (for mirrored without GPUs)")
 
     parser.add_argument("--quiet", action="store_true", help="one log line per epoch instead of progress bars")
-    from keras_hourglass.cli import train_stage2
-
-    train_stage2.add_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -251,10 +245,6 @@ def run(args: argparse.Namespace) -> int:
 
     from keras_hourglass.errors import InputError
 
-    if getattr(args, "stage", 1) == 2:
-        from keras_hourglass.cli import train_stage2
-
-        return train_stage2.run(args)
     config = build_config(args)
     if not os.path.isdir(args.data):
         raise InputError(args.data, "not a directory (run `hourglass prepare` first)")

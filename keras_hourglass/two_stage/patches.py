@@ -71,8 +71,10 @@ def crop_patches(image: np.ndarray, marks: np.ndarray, size: int) -> np.ndarray:
     if image.ndim == 3:
         image = image[..., 0]
     height, width = image.shape
-    marks = np.asarray(marks, dtype=np.float64).reshape(len(marks), -1)
-    out = np.zeros((marks.shape[0], size, size, 1), np.float32)
+    marks = np.asarray(marks, dtype=np.float64)
+    out = np.zeros((len(marks), size, size, 1), np.float32)
+    if not len(marks):
+        return out
     for m, (y, x) in enumerate(marks[:, :2]):
         top, left = patch_origin(float(y), float(x), size)
         y0, x0 = max(top, 0), max(left, 0)
