@@ -10,6 +10,13 @@ Writes to --out:
   is detected at the operating point (the missed cancers to review).
 - overlays/*.png: a few images with their boxes and the marks kept at the
   operating point (malignant images first).
+
+With `--classifier RUN2/model.keras` (the two-stage system) the same split is
+scored by stage one and by the two-stage system (`keras_hourglass.two_stage`):
+froc.json keeps stage one's FROC at the top level and adds `two_stage` (the
+combined system's FROC, same keys, same hit rule and bootstrap seed) and
+`comparison`; froc.png draws both curves; marks_two_stage.csv and
+findings_two_stage.csv hold the combined scores.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ EXAMPLES = textwrap.dedent(
           --max-marks 200 --overlays 8 --bootstrap 2000 --seed 1
       hourglass evaluate --model runs/demo/model.keras --data prepared --out eval/quick \\
           --max-images 50 --bootstrap 0          # a quick look, no confidence intervals
+      hourglass evaluate --model runs/demo/model.keras --classifier runs/demo-stage2/model.keras \\
+          --data prepared --out eval/two-stage   # stage one and the two-stage system side by side
 
     FROC rules: evaluation positives are malignant findings only; a mark inside a malignant
     box (borders included) hits it; several marks on one finding count once and are not false
@@ -64,6 +73,12 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="several marks on one finding: ignore the extras (default) or count them as false")
     parser.add_argument("--interpolation", choices=("step", "linear"), default="step",
                         help="how sensitivity is read at an FPI point (default: step)")
+    parser.add_argument("--classifier", default=None, metavar="RUN2/model.keras",
+                        help="stage-two classifier (`hourglass train --stage 2`): also evaluate the two-stage system")
+    parser.add_argument("--combination", default="auto",
+                        choices=("auto", "probability", "geometric_0.75", "product", "geometric_0.25"),
+                        help="with --classifier: how the scores combine (default auto: the one RUN2/config.json "
+                             "chose on the val proposals)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
     return parser
@@ -73,6 +88,8 @@ def _check_args(args: argparse.Namespace) -> None:
     from keras_hourglass.modelfile import check_archive
 
     check_archive(args.model)  # before TensorFlow is imported: a bad file costs nothing
+    if args.classifier is not None:
+        check_archive(args.classifier)
     if not os.path.isdir(args.data):
         raise InputError(args.data, "no such prepared directory")
     for name in ("max_marks", "overlays", "bootstrap"):
@@ -111,15 +128,25 @@ def run(args: argparse.Namespace) -> int:
         multiple = model_input_multiple(model)
     except (ValueError, TypeError) as err:
         raise InputError(args.model, f"not a fully convolutional heatmap model ({type(err).__name__})") from None
+    two_stage = _load_two_stage(args) if args.classifier is not None else None
     dataset = evaluation_dataset(args.data, split=args.split, input_multiple=multiple)
-    records = predict_marks(
-        model,
-        dataset,
-        max_marks=args.max_marks,
-        max_images=args.max_images,
-        keep_images=args.overlays,
-        progress=not args.quiet,
-    )
+    if two_stage is None:
+        records = predict_marks(
+            model,
+            dataset,
+            max_marks=args.max_marks,
+            max_images=args.max_images,
+            keep_images=args.overlays,
+            progress=not args.quiet,
+        )
+    else:
+        from keras_hourglass.two_stage.evaluate import predict_two_stage
+
+        records, combined = predict_two_stage(
+            model, two_stage["classifier"], dataset, combination=two_stage["combination"],
+            max_marks=args.max_marks, proposal_threshold=two_stage["threshold"],
+            max_proposals=two_stage["max_proposals"], max_images=args.max_images, keep_images=args.overlays,
+            progress=not args.quiet)
     if not records:
         raise InputError(args.data, f"split {args.split!r} has no images")
     result = froc(
@@ -138,13 +165,28 @@ def run(args: argparse.Namespace) -> int:
     payload["settings"]["max_marks"] = args.max_marks
     operating = result.operating_point(args.operating_fpi)
     payload["operating_point"] = {"target_fpi": args.operating_fpi, **operating}
+    if two_stage is not None:
+        combined_result = froc(combined, extra_hits=args.extra_hits, interpolation=args.interpolation,
+                               n_bootstrap=args.bootstrap, seed=args.seed, progress=not args.quiet)
+        _add_two_stage(payload, combined_result, two_stage, args)
     json_path = os.path.join(args.out, "froc.json")
     import json
 
     with open(json_path, "w", encoding="utf-8") as fh:
         json.dump(payload, fh, indent=2, allow_nan=False)
         fh.write("\n")
-    plot_froc(result, os.path.join(args.out, "froc.png"))
+    if two_stage is None:
+        plot_froc(result, os.path.join(args.out, "froc.png"))
+    else:
+        from keras_hourglass.evaluation.plots import plot_froc_curves
+
+        plot_froc_curves({"stage one": result, f"two-stage ({two_stage['combination']})": combined_result},
+                         os.path.join(args.out, "froc.png"), title=f"FROC: stage one vs two-stage, {args.split} split")
+        combined_threshold = payload["two_stage"]["operating_point"]["threshold"]
+        write_marks_csv(os.path.join(args.out, "marks_two_stage.csv"), combined,
+                        operating_threshold=combined_threshold, extra_hits=args.extra_hits)
+        write_findings_csv(os.path.join(args.out, "findings_two_stage.csv"), combined,
+                           operating_threshold=combined_threshold)
     threshold = operating["threshold"]
     write_marks_csv(
         os.path.join(args.out, "marks.csv"), records, operating_threshold=threshold, extra_hits=args.extra_hits
@@ -161,7 +203,12 @@ def run(args: argparse.Namespace) -> int:
             os.path.join(overlay_dir, f"{i:02d}_{record.image_id[:16]}.png"),
             threshold=threshold if threshold is not None else float("inf"),
         )
+    if two_stage is not None:
+        print("stage one")
     print(format_table(result))
+    if two_stage is not None:
+        print(f"two-stage ({two_stage['combination']})")
+        print(format_table(combined_result))
     if threshold is None:
         print(f"operating point (FPI <= {args.operating_fpi:g}): no mark fits the budget")
     else:
@@ -171,3 +218,52 @@ def run(args: argparse.Namespace) -> int:
     print(f"froc.json: {json_path}")
     sys.stdout.flush()
     return 0
+
+
+def _load_two_stage(args: argparse.Namespace) -> dict:
+    """The classifier and how RUN2 scores: combination, stage one's proposal threshold and marks per image.
+
+    Raises:
+        InputError: not a patch classifier; no RUN2/config.json with --combination auto; patches at another
+            scale than PREP's (the proposals' long side differs from PREP's).
+    """
+    from keras_hourglass.training.geometry import prep_long_side
+    from keras_hourglass.two_stage.classifier import load_classifier
+    from keras_hourglass.two_stage.train import read_run_config
+
+    classifier = load_classifier(args.classifier)
+    config = read_run_config(args.classifier) or {}
+    proposals = config.get("proposals") or {}
+    combination = args.combination
+    if combination == "auto":
+        chosen = ((config.get("two_stage") or {}).get("combination") or {}).get("name")
+        if chosen is None:
+            raise InputError(args.classifier, "no config.json of a stage-two run beside it: give --combination")
+        combination = chosen
+    long_side = proposals.get("long_side")
+    if long_side is not None and int(long_side) != prep_long_side(args.data):
+        raise InputError(args.data, f"its images have long side {prep_long_side(args.data)} px, the classifier's "
+                                    f"proposals {long_side} px: its patches would cover another extent")
+    return {"classifier": classifier, "combination": combination, "threshold": proposals.get("threshold"),
+            "max_proposals": proposals.get("max_marks"), "config": config}
+
+
+def _add_two_stage(payload: dict, combined, two_stage: dict, args: argparse.Namespace) -> None:
+    """Adds `two_stage` (the combined FROC and how it was scored) and `comparison` to froc.json's payload."""
+    from keras_hourglass.two_stage.combine import stage_two_weight
+
+    block = combined.to_json()
+    block["classifier"] = os.path.abspath(args.classifier)
+    block["combination"] = {"name": two_stage["combination"], "stage_two_weight": stage_two_weight(two_stage["combination"]),
+                            "rule": "max(s, 1e-6) ** (1 - w) * p ** w (keras_hourglass.two_stage.combine)",
+                            "source": "RUN2/config.json" if args.combination == "auto" else "--combination"}
+    block["proposals"] = {"threshold": two_stage["threshold"], "max_marks": two_stage["max_proposals"]}
+    block["operating_point"] = {"target_fpi": args.operating_fpi, **combined.operating_point(args.operating_fpi)}
+    payload["two_stage"] = block
+    payload["comparison"] = {
+        "systems": ["stage_one", "two_stage"],
+        "sensitivity_at_fpi": {key: {"stage_one": payload["sensitivity_at_fpi"][key], "two_stage": value}
+                               for key, value in block["sensitivity_at_fpi"].items()},
+        "max_sensitivity": {"stage_one": payload["max_sensitivity"], "two_stage": block["max_sensitivity"]},
+        "mean_sensitivity": {"stage_one": payload["mean_sensitivity"], "two_stage": block["mean_sensitivity"]},
+    }

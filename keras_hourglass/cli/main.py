@@ -5,7 +5,8 @@ Each subcommand is a module (table `COMMANDS`) with
 `func=run` as a default) and must import TensorFlow only inside `run`,
 so `hourglass --help` stays fast. The modules of `tuning/`, `export/` and
 `serving/` are named here as strings and imported on demand, so the
-library itself never imports those packages.
+library itself never imports those packages. `hourglass train --stage 2 ...`
+is spelled out as `hourglass train-stage2 ...` (`train_stage2.stage_two_alias`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ OUTPUT_FLAGS = {
     "synth": ("--out",),
     "prepare": ("--out",),
     "train": ("--out",),
+    "train-stage2": ("--out",),
     "evaluate": ("--out",),
+    "proposals": ("--out",),
     "tune": ("--out",),
     "export": ("--base-path",),
     "predict": ("--overlay-dir", "--dicom-sr", "--dicom-pr"),
@@ -45,6 +48,8 @@ COMMANDS = {
     "prepare": "keras_hourglass.cli.prepare",
     "train": "keras_hourglass.cli.train",
     "evaluate": "keras_hourglass.cli.evaluate",
+    "proposals": "keras_hourglass.cli.proposals",
+    "train-stage2": "keras_hourglass.cli.train_stage2",
     "tune": "tuning.cli",
     "export": "export.cli",
     "predict": "serving.cli",
@@ -74,8 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI. Returns: the process exit code (0 ok, 2 bad input, 1 failure)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from keras_hourglass.cli.train_stage2 import stage_two_alias
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(stage_two_alias(sys.argv[1:] if argv is None else list(argv)))
     try:
         for flag in OUTPUT_FLAGS.get(args.command, ()):
             value = getattr(args, flag[2:].replace("-", "_"), None)

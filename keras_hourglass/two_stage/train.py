@@ -1,0 +1,250 @@
+"""Class-balanced training of the stage-two classifier (`hourglass train --stage 2`).
+
+`train_classifier(config, PROPOSALS, RUN2)`:
+
+1. reads PROPOSALS/manifest.json (the patch side, the stage-one threshold, the
+   class counts) and refuses a train split without positives or negatives;
+2. builds the classifier (`two_stage.classifier.build_classifier`) and Adam
+   under the strategy's scope (`training.distribution.make_strategy`, as stage
+   one), seeded with `keras.utils.set_random_seed`;
+3. restores RUN2/backup if there is one (`training.callbacks.EpochBackup`:
+   weights, optimizer state, completed epochs; another configuration in the
+   same RUN2 is refused) and fits the remaining epochs on the balanced stream
+   of `two_stage.records.training_dataset` (`balance="sampling"`: positives and
+   negatives drawn with probability 1/2; `"weights"`: the natural stream,
+   weighted `n / (2 n_class)`), validating on PROPOSALS/val (loss, AUC);
+4. writes RUN2/model.keras, RUN2/history.csv and RUN2/config.json, whose
+   `two_stage.combination` is the combination chosen on the val proposals
+   (`two_stage.evaluate.select_combination`) and whose `proposals` block holds
+   what `hourglass evaluate --classifier` needs to score a split as the
+   proposals were made (stage-one threshold, max marks, long side, patch size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+
+from keras_hourglass.errors import InputError
+
+BALANCES = ("sampling", "weights")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage2Config:
+    """Settings of a stage-two run.
+
+    Attributes:
+        epochs: epochs of `steps_per_epoch` batches.
+        steps_per_epoch: batches per epoch.
+        batch_size: global batch (split over the replicas).
+        learning_rate: Adam's learning rate (constant).
+        seed: initialisation, data order and augmentation.
+        balance: "sampling" or "weights" (module docstring).
+        augment: flips and 90-degree turns.
+        filters, dense, dropout, backbone, backbone_weights: `build_classifier` arguments.
+    """
+
+    epochs: int = 10
+    steps_per_epoch: int = 100
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    seed: int = 0
+    balance: str = "sampling"
+    augment: bool = True
+    filters: tuple[int, ...] = (16, 32, 64)
+    dense: int = 64
+    dropout: float = 0.3
+    backbone: str | None = None
+    backbone_weights: str | None = None
+
+    def validate(self) -> "Stage2Config":
+        """Returns: self. Raises: InputError naming the flag of a bad value."""
+        for name in ("epochs", "steps_per_epoch", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"--{name.replace('_', '-')}", f"must be >= 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise InputError("--learning-rate", f"must be > 0, got {self.learning_rate}")
+        if self.balance not in BALANCES:
+            raise InputError("--balance", f"must be one of {BALANCES}, got {self.balance!r}")
+        if not 0 <= self.dropout < 1:
+            raise InputError("--dropout", f"must be in [0, 1), got {self.dropout}")
+        return self
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["filters"] = list(self.filters)
+        return out
+
+
+def _fingerprint(config: Stage2Config, manifest_sha: str, global_batch: int) -> str:
+    keep = {k: v for k, v in config.to_json().items()}
+    keep.update(manifest_sha256=manifest_sha, global_batch=global_batch)
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _class_counts(manifest: dict, split: str) -> tuple[int, int]:
+    counts = (manifest.get("splits") or {}).get(split) or {}
+    return int(counts.get("negative") or 0), int(counts.get("positive") or 0)
+
+
+def _save_atomic(model, path: str) -> None:
+    tmp = os.path.join(os.path.dirname(path), f"tmp-{os.getpid()}-{os.path.basename(path)}")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def train_classifier(config: Stage2Config, proposals_dir: str, run_dir: str, *, strategy=None, strategy_info=None,
+                     verbose="auto", command: list[str] | None = None) -> dict:
+    """Trains (or resumes) the stage-two classifier and writes RUN2.
+
+    Args:
+        config: the settings (validated here).
+        proposals_dir: PROPOSALS (`hourglass proposals`).
+        run_dir: RUN2; created; an existing RUN2/backup is resumed from.
+        strategy: a ready `tf.distribute.Strategy` (default: `make_strategy("auto")`).
+        strategy_info: its `StrategyInfo`.
+        verbose: Keras `fit` verbosity.
+        command: the command line for config.json.
+
+    Returns:
+        The summary written to RUN2/config.json.
+
+    Raises:
+        InputError: bad PROPOSALS (no manifest, no positives or negatives in train), a backup of
+            another configuration, a bad setting.
+    """
+    import keras
+
+    from keras_hourglass.data.manifest import file_sha256
+    from keras_hourglass.training import callbacks as cb
+    from keras_hourglass.training.distribution import WriteDir, make_strategy, per_replica_batch_size
+    from keras_hourglass.training.train import package_versions
+    from keras_hourglass.two_stage import records
+    from keras_hourglass.two_stage.classifier import build_classifier
+    from keras_hourglass.two_stage.evaluate import select_combination
+    from keras_hourglass.two_stage.proposals import read_manifest
+
+    config.validate()
+    manifest = read_manifest(proposals_dir)
+    manifest_path = os.path.join(proposals_dir, "manifest.json")
+    negatives, positives = _class_counts(manifest, "train")
+    if positives == 0 or negatives == 0:
+        raise InputError(manifest_path, f"the train split has {positives} positive and {negatives} negative "
+                                        "proposals: stage two needs both (lower --threshold, raise --max-marks "
+                                        "or add training positives)")
+    patch_size = int(manifest["patch"]["resolved"])
+    if strategy is None:
+        strategy, strategy_info = make_strategy("auto")
+    per_replica_batch_size(config.batch_size, strategy.num_replicas_in_sync)
+    try:
+        keras.utils.set_random_seed(int(config.seed))
+        with strategy.scope():
+            model = build_classifier(patch_size, filters=config.filters, dense=config.dense, dropout=config.dropout,
+                                     backbone=config.backbone, backbone_weights=config.backbone_weights)
+            model.compile(optimizer=keras.optimizers.Adam(float(config.learning_rate)),
+                          loss=keras.losses.BinaryCrossentropy(),
+                          metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
+    except ValueError as err:
+        raise InputError("--backbone" if config.backbone else "--classifier-filters", str(err)) from None
+
+    os.makedirs(run_dir, exist_ok=True)
+    info = strategy_info
+    write = WriteDir(run_dir, info) if info is not None else None
+    join = write.join if write is not None else (lambda name: os.path.join(run_dir, name))
+    backup_dir = os.path.join(run_dir, "backup")
+    manifest_sha = file_sha256(manifest_path)
+    fingerprint = _fingerprint(config, manifest_sha, config.batch_size)
+    state = cb.read_backup_state(backup_dir)
+    if state and state.get("fingerprint") != fingerprint:
+        raise InputError(backup_dir, "was written by a run with other settings or proposals; use a new --out "
+                                     "or delete it to start over")
+    completed = int(state["completed_epochs"]) if state else 0
+    history_path = join("history.csv")
+    if completed:
+        cb.truncate_history(history_path, completed)
+        cb.restore_from_backup(model, backup_dir)
+
+    summary = {
+        "stage": 2,
+        "command": command if command is not None else sys.argv,
+        "data": {"proposals_dir": os.path.abspath(proposals_dir), "manifest_sha256": manifest_sha,
+                 "class_counts": {split: dict(zip(("negative", "positive"), _class_counts(manifest, split)))
+                                  for split in ("train", "val", "test")}},
+        "proposals": {"stage_one_model": manifest["stage_one"]["model"],
+                      "stage_one_sha256": manifest["stage_one"]["model_sha256"],
+                      "threshold": manifest["stage_one"]["threshold"],
+                      "max_marks": manifest["stage_one"]["max_marks"],
+                      "prep_dir": manifest["data"]["prep_dir"], "prep_manifest_sha256": manifest["data"]["manifest_sha256"],
+                      "long_side": manifest["data"]["long_side"], "patch": manifest["patch"]},
+        "hyperparameters": config.to_json(),
+        "model": {"patch_size": patch_size, "parameters": int(model.count_params()), "name": model.name},
+        "seed": int(config.seed),
+        "strategy": {**(info.to_json() if info is not None else {}), "global_batch_size": config.batch_size},
+        "versions": package_versions(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    is_chief = info is None or info.is_chief
+    if is_chief:
+        with open(join("config.json"), "w") as handle:
+            json.dump({**summary, "result": None}, handle, indent=2, default=str)
+
+    if completed < config.epochs:
+        # A resumed run re-seeds its stream, so it does not replay the batches already seen.
+        data = records.training_dataset(proposals_dir, batch_size=config.batch_size, seed=config.seed + 1000 * completed,
+                                        balance=config.balance, class_counts=(negatives, positives),
+                                        augment=config.augment)
+        validation, validation_steps = None, None
+        val_count = sum(_class_counts(manifest, "val"))
+        if val_count:
+            batch = 256
+            validation_steps = -(-val_count // batch)  # explicit: Keras warns "ran out of data" without it
+            validation = records.evaluation_dataset(proposals_dir, split="val", batch_size=batch).map(
+                lambda p: (p["patch"], p["label"][:, None]))
+        callbacks = [cb.HistoryCSV(history_path, phase="stage2"),
+                     cb.EpochBackup(join("backup"), phase="stage2", extra_state={"fingerprint": fingerprint})]
+        from keras_hourglass.training.multiworker_fix import multiworker_fit_fix as fit_fix
+
+        with fit_fix(strategy):
+            model.fit(data, epochs=config.epochs, initial_epoch=completed, steps_per_epoch=config.steps_per_epoch,
+                      validation_data=validation, validation_steps=validation_steps,
+                      callbacks=callbacks, verbose=verbose, shuffle=False)
+    _save_atomic(model, join("model.keras"))
+    combination = select_combination(model, proposals_dir, "val")
+    history = cb.read_history(history_path)
+    summary["two_stage"] = {
+        "combination": combination,
+        "rule": "score = max(s, 1e-6) ** (1 - w) * p ** w (s: stage one, p: stage two; keras_hourglass.two_stage.combine)",
+    }
+    summary["result"] = {"run_dir": os.path.abspath(run_dir), "model": os.path.abspath(os.path.join(run_dir, "model.keras")),
+                         "epochs_completed": int(config.epochs), "resumed_from_epoch": completed,
+                         "final_logs": history[-1] if history else None, "history": history,
+                         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with open(join("config.json"), "w") as handle:
+        json.dump(summary, handle, indent=2, default=str)
+    if write is not None:
+        write.cleanup()
+    return summary
+
+
+def read_run_config(classifier_path: str) -> dict | None:
+    """Returns: RUN2/config.json beside a classifier file, or None when there is none.
+
+    Raises:
+        InputError: the file exists but is not a stage-two config.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(classifier_path)), "config.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, ValueError):
+        raise InputError(path, "not a readable JSON file") from None
+    if not isinstance(config, dict) or config.get("stage") != 2:
+        raise InputError(path, "not the config.json of a stage-two run (`hourglass train --stage 2`)")
+    return config
