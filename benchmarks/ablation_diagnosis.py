@@ -40,6 +40,8 @@ sys.path.insert(0, HERE)
 
 import ablation  # noqa: E402  (the flags, data and runner of the ablation itself)
 
+from keras_hourglass.contract import TRAINING_POSITIVE_LABELS  # noqa: E402 (what the loss sees as positives)
+
 DEFAULT_VARIANTS = "l2,hypersensitive,omega-1,no-top-k,no-recenter,one-sigma"
 
 
@@ -82,9 +84,6 @@ def experiment(out: str, omega: float) -> dict:
     with open(record_path, "w") as handle:
         json.dump(record, handle, indent=2)
     return record
-
-
-LOSS_POSITIVE = ("malignant", "high_risk")  # what the training loss sees as positives (pipeline._positives)
 
 
 def box_mask(boxes: "np.ndarray", h: int, w: int) -> "np.ndarray":
@@ -151,7 +150,7 @@ def measure_model(model_path: str, prep: str, loss_kwargs: dict, peak_fraction: 
             box_peaks.append(peak)
             contrasts.append(peak / top_bg if top_bg > 0 else float("nan"))
             beats.append(bool(peak > top_bg) if bg_peaks.size else True)
-        pos = np.array([b for b, l in zip(boxes, labels) if l in LOSS_POSITIVE], np.float32).reshape(-1, 4)
+        pos = np.array([b for b, l in zip(boxes, labels) if l in TRAINING_POSITIVE_LABELS], np.float32).reshape(-1, 4)
         y_true = np.full((1, max(len(pos), 1), 4), -1.0, np.float32)
         y_true[0, : len(pos)] = pos
         terms = loss.components(y_true, hm)

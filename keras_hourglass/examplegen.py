@@ -20,6 +20,7 @@ import json
 import os
 from typing import Iterable, Sequence
 
+from keras_hourglass.contract import LABELS
 from keras_hourglass.errors import InputError
 
 #: Examples per staged TFRecord file (the pipeline interleaves up to 4 files per stratum).
@@ -71,9 +72,9 @@ def _split(files: Sequence[str], split_dir: str) -> tuple[dict[str, int], int]:
 
     from keras_hourglass.data import records
 
-    pending: dict[str, list[bytes]] = {label: [] for label in records.LABELS}
-    chunks = {label: 0 for label in records.LABELS}
-    counts = {label: 0 for label in records.LABELS}
+    pending: dict[str, list[bytes]] = {label: [] for label in LABELS}
+    chunks = {label: 0 for label in LABELS}
+    counts = {label: 0 for label in LABELS}
     long_side = 0
 
     def flush(label: str) -> None:
@@ -92,13 +93,13 @@ def _split(files: Sequence[str], split_dir: str) -> tuple[dict[str, int], int]:
             raise InputError(path, "holds an Example without label, image/height and image/width "
                                    "(not written by `hourglass prepare`)") from None
         if label not in pending:
-            raise InputError(path, f"an Example has the unknown label {label!r}; expected one of {records.LABELS}")
+            raise InputError(path, f"an Example has the unknown label {label!r}; expected one of {LABELS}")
         pending[label].append(record)
         counts[label] += 1
         long_side = max(long_side, height, width)
         if len(pending[label]) >= CHUNK_SIZE:
             flush(label)
-    for label in records.LABELS:
+    for label in LABELS:
         if pending[label]:
             flush(label)
     return counts, long_side

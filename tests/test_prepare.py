@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_hourglass import contract
 from keras_hourglass.cli.main import main as cli_main
 from keras_hourglass.data import phi, records
 from keras_hourglass.data.dicom import PixelTransform
@@ -51,7 +52,7 @@ def _config(table, root, out, **kw) -> PrepareConfig:
 def _read_all(prep) -> dict[str, dict]:
     """image_hash -> parsed record (numpy), over every split."""
     out = {}
-    for split in records.SPLITS:
+    for split in contract.SPLITS:
         for path in records.list_files(prep, split):
             for raw in tf.data.TFRecordDataset(path):
                 ex = {k: v.numpy() for k, v in records.parse_example(raw).items()}
@@ -104,7 +105,7 @@ def test_every_row_ingested_or_rejected_and_boxes_reach_the_image_frame(tmp_path
     assert manifest["findings"] == {"benign": 3, "high_risk": 4, "malignant": 5}
     assert manifest["code_version"] and manifest["salt"] == SALT and manifest["preprocessing"]["size"] == 48
     for ex in written.values():
-        assert ex["label"].decode() == records.stratum_of(b.decode() for b in ex["box_labels"])
+        assert ex["label"].decode() == contract.stratum_of(b.decode() for b in ex["box_labels"])
         assert ex["file"].startswith(ex["label"].decode() + "-")
         assert ex["image"].shape == (48, 32, 1)
     # Boxes: original (ymin, xmin, ymax, xmax) forward-mapped to the 48x32 image (R breasts mirrored).

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_hourglass import contract
 from keras_hourglass.data import records
 
 
@@ -67,8 +68,8 @@ def test_make_example_validates_lengths_and_labels():
         _example(image, box_labels=["cancer", "benign"])
     with pytest.raises(ValueError, match="height and width"):
         _example(b"\x89PNG")
-    assert records.stratum_of(["benign", "high_risk", "benign"]) == "high_risk"
-    assert records.stratum_of([]) == "normal"
+    assert contract.stratum_of(["benign", "high_risk", "benign"]) == "high_risk"
+    assert contract.stratum_of([]) == "normal"
 
 
 def test_layout_names_atomic_writes_and_listing(tmp_path):

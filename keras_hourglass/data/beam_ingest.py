@@ -39,6 +39,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from keras_hourglass.contract import LABELS, SPLITS
 from keras_hourglass.data import ingest, manifest, phi, plan, prepare
 from keras_hourglass.errors import InputError
 
@@ -219,7 +220,7 @@ def build(pipeline: beam.Pipeline, config: prepare.PrepareConfig, salt: str, res
     sizes: dict[tuple[str, str], int] = {}
     for item in items:
         sizes[(item.split, item.stratum)] = sizes.get((item.split, item.stratum), 0) + 1
-    targets = sorted(sizes, key=lambda k: (plan.SPLITS.index(k[0]), plan.LABELS.index(k[1])))
+    targets = sorted(sizes, key=lambda k: (SPLITS.index(k[0]), LABELS.index(k[1])))
     index = {target: i for i, target in enumerate(targets)}
 
     decoded = (pipeline

@@ -46,7 +46,6 @@ from keras_hourglass.version import __version__
 
 logger = logging.getLogger(__name__)
 
-LABELS = plan.LABELS
 MAX_SIZE = 16384  # --size: 4x the long side of a native full-field mammogram
 ORIENTATION_RULES = {
     "left": "chest wall on the left (right breasts mirrored; tags, then pixels)",

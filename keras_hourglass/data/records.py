@@ -39,11 +39,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_hourglass.data.example_codec import LABELS, serialize_example, stratum_of  # noqa: F401 (public here too)
-SPLITS = ("train", "val", "test")
-POSITIVE_LABELS = ("high_risk", "malignant")
-"""Training positives: their boxes feed L_DET."""
-FINDING_TYPES = ("mass", "calcification", "distortion", "asymmetry", "other")
+from keras_hourglass.contract import LABELS
+from keras_hourglass.data.example_codec import serialize_example
 
 _FEATURES = {
     "image/png": tf.io.FixedLenFeature([], tf.string),

@@ -36,18 +36,14 @@ from typing import Callable, Iterable, Iterator
 
 logger = logging.getLogger(__name__)
 
-LABELS = ("normal", "benign", "high_risk", "malignant")
-FINDING_TYPES = ("mass", "calcification", "distortion", "asymmetry", "other")
-SPLITS = ("train", "val", "test")
-
 
 @dataclasses.dataclass
 class Finding:
     """One annotated finding.
 
     Attributes:
-        label: one of `LABELS` except "normal".
-        finding_type: one of `FINDING_TYPES`.
+        label: one of `keras_hourglass.contract.FINDING_LABELS`.
+        finding_type: one of `keras_hourglass.contract.FINDING_TYPES`.
         box: (y0, x0, y1, x1) in ORIGINAL continuous pixel coordinates, or
             None when it comes from a mask at ingest (`mask_paths`).
         row: the source row, "file:number".
@@ -413,6 +409,6 @@ def get_importer(fmt: str) -> Callable[..., ImportResult]:
     return importlib.import_module(IMPORTERS[fmt]).load
 
 
-__all__ = ["Finding", "ImageRecord", "ImportResult", "IMPORTERS", "LABELS", "FINDING_TYPES", "ParsedRow",
+__all__ = ["Finding", "ImageRecord", "ImportResult", "IMPORTERS", "ParsedRow",
            "Reject", "box_from_xyxy", "get_importer", "group_rows", "is_inside", "read_csv_rows", "real_root",
            "resolve"]

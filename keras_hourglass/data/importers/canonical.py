@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import re
 
-from keras_hourglass.data.importers import (FINDING_TYPES, LABELS, SPLITS, Finding, ImportResult, ParsedRow,
+from keras_hourglass.contract import FINDING_TYPES, LABELS, SPLITS
+from keras_hourglass.data.importers import (Finding, ImportResult, ParsedRow,
                                             Reject, box_from_xyxy, group_rows, read_csv_rows, resolve)
 
 REQUIRED = ("image_path", "patient_id", "study_id", "laterality", "view", "label", "finding_type",

@@ -25,6 +25,7 @@ import ast
 import os
 import re
 
+from keras_hourglass.contract import FINDING_LABELS
 from keras_hourglass.data.importers import (Finding, ImportResult, ParsedRow, Reject, box_from_xyxy,
                                             group_rows, parse_float, read_csv_rows, resolve)
 
@@ -50,7 +51,7 @@ def parse_birads_map(text: str) -> dict[int, str]:
     result = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, _, value = part.partition("=")
-        if value.strip() not in ("benign", "high_risk", "malignant"):
+        if value.strip() not in FINDING_LABELS:
             raise ValueError(f"BI-RADS map entry {part!r}: label must be benign, high_risk or malignant")
         result[int(key)] = value.strip()
     if not result:

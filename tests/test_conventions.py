@@ -1,0 +1,57 @@
+"""Shared conventions live in `keras_hourglass.contract` and every consumer uses those very objects."""
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+from keras_hourglass import contract
+
+# (consumer module, names it must take from the contract module)
+CONSUMERS = [
+    ("keras_hourglass.data.example_codec", ["LABELS", "stratum_of"]),
+    ("keras_hourglass.data.plan", ["LABELS", "SPLITS", "stratum_of"]),
+    ("keras_hourglass.data.records", ["LABELS"]),
+    ("keras_hourglass.data.pipeline", ["LABELS", "TRAINING_POSITIVE_LABELS"]),
+    ("keras_hourglass.data.importers.canonical", ["LABELS", "SPLITS", "FINDING_TYPES"]),
+    ("keras_hourglass.data.importers.vindr", ["FINDING_LABELS"]),
+    ("keras_hourglass.data.synthetic.dataset", ["LABELS"]),
+    ("keras_hourglass.data.synthetic.findings", ["FINDING_LABELS", "FINDING_TYPES"]),
+    ("keras_hourglass.evaluation.froc", ["EVALUATION_POSITIVE_LABELS"]),
+    ("keras_hourglass.evaluation.predict", ["EVALUATION_POSITIVE_LABELS"]),
+    ("keras_hourglass.evaluation.report", ["EVALUATION_POSITIVE_LABELS"]),
+    ("keras_hourglass.evaluation.plots", ["EVALUATION_POSITIVE_LABELS"]),
+    ("keras_hourglass.examplegen", ["LABELS"]),
+]
+
+
+@pytest.mark.parametrize("module_name, names", CONSUMERS, ids=[c[0] for c in CONSUMERS])
+def test_consumers_use_the_contract_objects(module_name, names):
+    module = importlib.import_module(module_name)
+    for name in names:
+        assert getattr(module, name) is getattr(contract, name), f"{module_name}.{name} is a copy"
+
+
+def test_the_two_positive_sets_are_distinct_and_no_module_has_an_ambiguous_name():
+    assert contract.TRAINING_POSITIVE_LABELS == ("high_risk", "malignant")
+    assert contract.EVALUATION_POSITIVE_LABELS == ("malignant",)
+    for module_name, _names in CONSUMERS:
+        assert not hasattr(importlib.import_module(module_name), "POSITIVE_LABELS"), module_name
+
+
+def test_labels_and_strata():
+    assert contract.LABELS == ("normal", "benign", "high_risk", "malignant")
+    assert contract.FINDING_LABELS == contract.LABELS[1:]
+    assert set(contract.TRAINING_POSITIVE_LABELS) | set(contract.EVALUATION_POSITIVE_LABELS) <= set(
+        contract.FINDING_LABELS)
+    assert contract.stratum_of(["benign", "malignant", "high_risk"]) == "malignant"
+    assert contract.stratum_of([]) == "normal"
+    with pytest.raises(ValueError, match="unknown label"):
+        contract.stratum_of(["cancer"])
+
+
+def test_importing_the_contract_does_not_import_tensorflow():
+    code = "import sys, keras_hourglass.contract; print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
