@@ -4,8 +4,8 @@ TFX's ImportExampleGen re-writes our own `tf.train.Example`s (`keras_hourglass.d
 gzipped TFRecords split by ExampleGen (`Split-train/data_tfrecord-*.gz`, `Split-eval/...`), so
 the file names no longer say an image's stratum. The training pipeline balances its epochs over
 the four strata by reading one stream per stratum, so this module routes every Example by its
-own `label` feature into the prepared-directory layout (`PREP/<split>/<stratum>-s00of01-<chunk>
-.tfrecord`, written atomically with `records.write_records_atomic`) and writes a `manifest.json`
+own `label` feature into the prepared-directory layout (`PREP/<split>/<stratum>-<CCCCC>.tfrecord`,
+`contract.shard_file_name`, written atomically with `records.write_records_atomic`) and writes a `manifest.json`
 with the images per split and stratum and the training long side (the largest image side among
 the Examples, unless given). `keras_hourglass.data.pipeline` and `train()` then read it as any
 `hourglass prepare` output, so the TFX path trains on exactly the pipeline `hourglass train` uses.
@@ -20,7 +20,7 @@ import json
 import os
 from typing import Iterable, Sequence
 
-from keras_hourglass.contract import LABELS
+from keras_hourglass.contract import LABELS, shard_file_name
 from keras_hourglass.errors import InputError
 
 #: Examples per staged TFRecord file (the pipeline interleaves up to 4 files per stratum).
@@ -78,7 +78,7 @@ def _split(files: Sequence[str], split_dir: str) -> tuple[dict[str, int], int]:
     long_side = 0
 
     def flush(label: str) -> None:
-        name = records.shard_file_name(label, chunks[label])
+        name = shard_file_name(label, chunks[label])
         records.write_records_atomic(os.path.join(split_dir, name), pending[label])
         chunks[label] += 1
         pending[label] = []

@@ -15,7 +15,7 @@ PATCH = 32
 
 
 def _write(prep, split, stratum, chunk, examples):
-    path = prep / split / records.shard_file_name(stratum, chunk)
+    path = prep / split / contract.shard_file_name(stratum, chunk)
     records.write_records_atomic(path, [e.SerializeToString() for e in examples])
 
 

@@ -73,7 +73,7 @@ def test_make_example_validates_lengths_and_labels():
 
 
 def test_layout_names_atomic_writes_and_listing(tmp_path):
-    name = records.shard_file_name("malignant", 3)
+    name = contract.shard_file_name("malignant", 3)
     assert name == "malignant-00003.tfrecord"
     example = _example(np.zeros((8, 8), np.float32)).SerializeToString()
     path = tmp_path / "train" / name
@@ -123,3 +123,12 @@ def test_the_tensorflow_free_builder_writes_tf_train_example_bytes():
            "print('tensorflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+def test_prepared_file_names_come_from_the_contract():
+    assert contract.shard_pattern("benign") == "benign-*.tfrecord" and contract.shard_pattern() == "*-*.tfrecord"
+    assert contract.done_marker_name("train/benign-00002.tfrecord") == "train/benign-00002.done"
+    with pytest.raises(ValueError, match="unknown stratum"):
+        contract.shard_file_name("cancer", 0)
+    with pytest.raises(ValueError, match="unknown stratum"):
+        records.list_files("/nonexistent", "train", "cancer")

@@ -148,7 +148,7 @@ def write_prep(root) -> str:
             if split == "val" and stratum in ("benign", "high_risk"):
                 continue
             items = [example(stratum, f"{split}{stratum}{i}") for i in range(per)]
-            records.write_records_atomic(os.path.join(root, split, records.shard_file_name(stratum, 0)), items)
+            records.write_records_atomic(os.path.join(root, split, contract.shard_file_name(stratum, 0)), items)
     with open(os.path.join(root, "manifest.json"), "w") as handle:
         json.dump({"note": "test fixture", "preprocessing": {"long_side": 64}}, handle)
     return str(root)

@@ -39,7 +39,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from keras_hourglass.contract import LABELS, SPLITS
+from keras_hourglass.contract import BEAM_SHARD_TEMPLATE, LABELS, RECORD_SUFFIX, SPLITS
 from keras_hourglass.data import ingest, manifest, phi, plan, prepare
 from keras_hourglass.errors import InputError
 
@@ -237,8 +237,8 @@ def build(pipeline: beam.Pipeline, config: prepare.PrepareConfig, salt: str, res
                 part
                 | f"Values_{split}_{stratum}" >> beam.Values()
                 | f"Write_{split}_{stratum}" >> beam.io.WriteToTFRecord(
-                    _join(config.out, split, stratum), file_name_suffix=".tfrecord", num_shards=shards,
-                    shard_name_template="-SSSSS-of-NNNNN"))
+                    _join(config.out, split, stratum), file_name_suffix=RECORD_SUFFIX, num_shards=shards,
+                    shard_name_template=BEAM_SHARD_TEMPLATE))
         files = tuple(written) | "AllFiles" >> beam.Flatten()
     else:
         files = pipeline | "NoFiles" >> beam.Create([])

@@ -39,6 +39,7 @@ import os
 import sys
 from typing import Iterable
 
+from keras_hourglass.contract import done_marker_name, shard_file_name
 from keras_hourglass.data import ingest, manifest, phi, plan
 from keras_hourglass.data.importers import ImportResult, get_importer, is_inside, real_root
 from keras_hourglass.errors import InputError
@@ -110,8 +111,8 @@ class _Chunk:
 
     @property
     def relative(self) -> str:
-        """The chunk's file path relative to PREP (`records.shard_file_name`, without importing TensorFlow)."""
-        return f"{self.split}/{self.stratum}-{self.number:05d}.tfrecord"
+        """The chunk's file path relative to PREP (always with "/", as the manifest lists it)."""
+        return f"{self.split}/{shard_file_name(self.stratum, self.number)}"
 
 
 def validate(config: PrepareConfig) -> None:
@@ -191,7 +192,7 @@ def _chunks(items: list[plan.Planned], images_per_file: int, fingerprint: str) -
 
 
 def _marker_path(out: str, relative: str) -> str:
-    return os.path.join(out, relative[: -len(".tfrecord")] + ".done")
+    return os.path.join(out, done_marker_name(relative))
 
 
 def _chunk_done(out: str, chunk: _Chunk) -> dict | None:

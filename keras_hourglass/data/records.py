@@ -11,7 +11,9 @@ finding: malignant > high_risk > benign > normal). Local path: ``CCCCC``
 is the chunk number within that (split, stratum), the unit of atomic
 writing and of resumption (``<file>.done`` beside it). Beam path: shard
 SSSSS of NNNNN, written by Beam's file sink (temporary files, finalised
-when the write succeeds). Readers list ``<stratum>-*.tfrecord``.
+when the write succeeds). Readers list ``<stratum>-*.tfrecord``. The
+names are `keras_hourglass.contract`'s (`shard_file_name`,
+`BEAM_SHARD_TEMPLATE`, `shard_pattern`).
 
 Feature keys (one Example per image):
 
@@ -39,7 +41,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_hourglass.contract import LABELS
+from keras_hourglass.contract import LABELS, shard_pattern
 from keras_hourglass.data.example_codec import serialize_example
 
 _FEATURES = {
@@ -136,18 +138,6 @@ def parse_example(serialized: tf.Tensor) -> dict:
     }
 
 
-def shard_file_name(stratum: str, chunk: int) -> str:
-    """Returns the file name of one chunk of the local path, e.g. ``malignant-00003.tfrecord``.
-
-    Args:
-        stratum: image stratum.
-        chunk: chunk number within (split, stratum).
-    """
-    if stratum not in LABELS:
-        raise ValueError(f"unknown stratum {stratum!r}")
-    return f"{stratum}-{chunk:05d}.tfrecord"
-
-
 def list_files(prep_dir: str | os.PathLike, split: str, stratum: str | None = None) -> list[str]:
     """Lists the complete TFRecord files of a split (and stratum), sorted.
 
@@ -161,10 +151,7 @@ def list_files(prep_dir: str | os.PathLike, split: str, stratum: str | None = No
     Returns:
         Sorted paths.
     """
-    if stratum is not None and stratum not in LABELS:
-        raise ValueError(f"unknown stratum {stratum!r}; expected one of {LABELS}")
-    pattern = os.path.join(os.fspath(prep_dir), split, f"{stratum or '*'}-*.tfrecord")
-    return sorted(glob.glob(pattern))
+    return sorted(glob.glob(os.path.join(os.fspath(prep_dir), split, shard_pattern(stratum))))
 
 
 def write_records_atomic(path: str | os.PathLike, serialized: Iterable[bytes]) -> int:
