@@ -55,3 +55,13 @@ def test_importing_the_contract_does_not_import_tensorflow():
     code = "import sys, keras_hourglass.contract; print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_manifest_preprocessing_block():
+    block = contract.preprocessing_block(long_side=1536, windowing="auto", orientation="left",
+                                         max_pixels=40_000_000, decoder="pydicom")
+    assert tuple(block) == contract.PREPROCESSING_KEYS
+    assert block["long_side"] == block["size"] == 1536 and block["png_bits"] == 16
+    assert contract.long_side_of({"preprocessing": block}) == 1536
+    with pytest.raises(KeyError):
+        contract.long_side_of({})

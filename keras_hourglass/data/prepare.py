@@ -39,7 +39,7 @@ import os
 import sys
 from typing import Iterable
 
-from keras_hourglass.contract import done_marker_name, shard_file_name
+from keras_hourglass.contract import done_marker_name, preprocessing_block, shard_file_name
 from keras_hourglass.data import ingest, manifest, phi, plan
 from keras_hourglass.data.importers import ImportResult, get_importer, is_inside, real_root
 from keras_hourglass.errors import InputError
@@ -48,11 +48,6 @@ from keras_hourglass.version import __version__
 logger = logging.getLogger(__name__)
 
 MAX_SIZE = 16384  # --size: 4x the long side of a native full-field mammogram
-ORIENTATION_RULES = {
-    "left": "chest wall on the left (right breasts mirrored; tags, then pixels)",
-    "right": "chest wall on the right (left breasts mirrored; tags, then pixels)",
-    "none": "stored orientation kept",
-}
 
 
 @dataclasses.dataclass
@@ -405,10 +400,9 @@ def manifest_header(config: PrepareConfig, result: ImportResult, salt: str, spli
             json.dumps([dataclasses.asdict(settings), config.fmt, salt, config.val_fraction,
                         config.test_fraction, [manifest.file_sha256(t) for t in config.annotations]],
                        sort_keys=True).encode()).hexdigest(),
-        "preprocessing": {"size": config.size, "long_side": config.size, "windowing": config.voi,
-                          "orientation": config.orient, "orientation_rule": ORIENTATION_RULES[config.orient],
-                          "max_pixels": config.max_pixels, "decoder": config.decoder, "png_bits": 16,
-                          "box_frame": "image (training scale), continuous pixel coordinates"},
+        "preprocessing": preprocessing_block(long_side=config.size, windowing=config.voi,
+                                             orientation=config.orient, max_pixels=config.max_pixels,
+                                             decoder=config.decoder),
         "splits": {**{key: split_stats[key] for key in ("rule", "patients", "val_fraction", "test_fraction")},
                    "conflicts": split_stats["conflicts"]},
     }
