@@ -20,6 +20,7 @@ import json
 import os
 from typing import Iterable, Sequence
 
+from keras_hourglass import atomic
 from keras_hourglass.contract import LABELS, shard_file_name
 from keras_hourglass.errors import InputError
 
@@ -146,7 +147,5 @@ def stage_examples(
         "images_written": written,
         "preprocessing": {**(preprocessing or {}), "long_side": int(long_side) if long_side else max(sides)},
     }
-    with open(os.path.join(out_dir, "manifest.json"), "w", encoding="utf-8") as handle:
-        json.dump(manifest, handle, indent=2, sort_keys=True)
-        handle.write("\n")
+    atomic.write_json(os.path.join(out_dir, "manifest.json"), manifest, sort_keys=True)
     return out_dir

@@ -39,6 +39,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from keras_hourglass import atomic
 from keras_hourglass.contract import BEAM_SHARD_TEMPLATE, LABELS, RECORD_SUFFIX, SPLITS
 from keras_hourglass.data import ingest, manifest, phi, plan, prepare
 from keras_hourglass.errors import InputError
@@ -62,7 +63,7 @@ def _join(root: str, *parts: str) -> str:
 def _write(path: str, data: bytes) -> None:
     """Writes a small file: atomically on a local disk, through Beam's FileSystems elsewhere (gs://, s3://)."""
     if "://" not in path:
-        manifest.write_bytes_atomic(path, data)
+        atomic.write_bytes(path, data)
         return
     with FileSystems.create(path) as handle:
         handle.write(data)

@@ -39,6 +39,7 @@ import os
 import sys
 from typing import Iterable
 
+from keras_hourglass import atomic
 from keras_hourglass.contract import done_marker_name, preprocessing_block, shard_file_name
 from keras_hourglass.data import ingest, manifest, phi, plan
 from keras_hourglass.data.importers import ImportResult, get_importer, is_inside, real_root
@@ -245,7 +246,7 @@ def _write_chunk(out: str, chunk: _Chunk, results: Iterable[dict], on_image=lamb
     marker = {"fingerprint": chunk.fingerprint, "split": chunk.split, "stratum": chunk.stratum,
               "images": [i.image_hash for i in chunk.items], "written": written, "size": size,
               "counts": counts, "rejects": rejects}
-    manifest.write_json_atomic(_marker_path(out, chunk.relative), marker)
+    atomic.write_json(_marker_path(out, chunk.relative), marker, sort_keys=True)
     return marker
 
 
@@ -464,7 +465,7 @@ def _prepare_local(config: PrepareConfig) -> dict:
         raise InputError(config.out, "holds a PREP written by a Beam runner; use a fresh --out")
     if os.path.exists(state_path) and manifest.read_json(state_path)["fingerprint"] != fingerprint:
         raise InputError(config.out, "was prepared with other settings or another input; use a fresh --out")
-    manifest.write_json_atomic(state_path, {"salt": salt, "fingerprint": fingerprint})
+    atomic.write_json(state_path, {"salt": salt, "fingerprint": fingerprint}, sort_keys=True)
 
     result = import_table(config)
     items, split_stats = plan.plan_images(result, salt, val_fraction=config.val_fraction,

@@ -41,6 +41,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from keras_hourglass import atomic
 from keras_hourglass.contract import LABELS, shard_pattern
 from keras_hourglass.data.example_codec import serialize_example
 
@@ -155,7 +156,7 @@ def list_files(prep_dir: str | os.PathLike, split: str, stratum: str | None = No
 
 
 def write_records_atomic(path: str | os.PathLike, serialized: Iterable[bytes]) -> int:
-    """Writes serialized records to `path` atomically (temporary name + os.replace).
+    """Writes serialized records to `path` atomically (`keras_hourglass.atomic.replacing`).
 
     Args:
         path: final file path.
@@ -164,18 +165,10 @@ def write_records_atomic(path: str | os.PathLike, serialized: Iterable[bytes]) -
     Returns:
         The number of records written.
     """
-    path = os.fspath(path)
-    directory, name = os.path.split(path)
-    os.makedirs(directory or ".", exist_ok=True)
-    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
     count = 0
-    try:
+    with atomic.replacing(path) as tmp:
         with tf.io.TFRecordWriter(tmp) as writer:
             for record in serialized:
                 writer.write(record)
                 count += 1
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return count
