@@ -437,8 +437,8 @@ def prepare(config: PrepareConfig) -> dict:
                                           "-- --direct_num_workers 2 --direct_running_mode multi_processing)")
         try:
             from keras_hourglass.data import beam_ingest
-        except ImportError as err:
-            if "apache_beam" not in str(err):
+        except ImportError as err:  # err.name: the module that could not be imported
+            if (err.name or "").partition(".")[0] != "apache_beam":
                 raise
             raise InputError("--runner", "needs Apache Beam: pip install 'keras-hourglass[beam]'") from None
         return beam_ingest.run(config)

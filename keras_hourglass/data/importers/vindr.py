@@ -26,8 +26,8 @@ import os
 import re
 
 from keras_hourglass.contract import FINDING_LABELS
-from keras_hourglass.data.importers import (Finding, ImportResult, ParsedRow, Reject, box_from_xyxy,
-                                            group_rows, parse_float, read_csv_rows, resolve)
+from keras_hourglass.data.importers import (DegenerateBoxError, Finding, ImportResult, ParsedRow, Reject,
+                                            box_from_xyxy, group_rows, parse_float, read_csv_rows, resolve)
 
 REQUIRED = ("study_id", "image_id", "laterality", "view_position", "finding_categories", "finding_birads",
             "xmin", "ymin", "xmax", "ymax", "split")
@@ -108,8 +108,10 @@ def parse_row(row_id: str, row: dict[str, str], images_root: str, birads_map: di
         raise ValueError("bad_value", "laterality is not L or R")
     try:
         box = box_from_xyxy(row)
+    except DegenerateBoxError as err:
+        raise ValueError("degenerate_box", str(err)) from None
     except ValueError as err:
-        raise ValueError("degenerate_box" if "degenerate" in str(err) else "bad_value", str(err)) from None
+        raise ValueError("bad_value", str(err)) from None
     finding = None
     if [c.lower() for c in categories] == ["no finding"]:
         if box is not None:
