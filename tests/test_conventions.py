@@ -1,6 +1,7 @@
 """Shared conventions live in `keras_hourglass.contract` and every consumer uses those very objects."""
 
 import importlib
+import subprocess
 
 import pytest
 
@@ -61,3 +62,44 @@ def test_the_manifest_preprocessing_block():
     assert contract.long_side_of({"preprocessing": block}) == 1536
     with pytest.raises(KeyError):
         contract.long_side_of({})
+
+
+# (literal, the one file that defines it, files of work in progress elsewhere that may still hold a copy)
+SINGLE_DEFINITIONS = [
+    ('("normal", "benign", "high_risk", "malignant")', "keras_hourglass/contract.py", ()),
+    ('("high_risk", "malignant")', "keras_hourglass/contract.py", ("keras_hourglass/cli/train.py",)),
+    ('("malignant",)', "keras_hourglass/contract.py", ()),
+    ('("train", "val", "test")', "keras_hourglass/contract.py", ()),
+    ('("mass", "calcification", "distortion", "asymmetry", "other")', "keras_hourglass/contract.py", ()),
+    (':05d}.tfrecord', None, ()),  # the chunk name is built from RECORD_SUFFIX in the contract only
+    (':05d}{RECORD_SUFFIX}', "keras_hourglass/contract.py", ()),
+    ('-SSSSS-of-NNNNN"', "keras_hourglass/contract.py", ()),
+    ("os.replace(", "keras_hourglass/atomic.py", ("keras_hourglass/training/train.py",)),
+    ("os.fsync(", "keras_hourglass/atomic.py", ("export/saved_model.py",)),
+    ('pool_size, 1, "SAME")', "keras_hourglass/nms.py", ()),
+]
+
+
+def _git_grep_files(literal: str) -> set[str] | None:
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        top = subprocess.run(["git", "-C", root, "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    except OSError:
+        return None
+    if top.returncode != 0 or os.path.realpath(top.stdout.strip()) != os.path.realpath(root):
+        return None
+    found = subprocess.run(["git", "-C", root, "grep", "-lF", "-e", literal, "--", "*.py", ":!tests"],
+                           capture_output=True, text=True)
+    if found.returncode not in (0, 1):
+        return None
+    return set(found.stdout.split())
+
+
+@pytest.mark.parametrize("literal, home, in_progress", SINGLE_DEFINITIONS, ids=[d[0] for d in SINGLE_DEFINITIONS])
+def test_each_convention_is_defined_once(literal, home, in_progress):
+    files = _git_grep_files(literal)
+    if files is None:
+        pytest.skip("not a git checkout")
+    assert files - set(in_progress) == ({home} if home else set()), f"{literal} is written in {sorted(files)}"
