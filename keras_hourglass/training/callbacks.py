@@ -305,4 +305,4 @@ class BestCheckpoint(keras.callbacks.Callback):
         with atomic.replacing(self.path, keep_suffix=True) as tmp:
             (self.save_fn or self.model.save)(tmp)
         atomic.write_json(self.state_path, {"monitor": self.monitor, "mode": self.mode, "value": value,
-                                             "epoch": self.epoch_offset + epoch + 1})
+                                            "epoch": self.epoch_offset + epoch + 1})
