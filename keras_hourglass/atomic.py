@@ -27,7 +27,7 @@ import contextlib
 import json
 import os
 import secrets
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 TEMP_SUFFIX = ".tmp"
 
@@ -131,7 +131,8 @@ def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> N
     write_bytes(path, text.encode(encoding))
 
 
-def write_json(path: str | os.PathLike, value: Any, *, indent: int | None = 2, sort_keys: bool = False) -> None:
+def write_json(path: str | os.PathLike, value: Any, *, indent: int | None = 2, sort_keys: bool = False,
+               default: Callable[[Any], Any] | None = None) -> None:
     """Writes `value` as JSON (with a final newline) to `path` atomically.
 
     Args:
@@ -139,5 +140,6 @@ def write_json(path: str | os.PathLike, value: Any, *, indent: int | None = 2, s
         value: a JSON-serialisable value.
         indent: `json.dumps` indent.
         sort_keys: `json.dumps` sort_keys.
+        default: `json.dumps` default (e.g. `str` for values JSON cannot hold).
     """
-    write_text(path, json.dumps(value, indent=indent, sort_keys=sort_keys) + "\n")
+    write_text(path, json.dumps(value, indent=indent, sort_keys=sort_keys, default=default) + "\n")

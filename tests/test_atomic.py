@@ -12,6 +12,9 @@ def test_writes_replace_the_file_and_leave_no_temporary(tmp_path):
     path = tmp_path / "sub" / "state.json"
     atomic.write_json(path, {"b": 1, "a": [1, 2]}, sort_keys=True)
     assert path.read_text() == json.dumps({"a": [1, 2], "b": 1}, indent=2) + "\n"
+    atomic.write_json(tmp_path / "sub" / "config.json", {"path": tmp_path}, default=str)
+    assert json.loads((tmp_path / "sub" / "config.json").read_text()) == {"path": str(tmp_path)}
+    (tmp_path / "sub" / "config.json").unlink()
     atomic.write_bytes(path, b"new")
     atomic.write_text(tmp_path / "sub" / "t.csv", "a,b\r\n1,2\r\n")
     assert path.read_bytes() == b"new" and (tmp_path / "sub" / "t.csv").read_bytes() == b"a,b\r\n1,2\r\n"
