@@ -102,6 +102,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def read_json(path: str):
+    """Returns: the parsed JSON file (the handle closed)."""
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
 def hourglass() -> list[str]:
     return hourglass_cli()
 
@@ -119,7 +125,7 @@ def prepare_data(args, out: str) -> str:
                                               "benign_rate", "test_fraction", "seed")}
     settings["salt"] = f"ablation-{args.seed}"
     stamp = os.path.join(data_root, "settings.json")
-    if os.path.exists(stamp) and json.load(open(stamp)) == settings and os.path.exists(
+    if os.path.exists(stamp) and read_json(stamp) == settings and os.path.exists(
             os.path.join(prep, "manifest.json")):
         return prep
     os.makedirs(data_root, exist_ok=True)
@@ -172,7 +178,7 @@ def run_variant(args, prep: str, out: str, variant: str) -> dict:
     record_path = os.path.join(base, "eval", f"{variant}.record.json")
     flags = train_flags(args, variant)
     if os.path.exists(record_path):
-        record = json.load(open(record_path))
+        record = read_json(record_path)
         if record.get("train_flags") == flags and record.get("data_hash") == data_hash(prep):
             print(f"ablation: {variant}: done before, reusing {eval_dir}", file=sys.stderr)
             return record
@@ -180,7 +186,7 @@ def run_variant(args, prep: str, out: str, variant: str) -> dict:
     # settings (an interrupted earlier invocation) is resumed by `hourglass train` itself.
     stamp_path = os.path.join(base, "runs", f"{variant}.stamp.json")
     stamp = {"train_flags": flags, "data_hash": data_hash(prep)}
-    if not os.path.exists(stamp_path) or json.load(open(stamp_path)) != stamp:
+    if not os.path.exists(stamp_path) or read_json(stamp_path) != stamp:
         import shutil
 
         for path in (run_dir, eval_dir):
@@ -198,7 +204,7 @@ def run_variant(args, prep: str, out: str, variant: str) -> dict:
                            "--data", prep, "--split", "test", "--out", eval_dir, "--bootstrap", str(args.bootstrap),
                            "--seed", str(args.seed), "--overlays", "2", "--quiet"],
                           os.path.join(logs, f"{variant}.evaluate.log"), timeout)
-    froc = json.load(open(os.path.join(eval_dir, "froc.json")))
+    froc = read_json(os.path.join(eval_dir, "froc.json"))
     record = {"variant": variant, "description": VARIANTS[variant][0], "train_flags": flags, "prep": prep,
               "data_hash": data_hash(prep),
               "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
@@ -260,7 +266,7 @@ def main(argv=None) -> int:
     payload = {
         "command": command.strip(),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "data": {"prepared": prep, "manifest": json.load(open(os.path.join(prep, "manifest.json"))).get(
+        "data": {"prepared": prep, "manifest": read_json(os.path.join(prep, "manifest.json")).get(
             "images_written")},
         "variants": {v: summarise(r) for v, r in records.items()},
         "versions": package_versions(),

@@ -40,6 +40,8 @@ sys.path.insert(0, HERE)
 
 import ablation  # noqa: E402  (the flags, data and runner of the ablation itself)
 
+from keras_hourglass.contract import TRAINING_POSITIVE_LABELS  # noqa: E402 (what the loss sees as positives)
+
 DEFAULT_VARIANTS = "l2,hypersensitive,omega-1,no-top-k,no-recenter,one-sigma"
 
 
@@ -65,7 +67,7 @@ def experiment(out: str, omega: float) -> dict:
     record_path = os.path.join(base, f"{name}.record.json")
     flags = ablation.train_flags(args, "hypersensitive") + ["--omega", str(omega)]
     if os.path.exists(record_path):
-        record = json.load(open(record_path))
+        record = ablation.read_json(record_path)
         if record.get("train_flags") == flags and record.get("data_hash") == ablation.data_hash(prep):
             return record
     timeout = args.timeout_minutes * 60
@@ -78,13 +80,10 @@ def experiment(out: str, omega: float) -> dict:
     record = {"variant": name, "train_flags": flags, "data_hash": ablation.data_hash(prep),
               "model": os.path.join(run_dir, "model.keras"),
               "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
-              "froc": json.load(open(os.path.join(eval_dir, "froc.json")))}
+              "froc": ablation.read_json(os.path.join(eval_dir, "froc.json"))}
     with open(record_path, "w") as handle:
         json.dump(record, handle, indent=2)
     return record
-
-
-LOSS_POSITIVE = ("malignant", "high_risk")  # what the training loss sees as positives (pipeline._positives)
 
 
 def box_mask(boxes: "np.ndarray", h: int, w: int) -> "np.ndarray":
@@ -151,7 +150,7 @@ def measure_model(model_path: str, prep: str, loss_kwargs: dict, peak_fraction: 
             box_peaks.append(peak)
             contrasts.append(peak / top_bg if top_bg > 0 else float("nan"))
             beats.append(bool(peak > top_bg) if bg_peaks.size else True)
-        pos = np.array([b for b, l in zip(boxes, labels) if l in LOSS_POSITIVE], np.float32).reshape(-1, 4)
+        pos = np.array([b for b, l in zip(boxes, labels) if l in TRAINING_POSITIVE_LABELS], np.float32).reshape(-1, 4)
         y_true = np.full((1, max(len(pos), 1), 4), -1.0, np.float32)
         y_true[0, : len(pos)] = pos
         terms = loss.components(y_true, hm)
@@ -237,14 +236,14 @@ def main(argv=None) -> int:
     prep = ablation.prepare_data(abl_args, out)
     # The loss exactly as the full-loss run resolved it (heatmap pixels at this data's scale).
     run_config = os.path.join(out, "ablation", "runs", "hypersensitive", "config.json")
-    resolved = json.load(open(run_config))["loss"] if os.path.exists(run_config) else {}
+    resolved = ablation.read_json(run_config)["loss"] if os.path.exists(run_config) else {}
     loss_kwargs = {"omega": 0.01, "top_k": 3, **{k: resolved[k] for k in ("patch_size", "mask_size", "sigmas")
                                                  if k in resolved}}
     models = {v: os.path.join(out, "ablation", "runs", v, "model.keras") for v in args.variants.split(",")}
     exp_name = f"omega-{args.omega:g}"
     exp_record_path = os.path.join(out, "ablation_diagnosis", f"{exp_name}.record.json")
     if record is None and os.path.exists(exp_record_path):
-        record = json.load(open(exp_record_path))
+        record = ablation.read_json(exp_record_path)
     if record:
         models[record["variant"]] = record["model"]
     measures = {}
@@ -255,7 +254,7 @@ def main(argv=None) -> int:
         print(f"ablation_diagnosis: measuring {name}", file=sys.stderr, flush=True)
         measures[name] = measure_model(path, prep, loss_kwargs, args.peak_fraction)
     ablation_path = os.path.join(out, "ablation.json")
-    ablation_json = json.load(open(ablation_path)) if os.path.exists(ablation_path) else None
+    ablation_json = ablation.read_json(ablation_path) if os.path.exists(ablation_path) else None
     command = "python benchmarks/ablation_diagnosis.py " + " ".join(argv if argv is not None else sys.argv[1:])
     payload = {"command": command,
                "loss_for_components": loss_kwargs, "peak_fraction": args.peak_fraction, "measures": measures,

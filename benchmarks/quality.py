@@ -48,6 +48,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 from common import hourglass_cli, run_step  # noqa: E402
+
+from keras_hourglass import atomic  # noqa: E402
 FPI_COLUMNS = ("0.25", "0.5", "1", "2", "4.8")
 SENSITIVITY_TARGETS = (0.95, 0.97)
 VAL_TARGETS = (0.8, 0.9)
@@ -138,10 +140,7 @@ def read_json(path: str):
 
 
 def write_json(path: str, payload) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(tmp, path)
+    atomic.write_json(path, payload)
 
 
 def data_settings(overrides: dict, quick: bool) -> dict:

@@ -4,8 +4,8 @@ TFX's ImportExampleGen re-writes our own `tf.train.Example`s (`keras_hourglass.d
 gzipped TFRecords split by ExampleGen (`Split-train/data_tfrecord-*.gz`, `Split-eval/...`), so
 the file names no longer say an image's stratum. The training pipeline balances its epochs over
 the four strata by reading one stream per stratum, so this module routes every Example by its
-own `label` feature into the prepared-directory layout (`PREP/<split>/<stratum>-s00of01-<chunk>
-.tfrecord`, written atomically with `records.write_records_atomic`) and writes a `manifest.json`
+own `label` feature into the prepared-directory layout (`PREP/<split>/<stratum>-<CCCCC>.tfrecord`,
+`contract.shard_file_name`, written atomically with `records.write_records_atomic`) and writes a `manifest.json`
 with the images per split and stratum and the training long side (the largest image side among
 the Examples, unless given). `keras_hourglass.data.pipeline` and `train()` then read it as any
 `hourglass prepare` output, so the TFX path trains on exactly the pipeline `hourglass train` uses.
@@ -20,6 +20,8 @@ import json
 import os
 from typing import Iterable, Sequence
 
+from keras_hourglass import atomic
+from keras_hourglass.contract import LABELS, shard_file_name
 from keras_hourglass.errors import InputError
 
 #: Examples per staged TFRecord file (the pipeline interleaves up to 4 files per stratum).
@@ -71,13 +73,13 @@ def _split(files: Sequence[str], split_dir: str) -> tuple[dict[str, int], int]:
 
     from keras_hourglass.data import records
 
-    pending: dict[str, list[bytes]] = {label: [] for label in records.LABELS}
-    chunks = {label: 0 for label in records.LABELS}
-    counts = {label: 0 for label in records.LABELS}
+    pending: dict[str, list[bytes]] = {label: [] for label in LABELS}
+    chunks = {label: 0 for label in LABELS}
+    counts = {label: 0 for label in LABELS}
     long_side = 0
 
     def flush(label: str) -> None:
-        name = records.shard_file_name(label, chunks[label])
+        name = shard_file_name(label, chunks[label])
         records.write_records_atomic(os.path.join(split_dir, name), pending[label])
         chunks[label] += 1
         pending[label] = []
@@ -92,13 +94,13 @@ def _split(files: Sequence[str], split_dir: str) -> tuple[dict[str, int], int]:
             raise InputError(path, "holds an Example without label, image/height and image/width "
                                    "(not written by `hourglass prepare`)") from None
         if label not in pending:
-            raise InputError(path, f"an Example has the unknown label {label!r}; expected one of {records.LABELS}")
+            raise InputError(path, f"an Example has the unknown label {label!r}; expected one of {LABELS}")
         pending[label].append(record)
         counts[label] += 1
         long_side = max(long_side, height, width)
         if len(pending[label]) >= CHUNK_SIZE:
             flush(label)
-    for label in records.LABELS:
+    for label in LABELS:
         if pending[label]:
             flush(label)
     return counts, long_side
@@ -145,7 +147,5 @@ def stage_examples(
         "images_written": written,
         "preprocessing": {**(preprocessing or {}), "long_side": int(long_side) if long_side else max(sides)},
     }
-    with open(os.path.join(out_dir, "manifest.json"), "w", encoding="utf-8") as handle:
-        json.dump(manifest, handle, indent=2, sort_keys=True)
-        handle.write("\n")
+    atomic.write_json(os.path.join(out_dir, "manifest.json"), manifest, sort_keys=True)
     return out_dir

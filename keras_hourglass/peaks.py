@@ -11,11 +11,12 @@ Rules (all deterministic):
 - Non-finite values (NaN, +-inf) are never marks and never weigh in the
   refinement; neither are pixels outside an optional `mask` (the breast
   mask of `keras_hourglass.breast`, used by evaluation and serving).
-- Non-maximum suppression: a pixel is a candidate if it equals the maximum of
-  its `pool_size x pool_size` window (same padding) AND is strictly greater
-  than every neighbour of that window that comes before it in raster order
-  (the rows above it, and the pixels to its left on its own row; for 3x3:
-  up-left, up, up-right, left). A rectangular (more generally, a convex)
+- Non-maximum suppression (`keras_hourglass.nms.local_maxima`, shared with the
+  hypersensitive loss's top-k blobs): a pixel is a candidate if it equals the
+  maximum of its `pool_size x pool_size` window (same padding) AND is strictly
+  greater than every neighbour of that window that comes before it in raster
+  order (the rows above it, and the pixels to its left on its own row; for
+  3x3: up-left, up, up-right, left). A rectangular (more generally, a convex)
   plateau therefore yields exactly one candidate, its top-left pixel.
 - The `max_marks` best candidates are taken with `tf.math.top_k`; a
   candidate is a mark only if its score is strictly greater than
@@ -38,12 +39,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from keras_hourglass.nms import check_pool_size, local_maxima
+
 _NEG_INF = float("-inf")
-
-
-def _shift(padded: tf.Tensor, dy: int, dx: int, radius: int, height, width) -> tf.Tensor:
-    """Returns: `padded` [B, h+2r, w+2r] viewed at offset (dy, dx) as [B, h, w]."""
-    return padded[:, radius + dy : radius + dy + height, radius + dx : radius + dx + width]
 
 
 def _candidates(heatmap: tf.Tensor, pool_size: int) -> tf.Tensor:
@@ -56,19 +54,7 @@ def _candidates(heatmap: tf.Tensor, pool_size: int) -> tf.Tensor:
     Returns:
         [B, h, w]: the heatmap value at candidates, -inf elsewhere.
     """
-    pooled = tf.nn.max_pool2d(heatmap[..., None], pool_size, 1, "SAME")[..., 0]
-    keep = tf.math.logical_and(heatmap >= pooled, heatmap > _NEG_INF)
-    radius = pool_size // 2
-    if radius:
-        height, width = tf.shape(heatmap)[1], tf.shape(heatmap)[2]
-        pad = [[0, 0], [radius, radius], [radius, radius]]
-        padded = tf.pad(heatmap, pad, constant_values=_NEG_INF)
-        earlier = [(dy, dx) for dy in range(-radius, 0) for dx in range(-radius, radius + 1)]
-        earlier += [(0, dx) for dx in range(-radius, 0)]
-        previous_max = tf.reduce_max(
-            tf.stack([_shift(padded, dy, dx, radius, height, width) for dy, dx in earlier], 0), 0
-        )
-        keep = tf.math.logical_and(keep, heatmap > previous_max)
+    keep = tf.math.logical_and(local_maxima(heatmap, pool_size), heatmap > _NEG_INF)
     return tf.where(keep, heatmap, tf.fill(tf.shape(heatmap), _NEG_INF))
 
 
@@ -137,9 +123,7 @@ def find_peaks(
     """
     if isinstance(max_marks, bool) or int(max_marks) != max_marks or max_marks < 1:
         raise ValueError(f"max_marks must be a positive integer, got {max_marks!r}")
-    if isinstance(pool_size, bool) or int(pool_size) != pool_size or pool_size < 1 or pool_size % 2 == 0:
-        raise ValueError(f"pool_size must be a positive odd integer, got {pool_size!r}")
-    max_marks, pool_size = int(max_marks), int(pool_size)
+    max_marks, pool_size = int(max_marks), check_pool_size(pool_size)
     heatmap = tf.convert_to_tensor(heatmap)
     if heatmap.shape.rank is not None and (heatmap.shape.rank != 4 or heatmap.shape[-1] not in (1, None)):
         raise ValueError(f"heatmap must have shape [B, h, w, 1], got {heatmap.shape}")

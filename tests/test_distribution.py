@@ -115,14 +115,8 @@ def _run_workers(commands: list[tuple[list[str], dict]], timeout: float) -> list
     return results
 
 
-def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", **extra)
-    return env
-
-
 @pytest.mark.slow
-def test_two_workers_train_identically_and_only_the_chief_writes(tmp_path):
+def test_two_workers_train_identically_and_only_the_chief_writes(tmp_path, subprocess_env):
     ports = _free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     run = tmp_path / "run"  # the same RUN for both, as on a shared filesystem
@@ -131,7 +125,7 @@ def test_two_workers_train_identically_and_only_the_chief_writes(tmp_path):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         cmd = [sys.executable, WORKER, "--run", str(run), "--strategy", "auto", "--model", "hourglass",
                "--patch-epochs", "1", "--full-epochs", "1", "--steps", "2", "--batch-size", "4", "--canary", "--val"]
-        commands.append((cmd, _env(TF_CONFIG=tf_config)))
+        commands.append((cmd, subprocess_env(TF_CONFIG=tf_config)))
     chief, other = _run_workers(commands, timeout=400)
 
     # Both really ran multi-worker, with the fix, and the fix was needed.
@@ -163,13 +157,13 @@ def test_two_workers_train_identically_and_only_the_chief_writes(tmp_path):
 
 
 @pytest.mark.slow
-def test_mirrored_two_cpu_replicas_matches_one_device(tmp_path):
+def test_mirrored_two_cpu_replicas_matches_one_device(tmp_path, subprocess_env):
     common = ["--model", "conv", "--patch-epochs", "1", "--full-epochs", "1", "--steps", "3",
               "--batch-size", "4", "--size", "32"]
     one, two = _run_workers([
-        ([sys.executable, WORKER, "--run", str(tmp_path / "one"), "--strategy", "default", *common], _env()),
+        ([sys.executable, WORKER, "--run", str(tmp_path / "one"), "--strategy", "default", *common], subprocess_env()),
         ([sys.executable, WORKER, "--run", str(tmp_path / "two"), "--strategy", "mirrored",
-          "--cpu-replicas", "2", *common], _env()),
+          "--cpu-replicas", "2", *common], subprocess_env()),
     ], timeout=300)
     assert one["info"]["num_replicas"] == 1
     assert two["info"]["name"] == "mirrored" and two["info"]["num_replicas"] == 2

@@ -20,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
+from keras_hourglass import contract  # noqa: E402
 from keras_hourglass.evaluation.callback import FrocCallback  # noqa: E402
 from keras_hourglass.evaluation.predict import predict_marks  # noqa: E402
 from keras_hourglass.evaluation.froc import froc  # noqa: E402
@@ -219,7 +220,7 @@ def write_prep(root, split="test"):
     )
     for stratum, example in (("malignant", malignant), ("normal", normal)):
         records.write_records_atomic(
-            os.path.join(root, split, records.shard_file_name(stratum, 0)), [example.SerializeToString()]
+            os.path.join(root, split, contract.shard_file_name(stratum, 0)), [example.SerializeToString()]
         )
     return str(root)
 

@@ -96,7 +96,7 @@ def test_saved_model_reloads_with_its_loss(tmp_path, loss):
 
 
 def test_endpoint_layer_adds_the_same_loss(tmp_path):
-    from keras_hourglass.losses import HypersensitiveLossEndpoint
+    from loss_endpoint import HypersensitiveLossEndpoint
 
     base = tiny_net(seed=5)
     image = keras.Input((None, None, 1), name="image")

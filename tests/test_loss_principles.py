@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from keras_hourglass.losses import GaussianL2Loss, HypersensitiveLoss
 from keras_hourglass.losses.matching import match_reference_blobs
-from keras_hourglass.losses.reference import (
+from loss_reference import (
     reference_components,
     reference_gaussian_l2,
 )

@@ -168,3 +168,25 @@ def test_inside_tf_function_with_unknown_shapes(blob_batch):
 def test_bad_arguments_raise(kwargs, shape):
     with pytest.raises(ValueError):
         find_peaks(np.zeros(shape, np.float32), **kwargs)
+
+
+@pytest.mark.parametrize("pool_size", [3, 5, 7])
+def test_loss_blobs_are_the_detector_marks(pool_size):
+    """The hypersensitive loss forgives exactly the top-k marks `find_peaks` reports (one NMS)."""
+    from keras_hourglass.losses.background import top_k_blobs
+
+    rng = np.random.default_rng(pool_size)
+    # Quantised values: many exact ties and plateaus, where the NMS rules are tested hardest.
+    heatmaps = (np.round(rng.uniform(-0.3, 1.0, (6, 24, 20)) * 6) / 6).astype(np.float32)
+    heatmaps[0] = 0.0  # no blob at all
+    k = 12
+    pixels, found = top_k_blobs(tf.constant(heatmaps), tf.zeros(heatmaps.shape, tf.bool), k, pool_size)
+    marks, num_marks = find_peaks(heatmaps[..., None], max_marks=k, threshold=0.0, pool_size=pool_size)
+    pixels, found, marks = pixels.numpy(), found.numpy(), marks.numpy()
+    np.testing.assert_array_equal(found.sum(axis=1), num_marks.numpy())
+    assert num_marks.numpy()[0] == 0 and num_marks.numpy()[1:].min() > 0
+    for b in range(len(heatmaps)):
+        for slot in range(int(num_marks[b])):
+            (row, col), (y, x, score) = pixels[b, slot], marks[b, slot]
+            assert heatmaps[b, row, col] == score, (b, slot)
+            assert row <= y <= row + 1 and col <= x <= col + 1, (b, slot, row, col, y, x)  # refined within its pixel

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_hourglass import contract
 from keras_hourglass.data import pipeline, records
 
 STRIDE = 4
@@ -14,7 +15,7 @@ PATCH = 32
 
 
 def _write(prep, split, stratum, chunk, examples):
-    path = prep / split / records.shard_file_name(stratum, chunk)
+    path = prep / split / contract.shard_file_name(stratum, chunk)
     records.write_records_atomic(path, [e.SerializeToString() for e in examples])
 
 
@@ -70,7 +71,7 @@ def test_epoch_is_balanced_over_the_four_strata(prep):
         counts.update(label.decode() for label in info["label"].numpy())
     total = sum(counts.values())
     assert total == 400
-    for stratum in records.LABELS:
+    for stratum in contract.LABELS:
         # 3 binomial standard deviations at n=400, p=0.25 is 0.065.
         assert abs(counts[stratum] / total - 0.25) < 0.07, counts
 

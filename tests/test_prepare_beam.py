@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from keras_hourglass import contract
 from keras_hourglass.cli.main import main as cli_main
 from keras_hourglass.data.prepare import PrepareConfig, prepare
 from keras_hourglass.errors import InputError
@@ -37,8 +38,8 @@ def _examples(prep: Path) -> dict[tuple[str, str], collections.Counter]:
     from keras_hourglass.data import records
 
     found: dict[tuple[str, str], collections.Counter] = collections.defaultdict(collections.Counter)
-    for split in records.SPLITS:
-        for stratum in records.LABELS:
+    for split in contract.SPLITS:
+        for stratum in contract.LABELS:
             for path in records.list_files(prep, split, stratum):
                 found[(split, stratum)].update(bytes(r.numpy()) for r in tf.data.TFRecordDataset(path))
     return dict(found)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_hourglass import contract
 from keras_hourglass.data import records
 
 
@@ -67,12 +68,12 @@ def test_make_example_validates_lengths_and_labels():
         _example(image, box_labels=["cancer", "benign"])
     with pytest.raises(ValueError, match="height and width"):
         _example(b"\x89PNG")
-    assert records.stratum_of(["benign", "high_risk", "benign"]) == "high_risk"
-    assert records.stratum_of([]) == "normal"
+    assert contract.stratum_of(["benign", "high_risk", "benign"]) == "high_risk"
+    assert contract.stratum_of([]) == "normal"
 
 
 def test_layout_names_atomic_writes_and_listing(tmp_path):
-    name = records.shard_file_name("malignant", 3)
+    name = contract.shard_file_name("malignant", 3)
     assert name == "malignant-00003.tfrecord"
     example = _example(np.zeros((8, 8), np.float32)).SerializeToString()
     path = tmp_path / "train" / name
@@ -122,3 +123,12 @@ def test_the_tensorflow_free_builder_writes_tf_train_example_bytes():
            "print('tensorflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+def test_prepared_file_names_come_from_the_contract():
+    assert contract.shard_pattern("benign") == "benign-*.tfrecord" and contract.shard_pattern() == "*-*.tfrecord"
+    assert contract.done_marker_name("train/benign-00002.tfrecord") == "train/benign-00002.done"
+    with pytest.raises(ValueError, match="unknown stratum"):
+        contract.shard_file_name("cancer", 0)
+    with pytest.raises(ValueError, match="unknown stratum"):
+        records.list_files("/nonexistent", "train", "cancer")

@@ -38,6 +38,8 @@ from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import (ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless,  # noqa: E402
                          RLELossless, generate_uid)
 
+from keras_hourglass import contract  # noqa: E402
+
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns on every corrupt file
 
 ROWS, COLS = 32, 24
@@ -342,7 +344,7 @@ def check_fuzzed_prep(out: Path, plan: list[dict], summary: dict, context: str) 
     # File accounting: every file ingested (by salted image hash) xor rejected (by path).
     by_hash = {phi.salted_hash(p["image_path"], SALT, "image"): p for p in plan}
     ingested: dict[str, tuple] = {}
-    for split in records.SPLITS:
+    for split in contract.SPLITS:
         for path in records.list_files(str(out), split):
             for raw in tf.data.TFRecordDataset(path):
                 example = records.parse_example(raw)

@@ -49,6 +49,7 @@ import pytest
 import phi_scan
 from dicom_factory import write_mammogram_file
 from hostile import (OpenRecorder, changed_outside, escaping_paths, plant_links, run_cli, snapshot)
+from keras_hourglass import contract
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -477,7 +478,7 @@ def _records_image_hashes(prep: Path) -> set[str]:
     from keras_hourglass.data import records
 
     hashes = set()
-    for split in records.SPLITS:
+    for split in contract.SPLITS:
         for path in records.list_files(str(prep), split):
             for raw in tf.data.TFRecordDataset(path):
                 hashes.add(records.parse_example(raw)["image_hash"].numpy().decode())

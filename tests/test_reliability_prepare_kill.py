@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from test_reliability_fuzz import tiny_dataset
+from keras_hourglass import contract
 
 SOAK = os.environ.get("HOURGLASS_SOAK", "") not in ("", "0")
 IMAGES = 200
@@ -89,7 +90,7 @@ def _records(out: Path) -> dict[str, tuple]:
     from keras_hourglass.data import records
 
     parsed = {}
-    for split in records.SPLITS:
+    for split in contract.SPLITS:
         for path in records.list_files(str(out), split):
             for raw in tf.data.TFRecordDataset(path):
                 ex = records.parse_example(raw)

@@ -23,17 +23,12 @@ def _command(run) -> list[str]:
             "--epoch-delay", "1.5"]
 
 
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    return env
-
-
 @pytest.mark.slow
-def test_sigkill_then_rerun_resumes_from_last_saved_epoch(tmp_path):
+def test_sigkill_then_rerun_resumes_from_last_saved_epoch(tmp_path, subprocess_env):
     run = tmp_path / "run"
     backup = run / "backup"
-    first = subprocess.Popen(_command(run), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(_command(run), env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
     deadline = time.time() + 240
     state = None
     try:
@@ -54,7 +49,7 @@ def test_sigkill_then_rerun_resumes_from_last_saved_epoch(tmp_path):
     assert 2 <= killed_at < 5
     assert not (run / "model.keras").exists()  # it really did not finish
 
-    second = subprocess.run(_command(run), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    second = subprocess.run(_command(run), env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, timeout=240)
     assert second.returncode == 0, second.stdout[-3000:]
     result = json.loads([ln for ln in second.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
@@ -72,7 +67,7 @@ def test_sigkill_then_rerun_resumes_from_last_saved_epoch(tmp_path):
 
 
     # The same RUN with other hyper-parameters is refused, not silently mixed.
-    other = subprocess.run(_command(run) + ["--batch-size", "8"], env=_env(), stdout=subprocess.PIPE,
+    other = subprocess.run(_command(run) + ["--batch-size", "8"], env=subprocess_env(), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, timeout=240)
     assert other.returncode != 0
     assert "backup: was written by a run with other hyper-parameters" in other.stdout

@@ -13,8 +13,9 @@ import pytest
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from keras_hourglass.cli.main import main
+from keras_hourglass.contract import LABELS
 from keras_hourglass.data import dicom
-from keras_hourglass.data.synthetic import (CSV_COLUMNS, FINDING_TYPES, LABELS, SynthConfig, generate_dataset,
+from keras_hourglass.data.synthetic import (CSV_COLUMNS, RENDERED_FINDING_TYPES, SynthConfig, generate_dataset,
                                             plan_dataset, render_image)
 from keras_hourglass.data.synthetic.findings import FindingSpec, render_finding
 
@@ -206,7 +207,7 @@ def test_csv_is_canonical(synth):
         if r["label"] == "normal":
             assert r["finding_type"] == "" and box == ["", "", "", ""]
         else:
-            assert r["finding_type"] in FINDING_TYPES and all(float(v) >= 0 for v in box)
+            assert r["finding_type"] in RENDERED_FINDING_TYPES and all(float(v) >= 0 for v in box)
     assert {r["label"] for r in rows} - {"normal"}, "no lesions at these rates: fixture too small"
 
 

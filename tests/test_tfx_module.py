@@ -17,6 +17,7 @@ import types
 
 import pytest
 
+from keras_hourglass import contract
 from keras_hourglass.errors import InputError
 from test_tuning import TINY, make_prepared
 
@@ -66,7 +67,7 @@ def test_staged_strata_come_from_each_examples_label(examplegen, tmp_path):
     for split in ("train", "val"):
         expected = examplegen["counts"][split]
         assert {k: v for k, v in manifest["images_written"][split].items() if v} == expected
-        for label in records.LABELS:
+        for label in contract.LABELS:
             for path in records.list_files(out, split, label):
                 for record in tf.data.TFRecordDataset(path):
                     assert records.parse_example(record)["label"].numpy().decode() == label

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from keras_hourglass import contract
 from keras_hourglass.errors import InputError
 
 
@@ -143,11 +144,11 @@ def write_prep(root) -> str:
                                     transform=[64.0, 64.0, 64.0, 64.0, 0.0]).SerializeToString()
 
     for split, per in (("train", 3), ("val", 2)):
-        for stratum in records.LABELS:
+        for stratum in contract.LABELS:
             if split == "val" and stratum in ("benign", "high_risk"):
                 continue
             items = [example(stratum, f"{split}{stratum}{i}") for i in range(per)]
-            records.write_records_atomic(os.path.join(root, split, records.shard_file_name(stratum, 0)), items)
+            records.write_records_atomic(os.path.join(root, split, contract.shard_file_name(stratum, 0)), items)
     with open(os.path.join(root, "manifest.json"), "w") as handle:
         json.dump({"note": "test fixture", "preprocessing": {"long_side": 64}}, handle)
     return str(root)

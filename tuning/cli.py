@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any
 
+from keras_hourglass import atomic
 from keras_hourglass.errors import InputError
 
 SETTINGS_FILE = "search.json"
@@ -236,11 +237,7 @@ def _check_settings(out_dir: str, settings: dict[str, Any], overwrite: bool) -> 
                 f"--out holds a search with other settings ({', '.join(changed)}); "
                 "use another --out, the same settings, or --overwrite",
             )
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)
+    atomic.write_json(path, record)
 
 
 def _report(out_dir: str) -> int:

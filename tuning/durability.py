@@ -28,6 +28,7 @@ import json
 import os
 import warnings
 
+from keras_hourglass import atomic
 from keras_hourglass.errors import InputError
 
 _MARK = "_hourglass_atomic"
@@ -63,12 +64,7 @@ def install_atomic_state_writes() -> bool:
         if "://" in path_str:  # remote filesystems (gs://...): KerasTuner's own writer
             return original(path, obj)
         text = json.dumps(obj)
-        tmp = f"{path_str}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path_str)
+        atomic.write_text(path_str, text)
         return text
 
     setattr(save_json, _MARK, True)

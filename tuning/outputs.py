@@ -27,6 +27,7 @@ import math
 import os
 from typing import Any, Sequence
 
+from keras_hourglass import atomic
 from tuning import objective as objective_lib
 from tuning.search_space import PARAM_NAMES
 
@@ -132,16 +133,9 @@ def best_hyperparameters_config(record: TrialRecord) -> dict:
     return config
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def write_best_hyperparameters(record: TrialRecord, path: str | os.PathLike) -> None:
     """Writes the TFX-convention JSON of the trial's hyper-parameters (atomically)."""
-    _atomic_write_text(os.fspath(path), json.dumps(best_hyperparameters_config(record), indent=2) + "\n")
+    atomic.write_text(path, json.dumps(best_hyperparameters_config(record), indent=2) + "\n")
 
 
 def _param_columns(records: Sequence[TrialRecord]) -> list[str]:
@@ -180,7 +174,7 @@ def write_trials_csv(records: Sequence[TrialRecord], path: str | os.PathLike, be
                 int(best is not None and record.trial_id == best.trial_id),
             ]
         )
-    _atomic_write_text(os.fspath(path), buffer.getvalue())
+    atomic.write_text(path, buffer.getvalue())
 
 
 def plot_objective(records: Sequence[TrialRecord], path: str | os.PathLike, best: TrialRecord | None = None) -> None:
@@ -218,10 +212,11 @@ def plot_objective(records: Sequence[TrialRecord], path: str | os.PathLike, best
     axes[0].set_ylabel("val sensitivity at target FPI")
     fig.suptitle(f"hourglass tune: {len(done)} completed of {len(records)} trials")
     fig.tight_layout()
-    tmp = f"{os.fspath(path)}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, os.fspath(path))
+    try:
+        with atomic.replacing(path, keep_suffix=True) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def write_outputs(project_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Any]:

@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     from keras_hourglass.evaluation.predict import predict_marks
     from keras_hourglass.model import model_input_multiple
     from keras_hourglass.evaluation.report import format_table, write_findings_csv, write_marks_csv
-    from keras_hourglass.evaluation.froc import POSITIVE_LABELS, froc
+    from keras_hourglass.contract import EVALUATION_POSITIVE_LABELS
+    from keras_hourglass.evaluation.froc import froc
 
     model = load_model(args.model)
     try:
@@ -194,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     write_findings_csv(os.path.join(args.out, "findings.csv"), records, operating_threshold=threshold)
     overlay_dir = os.path.join(args.out, "overlays")
     chosen = [r for r in records if r.image is not None]
-    chosen.sort(key=lambda r: not any(label in POSITIVE_LABELS for label in r.labels))
+    chosen.sort(key=lambda r: not any(label in EVALUATION_POSITIVE_LABELS for label in r.labels))
     if args.overlays:
         os.makedirs(overlay_dir, exist_ok=True)
     for i, record in enumerate(chosen[: args.overlays]):

@@ -39,6 +39,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from keras_hourglass import atomic
+from keras_hourglass.contract import BEAM_SHARD_TEMPLATE, LABELS, RECORD_SUFFIX, SPLITS
 from keras_hourglass.data import ingest, manifest, phi, plan, prepare
 from keras_hourglass.errors import InputError
 
@@ -61,7 +63,7 @@ def _join(root: str, *parts: str) -> str:
 def _write(path: str, data: bytes) -> None:
     """Writes a small file: atomically on a local disk, through Beam's FileSystems elsewhere (gs://, s3://)."""
     if "://" not in path:
-        manifest.write_bytes_atomic(path, data)
+        atomic.write_bytes(path, data)
         return
     with FileSystems.create(path) as handle:
         handle.write(data)
@@ -219,7 +221,7 @@ def build(pipeline: beam.Pipeline, config: prepare.PrepareConfig, salt: str, res
     sizes: dict[tuple[str, str], int] = {}
     for item in items:
         sizes[(item.split, item.stratum)] = sizes.get((item.split, item.stratum), 0) + 1
-    targets = sorted(sizes, key=lambda k: (plan.SPLITS.index(k[0]), plan.LABELS.index(k[1])))
+    targets = sorted(sizes, key=lambda k: (SPLITS.index(k[0]), LABELS.index(k[1])))
     index = {target: i for i, target in enumerate(targets)}
 
     decoded = (pipeline
@@ -236,8 +238,8 @@ def build(pipeline: beam.Pipeline, config: prepare.PrepareConfig, salt: str, res
                 part
                 | f"Values_{split}_{stratum}" >> beam.Values()
                 | f"Write_{split}_{stratum}" >> beam.io.WriteToTFRecord(
-                    _join(config.out, split, stratum), file_name_suffix=".tfrecord", num_shards=shards,
-                    shard_name_template="-SSSSS-of-NNNNN"))
+                    _join(config.out, split, stratum), file_name_suffix=RECORD_SUFFIX, num_shards=shards,
+                    shard_name_template=BEAM_SHARD_TEMPLATE))
         files = tuple(written) | "AllFiles" >> beam.Flatten()
     else:
         files = pipeline | "NoFiles" >> beam.Create([])

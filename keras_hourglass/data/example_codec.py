@@ -13,31 +13,12 @@ not the message names). Serialisation is deterministic (map keys sorted), see `r
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from keras_hourglass.contract import LABELS, stratum_of
 from keras_hourglass.data.png16 import encode_png16
-
-LABELS = ("normal", "benign", "high_risk", "malignant")
-"""Labels and strata, least to most severe."""
-
-
-def stratum_of(labels: Iterable[str]) -> str:
-    """Returns the image stratum: the most severe of its finding labels.
-
-    Args:
-        labels: finding labels of one image (empty for a normal image).
-
-    Returns:
-        One of `LABELS` ("normal" when there is no finding).
-    """
-    best = 0
-    for label in labels:
-        if label not in LABELS:
-            raise ValueError(f"unknown label {label!r}; expected one of {LABELS}")
-        best = max(best, LABELS.index(label))
-    return LABELS[best]
 
 
 def _message_classes():

@@ -14,6 +14,7 @@ import io
 import json
 import os
 
+from keras_hourglass import atomic
 from keras_hourglass.data import plan
 from keras_hourglass.errors import InputError
 
@@ -22,21 +23,8 @@ REJECT_COLUMNS = ("row", "image_hash", "code", "reason")
 by the salted hash of the path (as in the TFRecords): no path or table cell is ever written."""
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Writes `data` to `path` through a temporary file and os.replace."""
-    directory, name = os.path.split(path)
-    os.makedirs(directory or ".", exist_ok=True)
-    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: str, value) -> None:
-    """Writes `value` as indented JSON, atomically."""
-    write_bytes_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+write_bytes_atomic = atomic.write_bytes
+"""The name serving/ (model_config, dicom_outputs) imports; new code calls `keras_hourglass.atomic`."""
 
 
 def read_json(path: str) -> dict:
@@ -93,7 +81,7 @@ def finish(prep_dir: str, header: dict, counts: dict, rejects: list[dict], files
         images_seen: distinct images the table names.
         content_hash: SHA-256 over the files (the local path; None on the Beam path, whose file
             boundaries are the runner's: compare `examples_hash` there).
-        write: `write(path, bytes)` (default: `write_bytes_atomic`).
+        write: `write(path, bytes)` (default: `keras_hourglass.atomic.write_bytes`).
 
     Returns:
         The manifest.
@@ -101,7 +89,7 @@ def finish(prep_dir: str, header: dict, counts: dict, rejects: list[dict], files
     Raises:
         AssertionError: ingested + rejected != rows (a bug: every row must be accounted for).
     """
-    write = write or write_bytes_atomic
+    write = write or atomic.write_bytes
     accounted = counts["rows_ingested"] + len(rejects)
     if accounted != rows_total:
         raise AssertionError(f"accounting broken: ingested {counts['rows_ingested']} + rejected "

@@ -61,6 +61,7 @@ import random
 import tensorflow as tf
 
 from keras_hourglass.breast import TISSUE_THRESHOLD
+from keras_hourglass.contract import LABELS, TRAINING_POSITIVE_LABELS
 from keras_hourglass.data import records
 from keras_hourglass.errors import InputError
 
@@ -97,7 +98,7 @@ def _stratum_stream(files: list[str], seed: int, shuffle_buffer: int, determinis
 
 def _positives(boxes: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     keep = tf.zeros_like(labels, dtype=tf.bool)
-    for name in records.POSITIVE_LABELS:
+    for name in TRAINING_POSITIVE_LABELS:
         keep = keep | tf.equal(labels, name)
     return tf.boolean_mask(boxes, keep)
 
@@ -245,7 +246,7 @@ def training_dataset(
     base_seed = int(seed) if seed is not None else random.SystemRandom().randrange(2**31)
 
     streams, present = [], []
-    for i, stratum in enumerate(records.LABELS):
+    for i, stratum in enumerate(LABELS):
         files = _non_empty_files(prep_dir, split, stratum)
         if not files:
             logger.warning("split %r of %s has no %r images: balancing over the other strata",

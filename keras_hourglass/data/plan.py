@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from keras_hourglass.contract import LABELS, SPLITS, stratum_of
 from keras_hourglass.data import phi, splits
-from keras_hourglass.data.example_codec import LABELS, serialize_example, stratum_of
+from keras_hourglass.data.example_codec import serialize_example
 from keras_hourglass.data.importers import ImageRecord, ImportResult, Reject
-
-SPLITS = ("train", "val", "test")
 
 
 @dataclasses.dataclass

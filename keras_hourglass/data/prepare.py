@@ -39,6 +39,8 @@ import os
 import sys
 from typing import Iterable
 
+from keras_hourglass import atomic
+from keras_hourglass.contract import done_marker_name, preprocessing_block, shard_file_name
 from keras_hourglass.data import ingest, manifest, phi, plan
 from keras_hourglass.data.importers import ImportResult, get_importer, is_inside, real_root
 from keras_hourglass.errors import InputError
@@ -46,13 +48,7 @@ from keras_hourglass.version import __version__
 
 logger = logging.getLogger(__name__)
 
-LABELS = plan.LABELS
 MAX_SIZE = 16384  # --size: 4x the long side of a native full-field mammogram
-ORIENTATION_RULES = {
-    "left": "chest wall on the left (right breasts mirrored; tags, then pixels)",
-    "right": "chest wall on the right (left breasts mirrored; tags, then pixels)",
-    "none": "stored orientation kept",
-}
 
 
 @dataclasses.dataclass
@@ -111,8 +107,8 @@ class _Chunk:
 
     @property
     def relative(self) -> str:
-        """The chunk's file path relative to PREP (`records.shard_file_name`, without importing TensorFlow)."""
-        return f"{self.split}/{self.stratum}-{self.number:05d}.tfrecord"
+        """The chunk's file path relative to PREP (always with "/", as the manifest lists it)."""
+        return f"{self.split}/{shard_file_name(self.stratum, self.number)}"
 
 
 def validate(config: PrepareConfig) -> None:
@@ -192,7 +188,7 @@ def _chunks(items: list[plan.Planned], images_per_file: int, fingerprint: str) -
 
 
 def _marker_path(out: str, relative: str) -> str:
-    return os.path.join(out, relative[: -len(".tfrecord")] + ".done")
+    return os.path.join(out, done_marker_name(relative))
 
 
 def _chunk_done(out: str, chunk: _Chunk) -> dict | None:
@@ -250,7 +246,7 @@ def _write_chunk(out: str, chunk: _Chunk, results: Iterable[dict], on_image=lamb
     marker = {"fingerprint": chunk.fingerprint, "split": chunk.split, "stratum": chunk.stratum,
               "images": [i.image_hash for i in chunk.items], "written": written, "size": size,
               "counts": counts, "rejects": rejects}
-    manifest.write_json_atomic(_marker_path(out, chunk.relative), marker)
+    atomic.write_json(_marker_path(out, chunk.relative), marker, sort_keys=True)
     return marker
 
 
@@ -405,10 +401,9 @@ def manifest_header(config: PrepareConfig, result: ImportResult, salt: str, spli
             json.dumps([dataclasses.asdict(settings), config.fmt, salt, config.val_fraction,
                         config.test_fraction, [manifest.file_sha256(t) for t in config.annotations]],
                        sort_keys=True).encode()).hexdigest(),
-        "preprocessing": {"size": config.size, "long_side": config.size, "windowing": config.voi,
-                          "orientation": config.orient, "orientation_rule": ORIENTATION_RULES[config.orient],
-                          "max_pixels": config.max_pixels, "decoder": config.decoder, "png_bits": 16,
-                          "box_frame": "image (training scale), continuous pixel coordinates"},
+        "preprocessing": preprocessing_block(long_side=config.size, windowing=config.voi,
+                                             orientation=config.orient, max_pixels=config.max_pixels,
+                                             decoder=config.decoder),
         "splits": {**{key: split_stats[key] for key in ("rule", "patients", "val_fraction", "test_fraction")},
                    "conflicts": split_stats["conflicts"]},
     }
@@ -442,8 +437,8 @@ def prepare(config: PrepareConfig) -> dict:
                                           "-- --direct_num_workers 2 --direct_running_mode multi_processing)")
         try:
             from keras_hourglass.data import beam_ingest
-        except ImportError as err:
-            if "apache_beam" not in str(err):
+        except ImportError as err:  # err.name: the module that could not be imported
+            if (err.name or "").partition(".")[0] != "apache_beam":
                 raise
             raise InputError("--runner", "needs Apache Beam: pip install 'keras-hourglass[beam]'") from None
         return beam_ingest.run(config)
@@ -470,7 +465,7 @@ def _prepare_local(config: PrepareConfig) -> dict:
         raise InputError(config.out, "holds a PREP written by a Beam runner; use a fresh --out")
     if os.path.exists(state_path) and manifest.read_json(state_path)["fingerprint"] != fingerprint:
         raise InputError(config.out, "was prepared with other settings or another input; use a fresh --out")
-    manifest.write_json_atomic(state_path, {"salt": salt, "fingerprint": fingerprint})
+    atomic.write_json(state_path, {"salt": salt, "fingerprint": fingerprint}, sort_keys=True)
 
     result = import_table(config)
     items, split_stats = plan.plan_images(result, salt, val_fraction=config.val_fraction,

@@ -11,7 +11,9 @@ finding: malignant > high_risk > benign > normal). Local path: ``CCCCC``
 is the chunk number within that (split, stratum), the unit of atomic
 writing and of resumption (``<file>.done`` beside it). Beam path: shard
 SSSSS of NNNNN, written by Beam's file sink (temporary files, finalised
-when the write succeeds). Readers list ``<stratum>-*.tfrecord``.
+when the write succeeds). Readers list ``<stratum>-*.tfrecord``. The
+names are `keras_hourglass.contract`'s (`shard_file_name`,
+`BEAM_SHARD_TEMPLATE`, `shard_pattern`).
 
 Feature keys (one Example per image):
 
@@ -39,11 +41,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_hourglass.data.example_codec import LABELS, serialize_example, stratum_of  # noqa: F401 (public here too)
-SPLITS = ("train", "val", "test")
-POSITIVE_LABELS = ("high_risk", "malignant")
-"""Training positives: their boxes feed L_DET."""
-FINDING_TYPES = ("mass", "calcification", "distortion", "asymmetry", "other")
+from keras_hourglass import atomic
+from keras_hourglass.contract import LABELS, shard_pattern
+from keras_hourglass.data.example_codec import serialize_example
 
 _FEATURES = {
     "image/png": tf.io.FixedLenFeature([], tf.string),
@@ -139,18 +139,6 @@ def parse_example(serialized: tf.Tensor) -> dict:
     }
 
 
-def shard_file_name(stratum: str, chunk: int) -> str:
-    """Returns the file name of one chunk of the local path, e.g. ``malignant-00003.tfrecord``.
-
-    Args:
-        stratum: image stratum.
-        chunk: chunk number within (split, stratum).
-    """
-    if stratum not in LABELS:
-        raise ValueError(f"unknown stratum {stratum!r}")
-    return f"{stratum}-{chunk:05d}.tfrecord"
-
-
 def list_files(prep_dir: str | os.PathLike, split: str, stratum: str | None = None) -> list[str]:
     """Lists the complete TFRecord files of a split (and stratum), sorted.
 
@@ -164,14 +152,11 @@ def list_files(prep_dir: str | os.PathLike, split: str, stratum: str | None = No
     Returns:
         Sorted paths.
     """
-    if stratum is not None and stratum not in LABELS:
-        raise ValueError(f"unknown stratum {stratum!r}; expected one of {LABELS}")
-    pattern = os.path.join(os.fspath(prep_dir), split, f"{stratum or '*'}-*.tfrecord")
-    return sorted(glob.glob(pattern))
+    return sorted(glob.glob(os.path.join(os.fspath(prep_dir), split, shard_pattern(stratum))))
 
 
 def write_records_atomic(path: str | os.PathLike, serialized: Iterable[bytes]) -> int:
-    """Writes serialized records to `path` atomically (temporary name + os.replace).
+    """Writes serialized records to `path` atomically (`keras_hourglass.atomic.replacing`).
 
     Args:
         path: final file path.
@@ -180,18 +165,10 @@ def write_records_atomic(path: str | os.PathLike, serialized: Iterable[bytes]) -
     Returns:
         The number of records written.
     """
-    path = os.fspath(path)
-    directory, name = os.path.split(path)
-    os.makedirs(directory or ".", exist_ok=True)
-    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
     count = 0
-    try:
+    with atomic.replacing(path) as tmp:
         with tf.io.TFRecordWriter(tmp) as writer:
             for record in serialized:
                 writer.write(record)
                 count += 1
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return count

@@ -76,8 +76,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from keras_hourglass.contract import EVALUATION_POSITIVE_LABELS
+
 FPI_POINTS: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 4.8, 8.0)
-POSITIVE_LABELS: tuple[str, ...] = ("malignant",)
 EXTRA_HITS_POLICIES = ("ignore", "false_positive")
 INTERPOLATIONS = ("step", "linear")
 
@@ -197,7 +198,7 @@ class ImageMatch:
 def match_image(
     record: ImageRecord,
     *,
-    positive_labels: Sequence[str] = POSITIVE_LABELS,
+    positive_labels: Sequence[str] = EVALUATION_POSITIVE_LABELS,
     extra_hits: str = "ignore",
 ) -> ImageMatch:
     """Applies the hit rule to one image.
@@ -489,7 +490,7 @@ def froc(
     images: Iterable[ImageRecord | Mapping[str, Any]],
     *,
     fpi_points: Sequence[float] = FPI_POINTS,
-    positive_labels: Sequence[str] = POSITIVE_LABELS,
+    positive_labels: Sequence[str] = EVALUATION_POSITIVE_LABELS,
     extra_hits: str = "ignore",
     interpolation: str = "step",
     n_bootstrap: int = 1000,

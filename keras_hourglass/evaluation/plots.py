@@ -26,11 +26,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from keras_hourglass.contract import EVALUATION_POSITIVE_LABELS  # noqa: E402
 from keras_hourglass.evaluation.froc import (  # noqa: E402
     EXTRA_HIT,
     FPI_POINTS,
     HIT,
-    POSITIVE_LABELS,
     FrocResult,
     ImageRecord,
     fpi_key,
@@ -201,7 +201,7 @@ def plot_overlay(
     image: np.ndarray | None = None,
     threshold: float | None = None,
     max_marks: int = 30,
-    positive_labels: Sequence[str] = POSITIVE_LABELS,
+    positive_labels: Sequence[str] = EVALUATION_POSITIVE_LABELS,
     title: str | None = None,
 ) -> str:
     """Draws an image with its findings and marks.

@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from tqdm.auto import tqdm
 
-from keras_hourglass.evaluation.froc import POSITIVE_LABELS, ImageRecord
+from keras_hourglass.contract import EVALUATION_POSITIVE_LABELS
+from keras_hourglass.evaluation.froc import ImageRecord
 
 @dataclasses.dataclass
 class PredictedImage(ImageRecord):
@@ -191,7 +192,7 @@ class MarkPredictor:
                 height=height,
                 width=width,
             )
-            malignant = any(label in POSITIVE_LABELS for label in record.labels)
+            malignant = any(label in EVALUATION_POSITIVE_LABELS for label in record.labels)
             if keep_images and (kept_malignant if malignant else kept_other) < keep_images:
                 pixels = np.clip(image[:height, :width, 0], 0.0, 1.0)
                 record.image = (pixels * 255.0 + 0.5).astype(np.uint8)

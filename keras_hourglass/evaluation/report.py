@@ -20,7 +20,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from keras_hourglass.evaluation.froc import POSITIVE_LABELS, FrocResult, ImageRecord, match_image
+from keras_hourglass.contract import EVALUATION_POSITIVE_LABELS
+from keras_hourglass.evaluation.froc import FrocResult, ImageRecord, match_image
 
 MARKS_CSV_COLUMNS = (
     "image_hash",
@@ -166,7 +167,7 @@ def write_marks_csv(
     records: Iterable[ImageRecord],
     *,
     operating_threshold: float | None = None,
-    positive_labels: Sequence[str] = POSITIVE_LABELS,
+    positive_labels: Sequence[str] = EVALUATION_POSITIVE_LABELS,
     extra_hits: str = "ignore",
 ) -> int:
     """Writes marks.csv (columns `MARKS_CSV_COLUMNS`).

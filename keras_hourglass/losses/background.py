@@ -6,11 +6,13 @@ around each of the top-k predicted blobs, 1 elsewhere.
 Predicted blobs (computed on the gradient-stopped heatmap, so the mask is a
 constant for the optimiser):
 
-- a blob is a strictly positive local maximum: the pixel equals the
-  `pool_size x pool_size` max-pool of the heatmap (non-maximum suppression);
-  on an exact plateau only the first pixel in raster order is kept (it must
-  be strictly greater than its up-left, up, up-right and left neighbours),
-  so a blob whose top spans 2 or 4 equal pixels uses one slot, not four;
+- a blob is a strictly positive local maximum by `keras_hourglass.nms.local_maxima`,
+  the same non-maximum suppression as the detector's `find_peaks` (so the
+  forgiven blobs are the marks the detector would report): the pixel equals
+  the `pool_size x pool_size` max-pool of the heatmap and, on an exact
+  plateau, only the first pixel in raster order is kept (strictly greater
+  than every earlier pixel of its window), so a blob whose top spans 2 or 4
+  equal pixels uses one slot, not four;
 - candidates inside a detector patch are excluded: a true detection must not
   use up one of the k "allowed false positive" slots;
 - the k best remaining candidates come from `tf.math.top_k` (stable: equal
@@ -28,6 +30,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from keras_hourglass.losses import boxes as box_ops
+from keras_hourglass.nms import local_maxima
 
 
 def blob_candidates(scores: tf.Tensor, excluded: tf.Tensor, pool_size: int = 3) -> tf.Tensor:
@@ -41,21 +44,7 @@ def blob_candidates(scores: tf.Tensor, excluded: tf.Tensor, pool_size: int = 3) 
     Returns:
         bool `[B, h, w]`.
     """
-    pooled = tf.nn.max_pool2d(scores[..., None], pool_size, 1, "SAME")[..., 0]
-    neg_inf = tf.constant(float("-inf"), scores.dtype)
-    padded = tf.pad(scores, [[0, 0], [1, 1], [1, 1]], constant_values=neg_inf)
-    earlier = tf.reduce_max(
-        tf.stack(
-            [
-                padded[:, :-2, :-2],  # up-left
-                padded[:, :-2, 1:-1],  # up
-                padded[:, :-2, 2:],  # up-right
-                padded[:, 1:-1, :-2],  # left
-            ]
-        ),
-        axis=0,
-    )
-    return (scores >= pooled) & (scores > earlier) & (scores > 0) & ~excluded
+    return local_maxima(scores, pool_size) & (scores > 0) & ~excluded
 
 
 def top_k_blobs(

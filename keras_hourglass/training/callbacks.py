@@ -12,6 +12,7 @@ other workers into a temporary directory that is deleted at the end.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -19,16 +20,9 @@ import time
 
 import keras
 
+from keras_hourglass import atomic
+
 BACKUP_STATE = "state.json"
-
-
-def _atomic_write_json(path: str, payload: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def read_backup_state(backup_dir: str) -> dict | None:
@@ -99,11 +93,10 @@ class EpochBackup(keras.callbacks.Callback):
         os.makedirs(self.write_dir, exist_ok=True)
         completed = self.epoch_offset + epoch + 1
         name = f"epoch-{completed:04d}.weights.h5"
-        tmp_name = f"tmp-{os.getpid()}-{name}"
-        self.model.save_weights(os.path.join(self.write_dir, tmp_name), overwrite=True)
-        os.replace(os.path.join(self.write_dir, tmp_name), os.path.join(self.write_dir, name))
+        with atomic.replacing(os.path.join(self.write_dir, name), keep_suffix=True) as tmp:
+            self.model.save_weights(tmp, overwrite=True)
         previous = read_backup_state(self.write_dir)
-        _atomic_write_json(os.path.join(self.write_dir, BACKUP_STATE), {
+        atomic.write_json(os.path.join(self.write_dir, BACKUP_STATE), {
             "completed_epochs": completed,
             "phase": self.phase,
             "weights": name,
@@ -182,12 +175,11 @@ def truncate_history(path: str, completed_epochs: int) -> None:
         reader = csv.DictReader(handle)
         fields = reader.fieldnames or []
         rows = [r for r in reader if int(r["epoch"]) <= completed_epochs]
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(path, buffer.getvalue())
 
 
 def _display(heatmap):
@@ -310,8 +302,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         if not math.isfinite(value) or not self._improved(value):
             return
         self.best = value
-        tmp = os.path.join(os.path.dirname(self.path) or ".", f"tmp-{os.getpid()}-{os.path.basename(self.path)}")
-        (self.save_fn or self.model.save)(tmp)
-        os.replace(tmp, self.path)
-        _atomic_write_json(self.state_path, {"monitor": self.monitor, "mode": self.mode, "value": value,
-                                             "epoch": self.epoch_offset + epoch + 1})
+        with atomic.replacing(self.path, keep_suffix=True) as tmp:
+            (self.save_fn or self.model.save)(tmp)
+        atomic.write_json(self.state_path, {"monitor": self.monitor, "mode": self.mode, "value": value,
+                                            "epoch": self.epoch_offset + epoch + 1})

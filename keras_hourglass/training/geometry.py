@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from keras_hourglass.contract import long_side_of
 from keras_hourglass.errors import InputError
 
 REFERENCE_LONG_SIDE = 1536
@@ -145,7 +146,7 @@ def prep_long_side(prep_dir: str) -> int:
     try:
         with open(path, encoding="utf-8") as handle:
             manifest = json.load(handle)
-        return int(manifest["preprocessing"]["long_side"])
+        return long_side_of(manifest)
     except OSError as err:
         raise InputError(path, f"cannot read ({err.strerror})") from None
     except (ValueError, KeyError, TypeError):

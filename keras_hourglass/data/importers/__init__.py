@@ -36,18 +36,14 @@ from typing import Callable, Iterable, Iterator
 
 logger = logging.getLogger(__name__)
 
-LABELS = ("normal", "benign", "high_risk", "malignant")
-FINDING_TYPES = ("mass", "calcification", "distortion", "asymmetry", "other")
-SPLITS = ("train", "val", "test")
-
 
 @dataclasses.dataclass
 class Finding:
     """One annotated finding.
 
     Attributes:
-        label: one of `LABELS` except "normal".
-        finding_type: one of `FINDING_TYPES`.
+        label: one of `keras_hourglass.contract.FINDING_LABELS`.
+        finding_type: one of `keras_hourglass.contract.FINDING_TYPES`.
         box: (y0, x0, y1, x1) in ORIGINAL continuous pixel coordinates, or
             None when it comes from a mask at ingest (`mask_paths`).
         row: the source row, "file:number".
@@ -255,6 +251,10 @@ def parse_float(value: str) -> float | None:
     return number
 
 
+class DegenerateBoxError(ValueError):
+    """A box with xmax <= xmin or ymax <= ymin (reject code ``degenerate_box``)."""
+
+
 def box_from_xyxy(row: dict[str, str]) -> tuple[float, float, float, float] | None:
     """Parses xmin, ymin, xmax, ymax into a (y0, x0, y1, x1) box.
 
@@ -262,8 +262,9 @@ def box_from_xyxy(row: dict[str, str]) -> tuple[float, float, float, float] | No
         The box, or None when all four are empty.
 
     Raises:
-        ValueError: partial, non-numeric or degenerate (xmax <= xmin, ymax <= ymin). Negative or
-            out-of-image values are clipped at ingest (counted), where the image size is known.
+        ValueError: partial or non-numeric; `DegenerateBoxError` (a ValueError) when xmax <= xmin or
+            ymax <= ymin. Negative or out-of-image values are clipped at ingest (counted), where the
+            image size is known.
     """
     values = [parse_float(row.get(k, "")) for k in ("xmin", "ymin", "xmax", "ymax")]
     if all(v is None for v in values):
@@ -272,7 +273,7 @@ def box_from_xyxy(row: dict[str, str]) -> tuple[float, float, float, float] | No
         raise ValueError("partial box: xmin, ymin, xmax, ymax must all be given or all be empty")
     xmin, ymin, xmax, ymax = values
     if xmax <= xmin or ymax <= ymin:
-        raise ValueError("degenerate box: xmax <= xmin or ymax <= ymin")
+        raise DegenerateBoxError("degenerate box: xmax <= xmin or ymax <= ymin")
     return (ymin, xmin, ymax, xmax)
 
 
@@ -413,6 +414,6 @@ def get_importer(fmt: str) -> Callable[..., ImportResult]:
     return importlib.import_module(IMPORTERS[fmt]).load
 
 
-__all__ = ["Finding", "ImageRecord", "ImportResult", "IMPORTERS", "LABELS", "FINDING_TYPES", "ParsedRow",
+__all__ = ["DegenerateBoxError", "Finding", "ImageRecord", "ImportResult", "IMPORTERS", "ParsedRow",
            "Reject", "box_from_xyxy", "get_importer", "group_rows", "is_inside", "read_csv_rows", "real_root",
            "resolve"]

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import re
 
-from keras_hourglass.data.importers import (FINDING_TYPES, LABELS, SPLITS, Finding, ImportResult, ParsedRow,
+from keras_hourglass.contract import FINDING_TYPES, LABELS, SPLITS
+from keras_hourglass.data.importers import (DegenerateBoxError, Finding, ImportResult, ParsedRow,
                                             Reject, box_from_xyxy, group_rows, read_csv_rows, resolve)
 
 REQUIRED = ("image_path", "patient_id", "study_id", "laterality", "view", "label", "finding_type",
@@ -63,7 +64,7 @@ def parse_row(row_id: str, row: dict[str, str], images_root: str) -> ParsedRow:
         box = box_from_xyxy(row)
         laterality = _laterality(row["laterality"])
     except ValueError as err:
-        code = "degenerate_box" if "degenerate" in str(err) else "bad_value"
+        code = "degenerate_box" if isinstance(err, DegenerateBoxError) else "bad_value"
         raise ValueError(code, str(err)) from None
     view = row["view"].strip().upper()
     if not re.fullmatch(r"[A-Z0-9_]{0,8}", view):

@@ -25,8 +25,9 @@ import ast
 import os
 import re
 
-from keras_hourglass.data.importers import (Finding, ImportResult, ParsedRow, Reject, box_from_xyxy,
-                                            group_rows, parse_float, read_csv_rows, resolve)
+from keras_hourglass.contract import FINDING_LABELS
+from keras_hourglass.data.importers import (DegenerateBoxError, Finding, ImportResult, ParsedRow, Reject,
+                                            box_from_xyxy, group_rows, parse_float, read_csv_rows, resolve)
 
 REQUIRED = ("study_id", "image_id", "laterality", "view_position", "finding_categories", "finding_birads",
             "xmin", "ymin", "xmax", "ymax", "split")
@@ -50,7 +51,7 @@ def parse_birads_map(text: str) -> dict[int, str]:
     result = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, _, value = part.partition("=")
-        if value.strip() not in ("benign", "high_risk", "malignant"):
+        if value.strip() not in FINDING_LABELS:
             raise ValueError(f"BI-RADS map entry {part!r}: label must be benign, high_risk or malignant")
         result[int(key)] = value.strip()
     if not result:
@@ -107,8 +108,10 @@ def parse_row(row_id: str, row: dict[str, str], images_root: str, birads_map: di
         raise ValueError("bad_value", "laterality is not L or R")
     try:
         box = box_from_xyxy(row)
+    except DegenerateBoxError as err:
+        raise ValueError("degenerate_box", str(err)) from None
     except ValueError as err:
-        raise ValueError("degenerate_box" if "degenerate" in str(err) else "bad_value", str(err)) from None
+        raise ValueError("bad_value", str(err)) from None
     finding = None
     if [c.lower() for c in categories] == ["no finding"]:
         if box is not None:

@@ -8,9 +8,9 @@ breasts stored mirrored, fake but realistic PHI), the canonical annotations.csv 
 `dicom_writer` (pydicom), `dataset` (patients, exams, labels, files). No TensorFlow.
 """
 
-from keras_hourglass.data.synthetic.dataset import (CSV_COLUMNS, LABELS, PHI_FIELDS, ImagePlan, SynthConfig,
-                                                    generate_dataset, plan_dataset, render_image)
-from keras_hourglass.data.synthetic.findings import FINDING_TYPES
+from keras_hourglass.data.synthetic.dataset import (CSV_COLUMNS, PHI_FIELDS, ImagePlan, SynthConfig, generate_dataset,
+                                                    plan_dataset, render_image)
+from keras_hourglass.data.synthetic.findings import RENDERED_FINDING_TYPES
 
-__all__ = ["CSV_COLUMNS", "FINDING_TYPES", "LABELS", "PHI_FIELDS", "ImagePlan", "SynthConfig",
+__all__ = ["CSV_COLUMNS", "PHI_FIELDS", "RENDERED_FINDING_TYPES", "ImagePlan", "SynthConfig",
            "generate_dataset", "plan_dataset", "render_image"]

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from keras_hourglass.contract import LABELS
 from keras_hourglass.data.synthetic.anatomy import breast_density_map, draw_geometry
 from keras_hourglass.data.synthetic.dicom_writer import DicomTags, write_mammogram_dicom
 from keras_hourglass.data.synthetic.findings import (
@@ -37,7 +38,6 @@ from keras_hourglass.data.synthetic.findings import (
 
 CSV_COLUMNS = ("image_path", "patient_id", "study_id", "laterality", "view", "label", "finding_type",
                "xmin", "ymin", "xmax", "ymax")
-LABELS = ("normal", "benign", "high_risk", "malignant")
 PHI_FIELDS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber")
 DEFAULT_HEIGHT, DEFAULT_WIDTH = 640, 512
 UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root; UIDs made deterministic by entropy sources

@@ -13,10 +13,12 @@ import dataclasses
 
 import numpy as np
 
-FINDING_TYPES = ("mass", "calcification", "distortion", "asymmetry")
-LESION_LABELS = ("benign", "high_risk", "malignant")
+from keras_hourglass.contract import FINDING_LABELS, FINDING_TYPES
 
-# P(finding type | label), in FINDING_TYPES order.
+RENDERED_FINDING_TYPES = tuple(t for t in FINDING_TYPES if t != "other")
+"""The finding types the generator draws ("other" is never drawn)."""
+
+# P(finding type | label), in RENDERED_FINDING_TYPES order.
 TYPE_PROBS = {
     "benign": (0.45, 0.35, 0.0, 0.20),
     "high_risk": (0.35, 0.30, 0.20, 0.15),
@@ -31,7 +33,7 @@ class FindingSpec:
 
     Attributes:
         label: "benign", "high_risk" or "malignant".
-        finding_type: one of FINDING_TYPES.
+        finding_type: one of RENDERED_FINDING_TYPES.
         malignancy: latent score m in [0, 1].
         size: relative size in [0, 1].
     """
@@ -63,13 +65,13 @@ def draw_spec(label: str, rng: np.random.Generator) -> FindingSpec:
     """Draws a finding for a label.
 
     Args:
-        label: one of LESION_LABELS.
+        label: one of FINDING_LABELS.
         rng: the random generator.
 
     Returns:
         The `FindingSpec`.
     """
-    ftype = FINDING_TYPES[int(rng.choice(len(FINDING_TYPES), p=TYPE_PROBS[label]))]
+    ftype = RENDERED_FINDING_TYPES[int(rng.choice(len(RENDERED_FINDING_TYPES), p=TYPE_PROBS[label]))]
     a, b = MALIGNANCY_BETA[label]
     return FindingSpec(label, ftype, float(rng.beta(a, b)), float(rng.random()))
 

@@ -111,7 +111,8 @@ def reference_components(
                 window = image[max(r - half, 0) : r + half + 1, max(c - half, 0) : c + half + 1]
                 if v < window.max():
                     continue
-                earlier = [(r - 1, c - 1), (r - 1, c), (r - 1, c + 1), (r, c - 1)]
+                earlier = [(r + dy, c + dx) for dy in range(-half, 1) for dx in range(-half, half + 1)
+                           if (dy, dx) < (0, 0)]  # the window's pixels before (r, c) in raster order
                 if any(0 <= rr < h and 0 <= cc < w and image[rr, cc] >= v for rr, cc in earlier):
                     continue
                 peaks.append((-v, r * w + c, r, c))

@@ -1,4 +1,4 @@
-"""Endpoint-layer form of the hypersensitive loss.
+"""Endpoint-layer form of the hypersensitive loss (a test helper: the package trains with `loss=`).
 
 For functional training graphs that take the boxes as a model input
 (`keras.Input((MAX_BOXES, 4), name="boxes")`) instead of as `y`: the layer
@@ -14,7 +14,7 @@ import keras
 from keras_hourglass.losses.hypersensitive import HypersensitiveLoss
 
 
-@keras.saving.register_keras_serializable(package="keras_hourglass")
+@keras.saving.register_keras_serializable(package="keras_hourglass_tests")
 class HypersensitiveLossEndpoint(keras.layers.Layer):
     """Adds `HypersensitiveLoss(boxes, heatmap)` to the model's losses.
 

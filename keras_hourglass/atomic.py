@@ -1,0 +1,145 @@
+"""Atomic file writes on a local filesystem, with the fsync rules written once (no TensorFlow).
+
+A file written here is, at every instant (including after a SIGKILL or a power cut), either absent,
+its previous version or its complete new version:
+
+1. the content goes to a hidden temporary name in the SAME directory (`temporary_path`:
+   ``.NAME.<pid>-<random>.tmp``, never matched by a reader's ``*.tfrecord`` / ``*.json`` glob;
+   ``keep_suffix=True`` ends it with NAME's suffix for writers that insist on one, such as
+   `keras.Model.save` or `savefig`);
+2. the temporary file is flushed and fsynced;
+3. `os.replace` renames it over the final name (atomic on POSIX, same filesystem);
+4. the directory is fsynced, so the rename itself survives a crash.
+
+On an error the temporary file is removed and the final name is untouched.
+
+`replacing(path)` yields the temporary path for writers that need a path (TFRecordWriter, Keras);
+`write_bytes`, `write_text` and `write_json` cover the rest. URLs (gs://, s3://) are not handled:
+their writers have their own semantics.
+
+May import: the standard library only. Used by: `keras_hourglass.data` (manifest, records, prepare,
+examplegen), `keras_hourglass.training.callbacks`, tuning/, serving/ and benchmarks/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from typing import Any, Callable, Iterator
+
+TEMP_SUFFIX = ".tmp"
+
+
+def temporary_path(path: str | os.PathLike, keep_suffix: bool = False) -> str:
+    """Returns a hidden, unique temporary name beside `path`.
+
+    Args:
+        path: the final path.
+        keep_suffix: end the name with `path`'s suffix(es) (``model.keras`` ->
+            ``.model.<pid>-<hex>.tmp.keras``) for writers that check it.
+
+    Returns:
+        ``DIR/.NAME.<pid>-<hex>.tmp`` (or the suffixed form).
+    """
+    directory, name = os.path.split(os.fspath(path))
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    if keep_suffix:
+        stem, _, suffix = name.partition(".")
+        if stem and suffix:
+            return os.path.join(directory, f".{stem}.{token}{TEMP_SUFFIX}.{suffix}")
+    return os.path.join(directory, f".{name}.{token}{TEMP_SUFFIX}")
+
+
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """Flushes a directory entry (a rename or a new file in it) to disk.
+
+    Args:
+        directory: the directory ("" means the current one). Platforms that cannot open a directory
+            (Windows) are skipped silently.
+    """
+    try:
+        fd = os.open(os.fspath(directory) or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[str]:
+    """Context manager: write the file at the yielded temporary path; on exit it replaces `path`.
+
+    Creates `path`'s directory if needed. On a normal exit the temporary file is fsynced, renamed
+    over `path` and the directory fsynced; on an exception the temporary file is removed.
+
+    Args:
+        path: the final path.
+        keep_suffix: see `temporary_path`.
+
+    Yields:
+        The temporary path (same directory).
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(path)
+    os.makedirs(directory or ".", exist_ok=True)
+    tmp = temporary_path(path, keep_suffix=keep_suffix)
+    try:
+        yield tmp
+        if os.path.isfile(tmp):
+            _fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.isfile(tmp):
+            os.remove(tmp)
+    fsync_directory(directory)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes `data` to `path` atomically.
+
+    Args:
+        path: the final path (its directory is created if needed).
+        data: the file content.
+    """
+    with replacing(path) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Writes `text` to `path` atomically (no newline translation).
+
+    Args:
+        path: the final path.
+        text: the file content.
+        encoding: text encoding.
+    """
+    write_bytes(path, text.encode(encoding))
+
+
+def write_json(path: str | os.PathLike, value: Any, *, indent: int | None = 2, sort_keys: bool = False,
+               default: Callable[[Any], Any] | None = None) -> None:
+    """Writes `value` as JSON (with a final newline) to `path` atomically.
+
+    Args:
+        path: the final path.
+        value: a JSON-serialisable value.
+        indent: `json.dumps` indent.
+        sort_keys: `json.dumps` sort_keys.
+        default: `json.dumps` default (e.g. `str` for values JSON cannot hold).
+    """
+    write_text(path, json.dumps(value, indent=indent, sort_keys=sort_keys, default=default) + "\n")

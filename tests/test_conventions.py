@@ -1,0 +1,105 @@
+"""Shared conventions live in `keras_hourglass.contract` and every consumer uses those very objects."""
+
+import importlib
+import subprocess
+
+import pytest
+
+from keras_hourglass import contract
+
+# (consumer module, names it must take from the contract module)
+CONSUMERS = [
+    ("keras_hourglass.data.example_codec", ["LABELS", "stratum_of"]),
+    ("keras_hourglass.data.plan", ["LABELS", "SPLITS", "stratum_of"]),
+    ("keras_hourglass.data.records", ["LABELS"]),
+    ("keras_hourglass.data.pipeline", ["LABELS", "TRAINING_POSITIVE_LABELS"]),
+    ("keras_hourglass.data.importers.canonical", ["LABELS", "SPLITS", "FINDING_TYPES"]),
+    ("keras_hourglass.data.importers.vindr", ["FINDING_LABELS"]),
+    ("keras_hourglass.data.synthetic.dataset", ["LABELS"]),
+    ("keras_hourglass.data.synthetic.findings", ["FINDING_LABELS", "FINDING_TYPES"]),
+    ("keras_hourglass.evaluation.froc", ["EVALUATION_POSITIVE_LABELS"]),
+    ("keras_hourglass.evaluation.predict", ["EVALUATION_POSITIVE_LABELS"]),
+    ("keras_hourglass.evaluation.report", ["EVALUATION_POSITIVE_LABELS"]),
+    ("keras_hourglass.evaluation.plots", ["EVALUATION_POSITIVE_LABELS"]),
+    ("keras_hourglass.examplegen", ["LABELS"]),
+]
+
+
+@pytest.mark.parametrize("module_name, names", CONSUMERS, ids=[c[0] for c in CONSUMERS])
+def test_consumers_use_the_contract_objects(module_name, names):
+    module = importlib.import_module(module_name)
+    for name in names:
+        assert getattr(module, name) is getattr(contract, name), f"{module_name}.{name} is a copy"
+
+
+def test_the_two_positive_sets_are_distinct_and_no_module_has_an_ambiguous_name():
+    assert contract.TRAINING_POSITIVE_LABELS == ("high_risk", "malignant")
+    assert contract.EVALUATION_POSITIVE_LABELS == ("malignant",)
+    for module_name, _names in CONSUMERS:
+        assert not hasattr(importlib.import_module(module_name), "POSITIVE_LABELS"), module_name
+
+
+def test_labels_and_strata():
+    assert contract.LABELS == ("normal", "benign", "high_risk", "malignant")
+    assert contract.FINDING_LABELS == contract.LABELS[1:]
+    assert set(contract.TRAINING_POSITIVE_LABELS) | set(contract.EVALUATION_POSITIVE_LABELS) <= set(
+        contract.FINDING_LABELS)
+    assert contract.stratum_of(["benign", "malignant", "high_risk"]) == "malignant"
+    assert contract.stratum_of([]) == "normal"
+    with pytest.raises(ValueError, match="unknown label"):
+        contract.stratum_of(["cancer"])
+
+
+def test_importing_the_contract_does_not_import_tensorflow(imports_tensorflow):
+    assert not imports_tensorflow("keras_hourglass.contract")
+
+
+def test_the_manifest_preprocessing_block():
+    block = contract.preprocessing_block(long_side=1536, windowing="auto", orientation="left",
+                                         max_pixels=40_000_000, decoder="pydicom")
+    assert tuple(block) == contract.PREPROCESSING_KEYS
+    assert block["long_side"] == block["size"] == 1536 and block["png_bits"] == 16
+    assert contract.long_side_of({"preprocessing": block}) == 1536
+    with pytest.raises(KeyError):
+        contract.long_side_of({})
+
+
+# (literal, the one file that defines it, files of work in progress elsewhere that may still hold a copy)
+SINGLE_DEFINITIONS = [
+    ('("normal", "benign", "high_risk", "malignant")', "keras_hourglass/contract.py", ()),
+    ('("high_risk", "malignant")', "keras_hourglass/contract.py", ("keras_hourglass/cli/train.py",)),
+    ('("malignant",)', "keras_hourglass/contract.py", ()),
+    ('("train", "val", "test")', "keras_hourglass/contract.py", ()),
+    ('("mass", "calcification", "distortion", "asymmetry", "other")', "keras_hourglass/contract.py", ()),
+    (':05d}.tfrecord', None, ()),  # the chunk name is built from RECORD_SUFFIX in the contract only
+    (':05d}{RECORD_SUFFIX}', "keras_hourglass/contract.py", ()),
+    ('-SSSSS-of-NNNNN"', "keras_hourglass/contract.py", ()),
+    ("os.replace(", "keras_hourglass/atomic.py", ("keras_hourglass/training/train.py",)),
+    ("os.fsync(", "keras_hourglass/atomic.py", ("export/saved_model.py",)),
+    ('pool_size, 1, "SAME")', "keras_hourglass/nms.py", ()),
+]
+
+
+def _git_grep_files(literal: str) -> set[str] | None:
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        top = subprocess.run(["git", "-C", root, "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    except OSError:
+        return None
+    if top.returncode != 0 or os.path.realpath(top.stdout.strip()) != os.path.realpath(root):
+        return None
+    found = subprocess.run(["git", "-C", root, "grep", "-lF", "-e", literal, "--", "*.py", ":!tests"],
+                           capture_output=True, text=True)
+    if found.returncode not in (0, 1):
+        return None
+    return set(found.stdout.split())
+
+
+@pytest.mark.parametrize("literal, home, in_progress", SINGLE_DEFINITIONS, ids=[d[0] for d in SINGLE_DEFINITIONS])
+def test_each_convention_is_defined_once(literal, home, in_progress):
+    files = _git_grep_files(literal)
+    if files is None:
+        pytest.skip("not a git checkout")
+    assert files - set(in_progress) == ({home} if home else set()), f"{literal} is written in {sorted(files)}"
