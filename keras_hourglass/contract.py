@@ -84,7 +84,17 @@ def shard_file_name(stratum: str, chunk: int) -> str:
     """
     if stratum not in LABELS:
         raise ValueError(f"unknown stratum {stratum!r}")
-    return f"{stratum}-{chunk:05d}{RECORD_SUFFIX}"
+    return record_file_name(stratum, chunk)
+
+
+def record_file_name(prefix: str, chunk: int) -> str:
+    """Returns the file name of chunk `chunk` of a family of record files, e.g. ``positive-00000.tfrecord``.
+
+    Args:
+        prefix: the family (an image stratum here, a stage-two class in `two_stage.records`).
+        chunk: chunk number.
+    """
+    return f"{prefix}-{int(chunk):05d}{RECORD_SUFFIX}"
 
 
 def shard_pattern(stratum: str | None = None) -> str:

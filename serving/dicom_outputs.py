@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from keras_hourglass.data.manifest import write_bytes_atomic
+from keras_hourglass.atomic import write_bytes as write_bytes_atomic
 from keras_hourglass.errors import InputError
 
 # Type 1 attributes the references need; without them there is nothing to refer to.

@@ -94,7 +94,7 @@ def set_version_label(path: str | os.PathLike, model_name: str, label: str, vers
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
-    from keras_hourglass.data.manifest import write_bytes_atomic
+    from keras_hourglass.atomic import write_bytes as write_bytes_atomic
 
     path = os.fspath(path)
     check_label(path, model_name, label)

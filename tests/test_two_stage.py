@@ -29,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
+from keras_hourglass import contract  # noqa: E402
 from keras_hourglass.cli.main import main  # noqa: E402
 
 FINDINGS = {
@@ -71,9 +72,9 @@ def write_prep(root, layout=LAYOUT) -> str:
                 pixels, boxes=np.asarray(boxes, np.float32).reshape(-1, 4), box_labels=labels,
                 finding_types=["mass"] * len(labels), patient_hash=patient, study_hash=f"s{patient}",
                 image_hash=image_hash, transform=[64.0, 64.0, 64.0, 64.0, 0.0])
-            by_stratum.setdefault(records.stratum_of(labels), []).append(example.SerializeToString())
+            by_stratum.setdefault(contract.stratum_of(labels), []).append(example.SerializeToString())
         for stratum, items in by_stratum.items():
-            records.write_records_atomic(os.path.join(root, split, records.shard_file_name(stratum, 0)), items)
+            records.write_records_atomic(os.path.join(root, split, contract.shard_file_name(stratum, 0)), items)
     with open(os.path.join(root, "manifest.json"), "w") as handle:
         json.dump({"note": "test fixture", "preprocessing": {"long_side": 64}}, handle)
     return str(root)

@@ -23,10 +23,6 @@ REJECT_COLUMNS = ("row", "image_hash", "code", "reason")
 by the salted hash of the path (as in the TFRecords): no path or table cell is ever written."""
 
 
-write_bytes_atomic = atomic.write_bytes
-"""The name serving/ (model_config, dicom_outputs) imports; new code calls `keras_hourglass.atomic`."""
-
-
 def read_json(path: str) -> dict:
     """Reads a JSON file, raising InputError naming it on failure."""
     try:

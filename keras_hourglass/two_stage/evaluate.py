@@ -18,7 +18,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from keras_hourglass.evaluation.froc import POSITIVE_LABELS, ImageRecord, froc
+from keras_hourglass.contract import EVALUATION_POSITIVE_LABELS as POSITIVE_LABELS
+from keras_hourglass.evaluation.froc import ImageRecord, froc
 from keras_hourglass.two_stage.combine import COMBINATIONS, STAGE_ONE, choose_combination, combine_scores
 from keras_hourglass.two_stage.patches import crop_patches
 
@@ -96,7 +97,6 @@ def predict_two_stage(model, classifier, dataset: Iterable[dict], *, combination
     """
     import itertools
 
-    from keras_hourglass.evaluation.froc import POSITIVE_LABELS as EVAL_POSITIVES
     from keras_hourglass.evaluation.predict import MarkPredictor
     from keras_hourglass.two_stage.proposals import stage_one_images
 
@@ -107,7 +107,7 @@ def predict_two_stage(model, classifier, dataset: Iterable[dict], *, combination
     kept = {True: 0, False: 0}
     for record, pixels, _ in tqdm(stage_one_images(predictor, elements), desc="two-stage", unit="image",
                                   disable=not progress):
-        malignant = any(label in EVAL_POSITIVES for label in record.labels)
+        malignant = any(label in POSITIVE_LABELS for label in record.labels)
         if keep_images and kept[malignant] < keep_images:
             record.image = (np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
             kept[malignant] += 1
@@ -170,7 +170,7 @@ def select_combination(classifier, proposals_dir: str, split: str = "val") -> di
     """
     from keras_hourglass.two_stage.combine import stage_two_weight
     from keras_hourglass.two_stage.proposals import read_images
-    from keras_hourglass.two_stage.records import TRAINING_POSITIVE_LABELS
+    from keras_hourglass.contract import TRAINING_POSITIVE_LABELS
 
     images = read_images(proposals_dir, split)
     if not images:

@@ -35,13 +35,12 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from keras_hourglass.data.example_codec import LABELS
+from keras_hourglass.contract import EVALUATION_POSITIVE_LABELS, LABELS, SPLITS, TRAINING_POSITIVE_LABELS
 from keras_hourglass.errors import InputError
 from keras_hourglass.evaluation.froc import HIT, EXTRA_HIT, match_image
 from keras_hourglass.two_stage.patches import DEFAULT_PATCH_SIZE, crop_patches, resolve_patch_size
 
 FORMAT = "keras-hourglass-proposals/1"
-SPLITS = ("train", "val", "test")
 RECORDS_PER_SHARD = 4096
 
 
@@ -80,11 +79,10 @@ def mark_labels(record) -> tuple[np.ndarray, np.ndarray, list[str]]:
         int `[M]` 1 for a mark inside a malignant box, and per mark the most severe label of the boxes
         containing it ("" for none).
     """
-    from keras_hourglass.two_stage.records import TRAINING_POSITIVE_LABELS
 
     on = (HIT, EXTRA_HIT)
     positive = np.isin(match_image(record, positive_labels=TRAINING_POSITIVE_LABELS).status, on)
-    malignant = np.isin(match_image(record, positive_labels=("malignant",)).status, on)
+    malignant = np.isin(match_image(record, positive_labels=EVALUATION_POSITIVE_LABELS).status, on)
     marks, boxes = record.marks, record.boxes
     inside = ((marks[:, 0:1] >= boxes[None, :, 0]) & (marks[:, 0:1] <= boxes[None, :, 2])
               & (marks[:, 1:2] >= boxes[None, :, 1]) & (marks[:, 1:2] <= boxes[None, :, 3]))
@@ -191,7 +189,8 @@ def make_proposals(model, prep_dir: str, out_dir: str, *, patch_size: float = DE
     Raises:
         InputError: bad PREP, a degenerate patch size, a patient in two splits, no image at all.
     """
-    from keras_hourglass.data.manifest import file_sha256, write_bytes_atomic, write_json_atomic
+    from keras_hourglass import atomic
+    from keras_hourglass.data.manifest import file_sha256
     from keras_hourglass.evaluation.predict import MarkPredictor
     from keras_hourglass.model import model_input_multiple
     from keras_hourglass.training.config import manifest_hash
@@ -267,7 +266,7 @@ def make_proposals(model, prep_dir: str, out_dir: str, *, patch_size: float = DE
         for writer in writers.values():
             writer.flush()
         os.makedirs(directory, exist_ok=True)
-        write_bytes_atomic(os.path.join(directory, "images.jsonl"), "".join(f"{line}\n" for line in lines).encode())
+        atomic.write_text(os.path.join(directory, "images.jsonl"), "".join(f"{line}\n" for line in lines))
         counts["patients"] = len(patients)
         counts["files"] = writers["negative"].files + writers["positive"].files
         written = sum(f["records"] for f in counts["files"])
@@ -299,7 +298,7 @@ def make_proposals(model, prep_dir: str, out_dir: str, *, patch_size: float = DE
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": package_versions(),
     }
-    write_json_atomic(os.path.join(out_dir, "manifest.json"), manifest)
+    atomic.write_json(os.path.join(out_dir, "manifest.json"), manifest)
     return manifest
 
 

@@ -33,12 +33,11 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from keras_hourglass.contract import RECORD_SUFFIX, record_file_name
 from keras_hourglass.data.png16 import encode_png16
 
 CLASSES = ("negative", "positive")
-"""File prefix by `label`."""
-TRAINING_POSITIVE_LABELS = ("high_risk", "malignant")
-"""Labels of the boxes whose marks are stage-two positives (the training positives of stage one)."""
+"""File prefix by `label` (positive: the mark lies in a box of `contract.TRAINING_POSITIVE_LABELS`)."""
 
 _FEATURES = {
     "patch/png": tf.io.FixedLenFeature([], tf.string),
@@ -115,12 +114,12 @@ def shard_name(cls: str, shard: int) -> str:
     """Returns: the file name of one shard, e.g. ``positive-00000.tfrecord``."""
     if cls not in CLASSES:
         raise ValueError(f"unknown class {cls!r}; expected one of {CLASSES}")
-    return f"{cls}-{shard:05d}.tfrecord"
+    return record_file_name(cls, shard)
 
 
 def list_files(proposals_dir: str | os.PathLike, split: str, cls: str | None = None) -> list[str]:
     """Returns: the sorted, non-empty shard files of a split (and class)."""
-    pattern = os.path.join(os.fspath(proposals_dir), split, f"{cls or '*'}-*.tfrecord")
+    pattern = os.path.join(os.fspath(proposals_dir), split, f"{cls or '*'}-*{RECORD_SUFFIX}")
     return [f for f in sorted(glob.glob(pattern)) if os.path.getsize(f) > 0]
 
 

@@ -29,6 +29,8 @@ import os
 import sys
 import time
 
+from keras_hourglass import atomic
+from keras_hourglass.contract import SPLITS
 from keras_hourglass.errors import InputError
 
 BALANCES = ("sampling", "weights")
@@ -93,9 +95,8 @@ def _class_counts(manifest: dict, split: str) -> tuple[int, int]:
 
 
 def _save_atomic(model, path: str) -> None:
-    tmp = os.path.join(os.path.dirname(path), f"tmp-{os.getpid()}-{os.path.basename(path)}")
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic.replacing(path, keep_suffix=True) as tmp:  # Keras needs the .keras suffix
+        model.save(tmp)
 
 
 def train_classifier(config: Stage2Config, proposals_dir: str, run_dir: str, *, strategy=None, strategy_info=None,
@@ -174,7 +175,7 @@ def train_classifier(config: Stage2Config, proposals_dir: str, run_dir: str, *, 
         "command": command if command is not None else sys.argv,
         "data": {"proposals_dir": os.path.abspath(proposals_dir), "manifest_sha256": manifest_sha,
                  "class_counts": {split: dict(zip(("negative", "positive"), _class_counts(manifest, split)))
-                                  for split in ("train", "val", "test")}},
+                                  for split in SPLITS}},
         "proposals": {"stage_one_model": manifest["stage_one"]["model"],
                       "stage_one_sha256": manifest["stage_one"]["model_sha256"],
                       "threshold": manifest["stage_one"]["threshold"],
