@@ -31,6 +31,9 @@ EPILOG = """examples:
   # all GPUs of this machine, global batch 32 (16 per GPU with 2 GPUs)
   hourglass train --data data/prepared --out runs/hs --strategy mirrored --batch-size 32
 
+  # GPUs with fast bfloat16: the layers compute in bfloat16; weights, heatmap heads and losses stay float32
+  hourglass train --data data/prepared --out runs/bf16 --strategy mirrored --mixed-precision bfloat16
+
   # several machines: run the same command on each, with TF_CONFIG naming the cluster and this task
   TF_CONFIG='{"cluster": {"worker": ["host0:2222", "host1:2222"]}, "task": {"type": "worker", "index": 0}}' \\
       hourglass train --data /shared/prepared --out /shared/runs/hs --strategy multi-worker
@@ -51,7 +54,8 @@ writes RUN; RUN must be on storage every worker can read.
 
 outputs: RUN/model.keras (inference model: image -> final heatmap), RUN/best.keras (+ best.json, the
 best epoch by val_sensitivity at --target-fpi on the validation split), RUN/config.json (data manifest
-hash, hyper-parameters, model config, seed, strategy, package versions, command line, result),
+hash, hyper-parameters, model config, seed, precision (dtype policy), strategy, package versions, command
+line, result),
 RUN/history.csv, RUN/logs (TensorBoard: scalars and validation heatmaps), RUN/backup. The JSON summary
 goes to stdout.
 """
