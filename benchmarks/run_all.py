@@ -5,7 +5,7 @@ Benchmarks (each writes benchmarks/out/<name>.json):
 
 - loss_step.py (the loss engineer's): the loss alone vs the naive per-box loop (vectorisation);
 - bench_serving.py: serving_default signature / raw model call at 512 and 1536 px;
-- bench_memory.py: peak RSS of tiny training at 1536 px, batch 1 and 2;
+- bench_memory.py: peak RSS of tiny training at 1536 px, batch 1 and 2, and float32 vs bfloat16;
 - ingest.py (the data engineer's): prepare (local, and Beam's DirectRunner) with 1 and 2 workers / pydicom
   decode alone; full-field 4096x3328 14-bit rows and the projected wall time for the paper's 832,390 images;
 - bench_pipeline.py: tf.data images/s / train-step images/s, patch and full phase;
@@ -37,7 +37,7 @@ BENCHMARKS = {
     "loss_step": ("loss_step.py", ["--skip-train", "--sizes", "256", "512", "--repeats", "10"],
                   ["--skip-train", "--sizes", "128", "--repeats", "3"], 180, 120),
     "serving": ("bench_serving.py", [], ["--quick"], 240, 180),
-    "memory": ("bench_memory.py", [], ["--quick"], 360, 300),
+    "memory": ("bench_memory.py", [], ["--quick"], 600, 420),
     "ingest": ("ingest.py", ["--images", "32", "--height", "1280", "--width", "1024", "--size", "768",
                              "--full-field", "4"],
                ["--images", "4", "--height", "640", "--width", "512", "--size", "256", "--full-field", "2",

@@ -16,8 +16,9 @@ the validation split (the FROC objective).
 
 - `"tune"`: the search, as `hourglass tune` flags: `tuner` ("random"), `max_trials` (10),
   `epochs` (1), `steps_per_epoch`, `executions_per_trial`, `batch_size` (8), `preset` ("tiny"),
-  `model_options` ({}), `phase` ("patch"), `crop_size`, `val_images`, `seed`, `target_fpi`
-  (4.8), `jit_compile`, `run_eagerly`, and `space` (a `hourglass tune --space` JSON object).
+  `model_options` ({}), `phase` ("both": a trial fits as `hourglass train` does), `crop_size`,
+  `val_images`, `seed`, `target_fpi` (4.8), `jit_compile`, `mixed_precision` ("float32"),
+  `run_eagerly`, and `space` (a `hourglass tune --space` JSON object).
 - `"train"`: `TrainConfig` fields for the Trainer (e.g. `{"patch_epochs": 2, "full_epochs": 0}`);
   they take precedence over `fn_args.hyperparameters` (the Tuner's best), as `hourglass train`
   flags take precedence over `--hparams`. `"hparams"`: values used when no Tuner feeds the Trainer.
@@ -42,7 +43,7 @@ from keras_hourglass.errors import InputError
 CONFIG_KEYS = ("tune", "train", "hparams", "long_side", "preprocessing", "export", "staging_dir")
 _TUNE_KEYS = ("tuner", "max_trials", "epochs", "steps_per_epoch", "executions_per_trial", "batch_size",
               "preset", "model_options", "phase", "crop_size", "val_images", "seed", "target_fpi",
-              "jit_compile", "run_eagerly", "space")
+              "jit_compile", "mixed_precision", "run_eagerly", "space")
 _EXPORT_KEYS = ("max_marks", "threshold", "verify", "batch_sizes")
 
 
@@ -99,11 +100,11 @@ def build_tuner(fn_args: Any, prep_dir: str, config: Mapping[str, Any]):
     epochs = int(tune.get("epochs", 1))
     hypermodel = HourglassHyperModel(
         prep_dir, space=space, preset=tune.get("preset", "tiny"), model_overrides=tune.get("model_options"),
-        phase=tune.get("phase", "patch"), batch_size=int(tune.get("batch_size", 8)), epochs=epochs,
+        phase=tune.get("phase", "both"), batch_size=int(tune.get("batch_size", 8)), epochs=epochs,
         steps_per_epoch=tune.get("steps_per_epoch") or _steps(getattr(fn_args, "train_steps", None), epochs),
         crop_size=tune.get("crop_size"), target_fpi=float(tune.get("target_fpi", 4.8)),
         val_images=tune.get("val_images"), seed=tune.get("seed"), jit_compile=tune.get("jit_compile"),
-        run_eagerly=bool(tune.get("run_eagerly", False)),
+        mixed_precision=tune.get("mixed_precision", "float32"), run_eagerly=bool(tune.get("run_eagerly", False)),
     )
     return search.make_tuner(
         hypermodel, fn_args.working_dir, kind=tune.get("tuner", "random"),

@@ -61,7 +61,7 @@ sensitivity, lower omega, earlier trial.
 _SEARCH_KEYS = (
     "tuner", "epochs", "steps_per_epoch", "executions_per_trial", "batch_size",
     "target_fpi", "val_images", "seed", "preset", "phase", "crop_size", "model_options", "space",
-    "jit_compile",
+    "jit_compile", "mixed_precision",
 )
 
 
@@ -103,7 +103,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="model preset (default tiny, as hourglass train; tune the model you will train)")
     parser.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                         help="override a model preset option, e.g. num_stacks=1 (repeatable)")
-    parser.add_argument("--phase", choices=("patch", "full"), default="patch", help="training phase (default patch)")
+    parser.add_argument("--phase", choices=("both", "patch", "full"), default="both",
+                        help="training phases of a trial (default both, patches then whole images, as hourglass "
+                             "train; --epochs is split between them as hourglass train --epochs does)")
     parser.add_argument("--crop-size", type=int, default=None, metavar="PIXELS",
                         help="patch-phase crop side, reference image px (default: the training default)")
     parser.add_argument("--strategy", choices=("default", "mirrored"), default="default",
@@ -113,6 +115,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="with --strategy mirrored and no GPU: split the CPU into N replicas")
     parser.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=None,
                         help="XLA for the train step (default: Keras' auto, as hourglass train)")
+    parser.add_argument("--mixed-precision", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="compute dtype of the model, as hourglass train --mixed-precision (default float32)")
     parser.add_argument("--run-eagerly", action="store_true",
                         help="no graph tracing (saves ~10-30 s per trial on CPU, slower steps): smoke searches")
     parser.add_argument("--report", action="store_true",
@@ -194,6 +198,7 @@ def _validate(args) -> dict[str, Any]:
         "crop_size": args.crop_size,
         "model_options": model_options,
         "jit_compile": args.jit_compile,
+        "mixed_precision": args.mixed_precision,
         "space": space.to_json(),
         "data": os.path.abspath(args.data),
         "_space": space,
@@ -296,6 +301,7 @@ def run(args) -> int:
             val_images=args.val_images,
             seed=args.seed,
             jit_compile=args.jit_compile,
+            mixed_precision=args.mixed_precision,
             run_eagerly=args.run_eagerly,
             verbose=args.verbose,
         )

@@ -1,16 +1,20 @@
 """`HourglassHyperModel`: the Hourglass + HypersensitiveLoss as a KerasTuner HyperModel.
 
-`build(hp)` declares the search space (`tuning.search_space.SearchSpace`) and
-returns `build_hourglass(preset)` compiled with `HypersensitiveLoss(omega,
-top_k, patch_size, sigmas)` and Adam(learning_rate). The trial's values are
-applied to a `keras_hourglass.training.config.TrainConfig` with the same
-`apply_hparams` and `make_loss` that `hourglass train --hparams` uses, so a
-parameter left out of the space takes the training default, and
-`best_hyperparameters.json` retrains exactly the loss that was tuned.
-`fit(hp, model)` trains on the pipeline's training dataset with the
-`FrocCallback` on the validation split and returns the metrics of the best
-epoch (objective `val_sensitivity`, then the tie-breakers of
-`tuning.objective`) as a dict, which KerasTuner records for the trial.
+A trial trains exactly as `hourglass train` does with the same values: `build(hp)`
+and `fit(hp, model)` go through the same fit path (`keras_hourglass.training.fit`:
+`build_model`, `compile_model`, `fit_phases`) as `keras_hourglass.training.train.train`.
+
+`build(hp)` declares the search space (`tuning.search_space.SearchSpace`), applies the
+trial's values to a `keras_hourglass.training.config.TrainConfig` with the same
+`apply_hparams` that `hourglass train --hparams` uses (a parameter left out of the
+space takes the training default, and `best_hyperparameters.json` retrains exactly
+the loss that was tuned), then builds and compiles the model. `fit(hp, model)`
+fits the phases (by default both, patches then whole images, with the epochs split
+between them as `hourglass train --epochs` does), with the `FrocCallback` on the
+validation split first, and returns the metrics of the best epoch (objective
+`val_sensitivity`, then the tie-breakers of `tuning.objective`) as a dict, which
+KerasTuner records for the trial. Hyperband's `epochs` / `initial_epoch` count
+epochs globally across the phases.
 
 A trial may itself use a distribution strategy: pass one to the tuner
 (`tuning.search.make_tuner(..., distribution_strategy=...)`,
@@ -37,35 +41,35 @@ CallbackFn = Callable[[Mapping[str, Any]], keras.callbacks.Callback]
 _EXECUTION_SEED_STEP = 1009
 
 
-def _num_outputs(model: keras.Model) -> int:
-    return len(model.outputs)
-
-
 class HourglassHyperModel(keras_tuner.HyperModel):
-    """Builds and trains one Hourglass per trial.
+    """Builds and trains one Hourglass per trial, as `hourglass train` would.
 
     Args:
         data_dir: the prepared data directory (`hourglass prepare` / `hourglass synth`).
         space: the search space (default `SearchSpace()`).
         preset: model preset, "tiny" or "paper".
         model_overrides: extra `build_hourglass` options (e.g. {"depth": 2}).
-        phase: "patch" or "full" (the training pipeline's phase).
+        phase: "both" (patches, then whole images, as `hourglass train`), "patch" or "full".
         batch_size: global batch size.
-        epochs: epochs per execution (Hyperband passes its own).
+        epochs: epochs per execution, all phases (Hyperband passes its own); with
+            `phase="both"` split as `hourglass train --epochs` does (the patch phase gets
+            the odd one).
         steps_per_epoch: training steps per epoch (default: the training default,
             `images_per_epoch // batch_size`).
-        crop_size: patch-phase crop side in image pixels (default: the training default).
+        crop_size: patch-phase crop side in reference image pixels (default: the training default).
         max_boxes: rows of the box tensor.
         target_fpi: FPI at which `val_sensitivity` is read.
         val_images: validate on the first N images of the val split (None: all).
-        seed: seeds the weights and the data order (every trial starts from the same
-            initial weights, so trials differ only by their hyper-parameters; execution i of
-            a trial uses seed + 1009 * i).
+        seed: seeds the weights and the data order as `hourglass train --seed` does (None: 0;
+            every trial starts from the same initial weights, so trials differ only by their
+            hyper-parameters; execution i of a trial uses seed + 1009 * i).
         jit_compile: XLA for the train step (None: Keras' "auto", as `hourglass train`).
+        mixed_precision: "float32", "bfloat16" or "float16" (as `hourglass train --mixed-precision`).
         train_data: optional factory replacing the pipeline (custom data, tests); it gets
             {"data_dir", "phase", "batch_size", "stride", "input_multiple", "crop_size",
-            "max_boxes", "seed", "target_fpi"} and returns an infinite dataset of
-            (image, boxes).
+            "max_boxes", "seed", "target_fpi"} (`batch_size`: of one input pipeline, i.e. per
+            replica under a multi-replica strategy; `seed`: of this phase's pipeline) and returns
+            an infinite dataset of (image, boxes).
         validation_callback: optional factory replacing `FrocCallback` (same settings dict);
             the callback must write `val_sensitivity` into the epoch logs.
         run_eagerly: compile with `run_eagerly=True`: no graph tracing (which costs ~10-30 s
@@ -80,7 +84,7 @@ class HourglassHyperModel(keras_tuner.HyperModel):
         space: SearchSpace | None = None,
         preset: str = "tiny",
         model_overrides: Mapping[str, Any] | None = None,
-        phase: str = "patch",
+        phase: str = "both",
         batch_size: int = 4,
         epochs: int = 1,
         steps_per_epoch: int | None = None,
@@ -90,6 +94,7 @@ class HourglassHyperModel(keras_tuner.HyperModel):
         val_images: int | None = None,
         seed: int | None = None,
         jit_compile: bool | None = None,
+        mixed_precision: str = "float32",
         train_data: TrainDataFn | None = None,
         validation_callback: CallbackFn | None = None,
         run_eagerly: bool = False,
@@ -97,10 +102,14 @@ class HourglassHyperModel(keras_tuner.HyperModel):
     ):
         super().__init__(name="hourglass", tunable=True)
         from keras_hourglass.model import input_multiple, resolve_config
-        from keras_hourglass.training.config import TrainConfig
+        from keras_hourglass.training.config import PHASES, PRECISIONS, TrainConfig
 
-        if phase not in ("patch", "full"):
-            raise ValueError(f"phase must be 'patch' or 'full', got {phase!r}")
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
+        if mixed_precision not in PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {mixed_precision!r}")
+        if int(epochs) < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs!r}")
         self.data_dir = None if data_dir is None else os.fspath(data_dir)
         self.space = space or SearchSpace()
         self.epochs = int(epochs)
@@ -116,8 +125,8 @@ class HourglassHyperModel(keras_tuner.HyperModel):
         fixed: dict[str, Any] = dict(
             preset=preset, model=dict(model_overrides or {}), phase=phase, batch_size=int(batch_size),
             steps_per_epoch=steps_per_epoch, max_boxes=int(max_boxes), target_fpi=float(target_fpi),
-            seed=0 if seed is None else int(seed), jit_compile=jit_compile,
-            patch_epochs=int(epochs) if phase == "patch" else 0, full_epochs=int(epochs) if phase == "full" else 0,
+            seed=0 if seed is None else int(seed), jit_compile=jit_compile, val_images=val_images,
+            mixed_precision=mixed_precision, **self._phase_epochs(phase, self.epochs),
         )
         if crop_size is not None:
             fixed["crop_size"] = int(crop_size)
@@ -128,22 +137,32 @@ class HourglassHyperModel(keras_tuner.HyperModel):
         self.input_multiple = int(input_multiple(model_config))
         self.long_side: int | None = None  # PREP's, read on first use (see `geometry`)
 
+    @staticmethod
+    def _phase_epochs(phase: str, epochs: int) -> dict[str, int]:
+        from keras_hourglass.training.config import split_epochs
+
+        patch, full = split_epochs(phase, int(epochs))
+        return {"patch_epochs": patch or 0, "full_epochs": full or 0}
+
     # -- KerasTuner hooks -------------------------------------------------------------------
 
     def fixed_values(self) -> dict[str, Any]:
         """The settings every trial shares that `hourglass train --hparams` also reads.
 
         They are declared as `hp.Fixed`, so `best_hyperparameters.json` retrains the model the
-        loss was tuned for: the preset, its scalar model options, the global batch size and
-        (patch phase) the crop size. Explicit `hourglass train` flags still win over them.
+        loss was tuned for: the preset, its scalar model options, the global batch size,
+        the crop size (when the patch phase runs) and a precision other than float32.
+        Explicit `hourglass train` flags still win over them.
 
         Returns:
             {name: value}.
         """
         config = self.base_config
         values: dict[str, Any] = {"preset": config.preset, "batch_size": int(config.batch_size)}
-        if config.phase == "patch":
+        if config.epochs_of("patch"):
             values["crop_size"] = int(config.crop_size)
+        if config.mixed_precision != "float32":
+            values["mixed_precision"] = config.mixed_precision
         for key, value in sorted(config.model.items()):
             if isinstance(value, (bool, int, float, str)):
                 values[key] = value
@@ -159,15 +178,30 @@ class HourglassHyperModel(keras_tuner.HyperModel):
             values[name] = hp.Fixed(name, value)
         return values
 
-    def train_config(self, hp: keras_tuner.HyperParameters):
-        """Returns: the `TrainConfig` of a trial: the fixed settings with the trial's values applied."""
+    def train_config(self, hp: keras_tuner.HyperParameters, epochs: int | None = None):
+        """The `TrainConfig` of a trial: the fixed settings with the trial's values applied.
+
+        Args:
+            hp: the trial's hyper-parameters.
+            epochs: epochs of this execution, all phases (default: Hyperband's `tuner/epochs`,
+                else the hypermodel's `epochs`).
+
+        Returns:
+            The validated `TrainConfig`, seeded for the current execution.
+        """
+        import dataclasses
+
         from keras_hourglass.training.config import apply_hparams
 
-        return apply_hparams(self.base_config, self._declare(hp), source="hyperparameters").validate()
+        if epochs is None:
+            epochs = hp.values.get("tuner/epochs", self.epochs)
+        config = apply_hparams(self.base_config, self._declare(hp), source="hyperparameters")
+        seed = int(self.base_config.seed) + _EXECUTION_SEED_STEP * int(self.execution)
+        return dataclasses.replace(config, seed=seed, **self._phase_epochs(config.phase, int(epochs))).validate()
 
     def geometry(self, config):
         """The trial's reference-pixel geometry resolved against PREP's long side, as `hourglass train` does."""
-        from keras_hourglass.training.train import run_geometry
+        from keras_hourglass.training.fit import run_geometry
 
         if self.long_side is None and self.data_dir is not None:
             from keras_hourglass.training.geometry import prep_long_side
@@ -177,32 +211,22 @@ class HourglassHyperModel(keras_tuner.HyperModel):
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         """Returns: the compiled Hourglass for the trial's values (under the tuner's strategy scope)."""
-        from keras_hourglass.model import build_hourglass
-        from keras_hourglass.training.train import make_learning_rate, make_loss
+        from keras_hourglass.training.fit import build_model, compile_model
 
         config = self.train_config(hp)
-        keras.utils.set_random_seed(int(config.seed) + _EXECUTION_SEED_STEP * int(self.execution))
-        model = build_hourglass(config.preset, **config.model)
-        count = _num_outputs(model)
-        geometry = self.geometry(config)
-        losses = [make_loss(config, geometry) for _ in range(count)]
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=make_learning_rate(config)),
-            loss=losses if count > 1 else losses[0],
-            jit_compile="auto" if config.jit_compile is None else config.jit_compile,
-            run_eagerly=self.run_eagerly,
-        )
+        model = build_model(config)
+        compile_model(model, config, self.geometry(config), run_eagerly=self.run_eagerly)
         return model
 
     def fit(self, hp: keras_tuner.HyperParameters, model: keras.Model, *args, **kwargs) -> dict[str, float]:
-        """Trains `model` and returns the metrics of its best epoch.
+        """Fits the phases as `hourglass train` does and returns the metrics of the best epoch.
 
         Args:
             hp: the trial's hyper-parameters.
             model: the model from `build`.
             *args: ignored (the data comes from `data_dir`, or `train_data`).
-            **kwargs: `callbacks` (KerasTuner's), `epochs` / `initial_epoch` (Hyperband);
-                other `model.fit` arguments are passed on.
+            **kwargs: `callbacks` (KerasTuner's), `epochs` / `initial_epoch` (Hyperband; global
+                epochs across the phases); other `model.fit` arguments are passed on.
 
         Returns:
             {metric: value} of the best epoch (objective, then tie-breakers), with
@@ -211,32 +235,22 @@ class HourglassHyperModel(keras_tuner.HyperModel):
         Raises:
             ValueError: the validation callback did not write `val_sensitivity`.
         """
-        config = self.train_config(hp)
+        from keras_hourglass.training.fit import fit_phases
+
+        epochs = kwargs.pop("epochs", None)
+        config = self.train_config(hp, epochs=None if epochs is None else int(epochs))
         callbacks = list(kwargs.pop("callbacks", None) or [])
-        epochs = int(kwargs.pop("epochs", self.epochs))
         initial_epoch = int(kwargs.pop("initial_epoch", 0))
         kwargs.pop("verbose", None)
-        dataset = self._training_dataset(config, _num_outputs(model))
-        steps = config.steps_per_epoch or max(1, int(config.images_per_epoch) // int(config.batch_size))
         validation = self._validation_callback(config)
         # The validation callback must come first: KerasTuner's checkpoint callback reads its keys.
-        history = model.fit(
-            dataset,
-            epochs=epochs,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=steps,
-            callbacks=[validation, *callbacks],
-            verbose=self.verbose,
-            **kwargs,
-        )
-        logs = history.history
+        logs = fit_phases(model, config, self._dataset_fn(config), initial_epoch=initial_epoch,
+                          callbacks_fn=lambda phase, offset: [validation, *callbacks], verbose=self.verbose,
+                          **kwargs)
         epoch = objective_lib.best_epoch(logs)
         return {name: float(values[epoch]) for name, values in logs.items() if epoch < len(values)}
 
     # -- data ------------------------------------------------------------------------------
-
-    def _data_seed(self) -> int | None:
-        return None if self.seed is None else int(self.seed) + _EXECUTION_SEED_STEP * int(self.execution)
 
     def _settings(self, config) -> dict[str, Any]:
         return {
@@ -247,30 +261,29 @@ class HourglassHyperModel(keras_tuner.HyperModel):
             "input_multiple": self.input_multiple,
             "crop_size": int(self.geometry(config).crop_size),
             "max_boxes": int(config.max_boxes),
-            "seed": self._data_seed(),
+            "seed": int(config.seed),
             "target_fpi": float(config.target_fpi),
         }
 
-    def _training_dataset(self, config, num_outputs: int):
-        if self.train_data is not None:
-            dataset = self.train_data(self._settings(config))
-        else:
-            from keras_hourglass.training.train import prep_dataset_fn
+    def _dataset_fn(self, config):
+        """The trial's `training.fit.DatasetFn`: the pipeline as `hourglass train` reads it, or `train_data`."""
+        if self.train_data is None:
+            from keras_hourglass.training.fit import prep_dataset_fn
 
-            dataset = prep_dataset_fn(self.data_dir, config, self.geometry(config).crop_size)(
-                config.phase, int(config.batch_size), self._data_seed(), self.stride, self.input_multiple
-            )
-        if num_outputs > 1:  # intermediate supervision: the boxes once per output
-            dataset = dataset.map(lambda image, boxes: (image, tuple(boxes for _ in range(num_outputs))))
-        return dataset
+            return prep_dataset_fn(self.data_dir, config, self.geometry(config).crop_size)
+        settings = self._settings(config)
+
+        def dataset_fn(phase, batch_size, seed, stride, multiple):
+            return self.train_data({**settings, "phase": phase, "batch_size": int(batch_size), "seed": int(seed),
+                                    "stride": int(stride), "input_multiple": int(multiple)})
+
+        return dataset_fn
 
     def _validation_callback(self, config) -> keras.callbacks.Callback:
         if self.validation_callback is not None:
             return self.validation_callback(self._settings(config))
         from keras_hourglass.data.pipeline import evaluation_dataset
-        from keras_hourglass.evaluation.callback import FrocCallback
+        from keras_hourglass.training.fit import froc_callback
 
         validation = evaluation_dataset(self.data_dir, split="val", input_multiple=self.input_multiple)
-        if self.val_images:
-            validation = validation.take(int(self.val_images))
-        return FrocCallback(validation, target_fpi=float(config.target_fpi))
+        return froc_callback(validation, config)[0]

@@ -31,6 +31,9 @@ EPILOG = """examples:
   # all GPUs of this machine, global batch 32 (16 per GPU with 2 GPUs)
   hourglass train --data data/prepared --out runs/hs --strategy mirrored --batch-size 32
 
+  # GPUs with fast bfloat16: the layers compute in bfloat16; weights, heatmap heads and losses stay float32
+  hourglass train --data data/prepared --out runs/bf16 --strategy mirrored --mixed-precision bfloat16
+
   # several machines: run the same command on each, with TF_CONFIG naming the cluster and this task
   TF_CONFIG='{"cluster": {"worker": ["host0:2222", "host1:2222"]}, "task": {"type": "worker", "index": 0}}' \\
       hourglass train --data /shared/prepared --out /shared/runs/hs --strategy multi-worker
@@ -51,7 +54,8 @@ writes RUN; RUN must be on storage every worker can read.
 
 outputs: RUN/model.keras (inference model: image -> final heatmap), RUN/best.keras (+ best.json, the
 best epoch by val_sensitivity at --target-fpi on the validation split), RUN/config.json (data manifest
-hash, hyper-parameters, model config, seed, strategy, package versions, command line, result),
+hash, hyper-parameters, model config, seed, precision (dtype policy), strategy, package versions, command
+line, result),
 RUN/history.csv, RUN/logs (TensorBoard: scalars and validation heatmaps), RUN/backup. The JSON summary
 goes to stdout.
 """
@@ -153,6 +157,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                        help="override a preset key, e.g. num_features=32 (repeatable)")
     model.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=None,
                        help="XLA-compile the train step (default: Keras 'auto')")
+    model.add_argument("--mixed-precision", choices=["float32", "bfloat16", "float16"], default=None,
+                       help="compute dtype of the model (default float32): bfloat16 / float16 run the layers in "
+                            "low precision with float32 weights, heatmap heads and losses (float16 with loss "
+                            "scaling); recorded in config.json")
 
     val = parser.add_argument_group("validation")
     val.add_argument("--val-images", type=argtypes.non_negative, default=None, metavar="N",
@@ -174,15 +182,16 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 FLAG_FIELDS = ("loss", "omega", "top_k", "patch_size", "mask_size", "sigmas", "recenter", "target_sigma", "phase",
                "steps_per_epoch", "images_per_epoch", "batch_size", "learning_rate", "lr_schedule",
                "warmup_steps", "full_learning_rate",
-               "crop_size", "max_boxes", "augment", "seed", "preset", "jit_compile", "val_images", "target_fpi")
+               "crop_size", "max_boxes", "augment", "seed", "preset", "jit_compile", "mixed_precision", "val_images",
+               "target_fpi")
 
 
 def build_config(args: argparse.Namespace):
     """TrainConfig from defaults < --profile < --hparams < explicit flags. Raises: InputError."""
     import dataclasses
 
-    from keras_hourglass.errors import InputError
-    from keras_hourglass.training.config import TrainConfig, apply_hparams, apply_profile, load_hparams
+    from keras_hourglass.training.config import (TrainConfig, apply_hparams, apply_profile, load_hparams,
+                                                 split_epochs)
 
     config = apply_profile(TrainConfig(), getattr(args, "profile", "default") or "default")
     if args.hparams:
@@ -192,23 +201,7 @@ def build_config(args: argparse.Namespace):
         explicit["model"] = {**config.model, **dict(args.model_option)}
     config = dataclasses.replace(config, **explicit)
 
-    patch, full, total = args.patch_epochs, args.full_epochs, args.epochs
-    phase = config.phase
-    if total is not None:
-        if phase == "patch":
-            patch = total if patch is None else patch
-        elif phase == "full":
-            full = total if full is None else full
-        elif patch is None and full is None:
-            patch, full = total - total // 2, total // 2
-        elif patch is None:
-            patch = total - full
-        elif full is None:
-            full = total - patch
-        if phase == "both" and (patch < 0 or full < 0 or patch + full != total):
-            raise InputError("--epochs", f"{total} != --patch-epochs {patch} + --full-epochs {full}")
-        if phase == "patch" and patch != total or phase == "full" and full != total:
-            raise InputError("--epochs", f"{total} disagrees with the epochs given for --phase {phase}")
+    patch, full = split_epochs(config.phase, args.epochs, args.patch_epochs, args.full_epochs)
     if patch is not None:
         config = dataclasses.replace(config, patch_epochs=patch)
     if full is not None:

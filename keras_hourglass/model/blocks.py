@@ -14,7 +14,9 @@ Detection API's `hourglass_network.py`:
   is not a multiple of the network's total stride.
 
 Every layer builds its sub-layers explicitly in `build()` so a `.keras` file
-reloads without `custom_objects` and without running a forward pass.
+reloads without `custom_objects` and without running a forward pass, and gives
+them its own dtype policy, so a mixed-precision model (`--mixed-precision`)
+reloads in the policy it was built with.
 """
 
 from __future__ import annotations
@@ -56,9 +58,9 @@ class ConvBNReLU(keras.layers.Layer):
         self.bn_momentum = float(bn_momentum)
         self.conv = keras.layers.Conv2D(
             self.filters, self.kernel_size, strides=self.strides, padding="same",
-            use_bias=False, name="conv",
+            use_bias=False, dtype=self.dtype_policy, name="conv",
         )
-        self.bn = keras.layers.BatchNormalization(momentum=self.bn_momentum, name="bn")
+        self.bn = keras.layers.BatchNormalization(momentum=self.bn_momentum, dtype=self.dtype_policy, name="bn")
 
     def build(self, input_shape):
         self.conv.build(input_shape)
@@ -97,13 +99,13 @@ class ResidualBlock(keras.layers.Layer):
         self.filters = int(filters)
         self.bn_momentum = float(bn_momentum)
         mid = max(1, self.filters // 2)
-        self.bn1 = keras.layers.BatchNormalization(momentum=self.bn_momentum, name="bn1")
+        self.bn1 = keras.layers.BatchNormalization(momentum=self.bn_momentum, dtype=self.dtype_policy, name="bn1")
         # conv1 and conv2 feed a batch normalisation: a bias would be redundant.
-        self.conv1 = keras.layers.Conv2D(mid, 1, padding="same", use_bias=False, name="conv1")
-        self.bn2 = keras.layers.BatchNormalization(momentum=self.bn_momentum, name="bn2")
-        self.conv2 = keras.layers.Conv2D(mid, 3, padding="same", use_bias=False, name="conv2")
-        self.bn3 = keras.layers.BatchNormalization(momentum=self.bn_momentum, name="bn3")
-        self.conv3 = keras.layers.Conv2D(self.filters, 1, padding="same", name="conv3")
+        self.conv1 = keras.layers.Conv2D(mid, 1, padding="same", use_bias=False, dtype=self.dtype_policy, name="conv1")
+        self.bn2 = keras.layers.BatchNormalization(momentum=self.bn_momentum, dtype=self.dtype_policy, name="bn2")
+        self.conv2 = keras.layers.Conv2D(mid, 3, padding="same", use_bias=False, dtype=self.dtype_policy, name="conv2")
+        self.bn3 = keras.layers.BatchNormalization(momentum=self.bn_momentum, dtype=self.dtype_policy, name="bn3")
+        self.conv3 = keras.layers.Conv2D(self.filters, 1, padding="same", dtype=self.dtype_policy, name="conv3")
         self.projection = None
 
     def build(self, input_shape):
@@ -115,7 +117,7 @@ class ResidualBlock(keras.layers.Layer):
         self.bn3.build(mid_shape)
         self.conv3.build(mid_shape)
         if input_shape[-1] != self.filters:
-            self.projection = keras.layers.Conv2D(self.filters, 1, padding="same", name="projection")
+            self.projection = keras.layers.Conv2D(self.filters, 1, padding="same", dtype=self.dtype_policy, name="projection")
             self.projection.build(input_shape)
 
     def call(self, inputs, training=None):
@@ -169,24 +171,24 @@ class HourglassBlock(keras.layers.Layer):
 
         def residuals(prefix: str) -> list:
             return [
-                ResidualBlock(self.filters, self.bn_momentum, name=f"{prefix}_{i}")
+                ResidualBlock(self.filters, self.bn_momentum, dtype=self.dtype_policy, name=f"{prefix}_{i}")
                 for i in range(self.num_residual)
             ]
 
         self.skip = residuals("skip")
-        self.pool = keras.layers.MaxPooling2D(2, name="pool")
+        self.pool = keras.layers.MaxPooling2D(2, dtype=self.dtype_policy, name="pool")
         self.down = residuals("down")
         if self.depth > 1:
             self.inner = [
                 HourglassBlock(
                     self.depth - 1, self.filters, self.num_residual, self.bn_momentum,
-                    name=f"hourglass_d{self.depth - 1}",
+                    dtype=self.dtype_policy, name=f"hourglass_d{self.depth - 1}",
                 )
             ]
         else:
             self.inner = residuals("bottom")
         self.up = residuals("up")
-        self.upsample = keras.layers.UpSampling2D(2, name="upsample")
+        self.upsample = keras.layers.UpSampling2D(2, dtype=self.dtype_policy, name="upsample")
 
     def build(self, input_shape):
         shape = tuple(input_shape)

@@ -37,6 +37,8 @@ INT_FIELDS = ("top_k", "patch_size", "patch_epochs", "full_epochs", "steps_per_e
               "batch_size", "crop_size", "max_boxes", "seed", "val_images", "mask_size", "warmup_steps")
 OPTIONAL_FIELDS = ("steps_per_epoch", "val_images", "mask_size", "warmup_steps")
 PHASES = ("patch", "full", "both")
+#: `--mixed-precision` choices: the compute dtype of the model (the heatmap heads and the losses stay float32).
+PRECISIONS = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -81,6 +83,9 @@ class TrainConfig:
         model: model option overrides (see `resolve_config`).
         seed: seed of weights initialisation and input pipeline.
         jit_compile: XLA for the train step (None: Keras' "auto").
+        mixed_precision: compute dtype of the model, "float32", "bfloat16" or
+            "float16" (Keras' "mixed_bfloat16" / "mixed_float16" dtype policy:
+            float32 variables, heatmap heads and losses; loss scaling for float16).
         val_images: validation images for the FROC callback (None: all, 0: none).
         target_fpi: false positives per image at which `val_sensitivity` is read.
     """
@@ -111,6 +116,7 @@ class TrainConfig:
     model: dict = field(default_factory=dict)
     seed: int = 0
     jit_compile: bool | None = None
+    mixed_precision: str = "float32"
     val_images: int | None = 64
     target_fpi: float = 4.8
 
@@ -136,6 +142,8 @@ class TrainConfig:
             bad("loss", f"must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.phase not in PHASES:
             bad("phase", f"must be one of {', '.join(PHASES)}, got {self.phase!r}")
+        if self.mixed_precision not in PRECISIONS:
+            bad("mixed_precision", f"must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             bad("lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.lr_schedule != "constant" and self.full_learning_rate is not None:
@@ -190,6 +198,45 @@ class TrainConfig:
         out = dataclasses.asdict(self)
         out["sigmas"] = list(self.sigmas)
         return out
+
+
+def split_epochs(phase: str, total: int | None, patch_epochs: int | None = None,
+                 full_epochs: int | None = None) -> tuple[int | None, int | None]:
+    """Splits a total number of epochs between the phases, as `hourglass train --epochs` does.
+
+    With `phase="both"` the total is split in half (the patch phase gets the odd
+    epoch) unless one of the phases is given.
+
+    Args:
+        phase: "patch", "full" or "both".
+        total: the total epochs (None: only the given per-phase epochs count).
+        patch_epochs: epochs of the patch phase, if given.
+        full_epochs: epochs of the full-image phase, if given.
+
+    Returns:
+        `(patch_epochs, full_epochs)`; None for a phase neither given nor implied.
+
+    Raises:
+        InputError: the total disagrees with the per-phase epochs (naming `--epochs`).
+    """
+    patch, full = patch_epochs, full_epochs
+    if total is None:
+        return patch, full
+    if phase == "patch":
+        patch = total if patch is None else patch
+    elif phase == "full":
+        full = total if full is None else full
+    elif patch is None and full is None:
+        patch, full = total - total // 2, total // 2
+    elif patch is None:
+        patch = total - full
+    elif full is None:
+        full = total - patch
+    if phase == "both" and (patch < 0 or full < 0 or patch + full != total):
+        raise InputError("--epochs", f"{total} != --patch-epochs {patch} + --full-epochs {full}")
+    if phase == "patch" and patch != total or phase == "full" and full != total:
+        raise InputError("--epochs", f"{total} disagrees with the epochs given for --phase {phase}")
+    return patch, full
 
 
 def parse_sigmas(value) -> tuple:

@@ -2,13 +2,15 @@
 
 `train()` is what `hourglass train` runs:
 
-1. choose the strategy (`distribution.make_strategy`) and build the model and
-   one Adam optimizer under its scope (seeded);
+1. choose the strategy (`distribution.make_strategy`); under its scope build
+   (seeded, in the `--mixed-precision` dtype policy) and compile the model with
+   `training.fit.build_model` / `compile_model`;
 2. restore the last backup of RUN/backup if there is one (weights, optimizer
    state, number of completed epochs) and skip what is done;
-3. for each phase: compile, then `fit` (inside `multiworker_fit_fix`) with the
-   callbacks FrocCallback -> HistoryCSV -> TensorBoardLogger -> BestCheckpoint
-   -> EpochBackup (epochs numbered globally across the phases);
+3. fit the phases with `training.fit.fit_phases` (the path every tuning trial
+   also takes), with the callbacks FrocCallback -> HistoryCSV ->
+   TensorBoardLogger -> BestCheckpoint -> EpochBackup (epochs numbered globally
+   across the phases);
 4. write RUN/model.keras (the inference model: image -> final heatmap) and
    RUN/config.json.
 
@@ -32,14 +34,15 @@ from typing import Callable
 
 from keras_hourglass.errors import InputError
 from keras_hourglass.training.config import TrainConfig, manifest_hash
-from keras_hourglass.training.geometry import REFERENCE_LONG_SIDE, Geometry, prep_long_side, resolve_geometry
+from keras_hourglass.training.fit import (DatasetFn, build_model, compile_model, fit_phases, froc_callback,
+                                          make_learning_rate, make_loss, precision_summary, prep_dataset_fn,
+                                          run_geometry)
+from keras_hourglass.training.geometry import REFERENCE_LONG_SIDE
+
+__all__ = ["DatasetFn", "make_learning_rate", "make_loss", "package_versions", "prep_dataset_fn", "run_geometry",
+           "train"]
 
 log = logging.getLogger(__name__)
-
-#: `dataset_fn(phase, batch_size, seed, stride, multiple) -> tf.data.Dataset` of
-#: `(image [b, H, W, 1], boxes [b, MAX_BOXES, 4] heatmap frame)`, infinite; `batch_size` is
-#: the batch of *one input pipeline* (the per-replica batch under a strategy).
-DatasetFn = Callable[[str, int, int, int, int], "object"]
 
 
 def package_versions() -> dict:
@@ -52,96 +55,6 @@ def package_versions() -> dict:
 
     return {"keras_hourglass": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
             "numpy": numpy.__version__, "python": platform.python_version()}
-
-
-def make_loss(config: TrainConfig, geometry: Geometry):
-    """The Keras loss for `config.loss`, with the geometry resolved for this run (heatmap pixels)."""
-    from keras_hourglass.losses import GaussianL2Loss, HypersensitiveLoss, PenaltyReducedFocalLoss
-
-    if config.loss == "l2":
-        return GaussianL2Loss(sigma=geometry.target_sigma)
-    if config.loss == "focal":
-        return PenaltyReducedFocalLoss(sigma=geometry.target_sigma)
-    return HypersensitiveLoss(omega=config.omega, top_k=int(config.top_k), patch_size=geometry.patch_size,
-                              mask_size=geometry.mask_size, sigmas=geometry.sigmas, recenter=config.recenter)
-
-
-def make_learning_rate(config: TrainConfig):
-    """Adam's learning rate: a float (constant) or a Keras warmup + cosine-decay schedule over all phases."""
-    import keras
-
-    if config.lr_schedule == "constant":
-        return float(config.learning_rate)
-    total = config.total_steps()
-    warmup = min(1000, total // 20) if config.warmup_steps is None else min(int(config.warmup_steps), total)
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup else float(config.learning_rate),
-        decay_steps=max(1, total - warmup), alpha=float(config.min_lr_fraction),
-        warmup_target=float(config.learning_rate) if warmup else None, warmup_steps=warmup)
-
-
-def run_geometry(config: TrainConfig, prep_dir: str | None, stride: int, multiple: int,
-                 long_side: int | None = None) -> Geometry:
-    """Resolves `config`'s reference-pixel geometry against PREP's long side (or `long_side`).
-
-    Without PREP and `long_side` the reference scale is assumed (reference pixels = pixels).
-    """
-    if long_side is None:
-        long_side = prep_long_side(prep_dir) if prep_dir else REFERENCE_LONG_SIDE
-    return resolve_geometry(config, long_side=int(long_side), stride=stride, input_multiple=multiple)
-
-
-def prep_dataset_fn(prep_dir: str, config: TrainConfig, crop_size: int) -> DatasetFn:
-    """The default `DatasetFn`: `keras_hourglass.data.pipeline.training_dataset` on PREP/train.
-
-    Args:
-        prep_dir: PREP.
-        config: the run's settings (max_boxes, augment, images_per_epoch).
-        crop_size: the resolved phase-1 crop side in image pixels (`Geometry.crop_size`).
-    """
-    from keras_hourglass.data import pipeline
-
-    def dataset_fn(phase, batch_size, seed, stride, multiple):
-        return pipeline.training_dataset(
-            prep_dir, split="train", phase=phase, batch_size=batch_size, stride=stride,
-            input_multiple=multiple, patch_size=int(crop_size), max_boxes=config.max_boxes,
-            seed=seed, augment=config.augment, images_per_epoch=config.images_per_epoch)
-
-    return dataset_fn
-
-
-def _targets_for(num_outputs: int):
-    """Repeats the boxes once per model output (intermediate supervision)."""
-    def to_targets(image, boxes):
-        if num_outputs == 1:
-            return image, boxes
-        return image, tuple(boxes for _ in range(num_outputs))
-    return to_targets
-
-
-def _distributed_dataset(strategy, dataset_fn: DatasetFn, phase: str, global_batch: int, seed: int,
-                         stride: int, multiple: int, num_outputs: int):
-    """The training data for `fit`: one input pipeline per worker, each batched per replica.
-
-    Each worker's pipeline is seeded with `seed + input_pipeline_id` so workers
-    draw different images; within a worker the replicas take consecutive
-    per-replica batches, i.e. the global batch is split across replicas.
-    """
-    import tensorflow as tf
-
-    from keras_hourglass.training.distribution import per_replica_batch_size
-
-    per_replica_batch_size(global_batch, strategy.num_replicas_in_sync)
-    to_targets = _targets_for(num_outputs)
-    if strategy.num_replicas_in_sync == 1 and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return dataset_fn(phase, global_batch, seed, stride, multiple).map(to_targets)
-
-    def from_context(context: tf.distribute.InputContext):
-        batch = context.get_per_replica_batch_size(global_batch)
-        dataset = dataset_fn(phase, batch, seed + context.input_pipeline_id, stride, multiple)
-        return dataset.map(to_targets).prefetch(2)
-
-    return strategy.distribute_datasets_from_function(from_context)
 
 
 def _epoch_agreement(strategy, completed: int) -> None:
@@ -185,8 +98,6 @@ def _validation(prep_dir: str | None, config: TrainConfig, multiple: int, valida
     The validation set is `validation` (a dataset of evaluation dicts) or PREP/val
     (its first `config.val_images` images; all when None; none when 0).
     """
-    from keras_hourglass.evaluation.callback import FrocCallback
-
     if validation is None:
         if prep_dir is None or config.val_images == 0:
             return None, None
@@ -198,11 +109,8 @@ def _validation(prep_dir: str | None, config: TrainConfig, multiple: int, valida
             print(f"hourglass train: warning: {err}: training without validation (no val_sensitivity, "
                   "no best.keras)", file=sys.stderr)
             return None, None
-    if config.val_images:
-        count = int(config.val_images)
-        validation = validation.take(count) if hasattr(validation, "take") else \
-            list(itertools.islice(iter(validation), count))
-    return FrocCallback(validation, target_fpi=config.target_fpi), _fixed_images(validation)
+    callback, validation = froc_callback(validation, config)
+    return callback, _fixed_images(validation)
 
 
 def _fingerprint(summary: dict) -> str:
@@ -213,6 +121,8 @@ def _fingerprint(summary: dict) -> str:
     keep["manifest_sha256"] = summary["data"]["manifest_sha256"]
     keep["hyperparameters"] = {k: v for k, v in summary["hyperparameters"].items()
                                if k not in ("val_images", "target_fpi")}
+    if keep["hyperparameters"].get("mixed_precision") == "float32":  # the default: backups from before the flag
+        del keep["hyperparameters"]["mixed_precision"]
     keep["global_batch_size"] = summary["strategy"]["global_batch_size"]
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -256,13 +166,10 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
         The summary also written to RUN/config.json (its `result` part filled; its
         `result.write_dir` says where this task wrote), or `(summary, model)`.
     """
-    import keras
-    import tensorflow as tf
-
     from keras_hourglass.model.hourglass import inference_model, model_input_multiple, model_stride, resolve_config
     from keras_hourglass.training import callbacks as cb
     from keras_hourglass.training.distribution import StrategyInfo, WriteDir, make_strategy
-    from keras_hourglass.training.multiworker_fix import keras_needs_fix, multiworker_fit_fix
+    from keras_hourglass.training.multiworker_fix import keras_needs_fix
 
     config.validate()
     if strategy is None:
@@ -282,15 +189,8 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
     except ValueError as err:
         raise InputError("--model-option", str(err)) from None
 
-    keras.utils.set_random_seed(int(config.seed))
     with strategy.scope():
-        if model_fn is not None:
-            model = model_fn()
-        else:
-            from keras_hourglass.model.hourglass import build_hourglass
-
-            model = build_hourglass(config.preset, **config.model)
-        optimizer = keras.optimizers.Adam(learning_rate=make_learning_rate(config))
+        model = build_model(config, model_fn)
     stride = model_stride(model)
     multiple = model_input_multiple(model)
     num_outputs = len(model.outputs)
@@ -318,6 +218,7 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
                      "resolved": geometry.to_json()},
         "loss": make_loss(config, geometry).get_config(),
         "seed": int(config.seed),
+        "precision": {"mixed_precision": config.mixed_precision, **precision_summary(model)},
         "strategy": {**info.to_json(), "global_batch_size": config.batch_size,
                      "per_replica_batch_size": config.batch_size // max(1, info.num_replicas),
                      "learning_rate_scaled": False,
@@ -342,46 +243,26 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
         cb.truncate_history(history_path, completed)
         log.info("resuming from %s after epoch %d", backup_dir, completed)
 
-    froc_callback, fixed_images = _validation(prep_dir, config, multiple, validation)
-    steps = config.steps_per_epoch_or_default()
-    losses = [make_loss(config, geometry) for _ in range(num_outputs)]
-    # One compile for both phases: the loss is the same and the model is fully
-    # convolutional, so phase 2 only retraces the step for the whole-image shapes.
+    froc, fixed_images = _validation(prep_dir, config, multiple, validation)
     with strategy.scope():
-        model.compile(optimizer=optimizer, loss=losses if num_outputs > 1 else losses[0],
-                      jit_compile="auto" if config.jit_compile is None else config.jit_compile)
+        compile_model(model, config, geometry)
         if completed:
             cb.restore_from_backup(model, backup_dir)
-    offset = 0
-    for phase, epochs in config.phases():
-        if completed >= offset + epochs:
-            offset += epochs
-            continue
-        if config.lr_schedule == "constant":
-            rate = config.learning_rate if phase == "patch" or config.full_learning_rate is None \
-                else config.full_learning_rate
-            optimizer.learning_rate.assign(rate)
-        initial = completed - offset
-        # A resumed run re-seeds its pipeline, so it does not replay the batches already seen.
-        seed = int(config.seed) + 1000 * (offset + initial)
-        data = _distributed_dataset(strategy, dataset_fn, phase, int(config.batch_size), seed, stride,
-                                    multiple, num_outputs)
-        phase_callbacks = [c for c in (froc_callback,) if c is not None]
-        phase_callbacks += [
-            cb.HistoryCSV(history_path, epoch_offset=offset, phase=phase),
-            cb.TensorBoardLogger(write.join("logs"), epoch_offset=offset, images=fixed_images,
-                                 heatmap_fn=lambda images: final_model(images, training=False)),
-            cb.BestCheckpoint(write.join("best.keras"), write.join("best.json"),
-                              save_fn=lambda path: final_model.save(path), epoch_offset=offset),
-            *(callbacks or []),
-            cb.EpochBackup(write.join("backup"), epoch_offset=offset, phase=phase,
-                           extra_state={"fingerprint": fingerprint}),
-        ]
-        with multiworker_fit_fix(strategy):
-            model.fit(data, epochs=epochs, initial_epoch=initial, steps_per_epoch=steps,
-                      callbacks=phase_callbacks, verbose=verbose, shuffle=False)
-        offset += epochs
-        completed = offset
+
+    def phase_callbacks(phase: str, offset: int) -> list:
+        return [*((froc,) if froc is not None else ()),
+                cb.HistoryCSV(history_path, epoch_offset=offset, phase=phase),
+                cb.TensorBoardLogger(write.join("logs"), epoch_offset=offset, images=fixed_images,
+                                     heatmap_fn=lambda images: final_model(images, training=False)),
+                cb.BestCheckpoint(write.join("best.keras"), write.join("best.json"),
+                                  save_fn=lambda path: final_model.save(path), epoch_offset=offset),
+                *(callbacks or []),
+                cb.EpochBackup(write.join("backup"), epoch_offset=offset, phase=phase,
+                               extra_state={"fingerprint": fingerprint})]
+
+    fit_phases(model, config, dataset_fn, callbacks_fn=phase_callbacks, initial_epoch=completed,
+               strategy=strategy, verbose=verbose)
+    completed = max(completed, sum(epochs for _, epochs in config.phases()))
 
     _save_atomic(final_model, write.join("model.keras"))
     history = cb.read_history(history_path)
