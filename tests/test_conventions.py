@@ -67,14 +67,14 @@ def test_the_manifest_preprocessing_block():
 # (literal, the one file that defines it, files of work in progress elsewhere that may still hold a copy)
 SINGLE_DEFINITIONS = [
     ('("normal", "benign", "high_risk", "malignant")', "keras_hourglass/contract.py", ()),
-    ('("high_risk", "malignant")', "keras_hourglass/contract.py", ("keras_hourglass/cli/train.py",)),
+    ('("high_risk", "malignant")', "keras_hourglass/contract.py", ()),
     ('("malignant",)', "keras_hourglass/contract.py", ()),
     ('("train", "val", "test")', "keras_hourglass/contract.py", ()),
     ('("mass", "calcification", "distortion", "asymmetry", "other")', "keras_hourglass/contract.py", ()),
     (':05d}.tfrecord', None, ()),  # the chunk name is built from RECORD_SUFFIX in the contract only
     (':05d}{RECORD_SUFFIX}', "keras_hourglass/contract.py", ()),
     ('-SSSSS-of-NNNNN"', "keras_hourglass/contract.py", ()),
-    ("os.replace(", "keras_hourglass/atomic.py", ("keras_hourglass/training/train.py",)),
+    ("os.replace(", "keras_hourglass/atomic.py", ()),
     ("os.fsync(", "keras_hourglass/atomic.py", ("export/saved_model.py",)),
     ('pool_size, 1, "SAME")', "keras_hourglass/nms.py", ()),
 ]

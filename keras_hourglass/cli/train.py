@@ -217,6 +217,7 @@ def _require_training_positives(manifest_path: str) -> None:
     """
     import json
 
+    from keras_hourglass import contract
     from keras_hourglass.errors import InputError
 
     try:
@@ -226,7 +227,7 @@ def _require_training_positives(manifest_path: str) -> None:
         raise InputError(manifest_path, "not a readable JSON manifest") from None
     if not isinstance(written, dict) or not isinstance(written.get("train"), dict):
         return
-    positives = sum(int(written["train"].get(label) or 0) for label in ("high_risk", "malignant"))
+    positives = sum(int(written["train"].get(label) or 0) for label in contract.TRAINING_POSITIVE_LABELS)
     if positives == 0:
         raise InputError(manifest_path, "the train split has no high_risk or malignant image: the detection loss "
                                         "has nothing to learn (prepare more data or other splits)")

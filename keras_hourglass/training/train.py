@@ -32,6 +32,7 @@ import sys
 import time
 from typing import Callable
 
+from keras_hourglass import atomic
 from keras_hourglass.errors import InputError
 from keras_hourglass.training.config import TrainConfig, manifest_hash
 from keras_hourglass.training.fit import (DatasetFn, build_model, compile_model, fit_phases, froc_callback,
@@ -128,9 +129,8 @@ def _fingerprint(summary: dict) -> str:
 
 
 def _save_atomic(model, path: str) -> None:
-    tmp = os.path.join(os.path.dirname(path), f"tmp-{os.getpid()}-{os.path.basename(path)}")
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic.replacing(path, keep_suffix=True) as tmp:  # Keras needs the .keras suffix
+        model.save(tmp)
 
 
 def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, strategy=None,
@@ -234,8 +234,7 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
                                      "use a new --out or delete it to start over")
     completed = int(state["completed_epochs"]) if state else 0
     if info.is_chief:
-        with open(write.join("config.json"), "w") as handle:
-            json.dump({**summary, "result": None}, handle, indent=2, default=str)
+        atomic.write_json(write.join("config.json"), {**summary, "result": None}, default=str)
     _epoch_agreement(strategy, completed)
     resumed_from = completed
     history_path = write.join("history.csv")
@@ -267,7 +266,10 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
     _save_atomic(final_model, write.join("model.keras"))
     history = cb.read_history(history_path)
     best_path = write.join("best.json")
-    best = json.load(open(best_path)) if os.path.exists(best_path) else None
+    best = None
+    if os.path.exists(best_path):
+        with open(best_path) as handle:
+            best = json.load(handle)
     summary["result"] = {
         "run_dir": os.path.abspath(run_dir),
         "model": os.path.abspath(os.path.join(run_dir, "model.keras")),
@@ -279,7 +281,6 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "write_dir": write.path,
     }
-    with open(write.join("config.json"), "w") as handle:
-        json.dump(summary, handle, indent=2, default=str)
+    atomic.write_json(write.join("config.json"), summary, default=str)
     write.cleanup()
     return (summary, model) if return_model else summary
