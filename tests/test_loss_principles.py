@@ -75,6 +75,46 @@ def test_a_shift_invariance_vs_gaussian_l2_and_recenter_off():
     assert det_fs[0] > 5.0
 
 
+def test_a_box_region_keeps_the_reference_inside_the_box():
+    """recenter_region="box": a response beside the box cannot pull the reference out of the box."""
+    boxes = as_boxes([BOX])  # (28, 28)-(36, 36)
+    lesion = blob(SHAPE, (33.0, 31.0), 1.5)  # inside the box, off its centre
+    beside = blob(SHAPE, (32.0, 42.0), 1.5, 2.0)  # outside the box, inside the 24-px patch, stronger
+    pred = as_pred(lesion + beside)
+    common = dict(patch_size=24, sigmas=(1.5,), omega=0.0, jit_compile=False)
+    patch_loss = HypersensitiveLoss(recenter_region="patch", **common)
+    box_loss = HypersensitiveLoss(recenter_region="box", **common)
+    # The box region re-centres on the lesion: L_DET is then only the response beside the box.
+    det_box, _ = comps(box_loss, boxes, pred)
+    np.testing.assert_allclose(det_box[0], np.sum(blob(SHAPE, (32.0, 42.0), 1.5, 2.0)[20:44, 20:44] ** 2),
+                               rtol=0.05)
+    # Over the whole patch the centre of mass lands between the two, outside the box (x > 36).
+    det_patch, _ = comps(patch_loss, boxes, pred)
+    assert det_patch[0] > det_box[0] + 1.0
+    # A lesion inside the box only: both re-centre on it (the box region's centre of mass is pulled
+    # slightly towards the box by the tail cut at the box border: L_DET 0.018 instead of 0).
+    only = as_pred(lesion)
+    assert comps(patch_loss, boxes, only)[0][0] < 1e-4
+    assert comps(box_loss, boxes, only)[0][0] < 0.05
+    fixed = HypersensitiveLoss(recenter=False, **common)
+    assert comps(fixed, boxes, only)[0][0] > 0.5  # not re-centring at all costs far more
+    assert box_loss.get_config()["recenter_region"] == "box"
+    assert HypersensitiveLoss.from_config(box_loss.get_config()).recenter_region == "box"
+    with pytest.raises(ValueError, match="recenter_region"):
+        HypersensitiveLoss(recenter_region="image")
+
+
+def test_inside_box_mask_hand_computed():
+    from keras_hourglass.losses.boxes import inside_box_mask
+
+    mask = inside_box_mask(tf.constant([[[2.0, 3.0, 5.0, 4.0], [-1.0, -1.0, -1.0, -1.0]]]),
+                           tf.constant([[[1, 1], [0, 0]]]), 6).numpy()
+    expected = np.zeros((6, 6))
+    expected[1:4, 2] = 1.0  # centres 2.5, 3.5, 4.5 in [2, 5]; 3.5 in [3, 4]
+    np.testing.assert_array_equal(mask[0, 0], expected)
+    assert mask[0, 1].sum() == 0  # a padding row covers nothing
+
+
 # ---------------------------------------------------------------- principle (b)
 def test_b_size_invariance_with_bank_and_not_with_one_sigma():
     boxes = as_boxes([BOX], [BOX])

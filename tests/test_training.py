@@ -73,6 +73,13 @@ def test_epoch_split():
         build("--epochs", "5", "--patch-epochs", "1", "--full-epochs", "1")
 
 
+def test_recenter_region_flag_and_hparams():
+    assert build().recenter_region == "patch"
+    assert build("--recenter-region", "box").recenter_region == "box"
+    with pytest.raises(SystemExit):
+        build("--recenter-region", "image")
+
+
 def test_bad_hparams_name_the_file(tmp_path):
     bad = tmp_path / "hp.json"
     bad.write_text("{nope")

@@ -112,6 +112,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                            "--size 256; one value = off)")
     loss.add_argument("--no-recenter", dest="recenter", action="store_const", const=False, default=None,
                       help="centre reference blobs on the box centre (principle (a) off)")
+    loss.add_argument("--recenter-region", choices=("patch", "box"), default=None,
+                      help="principle (a): centre of mass over the whole detector patch or only the patch pixels "
+                           "inside the box (default patch)")
     loss.add_argument("--target-sigma", "--l2-sigma", dest="target_sigma", type=argtypes.number, default=None,
                       help="Gaussian target sigma of --loss l2 / focal, reference heatmap px (default 12)")
 
@@ -179,7 +182,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-FLAG_FIELDS = ("loss", "omega", "top_k", "patch_size", "mask_size", "sigmas", "recenter", "target_sigma", "phase",
+FLAG_FIELDS = ("loss", "omega", "top_k", "patch_size", "mask_size", "sigmas", "recenter", "recenter_region",
+               "target_sigma", "phase",
                "steps_per_epoch", "images_per_epoch", "batch_size", "learning_rate", "lr_schedule",
                "warmup_steps", "full_learning_rate",
                "crop_size", "max_boxes", "augment", "seed", "preset", "jit_compile", "mixed_precision", "val_images",

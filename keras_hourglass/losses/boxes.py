@@ -107,6 +107,26 @@ def gather_patches(
     return tf.reshape(patches, tf.shape(flat_index)), inside
 
 
+def inside_box_mask(boxes: tf.Tensor, origins: tf.Tensor, patch_size: int) -> tf.Tensor:
+    """Patch pixels whose centres lie inside their box (borders included).
+
+    Args:
+        boxes: float `[B, N, 4]` `(y0, x0, y1, x1)` heatmap pixels.
+        origins: int32 `[B, N, 2]` top-left pixels from `patch_origins`.
+        patch_size: side `P` of the patches.
+
+    Returns:
+        float `[B, N, P, P]` (boxes' dtype): 1 inside, 0 outside (also for
+        NaN or padding rows).
+    """
+    centres = tf.cast(tf.range(patch_size), boxes.dtype) + 0.5
+    rows = tf.cast(origins[..., 0:1], boxes.dtype) + centres  # [B, N, P]
+    cols = tf.cast(origins[..., 1:2], boxes.dtype) + centres
+    in_rows = (rows >= boxes[..., 0:1]) & (rows <= boxes[..., 2:3])
+    in_cols = (cols >= boxes[..., 1:2]) & (cols <= boxes[..., 3:4])
+    return tf.cast(in_rows[..., :, None] & in_cols[..., None, :], boxes.dtype)
+
+
 def interval_masks(starts: tf.Tensor, size: int, length: tf.Tensor) -> tf.Tensor:
     """1-D indicator of `[start, start + size)` over `range(length)`.
 

@@ -3,7 +3,9 @@
 For every detector patch `O_DET` (all boxes of all images at once):
 
 1. `x0` = centre of mass of `relu(O_DET)` over the patch pixels that lie
-   inside the image (eq. 1). If that mass is `<= epsilon` (an all-zero or
+   inside the image (eq. 1), or over the `com_weights` pixels when given
+   (the hypersensitive loss passes the box's own pixels with
+   `recenter_region="box"`). If that mass is `<= epsilon` (an all-zero or
    negative patch) `x0` falls back to the box centre. With `recenter=False`
    (principle (a) off) `x0` is always the box centre.
 2. A bank `R_i(x) = exp(-|x - x0|^2 / (2 sigma_i^2))` (peak 1, unnormalised)
@@ -30,6 +32,7 @@ def match_reference_blobs(
     sigmas: tf.Tensor,
     recenter: bool = True,
     epsilon: float = 1e-6,
+    com_weights: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Best-matching reference blob for every patch.
 
@@ -42,6 +45,9 @@ def match_reference_blobs(
         sigmas: float `[S]` bank of blob standard deviations (heatmap pixels).
         recenter: centre the bank on the centre of mass (principle (a)).
         epsilon: minimum patch mass for the centre of mass to be used.
+        com_weights: float `[B, N, P, P]` pixels over which the centre of
+            mass is taken (default: `weights`); the matching itself always
+            uses `weights`.
 
     Returns:
         `(reference, centres, sigma_index)`: float `[B, N, P, P]` target
@@ -52,7 +58,7 @@ def match_reference_blobs(
     size = tf.shape(patches)[-1]
     coords = tf.cast(tf.range(size), dtype) + 0.5  # pixel centres [P]
     if recenter:
-        mass = tf.nn.relu(patches) * weights
+        mass = tf.nn.relu(patches) * (weights if com_weights is None else com_weights)
         total = tf.reduce_sum(mass, axis=[-2, -1])
         safe_total = tf.maximum(total, epsilon)
         com_y = tf.reduce_sum(mass * coords[:, None], axis=[-2, -1]) / safe_total

@@ -57,6 +57,8 @@ class TrainConfig:
             3/4 of a default crop to L_BG at any scale).
         sigmas: reference blob sigmas of the loss, reference heatmap pixels.
         recenter: recentre the reference blob on the predicted blob.
+        recenter_region: "patch" (centre of mass over the detector patch) or
+            "box" (over the patch pixels inside the box).
         target_sigma: Gaussian target sigma of the L2 and focal losses,
             reference heatmap pixels.
         phase: "patch", "full" or "both" (patches first, then whole images).
@@ -97,6 +99,7 @@ class TrainConfig:
     mask_size: int | None = None
     sigmas: tuple = (6.0, 9.0, 12.0, 18.0)
     recenter: bool = True
+    recenter_region: str = "patch"
     target_sigma: float = 12.0
     phase: str = "both"
     patch_epochs: int = 5
@@ -140,6 +143,8 @@ class TrainConfig:
 
         if self.loss not in LOSSES:
             bad("loss", f"must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.recenter_region not in ("patch", "box"):
+            bad("recenter_region", f"must be 'patch' or 'box', got {self.recenter_region!r}")
         if self.phase not in PHASES:
             bad("phase", f"must be one of {', '.join(PHASES)}, got {self.phase!r}")
         if self.mixed_precision not in PRECISIONS:

@@ -143,7 +143,8 @@ def make_loss(config: TrainConfig, geometry: Geometry):
     if config.loss == "focal":
         return PenaltyReducedFocalLoss(sigma=geometry.target_sigma)
     return HypersensitiveLoss(omega=config.omega, top_k=int(config.top_k), patch_size=geometry.patch_size,
-                              mask_size=geometry.mask_size, sigmas=geometry.sigmas, recenter=config.recenter)
+                              mask_size=geometry.mask_size, sigmas=geometry.sigmas, recenter=config.recenter,
+                              recenter_region=config.recenter_region)
 
 
 def make_learning_rate(config: TrainConfig):
