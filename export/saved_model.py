@@ -30,10 +30,9 @@ import uuid
 from pathlib import Path
 
 from keras_hourglass.errors import InputError, escape_controls
+from serving.contract import METADATA_FILE, list_versions, metadata_path, read_export_metadata  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-METADATA_FILE = "keras_hourglass.json"
 TMP_PREFIX = ".tmp-"
 
 
@@ -55,27 +54,6 @@ class ExportResult:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def metadata_path(saved_model_dir: str | os.PathLike) -> str:
-    """Returns: `DIR/assets.extra/keras_hourglass.json`."""
-    return os.path.join(saved_model_dir, "assets.extra", METADATA_FILE)
-
-
-def read_metadata(saved_model_dir: str | os.PathLike) -> dict:
-    """Reads the export metadata of a version directory ({} if absent)."""
-    try:
-        with open(metadata_path(saved_model_dir)) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return {}
-
-
-def list_versions(base_path: str | os.PathLike) -> list[int]:
-    """Returns: the sorted integer versions under `base_path` (as TF Serving sees them)."""
-    if not os.path.isdir(base_path):
-        return []
-    return sorted(int(name) for name in os.listdir(base_path) if name.isdigit() and os.path.isdir(os.path.join(base_path, name)))
 
 
 def version_problem(version_dir: str | os.PathLike) -> str | None:
@@ -220,9 +198,8 @@ def build_contract(detector, metadata: dict | None = None) -> dict:
         The contract as a JSON-safe dict.
     """
     from export.contract import SCALE_RULE, lineage
-    from export.signatures import SIGNATURE_NAMES
     from keras_hourglass.data.dicom import DEFAULT_MAX_PIXELS
-    from serving.contract import CONTRACT_FORMAT
+    from serving.contract import CONTRACT_FORMAT, SIGNATURE_NAMES
 
     extra = dict(metadata or {})
     trace = lineage(extra.get("source_model"))

@@ -8,6 +8,7 @@ import sys
 
 from keras_hourglass.cli import argtypes
 from keras_hourglass.errors import escape_controls
+from serving.contract import DETECT_PNG, IMAGE_SIGNATURES, SERVING_DEFAULT
 
 EPILOG = """\
 examples:
@@ -51,7 +52,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     target.add_argument("--grpc", metavar="HOST:PORT", help="TF Serving gRPC address (e.g. localhost:8500)")
     target.add_argument("--rest", metavar="URL", help="TF Serving REST base URL (e.g. http://localhost:8501)")
     parser.add_argument("--model-name", default="hourglass", help="model name on the server (default hourglass)")
-    parser.add_argument("--signature", choices=("serving_default", "detect_png"), default=None,
+    parser.add_argument("--signature", choices=IMAGE_SIGNATURES, default=None,
                         help="signature to call (default: detect_png for --rest, else serving_default)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--version", type=argtypes.positive, default=None, metavar="N",
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.long_side is not None and not 16 <= args.long_side <= MAX_LONG_SIDE:
         raise InputError("--long-side", f"must be in [16, {MAX_LONG_SIDE}], got {args.long_side}")
-    signature = args.signature or ("detect_png" if args.rest else "serving_default")
+    signature = args.signature or (DETECT_PNG if args.rest else SERVING_DEFAULT)
     from serving.tls import TlsOptions
 
     tls = TlsOptions(enabled=args.tls, ca_cert=args.ca_cert, client_cert=args.client_cert,

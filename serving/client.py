@@ -45,7 +45,6 @@ from __future__ import annotations
 import abc
 import base64
 import dataclasses
-import io
 import json
 import os
 import random
@@ -60,15 +59,21 @@ import numpy as np
 from keras_hourglass.errors import InputError, escape_controls
 from serving.dicom_outputs import image_identifiers, overlay_radius
 from serving.tls import TlsOptions, grpc_credentials, is_tls_failure, ssl_context
+from keras_hourglass.data.png16 import encode_png16
 from serving.contract import (
+    DETECT_PNG,
+    IMAGE_SIGNATURES,
     METADATA_SIGNATURE,
+    SERVING_DEFAULT,
     ContractError,
     ModelContract,
     inclusive_threshold,
+    list_versions,
     metadata_request,
+    read_export_metadata,
 )
 
-SIGNATURES = ("serving_default", "detect_png")
+SIGNATURES = IMAGE_SIGNATURES  # the client's name for serving.contract.IMAGE_SIGNATURES
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -146,16 +151,6 @@ class Detection:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def encode_png16(image: np.ndarray) -> bytes:
-    """Encodes a float image `[H, W]` in [0, 1] as a 16-bit grayscale PNG (Pillow, no TensorFlow)."""
-    from PIL import Image
-
-    pixels = np.round(np.clip(np.asarray(image, np.float64), 0.0, 1.0) * 65535.0).astype("<u2")
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")  # uint16 -> mode "I;16" -> 16-bit PNG
-    return buffer.getvalue()
-
-
 MAX_LONG_SIDE = 65536
 
 
@@ -247,7 +242,7 @@ class PredictionClient(abc.ABC):
         model_name: the model name on the server.
         version: a model version, or None (the latest, or `label`'s).
         label: a TF Serving version label ("stable", "canary"), or None.
-        signature: "serving_default" or "detect_png".
+        signature: `serving.contract.SERVING_DEFAULT` or `DETECT_PNG`.
         long_side: preprocessing long side; None: the contract's (see module docstring).
         threshold: score threshold; None: the export's default.
         operating_point: an FPI whose recorded threshold to use instead of `threshold`.
@@ -265,7 +260,7 @@ class PredictionClient(abc.ABC):
         model_name: str = "hourglass",
         version: int | None = None,
         label: str | None = None,
-        signature: str = "serving_default",
+        signature: str = SERVING_DEFAULT,
         long_side: int | None = None,
         threshold: float | None = None,
         operating_point: float | None = None,
@@ -376,7 +371,7 @@ class PredictionClient(abc.ABC):
         contract = self.contract()
         point = contract.operating_point(self.operating_point)
         threshold = inclusive_threshold(point["threshold"])
-        if self.signature == "serving_default" and threshold < contract.default_threshold:
+        if self.signature == SERVING_DEFAULT and threshold < contract.default_threshold:
             raise InputError("--operating-point", f"threshold {point['threshold']:.6g} at FPI "
                                                   f"{self.operating_point:g} is below the export's threshold "
                                                   f"{contract.default_threshold:g}, so serving_default cannot "
@@ -389,9 +384,9 @@ class PredictionClient(abc.ABC):
         image = np.asarray(image, np.float32)
         if image.ndim != 2:
             raise ValueError(f"expected a [H, W] image, got shape {image.shape}")
-        if signature == "serving_default":
+        if signature == SERVING_DEFAULT:
             return {"image": image[None, :, :, None]}
-        if signature == "detect_png":
+        if signature == DETECT_PNG:
             value = float("nan") if threshold is None else float(threshold)
             return {
                 "image_bytes": np.array([encode_png16(image)], dtype=object),
@@ -413,7 +408,7 @@ class PredictionClient(abc.ABC):
         threshold = self.threshold if threshold is None else threshold
         outputs = self.predict(self.signature_inputs(image, signature, threshold), signature)
         marks, long_side = checked_outputs(outputs, self.target)
-        if signature == "serving_default" and threshold is not None:
+        if signature == SERVING_DEFAULT and threshold is not None:
             marks = marks[marks[:, 2] > threshold]
         return marks, long_side
 
@@ -668,7 +663,7 @@ class RestClient(PredictionClient):
 
     def build_body(self, inputs: dict[str, np.ndarray], signature: str) -> bytes:
         """Returns: the JSON request body."""
-        if signature == "detect_png":
+        if signature == DETECT_PNG:
             instances = []
             for png, threshold in zip(inputs["image_bytes"], inputs["threshold"]):
                 instances.append(
@@ -894,7 +889,7 @@ def select_version(path: str, version: int | None) -> str:
             raise InputError("--version", f"{path} is a SavedModel directory named {name!r}, not version {version}; "
                                           "give the base path to choose a version")
         return path
-    versions = sorted(int(n) for n in os.listdir(path) if n.isdigit()) if os.path.isdir(path) else []
+    versions = list_versions(path)
     if not versions:
         raise InputError(path, "not a SavedModel directory (no saved_model.pb, no numeric version)")
     if version is None:
@@ -903,15 +898,6 @@ def select_version(path: str, version: int | None) -> str:
         listed = ", ".join(map(str, versions[-10:]))
         raise InputError("--version", f"{path} has no version {version} (it has {listed})")
     return os.path.join(path, str(version))
-
-
-def read_export_metadata(saved_model_dir: str | os.PathLike) -> dict:
-    """Returns: `assets.extra/keras_hourglass.json` of an export ({} if absent or unreadable)."""
-    try:
-        with open(os.path.join(saved_model_dir, "assets.extra", "keras_hourglass.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
 
 
 # --------------------------------------------------------------------------- TensorProto (no TF ops)
