@@ -30,8 +30,9 @@ with `score >=` it are kept, as in FROC).
 Imports: this module and `RestClient` need no TensorFlow (numpy, Pillow,
 urllib). `GrpcClient` needs `tensorflow-serving-api`, whose generated
 protos import `tensorflow.core.framework` and so the whole `tensorflow`
-package (about 2-5 s); the TensorProtos are nevertheless built directly from
-the protos, without TensorFlow ops. `LocalClient` uses TensorFlow.
+package (about 2-5 s), so its TensorProtos go through `tf.make_tensor_proto` /
+`tf.make_ndarray`; a small proto-only codec remains for clients without TensorFlow
+(`to_tensor_proto(use_tf=False)`). `LocalClient` uses TensorFlow.
 
 Errors: `ModelNotFoundError`, `SignatureNotFoundError` and
 `RequestTooLargeError` are `InputError`s (the CLI exits 2 with one line);
@@ -900,7 +901,63 @@ def select_version(path: str, version: int | None) -> str:
     return os.path.join(path, str(version))
 
 
-# --------------------------------------------------------------------------- TensorProto (no TF ops)
+# --------------------------------------------------------------------------- TensorProto
+# With TensorFlow importable (always for gRPC: tensorflow-serving-api's protos import it) the client
+# uses TensorFlow's own codec, `tf.make_tensor_proto` / `tf.make_ndarray`; the small codec below is
+# kept for TF-less clients (a protobuf-only install) and is tested to agree with TensorFlow's.
+_TF = []
+
+
+def _tensorflow():
+    """Returns: the `tensorflow` module, or None where it cannot be imported (cached)."""
+    if not _TF:
+        try:
+            import tensorflow
+        except ImportError:
+            tensorflow = None
+        _TF.append(tensorflow)
+    return _TF[0]
+
+
+def to_tensor_proto(value: np.ndarray, *, use_tf: bool | None = None):
+    """numpy array -> `TensorProto` (`tf.make_tensor_proto` when TensorFlow is importable).
+
+    Args:
+        value: a numeric array, or an object/bytes/str array (DT_STRING).
+        use_tf: force (True) or avoid (False) TensorFlow's codec; None: TensorFlow's when importable.
+    """
+    array = np.asarray(value)
+    tf = _tensorflow() if use_tf is not False else None
+    if tf is not None:
+        if array.dtype.kind == "U" or (array.dtype == object and any(isinstance(v, str) for v in array.reshape(-1))):
+            array = np.array([v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in array.reshape(-1)],
+                             dtype=object).reshape(array.shape)
+        if array.dtype != object and array.dtype.kind != "S" and array.dtype not in _NP_TO_DT:
+            raise TypeError(f"unsupported dtype {array.dtype}")
+        return tf.make_tensor_proto(array)
+    if use_tf:
+        raise ImportError("use_tf=True but TensorFlow cannot be imported")
+    return _small_to_tensor_proto(array)
+
+
+def from_tensor_proto(proto, *, use_tf: bool | None = None) -> np.ndarray:
+    """`TensorProto` -> numpy array (`tf.make_ndarray` when TensorFlow is importable).
+
+    Raises:
+        ServingError: a dtype the client does not read.
+    """
+    tf = _tensorflow() if use_tf is not False else None
+    if tf is not None:
+        if proto.dtype != _DT_STRING and proto.dtype not in _DT_TO_NP:
+            raise ServingError(f"unsupported output dtype {proto.dtype}")
+        return tf.make_ndarray(proto)
+    if use_tf:
+        raise ImportError("use_tf=True but TensorFlow cannot be imported")
+    return _small_from_tensor_proto(proto)
+
+
+# The small codec (no TensorFlow): DataType numbers of tensorflow/core/framework/types.proto.
+_DT_STRING = 7
 _NP_TO_DT = {
     np.dtype(np.float32): 1,  # DT_FLOAT
     np.dtype(np.float64): 2,  # DT_DOUBLE
@@ -909,36 +966,32 @@ _NP_TO_DT = {
     np.dtype(np.int64): 9,  # DT_INT64
     np.dtype(np.uint16): 17,  # DT_UINT16
 }
+_DT_TO_NP = {v: k for k, v in _NP_TO_DT.items()}
 
 
-def to_tensor_proto(value: np.ndarray):
-    """numpy array -> `tensorflow.TensorProto` (built from the proto classes, no TF ops).
+def _small_to_tensor_proto(array: np.ndarray):
+    """numpy -> TensorProto from the proto classes: numbers in `tensor_content` (little-endian),
+    object/bytes arrays in `string_val`."""
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 
-    Numeric arrays go into `tensor_content` (little-endian bytes); object
-    arrays of bytes into `string_val` (DT_STRING).
-    """
-    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-
-    array = np.asarray(value)
     shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape])
     if array.dtype == object or array.dtype.kind in ("S", "U"):
         items = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in array.reshape(-1)]
-        return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape, string_val=items)
+        return tensor_pb2.TensorProto(dtype=_DT_STRING, tensor_shape=shape, string_val=items)
     if array.dtype not in _NP_TO_DT:
         raise TypeError(f"unsupported dtype {array.dtype}")
     little = array.astype(array.dtype.newbyteorder("<"), copy=False)
     return tensor_pb2.TensorProto(dtype=_NP_TO_DT[array.dtype], tensor_shape=shape, tensor_content=little.tobytes())
 
 
-def from_tensor_proto(proto) -> np.ndarray:
-    """`tensorflow.TensorProto` -> numpy array (tensor_content or the typed *_val fields)."""
+def _small_from_tensor_proto(proto) -> np.ndarray:
+    """TensorProto -> numpy: `tensor_content` or the typed `*_val` fields (a constant stored once)."""
     shape = [d.size for d in proto.tensor_shape.dim]
-    if proto.dtype == 7:  # DT_STRING
+    if proto.dtype == _DT_STRING:
         return np.array(list(proto.string_val), dtype=object).reshape(shape)
-    dtypes = {v: k for k, v in _NP_TO_DT.items()}
-    if proto.dtype not in dtypes:
+    if proto.dtype not in _DT_TO_NP:
         raise ServingError(f"unsupported output dtype {proto.dtype}")
-    dtype = dtypes[proto.dtype]
+    dtype = _DT_TO_NP[proto.dtype]
     count = int(np.prod(shape)) if shape else 1
     if proto.tensor_content:
         return np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)

@@ -118,17 +118,29 @@ def test_client_module_and_rest_path_import_no_tensorflow(tmp_path):
     assert out.stdout.strip() == "False"
 
 
-def test_tensor_proto_round_trip_without_tf_ops():
+def test_tensor_proto_codecs_tf_and_small_agree():
+    """TensorFlow's codec (used where TF imports) and the small TF-less one read and write the same tensors."""
     for value in (np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, -2], np.int32),
-                  np.array([b"\x89PNG", b"ab"], dtype=object)):
-        proto = sc.to_tensor_proto(value)
-        back = sc.from_tensor_proto(proto)
-        assert back.shape == value.shape and back.tolist() == value.tolist()
-        np.testing.assert_array_equal(tf.make_ndarray(proto), value)  # TF agrees with our encoding
+                  np.array([b"\x89PNG", b"ab"], dtype=object), np.array([["a", "b"]], dtype=object)):
+        by_tf, small = sc.to_tensor_proto(value, use_tf=True), sc.to_tensor_proto(value, use_tf=False)
+        assert sc.to_tensor_proto(value) == by_tf  # the default where TensorFlow is importable
+        expected = value if value.dtype != object else np.vectorize(
+            lambda v: v.encode() if isinstance(v, str) else v, otypes=[object])(value)
+        for proto in (by_tf, small):
+            assert proto.dtype == by_tf.dtype
+            for use_tf in (True, False):
+                back = sc.from_tensor_proto(proto, use_tf=use_tf)
+                assert back.shape == value.shape and back.dtype == expected.dtype
+                assert back.tolist() == expected.tolist()
     typed = tf.make_tensor_proto(np.full([2, 2], 0.5, np.float32))
     typed.ClearField("tensor_content")
     typed.float_val.append(0.5)  # TF's compact form of a constant tensor: one value for all
-    np.testing.assert_array_equal(sc.from_tensor_proto(typed), np.full([2, 2], 0.5, np.float32))
+    for use_tf in (True, False):
+        np.testing.assert_array_equal(sc.from_tensor_proto(typed, use_tf=use_tf), np.full([2, 2], 0.5, np.float32))
+    with pytest.raises(TypeError):
+        sc.to_tensor_proto(np.array([1 + 2j]), use_tf=False)
+    with pytest.raises(TypeError):
+        sc.to_tensor_proto(np.array([1 + 2j]), use_tf=True)
 
 
 def _reference(loaded, path):
