@@ -93,9 +93,30 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+# The one place `hourglass predict` maps the library's Python arguments (`ArgumentError`, ``name=``
+# in reasons) to its flags.
+PREDICT_FLAGS = {
+    "saved_model": "--saved-model", "saved_model_dir": "--saved-model", "grpc": "--grpc", "address": "--grpc",
+    "rest": "--rest", "url": "--rest", "model_name": "--model-name", "version": "--version", "label": "--label",
+    "signature": "--signature", "long_side": "--long-side", "threshold": "--threshold",
+    "operating_point": "--operating-point", "timeout": "--timeout", "retries": "--retries",
+    "max_message_bytes": "--max-message-mb", "tls": "--tls", "ca_cert": "--ca-cert", "client_cert": "--client-cert",
+    "client_key": "--client-key", "server_name": "--tls-server-name",
+}
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs the predictions. Returns: 0, 2 if any file was a bad input, 1 on a server failure."""
-    from keras_hourglass.errors import InputError
+    from keras_hourglass.errors import InputError, with_flags
+
+    try:
+        return _run(args)
+    except InputError as err:
+        raise with_flags(err, PREDICT_FLAGS) from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from keras_hourglass.errors import ArgumentError, InputError, with_flags
     from serving.client import MAX_LONG_SIDE, ServingError, make_client
 
     if args.long_side is not None and not 16 <= args.long_side <= MAX_LONG_SIDE:
@@ -141,9 +162,10 @@ def run(args: argparse.Namespace) -> int:
                     result.update(writer.write(detection, path))
                 results.append(result)
             except InputError as err:
-                if not err.path or err.path.startswith("--"):
+                if isinstance(err, ArgumentError) or not err.path:
                     raise  # a bad argument (unknown model/signature, size limit): stop here
                 failed = True
+                err = with_flags(err, PREDICT_FLAGS)
                 print(f"hourglass predict: error: {escape_controls(err)}", file=sys.stderr)
                 results.append({"file": path, "error": err.reason})
     except ServingError as err:

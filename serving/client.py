@@ -35,7 +35,10 @@ package (about 2-5 s), so its TensorProtos go through `tf.make_tensor_proto` /
 (`to_tensor_proto(use_tf=False)`). `LocalClient` uses TensorFlow.
 
 Errors: `ModelNotFoundError`, `SignatureNotFoundError` and
-`RequestTooLargeError` are `InputError`s (the CLI exits 2 with one line);
+`RequestTooLargeError` are `keras_hourglass.errors.ArgumentError`s naming the Python argument
+(`model_name`, `signature`, `max_message_bytes`; reasons refer to arguments as ``name=``), as are the
+other argument errors; `serving.cli` maps them to its flags in one place (`PREDICT_FLAGS`), and the CLI
+exits 2 with one line;
 `ServerUnavailableError` after bounded retries with exponential backoff
 (gRPC UNAVAILABLE; REST connection errors and HTTP 503) and
 `ServingError` for anything else (exit 1).
@@ -57,7 +60,7 @@ import urllib.request
 
 import numpy as np
 
-from keras_hourglass.errors import InputError, escape_controls
+from keras_hourglass.errors import ArgumentError, InputError, escape_controls
 from serving.dicom_outputs import image_identifiers, overlay_radius
 from serving.tls import TlsOptions, grpc_credentials, is_tls_failure, ssl_context
 from keras_hourglass.data.png16 import encode_png16
@@ -87,15 +90,15 @@ class ServerUnavailableError(ServingError):
     """The server stayed unavailable (or timed out) through every retry."""
 
 
-class ModelNotFoundError(InputError, ServingError):
+class ModelNotFoundError(ArgumentError, ServingError):
     """The server has no such model (or version)."""
 
 
-class SignatureNotFoundError(InputError, ServingError):
+class SignatureNotFoundError(ArgumentError, ServingError):
     """The model has no such signature."""
 
 
-class RequestTooLargeError(InputError, ServingError):
+class RequestTooLargeError(ArgumentError, ServingError):
     """The request would exceed the maximum message size."""
 
 
@@ -271,9 +274,9 @@ class PredictionClient(abc.ABC):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ):
         if version is not None and label is not None:
-            raise InputError("--label", "give --version or --label, not both")
+            raise ArgumentError("label", "give version= or label=, not both")
         if threshold is not None and operating_point is not None:
-            raise InputError("--operating-point", "give --threshold or --operating-point, not both")
+            raise ArgumentError("operating_point", "give threshold= or operating_point=, not both")
         self.model_name = model_name
         self.version = version
         self.label = label
@@ -333,7 +336,7 @@ class PredictionClient(abc.ABC):
         """Reads the `metadata` signature once per client and pins the version that answered it.
 
         Raises:
-            InputError: (`--long-side`) the export has no metadata signature and no `long_side` was given.
+            ArgumentError: (`long_side`) the export has no metadata signature and no `long_side` was given.
             ServingError: a malformed contract.
         """
         if self._contract is not None:
@@ -356,8 +359,8 @@ class PredictionClient(abc.ABC):
     def _contract_without_metadata(self) -> ModelContract:
         """An export from before the contract: only an explicit `long_side` makes it usable."""
         if not self.long_side:
-            raise InputError("--long-side", f"{self._where()} has no {METADATA_SIGNATURE!r} signature (exported "
-                                            "before the model contract): re-export it, or pass --long-side")
+            raise ArgumentError("long_side", f"{self._where()} has no {METADATA_SIGNATURE!r} signature (exported "
+                                               "before the model contract): re-export it, or pass long_side=")
         return ModelContract({"format": "keras-hourglass-export/1", "long_side": int(self.long_side)},
                              version=self._pinned)
 
@@ -365,7 +368,7 @@ class PredictionClient(abc.ABC):
         """The threshold to send: `threshold`, or the one recorded at `operating_point` (made inclusive).
 
         Raises:
-            InputError: (`--operating-point`) not recorded, or below what serving_default returns.
+            ArgumentError: (`operating_point`) not recorded, or below what serving_default returns.
         """
         if self.operating_point is None:
             return self.threshold
@@ -373,10 +376,10 @@ class PredictionClient(abc.ABC):
         point = contract.operating_point(self.operating_point)
         threshold = inclusive_threshold(point["threshold"])
         if self.signature == SERVING_DEFAULT and threshold < contract.default_threshold:
-            raise InputError("--operating-point", f"threshold {point['threshold']:.6g} at FPI "
+            raise ArgumentError("operating_point", f"threshold {point['threshold']:.6g} at FPI "
                                                   f"{self.operating_point:g} is below the export's threshold "
                                                   f"{contract.default_threshold:g}, so serving_default cannot "
-                                                  "return those marks: use --signature detect_png")
+                                                  "return those marks: use signature=detect_png")
         return threshold
 
     # -- one image
@@ -393,7 +396,7 @@ class PredictionClient(abc.ABC):
                 "image_bytes": np.array([encode_png16(image)], dtype=object),
                 "threshold": np.array([value], np.float32),
             }
-        raise SignatureNotFoundError("--signature", f"unknown signature {signature!r}; choose one of {', '.join(SIGNATURES)}")
+        raise SignatureNotFoundError("signature", f"unknown signature {signature!r}; choose one of {', '.join(SIGNATURES)}")
 
     def detect_image(
         self, image: np.ndarray, *, signature: str | None = None, threshold: float | None = None
@@ -425,7 +428,7 @@ class PredictionClient(abc.ABC):
         contract = self.contract()
         long_side = int(self.long_side or contract.long_side or 0)
         if not long_side:
-            raise InputError("--long-side", f"{self._where()}: its contract records no long side; pass --long-side")
+            raise ArgumentError("long_side", f"{self._where()}: its contract records no long side; pass long_side=")
         try:
             options = contract.read_options()
         except ContractError as err:
@@ -552,9 +555,9 @@ class GrpcClient(PredictionClient):
         size = request.ByteSize()
         if size > self.max_message_bytes:
             raise RequestTooLargeError(
-                "--max-message-mb",
+                "max_message_bytes",
                 f"request is {size / 2**20:.1f} MiB, above the {self.max_message_bytes / 2**20:.0f} MiB gRPC limit "
-                "(use --signature detect_png, which sends a PNG, or raise --max-message-mb on client and server)",
+                "(use signature=detect_png, which sends a PNG, or raise max_message_bytes= on client and server)",
             )
         status = self._grpc.StatusCode
         deadline = Deadline(self.timeout)
@@ -581,13 +584,13 @@ class GrpcClient(PredictionClient):
         status = self._grpc.StatusCode
         where = self._where()
         if self._spec()[1] and "label" in details.lower():
-            return ModelNotFoundError("--label", f"{where}: no such version label ({details})")
+            return ModelNotFoundError("label", f"{where}: no such version label ({details})")
         if code == status.NOT_FOUND:
-            return ModelNotFoundError("--model-name", f"{where} not found ({details})")
+            return ModelNotFoundError("model_name", f"{where} not found ({details})")
         if "signature" in details.lower() and "not found" in details.lower():
-            return SignatureNotFoundError("--signature", f"{where} has no signature {signature!r} ({details})")
+            return SignatureNotFoundError("signature", f"{where} has no signature {signature!r} ({details})")
         if code == status.RESOURCE_EXHAUSTED:
-            return RequestTooLargeError("--max-message-mb", f"{where}: message too large, above --max-message-mb "
+            return RequestTooLargeError("max_message_bytes", f"{where}: message too large, above max_message_bytes= "
                                                             f"({details})")
         if code == status.UNAVAILABLE:
             return ServerUnavailableError(f"{self.target} unavailable after {self.retries + 1} attempts ({details})")
@@ -616,15 +619,15 @@ class RestClient(PredictionClient):
         super().__init__(**kwargs)
         parts = urllib.parse.urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-            raise InputError("--rest", f"must be an http:// or https:// URL with a host (got scheme "
-                                       f"{parts.scheme or 'none'!r})")
+            raise ArgumentError("url", f"must be an http:// or https:// URL with a host (got scheme "
+                                          f"{parts.scheme or 'none'!r})")
         self.url = url.rstrip("/")
         self.tls = tls or TlsOptions()
         handlers = [_NoRedirect]  # TF Serving never redirects (urllib would follow them to ftp:// too)
         if parts.scheme.lower() == "https":
             handlers.append(urllib.request.HTTPSHandler(context=ssl_context(self.tls)))
         elif self.tls.enabled:
-            raise InputError("--rest", "TLS settings need an https:// URL")
+            raise ArgumentError("url", "TLS settings need an https:// URL")
         self._opener = urllib.request.build_opener(*handlers)
 
     @property
@@ -658,7 +661,7 @@ class RestClient(PredictionClient):
             if isinstance(entry, dict) and entry.get("state") == "AVAILABLE" and str(entry.get("version", "")).isdigit():
                 available.append(int(entry["version"]))
         if not available:
-            raise ModelNotFoundError("--label" if self.label else "--model-name",
+            raise ModelNotFoundError("label" if self.label else "model_name",
                                      f"{self._where()} has no AVAILABLE version")
         return max(available)
 
@@ -679,9 +682,9 @@ class RestClient(PredictionClient):
         body = self.build_body(inputs, signature)
         if len(body) > self.max_message_bytes:
             raise RequestTooLargeError(
-                "--max-message-mb",
+                "max_message_bytes",
                 f"request body is {len(body) / 2**20:.1f} MiB, above the {self.max_message_bytes / 2**20:.0f} MiB "
-                "limit (use --signature detect_png, which sends a PNG)",
+                "limit (use signature=detect_png, which sends a PNG)",
             )
         request = urllib.request.Request(self.predict_url(), data=body,
                                          headers={"Content-Type": "application/json"}, method="POST")
@@ -772,13 +775,13 @@ class RestClient(PredictionClient):
     def _map_error(self, http_status: int, message: str, signature: str) -> Exception:
         where = self._where()
         if self._spec()[1] and "label" in message.lower():
-            return ModelNotFoundError("--label", f"{where}: no such version label ({message})")
+            return ModelNotFoundError("label", f"{where}: no such version label ({message})")
         if "signature" in message.lower() and "not found" in message.lower():
-            return SignatureNotFoundError("--signature", f"{where} has no signature {signature!r} ({message})")
+            return SignatureNotFoundError("signature", f"{where} has no signature {signature!r} ({message})")
         if http_status == 404:
-            return ModelNotFoundError("--model-name", f"{where} not found ({message})")
+            return ModelNotFoundError("model_name", f"{where} not found ({message})")
         if http_status == 413:
-            return RequestTooLargeError("--max-message-mb", f"{where}: request too large ({message})")
+            return RequestTooLargeError("max_message_bytes", f"{where}: request too large ({message})")
         if http_status == 503:
             return ServerUnavailableError(f"{self.url} unavailable after {self.retries + 1} attempts ({message})")
         return ServingError(f"{where}: HTTP {http_status}: {message}")
@@ -838,8 +841,8 @@ class LocalClient(PredictionClient):
         import tensorflow as tf
 
         if self.label:
-            raise InputError("--label", "version labels are TF Serving's (models.config); with --saved-model "
-                                        "give --version N")
+            raise ArgumentError("label", "version labels are TF Serving's (models.config); with saved_model= "
+                                           "give version=")
         path = select_version(os.fspath(saved_model_dir), self.version)
         self.path = path
         self._tf = tf
@@ -870,7 +873,7 @@ class LocalClient(PredictionClient):
         signatures = self._loaded.signatures
         if signature not in signatures:
             raise SignatureNotFoundError(
-                "--signature", f"{self.path} has no signature {signature!r} (it has {', '.join(sorted(signatures))})"
+                "signature", f"{self.path} has no signature {signature!r} (it has {', '.join(sorted(signatures))})"
             )
         tf = self._tf
         outputs = signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
@@ -887,7 +890,7 @@ def select_version(path: str, version: int | None) -> str:
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         name = os.path.basename(os.path.normpath(path))
         if version is not None and name != str(version):
-            raise InputError("--version", f"{path} is a SavedModel directory named {name!r}, not version {version}; "
+            raise ArgumentError("version", f"{path} is a SavedModel directory named {name!r}, not version {version}; "
                                           "give the base path to choose a version")
         return path
     versions = list_versions(path)
@@ -897,7 +900,7 @@ def select_version(path: str, version: int | None) -> str:
         return os.path.join(path, str(versions[-1]))
     if version not in versions:
         listed = ", ".join(map(str, versions[-10:]))
-        raise InputError("--version", f"{path} has no version {version} (it has {listed})")
+        raise ArgumentError("version", f"{path} has no version {version} (it has {listed})")
     return os.path.join(path, str(version))
 
 
@@ -1017,7 +1020,7 @@ def make_client(
     tls = kwargs.pop("tls", None)
     if saved_model:
         if tls is not None and tls.enabled:
-            raise InputError("--ca-cert", "TLS settings are for --grpc or --rest")
+            raise ArgumentError("tls", "TLS settings are for grpc= or rest=")
         return LocalClient(saved_model, **kwargs)
     kwargs["tls"] = tls
     if grpc:

@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from keras_hourglass.errors import InputError
+from keras_hourglass.errors import ArgumentError, InputError
 
 SERVING_DEFAULT = "serving_default"
 """Signature: float32 image `[B, H, W, 1]` in [0, 1] -> marks, num_marks, heatmap, long_side."""
@@ -208,8 +208,8 @@ class ModelContract:
         points = self.operating_points()
         where = f"model version {self.version}" if self.version is not None else "the model"
         if not points:
-            raise InputError("--operating-point", f"{where} records no operating points (export it with "
-                                                  "--evaluation EVAL/froc.json)")
+            raise ArgumentError("operating_point", f"{where} records no operating points (export it with "
+                                                     "`hourglass export --evaluation EVAL/froc.json`)")
         for key, point in points.items():
             try:
                 match = math.isclose(float(key), float(fpi), rel_tol=1e-9, abs_tol=1e-12)
@@ -217,13 +217,13 @@ class ModelContract:
                 continue
             if match:
                 if point.get("threshold") is None:
-                    raise InputError("--operating-point", f"{where}: no threshold keeps FPI <= {fpi:g} "
+                    raise ArgumentError("operating_point", f"{where}: no threshold keeps FPI <= {fpi:g} "
                                                           "on the evaluation data")
                 block = self.data.get("operating_points") or {}
                 return {"target_fpi": float(fpi), "threshold": float(point["threshold"]),
                         "fpi": point.get("fpi"), "sensitivity": point.get("sensitivity"), "split": block.get("split")}
         listed = ", ".join(sorted(points, key=lambda k: float(k) if _is_number(k) else math.inf))
-        raise InputError("--operating-point", f"{where} has no operating point at FPI {fpi:g} (recorded: {listed})")
+        raise ArgumentError("operating_point", f"{where} has no operating point at FPI {fpi:g} (recorded: {listed})")
 
 
 def _first(value):

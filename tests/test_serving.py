@@ -214,7 +214,7 @@ def test_grpc_unknown_model_signature_and_oversized(grpc_double, dicoms):
     double, address = grpc_double
     image = read_mammogram(dicoms[0], long_side=LONG_SIDE).image
     with sc.GrpcClient(address, model_name="nope", retries=0) as client, pytest.raises(
-        sc.ModelNotFoundError, match=r"--model-name: .*'nope' not found \(Servable not found"
+        sc.ModelNotFoundError, match=r"model_name: .*'nope' not found \(Servable not found"
     ):
         client.detect_image(image)
     with sc.GrpcClient(address, version=7, retries=0) as client, pytest.raises(sc.ModelNotFoundError, match="version 7"):
@@ -521,3 +521,30 @@ def test_real_server_metadata_labels_and_tls(export_dir, dicoms, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         time.sleep(0.1)
+
+
+def test_library_errors_name_python_arguments_and_the_cli_maps_them_to_flags():
+    from keras_hourglass.errors import ArgumentError, with_flags
+    from serving.cli import PREDICT_FLAGS
+
+    with pytest.raises(ArgumentError) as caught:
+        sc.RestClient("http://localhost:1", version=1, label="stable")
+    assert caught.value.argument == "label" and "--" not in str(caught.value)
+    with pytest.raises(ArgumentError) as caught:
+        sc.RestClient("ftp://x")
+    assert caught.value.argument == "url"
+    err = sc.RequestTooLargeError("max_message_bytes", "above 1 MiB (use signature=detect_png, or raise "
+                                                       "max_message_bytes=)")
+    flagged = with_flags(err, PREDICT_FLAGS)
+    assert str(flagged) == "--max-message-mb: above 1 MiB (use --signature detect_png, or raise --max-message-mb)"
+    assert str(with_flags(sc.InputError("a.pem", "ca_cert=: not a PEM file"), PREDICT_FLAGS)) == (
+        "a.pem: --ca-cert: not a PEM file")
+    assert set(PREDICT_FLAGS.values()) <= {a for action in _predict_parser()._actions for a in action.option_strings}
+
+
+def _predict_parser():
+    import argparse
+
+    from serving import cli
+
+    return cli.register(argparse.ArgumentParser().add_subparsers())
