@@ -29,6 +29,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from keras_hourglass.atomic import fsync_directory, fsync_tree
 from keras_hourglass.errors import InputError, escape_controls
 from serving.contract import METADATA_FILE, list_versions, metadata_path, read_export_metadata  # noqa: F401
 
@@ -82,17 +83,6 @@ def next_version(base_path: str | os.PathLike) -> int:
     """Returns: one more than the largest version under `base_path`, or 1."""
     versions = list_versions(base_path)
     return versions[-1] + 1 if versions else 1
-
-
-def _fsync_tree(root: str) -> None:
-    """Flushes every file under `root` to disk before the rename publishes it."""
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
 
 def export_detector(
@@ -176,8 +166,9 @@ def export_detector(
             ).to_json()
         if not _atomic:
             return ExportResult(staging, int(os.path.basename(staging)), meta, report)
-        _fsync_tree(staging)
+        fsync_tree(staging)
         final = _publish(staging, base, version)
+        fsync_directory(base)  # the rename itself
     except BaseException:
         if _atomic:
             shutil.rmtree(staging, ignore_errors=True)
