@@ -56,7 +56,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         type=argtypes.positive,
         default=None,
         metavar="PIXELS",
-        help="long side of the training images (default: from the run's config.json); clients preprocess DICOMs to it",
+        help="long side of the training images (default: the preprocessing model.keras carries, else the run's "
+             "config.json); clients preprocess DICOMs to it",
     )
     parser.add_argument("--evaluation", metavar="EVAL", default=None,
                         help="EVAL/froc.json (or EVAL) of `hourglass evaluate` on this model: its operating "
