@@ -56,7 +56,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         type=argtypes.positive,
         default=None,
         metavar="PIXELS",
-        help="long side of the training images (default: from the run's config.json); clients preprocess DICOMs to it",
+        help="long side of the training images (default: the preprocessing model.keras carries, else the run's "
+             "config.json); clients preprocess DICOMs to it",
     )
     parser.add_argument("--evaluation", metavar="EVAL", default=None,
                         help="EVAL/froc.json (or EVAL) of `hourglass evaluate` on this model: its operating "
@@ -82,8 +83,26 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+# The one place `hourglass export` maps the library's Python arguments (`ArgumentError`, ``name=`` in
+# reasons) to its flags.
+EXPORT_FLAGS = {
+    "model_path": "--model", "base_path": "--base-path", "version": "--version", "max_marks": "--max-marks",
+    "threshold": "--threshold", "long_side": "--long-side", "model_name": "--model-name", "verify": "--verify",
+    "evaluation": "--evaluation", "batch_sizes": "--batching-parameters", "label": "--label",
+}
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs the export. Returns: 0 on success, 1 if verification fails."""
+    from keras_hourglass.errors import with_flags
+
+    try:
+        return _run(args)
+    except InputError as err:
+        raise with_flags(err, EXPORT_FLAGS) from None
+
+
+def _run(args: argparse.Namespace) -> int:
     from export.saved_model import export_keras_model, list_versions, version_problem
     from export.verify import VerificationError
 

@@ -23,14 +23,17 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import logging
 import os
 import shutil
 import uuid
 from pathlib import Path
 
-from keras_hourglass.errors import InputError
+from keras_hourglass.atomic import fsync_directory, fsync_tree
+from keras_hourglass.errors import InputError, escape_controls
+from serving.contract import METADATA_FILE, list_versions, metadata_path, read_export_metadata  # noqa: F401
 
-METADATA_FILE = "keras_hourglass.json"
+log = logging.getLogger(__name__)
 TMP_PREFIX = ".tmp-"
 
 
@@ -52,27 +55,6 @@ class ExportResult:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def metadata_path(saved_model_dir: str | os.PathLike) -> str:
-    """Returns: `DIR/assets.extra/keras_hourglass.json`."""
-    return os.path.join(saved_model_dir, "assets.extra", METADATA_FILE)
-
-
-def read_metadata(saved_model_dir: str | os.PathLike) -> dict:
-    """Reads the export metadata of a version directory ({} if absent)."""
-    try:
-        with open(metadata_path(saved_model_dir)) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return {}
-
-
-def list_versions(base_path: str | os.PathLike) -> list[int]:
-    """Returns: the sorted integer versions under `base_path` (as TF Serving sees them)."""
-    if not os.path.isdir(base_path):
-        return []
-    return sorted(int(name) for name in os.listdir(base_path) if name.isdigit() and os.path.isdir(os.path.join(base_path, name)))
 
 
 def version_problem(version_dir: str | os.PathLike) -> str | None:
@@ -101,17 +83,6 @@ def next_version(base_path: str | os.PathLike) -> int:
     """Returns: one more than the largest version under `base_path`, or 1."""
     versions = list_versions(base_path)
     return versions[-1] + 1 if versions else 1
-
-
-def _fsync_tree(root: str) -> None:
-    """Flushes every file under `root` to disk before the rename publishes it."""
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
 
 def export_detector(
@@ -195,8 +166,9 @@ def export_detector(
             ).to_json()
         if not _atomic:
             return ExportResult(staging, int(os.path.basename(staging)), meta, report)
-        _fsync_tree(staging)
+        fsync_tree(staging)
         final = _publish(staging, base, version)
+        fsync_directory(base)  # the rename itself
     except BaseException:
         if _atomic:
             shutil.rmtree(staging, ignore_errors=True)
@@ -217,9 +189,8 @@ def build_contract(detector, metadata: dict | None = None) -> dict:
         The contract as a JSON-safe dict.
     """
     from export.contract import SCALE_RULE, lineage
-    from export.signatures import SIGNATURE_NAMES
     from keras_hourglass.data.dicom import DEFAULT_MAX_PIXELS
-    from serving.contract import CONTRACT_FORMAT
+    from serving.contract import CONTRACT_FORMAT, SIGNATURE_NAMES
 
     extra = dict(metadata or {})
     trace = lineage(extra.get("source_model"))
@@ -304,9 +275,10 @@ def export_keras_model(
         version: version to write; default: the next integer.
         max_marks: mark rows per image in the outputs.
         threshold: default score threshold.
-        long_side: training long side; default: from the run's config.json
-            or its prepared data's manifest (`training_preprocessing`), else
-            0 (unknown: remote clients then start at 1536; pass --long-side).
+        long_side: training long side; default: the preprocessing the model carries
+            (`training_preprocessing`: model.keras, else its run's config.json, else, for old
+            models only, its prepared data's manifest); 0 when none is known (clients then
+            need an explicit long side).
         model_name: model name written into the warmup requests.
         verify: see `export_detector`.
         evaluation: `EVAL/froc.json` (or `EVAL`) of `hourglass evaluate` on this model: its
@@ -325,6 +297,10 @@ def export_keras_model(
     preprocessing = training_preprocessing(model_path)
     if long_side is None:
         long_side = int(preprocessing.get("long_side", 0))
+        if not long_side:
+            log.warning("%s: no training preprocessing found (not in the model, its config.json or its prepared "
+                        "data): the export records long side 0 and clients must give long_side",
+                        escape_controls(str(model_path)))
     detector = HourglassDetector(
         model,
         stride=stride,
@@ -348,35 +324,55 @@ def export_keras_model(
 
 
 def training_preprocessing(model_path: str | os.PathLike) -> dict:
-    """The preprocessing the model was trained with, from RUN/config.json -> data.prep_dir/manifest.json.
+    """The preprocessing the model was trained with, read from what travels with the model.
+
+    In order: the block model.keras carries (`keras_hourglass.modelfile.read_preprocessing`, written
+    by `hourglass train`); the ``preprocessing`` entry of the run's config.json; for models trained
+    before either existed, the run's prepared data (config.json ``data.prep_dir``/manifest.json) with
+    a warning, since that directory may be gone or changed.
 
     Returns:
-        `{"long_side": int, "windowing": ..., "orientation": ..., "max_pixels": ...}` with the keys
-        found ({} if none):
-        `long_side` from config.json (`long_side`/`size`) or the prepared data's manifest
-        `preprocessing` block, which `hourglass prepare` writes.
+        The manifest's ``preprocessing`` block (`keras_hourglass.contract.PREPROCESSING_KEYS`; at
+        least ``long_side`` when known), plus ``source`` ("model", "config" or "prep_dir"); {} if
+        nothing is found.
     """
-    found: dict = {}
+    from keras_hourglass.contract import PREPROCESSING_KEYS
+    from keras_hourglass.modelfile import read_preprocessing
+
+    def usable(block) -> dict | None:
+        if not isinstance(block, dict):
+            return None
+        side = block.get("long_side", block.get("size"))
+        if not isinstance(side, int) or isinstance(side, bool) or side <= 0:
+            return None
+        return {**{k: block[k] for k in PREPROCESSING_KEYS if k in block}, "long_side": side}
+
+    found = usable(read_preprocessing(model_path))
+    if found:
+        return {**found, "source": "model"}
     try:
-        config = json.loads(Path(model_path).with_name("config.json").read_text())
+        config = json.loads(Path(model_path).with_name("config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return found
+        config = None
     if not isinstance(config, dict):
-        return found
+        return {}
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
-    for source in (config, data):
-        for key in ("long_side", "size"):
-            if isinstance(source.get(key), int) and source[key] > 0:
-                found.setdefault("long_side", source[key])
+    found = usable(config.get("preprocessing")) or usable(config) or usable(data)  # older runs: a bare long_side
+    if found:
+        return {**found, "source": "config"}
     prep_dir = data.get("prep_dir")
-    if prep_dir:
-        try:
-            pre = json.loads((Path(prep_dir) / "manifest.json").read_text()).get("preprocessing", {})
-        except (OSError, ValueError, AttributeError):
-            pre = {}
-        if isinstance(pre.get("long_side"), int) and pre["long_side"] > 0:
-            found.setdefault("long_side", pre["long_side"])
-        for key in ("windowing", "orientation", "max_pixels"):
-            if key in pre:
-                found[key] = pre[key]
-    return found
+    if not prep_dir:
+        return {}
+    log.warning("%s carries no preprocessing (trained before the contract travelled with the model): reading it "
+                "from its prepared data %s, which must be unchanged since training", escape_controls(str(model_path)),
+                escape_controls(str(prep_dir)))
+    try:
+        manifest = json.loads((Path(prep_dir) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    found = usable(manifest.get("preprocessing")) if isinstance(manifest, dict) else None
+    if not found:
+        log.warning("%s: no readable manifest with a preprocessing block: the export's long side is unknown "
+                    "(give long_side)", escape_controls(str(prep_dir)))
+        return {}
+    return {**found, "source": "prep_dir"}

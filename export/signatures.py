@@ -56,13 +56,13 @@ from serving.contract import (
     METADATA_DIGEST_OUTPUT,
     METADATA_INPUT,
     METADATA_OUTPUT,
+    DETECT_PNG,
     METADATA_SIGNATURE,
+    SERVING_DEFAULT,
+    SIGNATURE_NAMES,
     contract_digest,
 )
 
-SERVING_DEFAULT = "serving_default"
-DETECT_PNG = "detect_png"
-SIGNATURE_NAMES = (SERVING_DEFAULT, DETECT_PNG, METADATA_SIGNATURE)
 
 # PNG decoding: tf.io.decode_png(dtype=uint16) scales 8-bit PNGs by 257
 # (255 -> 65535), so dividing by 65535 maps 8- and 16-bit PNGs to [0, 1].

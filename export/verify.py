@@ -31,6 +31,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from serving.contract import SERVING_DEFAULT, SIGNATURE_NAMES, metadata_path
+
 # Ops TF Serving cannot run (Python callbacks) or must not meet (XLA launch).
 DENIED_OPS = frozenset(
     {
@@ -276,7 +278,7 @@ def run_saved_model_cli(
         commands = {
             "saved_model_cli show": [*cli, "show", "--all", "--dir", path],
             "saved_model_cli run": [
-                *cli, "run", "--dir", path, "--tag_set", "serve", "--signature_def", "serving_default",
+                *cli, "run", "--dir", path, "--tag_set", "serve", "--signature_def", SERVING_DEFAULT,
                 "--inputs", f"image={image}", "--outdir", outdir, "--overwrite",
             ],
         }
@@ -363,7 +365,7 @@ def verify_saved_model(
 def _check_metadata(path: str | os.PathLike, text: str | None) -> list[str]:
     """The `metadata` signature must return exactly `assets.extra/keras_hourglass.json`."""
     try:
-        with open(os.path.join(path, "assets.extra", "keras_hourglass.json"), encoding="utf-8") as handle:
+        with open(metadata_path(path), encoding="utf-8") as handle:
             written = handle.read()
     except OSError:
         written = None
@@ -375,7 +377,6 @@ def _check_metadata(path: str | os.PathLike, text: str | None) -> list[str]:
 
 
 def _check_cli(report: VerificationReport, stride, max_marks, image_hw) -> list[str]:
-    from export.signatures import SIGNATURE_NAMES
 
     problems = [f"signature {s} missing" for s in SIGNATURE_NAMES if s not in report.signatures]
     shapes = report.cli_output_shapes

@@ -79,7 +79,7 @@ def build_warmup_requests(
     import tensorflow as tf
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-    from serving.contract import METADATA_SIGNATURE, metadata_request
+    from serving.contract import DETECT_PNG, METADATA_SIGNATURE, SERVING_DEFAULT, metadata_request
 
     def log(signature: str, inputs: dict) -> prediction_log_pb2.PredictionLog:
         request = predict_pb2.PredictRequest(
@@ -98,9 +98,9 @@ def build_warmup_requests(
     for batch in sizes:
         for h, w in shapes:
             image = tf.make_tensor_proto(WARMUP_VALUE, dtype=tf.float32, shape=[batch, h, w, 1])
-            records.append(log("serving_default", {"image": image}))
+            records.append(log(SERVING_DEFAULT, {"image": image}))
         for first in (0, 1):
-            records.append(log("detect_png", {
+            records.append(log(DETECT_PNG, {
                 "image_bytes": np.array([pngs[(first + i) % 2] for i in range(batch)], dtype=object),
                 "threshold": np.full([batch], threshold, np.float32),
             }))

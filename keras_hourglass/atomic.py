@@ -14,11 +14,13 @@ its previous version or its complete new version:
 On an error the temporary file is removed and the final name is untouched.
 
 `replacing(path)` yields the temporary path for writers that need a path (TFRecordWriter, Keras);
-`write_bytes`, `write_text` and `write_json` cover the rest. URLs (gs://, s3://) are not handled:
-their writers have their own semantics.
+`write_bytes`, `write_text` and `write_json` cover the rest. A whole directory written in a staging
+place (a SavedModel version) is published the same way: `fsync_tree(staging)` (every file and
+directory in it), then one rename by its owner, then `fsync_directory` of the parent.
+URLs (gs://, s3://) are not handled: their writers have their own semantics.
 
 May import: the standard library only. Used by: `keras_hourglass.data` (manifest, records, prepare,
-examplegen), `keras_hourglass.training.callbacks`, tuning/, serving/ and benchmarks/.
+examplegen), `keras_hourglass.training.callbacks`, tuning/, export/ (fsync_tree), serving/ and benchmarks/.
 """
 
 from __future__ import annotations
@@ -71,12 +73,28 @@ def fsync_directory(directory: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flushes a file's content to disk (call before the rename that publishes it)."""
+    fd = os.open(os.fspath(path), os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """Flushes every file under `root`, and every directory's entries, to disk: what a directory
+    written in a staging place needs before the one rename that publishes it.
+
+    Args:
+        root: the staging directory.
+    """
+    root = os.fspath(root)
+    for dirpath, _, files in os.walk(root, topdown=False):
+        for name in files:
+            fsync_file(os.path.join(dirpath, name))
+        fsync_directory(dirpath)
 
 
 @contextlib.contextmanager
@@ -100,7 +118,7 @@ def replacing(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[st
     try:
         yield tmp
         if os.path.isfile(tmp):
-            _fsync_file(tmp)
+            fsync_file(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.isfile(tmp):

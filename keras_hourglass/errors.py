@@ -37,3 +37,36 @@ def escape_controls(text: str) -> str:
         return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
 
     return _CONTROLS.sub(escape, str(text))
+
+
+class ArgumentError(InputError):
+    """A bad value of a Python argument of the library: `argument` is its name (``signature``,
+    ``max_message_bytes``), and the reason refers to arguments as ``name=``. A CLI turns both into its
+    flags with `with_flags`, in one place per subcommand.
+    """
+
+    def __init__(self, argument: str, reason: str):
+        super().__init__(argument, reason)
+        self.argument = argument
+
+
+def with_flags(err: InputError, flags: dict[str, str]) -> InputError:
+    """The CLI's form of a library error: `ArgumentError`'s argument and every ``name=`` in the reason
+    of any `InputError` replaced by the flag `flags[name]` (``signature=detect_png`` ->
+    ``--signature detect_png``; ``max_message_bytes=,`` -> ``--max-message-mb,``).
+
+    Args:
+        err: the library's error.
+        flags: Python argument name -> CLI flag.
+
+    Returns:
+        An `InputError` naming the flag (or the file) for the CLI to print.
+    """
+    if not flags:
+        return err
+    names = "|".join(sorted(map(re.escape, flags), key=len, reverse=True))
+    reason = re.sub(rf"\b({names})=(?=\w)", lambda m: flags[m.group(1)] + " ", err.reason)
+    reason = re.sub(rf"\b({names})=", lambda m: flags[m.group(1)], reason)
+    if isinstance(err, ArgumentError):
+        return InputError(flags.get(err.argument, err.argument), reason)
+    return InputError(err.path, reason)

@@ -6,16 +6,60 @@ heatmap detector at all (a classifier, a 3-channel segmenter), which then fail l
 error. `load_heatmap_model` checks the file's form first, loads it, then checks the contract every
 consumer relies on: one image input ``[B, H, W, 1]`` and every output a one-channel heatmap
 ``[B, h, w, 1]``.
+
+The model file also carries its preprocessing (`embed_preprocessing` / `read_preprocessing`): the
+manifest's ``preprocessing`` block that `hourglass train` read from PREP, stored as one more entry of
+the ``.keras`` zip, `PREPROCESSING_ENTRY`. Keras's loader reads only the entries it knows
+(config.json, metadata.json, model.weights.h5, assets/), so the file stays a plain Keras model for
+`keras.saving.load_model`, and the block is readable without TensorFlow or Keras (zipfile only), which
+is what export and the TF-free tools need. A model re-saved by Keras itself drops the entry (export
+then falls back to RUN/config.json, which records the same block).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 
 from keras_hourglass.errors import InputError, escape_controls
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+PREPROCESSING_ENTRY = "keras_hourglass/preprocessing.json"
+"""The ``.keras`` zip entry holding the training preprocessing (`contract.PREPROCESSING_KEYS`)."""
+
+
+def embed_preprocessing(path: str | os.PathLike, preprocessing: dict) -> None:
+    """Adds the training preprocessing block to a `.keras` file Keras just wrote (before it is published).
+
+    Args:
+        path: the `.keras` zip (written by `model.save`; call this on the temporary file).
+        preprocessing: the manifest's ``preprocessing`` block (JSON-safe).
+
+    Raises:
+        ValueError: `path` is not a zip archive, or already carries a preprocessing entry.
+    """
+    path = os.fspath(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a .keras zip archive")
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        if PREPROCESSING_ENTRY in archive.namelist():
+            raise ValueError(f"{path} already carries {PREPROCESSING_ENTRY}")
+        archive.writestr(PREPROCESSING_ENTRY, json.dumps(dict(preprocessing), sort_keys=True))
+
+
+def read_preprocessing(path: str | os.PathLike) -> dict | None:
+    """Returns: the preprocessing block a `.keras` file carries, or None (an older model, an .h5 file, a
+    model re-saved by Keras, an unreadable entry)."""
+    path = os.fspath(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if PREPROCESSING_ENTRY not in archive.namelist():
+                return None
+            block = json.loads(archive.read(PREPROCESSING_ENTRY).decode("utf-8"))
+    except (OSError, zipfile.BadZipFile, ValueError, KeyError):
+        return None
+    return block if isinstance(block, dict) else None
 
 
 def check_archive(path: str) -> None:

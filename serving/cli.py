@@ -8,6 +8,7 @@ import sys
 
 from keras_hourglass.cli import argtypes
 from keras_hourglass.errors import escape_controls
+from serving.contract import DETECT_PNG, IMAGE_SIGNATURES, SERVING_DEFAULT
 
 EPILOG = """\
 examples:
@@ -51,7 +52,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     target.add_argument("--grpc", metavar="HOST:PORT", help="TF Serving gRPC address (e.g. localhost:8500)")
     target.add_argument("--rest", metavar="URL", help="TF Serving REST base URL (e.g. http://localhost:8501)")
     parser.add_argument("--model-name", default="hourglass", help="model name on the server (default hourglass)")
-    parser.add_argument("--signature", choices=("serving_default", "detect_png"), default=None,
+    parser.add_argument("--signature", choices=IMAGE_SIGNATURES, default=None,
                         help="signature to call (default: detect_png for --rest, else serving_default)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--version", type=argtypes.positive, default=None, metavar="N",
@@ -92,14 +93,35 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+# The one place `hourglass predict` maps the library's Python arguments (`ArgumentError`, ``name=``
+# in reasons) to its flags.
+PREDICT_FLAGS = {
+    "saved_model": "--saved-model", "saved_model_dir": "--saved-model", "grpc": "--grpc", "address": "--grpc",
+    "rest": "--rest", "url": "--rest", "model_name": "--model-name", "version": "--version", "label": "--label",
+    "signature": "--signature", "long_side": "--long-side", "threshold": "--threshold",
+    "operating_point": "--operating-point", "timeout": "--timeout", "retries": "--retries",
+    "max_message_bytes": "--max-message-mb", "tls": "--tls", "ca_cert": "--ca-cert", "client_cert": "--client-cert",
+    "client_key": "--client-key", "server_name": "--tls-server-name",
+}
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs the predictions. Returns: 0, 2 if any file was a bad input, 1 on a server failure."""
-    from keras_hourglass.errors import InputError
+    from keras_hourglass.errors import InputError, with_flags
+
+    try:
+        return _run(args)
+    except InputError as err:
+        raise with_flags(err, PREDICT_FLAGS) from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from keras_hourglass.errors import ArgumentError, InputError, with_flags
     from serving.client import MAX_LONG_SIDE, ServingError, make_client
 
     if args.long_side is not None and not 16 <= args.long_side <= MAX_LONG_SIDE:
         raise InputError("--long-side", f"must be in [16, {MAX_LONG_SIDE}], got {args.long_side}")
-    signature = args.signature or ("detect_png" if args.rest else "serving_default")
+    signature = args.signature or (DETECT_PNG if args.rest else SERVING_DEFAULT)
     from serving.tls import TlsOptions
 
     tls = TlsOptions(enabled=args.tls, ca_cert=args.ca_cert, client_cert=args.client_cert,
@@ -140,9 +162,10 @@ def run(args: argparse.Namespace) -> int:
                     result.update(writer.write(detection, path))
                 results.append(result)
             except InputError as err:
-                if not err.path or err.path.startswith("--"):
+                if isinstance(err, ArgumentError) or not err.path:
                     raise  # a bad argument (unknown model/signature, size limit): stop here
                 failed = True
+                err = with_flags(err, PREDICT_FLAGS)
                 print(f"hourglass predict: error: {escape_controls(err)}", file=sys.stderr)
                 results.append({"file": path, "error": err.reason})
     except ServingError as err:

@@ -30,11 +30,15 @@ with `score >=` it are kept, as in FROC).
 Imports: this module and `RestClient` need no TensorFlow (numpy, Pillow,
 urllib). `GrpcClient` needs `tensorflow-serving-api`, whose generated
 protos import `tensorflow.core.framework` and so the whole `tensorflow`
-package (about 2-5 s); the TensorProtos are nevertheless built directly from
-the protos, without TensorFlow ops. `LocalClient` uses TensorFlow.
+package (about 2-5 s), so its TensorProtos go through `tf.make_tensor_proto` /
+`tf.make_ndarray`; a small proto-only codec remains for clients without TensorFlow
+(`to_tensor_proto(use_tf=False)`). `LocalClient` uses TensorFlow.
 
 Errors: `ModelNotFoundError`, `SignatureNotFoundError` and
-`RequestTooLargeError` are `InputError`s (the CLI exits 2 with one line);
+`RequestTooLargeError` are `keras_hourglass.errors.ArgumentError`s naming the Python argument
+(`model_name`, `signature`, `max_message_bytes`; reasons refer to arguments as ``name=``), as are the
+other argument errors; `serving.cli` maps them to its flags in one place (`PREDICT_FLAGS`), and the CLI
+exits 2 with one line;
 `ServerUnavailableError` after bounded retries with exponential backoff
 (gRPC UNAVAILABLE; REST connection errors and HTTP 503) and
 `ServingError` for anything else (exit 1).
@@ -45,7 +49,6 @@ from __future__ import annotations
 import abc
 import base64
 import dataclasses
-import io
 import json
 import os
 import random
@@ -57,18 +60,24 @@ import urllib.request
 
 import numpy as np
 
-from keras_hourglass.errors import InputError, escape_controls
+from keras_hourglass.errors import ArgumentError, InputError, escape_controls
 from serving.dicom_outputs import image_identifiers, overlay_radius
 from serving.tls import TlsOptions, grpc_credentials, is_tls_failure, ssl_context
+from keras_hourglass.data.png16 import encode_png16
 from serving.contract import (
+    DETECT_PNG,
+    IMAGE_SIGNATURES,
     METADATA_SIGNATURE,
+    SERVING_DEFAULT,
     ContractError,
     ModelContract,
     inclusive_threshold,
+    list_versions,
     metadata_request,
+    read_export_metadata,
 )
 
-SIGNATURES = ("serving_default", "detect_png")
+SIGNATURES = IMAGE_SIGNATURES  # the client's name for serving.contract.IMAGE_SIGNATURES
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -81,15 +90,15 @@ class ServerUnavailableError(ServingError):
     """The server stayed unavailable (or timed out) through every retry."""
 
 
-class ModelNotFoundError(InputError, ServingError):
+class ModelNotFoundError(ArgumentError, ServingError):
     """The server has no such model (or version)."""
 
 
-class SignatureNotFoundError(InputError, ServingError):
+class SignatureNotFoundError(ArgumentError, ServingError):
     """The model has no such signature."""
 
 
-class RequestTooLargeError(InputError, ServingError):
+class RequestTooLargeError(ArgumentError, ServingError):
     """The request would exceed the maximum message size."""
 
 
@@ -146,16 +155,6 @@ class Detection:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def encode_png16(image: np.ndarray) -> bytes:
-    """Encodes a float image `[H, W]` in [0, 1] as a 16-bit grayscale PNG (Pillow, no TensorFlow)."""
-    from PIL import Image
-
-    pixels = np.round(np.clip(np.asarray(image, np.float64), 0.0, 1.0) * 65535.0).astype("<u2")
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")  # uint16 -> mode "I;16" -> 16-bit PNG
-    return buffer.getvalue()
-
-
 MAX_LONG_SIDE = 65536
 
 
@@ -247,7 +246,7 @@ class PredictionClient(abc.ABC):
         model_name: the model name on the server.
         version: a model version, or None (the latest, or `label`'s).
         label: a TF Serving version label ("stable", "canary"), or None.
-        signature: "serving_default" or "detect_png".
+        signature: `serving.contract.SERVING_DEFAULT` or `DETECT_PNG`.
         long_side: preprocessing long side; None: the contract's (see module docstring).
         threshold: score threshold; None: the export's default.
         operating_point: an FPI whose recorded threshold to use instead of `threshold`.
@@ -265,7 +264,7 @@ class PredictionClient(abc.ABC):
         model_name: str = "hourglass",
         version: int | None = None,
         label: str | None = None,
-        signature: str = "serving_default",
+        signature: str = SERVING_DEFAULT,
         long_side: int | None = None,
         threshold: float | None = None,
         operating_point: float | None = None,
@@ -275,9 +274,9 @@ class PredictionClient(abc.ABC):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ):
         if version is not None and label is not None:
-            raise InputError("--label", "give --version or --label, not both")
+            raise ArgumentError("label", "give version= or label=, not both")
         if threshold is not None and operating_point is not None:
-            raise InputError("--operating-point", "give --threshold or --operating-point, not both")
+            raise ArgumentError("operating_point", "give threshold= or operating_point=, not both")
         self.model_name = model_name
         self.version = version
         self.label = label
@@ -337,7 +336,7 @@ class PredictionClient(abc.ABC):
         """Reads the `metadata` signature once per client and pins the version that answered it.
 
         Raises:
-            InputError: (`--long-side`) the export has no metadata signature and no `long_side` was given.
+            ArgumentError: (`long_side`) the export has no metadata signature and no `long_side` was given.
             ServingError: a malformed contract.
         """
         if self._contract is not None:
@@ -360,8 +359,8 @@ class PredictionClient(abc.ABC):
     def _contract_without_metadata(self) -> ModelContract:
         """An export from before the contract: only an explicit `long_side` makes it usable."""
         if not self.long_side:
-            raise InputError("--long-side", f"{self._where()} has no {METADATA_SIGNATURE!r} signature (exported "
-                                            "before the model contract): re-export it, or pass --long-side")
+            raise ArgumentError("long_side", f"{self._where()} has no {METADATA_SIGNATURE!r} signature (exported "
+                                               "before the model contract): re-export it, or pass long_side=")
         return ModelContract({"format": "keras-hourglass-export/1", "long_side": int(self.long_side)},
                              version=self._pinned)
 
@@ -369,18 +368,18 @@ class PredictionClient(abc.ABC):
         """The threshold to send: `threshold`, or the one recorded at `operating_point` (made inclusive).
 
         Raises:
-            InputError: (`--operating-point`) not recorded, or below what serving_default returns.
+            ArgumentError: (`operating_point`) not recorded, or below what serving_default returns.
         """
         if self.operating_point is None:
             return self.threshold
         contract = self.contract()
         point = contract.operating_point(self.operating_point)
         threshold = inclusive_threshold(point["threshold"])
-        if self.signature == "serving_default" and threshold < contract.default_threshold:
-            raise InputError("--operating-point", f"threshold {point['threshold']:.6g} at FPI "
+        if self.signature == SERVING_DEFAULT and threshold < contract.default_threshold:
+            raise ArgumentError("operating_point", f"threshold {point['threshold']:.6g} at FPI "
                                                   f"{self.operating_point:g} is below the export's threshold "
                                                   f"{contract.default_threshold:g}, so serving_default cannot "
-                                                  "return those marks: use --signature detect_png")
+                                                  "return those marks: use signature=detect_png")
         return threshold
 
     # -- one image
@@ -389,15 +388,15 @@ class PredictionClient(abc.ABC):
         image = np.asarray(image, np.float32)
         if image.ndim != 2:
             raise ValueError(f"expected a [H, W] image, got shape {image.shape}")
-        if signature == "serving_default":
+        if signature == SERVING_DEFAULT:
             return {"image": image[None, :, :, None]}
-        if signature == "detect_png":
+        if signature == DETECT_PNG:
             value = float("nan") if threshold is None else float(threshold)
             return {
                 "image_bytes": np.array([encode_png16(image)], dtype=object),
                 "threshold": np.array([value], np.float32),
             }
-        raise SignatureNotFoundError("--signature", f"unknown signature {signature!r}; choose one of {', '.join(SIGNATURES)}")
+        raise SignatureNotFoundError("signature", f"unknown signature {signature!r}; choose one of {', '.join(SIGNATURES)}")
 
     def detect_image(
         self, image: np.ndarray, *, signature: str | None = None, threshold: float | None = None
@@ -413,7 +412,7 @@ class PredictionClient(abc.ABC):
         threshold = self.threshold if threshold is None else threshold
         outputs = self.predict(self.signature_inputs(image, signature, threshold), signature)
         marks, long_side = checked_outputs(outputs, self.target)
-        if signature == "serving_default" and threshold is not None:
+        if signature == SERVING_DEFAULT and threshold is not None:
             marks = marks[marks[:, 2] > threshold]
         return marks, long_side
 
@@ -429,7 +428,7 @@ class PredictionClient(abc.ABC):
         contract = self.contract()
         long_side = int(self.long_side or contract.long_side or 0)
         if not long_side:
-            raise InputError("--long-side", f"{self._where()}: its contract records no long side; pass --long-side")
+            raise ArgumentError("long_side", f"{self._where()}: its contract records no long side; pass long_side=")
         try:
             options = contract.read_options()
         except ContractError as err:
@@ -556,9 +555,9 @@ class GrpcClient(PredictionClient):
         size = request.ByteSize()
         if size > self.max_message_bytes:
             raise RequestTooLargeError(
-                "--max-message-mb",
+                "max_message_bytes",
                 f"request is {size / 2**20:.1f} MiB, above the {self.max_message_bytes / 2**20:.0f} MiB gRPC limit "
-                "(use --signature detect_png, which sends a PNG, or raise --max-message-mb on client and server)",
+                "(use signature=detect_png, which sends a PNG, or raise max_message_bytes= on client and server)",
             )
         status = self._grpc.StatusCode
         deadline = Deadline(self.timeout)
@@ -585,13 +584,13 @@ class GrpcClient(PredictionClient):
         status = self._grpc.StatusCode
         where = self._where()
         if self._spec()[1] and "label" in details.lower():
-            return ModelNotFoundError("--label", f"{where}: no such version label ({details})")
+            return ModelNotFoundError("label", f"{where}: no such version label ({details})")
         if code == status.NOT_FOUND:
-            return ModelNotFoundError("--model-name", f"{where} not found ({details})")
+            return ModelNotFoundError("model_name", f"{where} not found ({details})")
         if "signature" in details.lower() and "not found" in details.lower():
-            return SignatureNotFoundError("--signature", f"{where} has no signature {signature!r} ({details})")
+            return SignatureNotFoundError("signature", f"{where} has no signature {signature!r} ({details})")
         if code == status.RESOURCE_EXHAUSTED:
-            return RequestTooLargeError("--max-message-mb", f"{where}: message too large, above --max-message-mb "
+            return RequestTooLargeError("max_message_bytes", f"{where}: message too large, above max_message_bytes= "
                                                             f"({details})")
         if code == status.UNAVAILABLE:
             return ServerUnavailableError(f"{self.target} unavailable after {self.retries + 1} attempts ({details})")
@@ -620,15 +619,15 @@ class RestClient(PredictionClient):
         super().__init__(**kwargs)
         parts = urllib.parse.urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-            raise InputError("--rest", f"must be an http:// or https:// URL with a host (got scheme "
-                                       f"{parts.scheme or 'none'!r})")
+            raise ArgumentError("url", f"must be an http:// or https:// URL with a host (got scheme "
+                                          f"{parts.scheme or 'none'!r})")
         self.url = url.rstrip("/")
         self.tls = tls or TlsOptions()
         handlers = [_NoRedirect]  # TF Serving never redirects (urllib would follow them to ftp:// too)
         if parts.scheme.lower() == "https":
             handlers.append(urllib.request.HTTPSHandler(context=ssl_context(self.tls)))
         elif self.tls.enabled:
-            raise InputError("--rest", "TLS settings need an https:// URL")
+            raise ArgumentError("url", "TLS settings need an https:// URL")
         self._opener = urllib.request.build_opener(*handlers)
 
     @property
@@ -662,13 +661,13 @@ class RestClient(PredictionClient):
             if isinstance(entry, dict) and entry.get("state") == "AVAILABLE" and str(entry.get("version", "")).isdigit():
                 available.append(int(entry["version"]))
         if not available:
-            raise ModelNotFoundError("--label" if self.label else "--model-name",
+            raise ModelNotFoundError("label" if self.label else "model_name",
                                      f"{self._where()} has no AVAILABLE version")
         return max(available)
 
     def build_body(self, inputs: dict[str, np.ndarray], signature: str) -> bytes:
         """Returns: the JSON request body."""
-        if signature == "detect_png":
+        if signature == DETECT_PNG:
             instances = []
             for png, threshold in zip(inputs["image_bytes"], inputs["threshold"]):
                 instances.append(
@@ -683,9 +682,9 @@ class RestClient(PredictionClient):
         body = self.build_body(inputs, signature)
         if len(body) > self.max_message_bytes:
             raise RequestTooLargeError(
-                "--max-message-mb",
+                "max_message_bytes",
                 f"request body is {len(body) / 2**20:.1f} MiB, above the {self.max_message_bytes / 2**20:.0f} MiB "
-                "limit (use --signature detect_png, which sends a PNG)",
+                "limit (use signature=detect_png, which sends a PNG)",
             )
         request = urllib.request.Request(self.predict_url(), data=body,
                                          headers={"Content-Type": "application/json"}, method="POST")
@@ -776,13 +775,13 @@ class RestClient(PredictionClient):
     def _map_error(self, http_status: int, message: str, signature: str) -> Exception:
         where = self._where()
         if self._spec()[1] and "label" in message.lower():
-            return ModelNotFoundError("--label", f"{where}: no such version label ({message})")
+            return ModelNotFoundError("label", f"{where}: no such version label ({message})")
         if "signature" in message.lower() and "not found" in message.lower():
-            return SignatureNotFoundError("--signature", f"{where} has no signature {signature!r} ({message})")
+            return SignatureNotFoundError("signature", f"{where} has no signature {signature!r} ({message})")
         if http_status == 404:
-            return ModelNotFoundError("--model-name", f"{where} not found ({message})")
+            return ModelNotFoundError("model_name", f"{where} not found ({message})")
         if http_status == 413:
-            return RequestTooLargeError("--max-message-mb", f"{where}: request too large ({message})")
+            return RequestTooLargeError("max_message_bytes", f"{where}: request too large ({message})")
         if http_status == 503:
             return ServerUnavailableError(f"{self.url} unavailable after {self.retries + 1} attempts ({message})")
         return ServingError(f"{where}: HTTP {http_status}: {message}")
@@ -842,8 +841,8 @@ class LocalClient(PredictionClient):
         import tensorflow as tf
 
         if self.label:
-            raise InputError("--label", "version labels are TF Serving's (models.config); with --saved-model "
-                                        "give --version N")
+            raise ArgumentError("label", "version labels are TF Serving's (models.config); with saved_model= "
+                                           "give version=")
         path = select_version(os.fspath(saved_model_dir), self.version)
         self.path = path
         self._tf = tf
@@ -874,7 +873,7 @@ class LocalClient(PredictionClient):
         signatures = self._loaded.signatures
         if signature not in signatures:
             raise SignatureNotFoundError(
-                "--signature", f"{self.path} has no signature {signature!r} (it has {', '.join(sorted(signatures))})"
+                "signature", f"{self.path} has no signature {signature!r} (it has {', '.join(sorted(signatures))})"
             )
         tf = self._tf
         outputs = signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
@@ -891,30 +890,77 @@ def select_version(path: str, version: int | None) -> str:
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         name = os.path.basename(os.path.normpath(path))
         if version is not None and name != str(version):
-            raise InputError("--version", f"{path} is a SavedModel directory named {name!r}, not version {version}; "
+            raise ArgumentError("version", f"{path} is a SavedModel directory named {name!r}, not version {version}; "
                                           "give the base path to choose a version")
         return path
-    versions = sorted(int(n) for n in os.listdir(path) if n.isdigit()) if os.path.isdir(path) else []
+    versions = list_versions(path)
     if not versions:
         raise InputError(path, "not a SavedModel directory (no saved_model.pb, no numeric version)")
     if version is None:
         return os.path.join(path, str(versions[-1]))
     if version not in versions:
         listed = ", ".join(map(str, versions[-10:]))
-        raise InputError("--version", f"{path} has no version {version} (it has {listed})")
+        raise ArgumentError("version", f"{path} has no version {version} (it has {listed})")
     return os.path.join(path, str(version))
 
 
-def read_export_metadata(saved_model_dir: str | os.PathLike) -> dict:
-    """Returns: `assets.extra/keras_hourglass.json` of an export ({} if absent or unreadable)."""
-    try:
-        with open(os.path.join(saved_model_dir, "assets.extra", "keras_hourglass.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
+# --------------------------------------------------------------------------- TensorProto
+# With TensorFlow importable (always for gRPC: tensorflow-serving-api's protos import it) the client
+# uses TensorFlow's own codec, `tf.make_tensor_proto` / `tf.make_ndarray`; the small codec below is
+# kept for TF-less clients (a protobuf-only install) and is tested to agree with TensorFlow's.
+_TF = []
 
 
-# --------------------------------------------------------------------------- TensorProto (no TF ops)
+def _tensorflow():
+    """Returns: the `tensorflow` module, or None where it cannot be imported (cached)."""
+    if not _TF:
+        try:
+            import tensorflow
+        except ImportError:
+            tensorflow = None
+        _TF.append(tensorflow)
+    return _TF[0]
+
+
+def to_tensor_proto(value: np.ndarray, *, use_tf: bool | None = None):
+    """numpy array -> `TensorProto` (`tf.make_tensor_proto` when TensorFlow is importable).
+
+    Args:
+        value: a numeric array, or an object/bytes/str array (DT_STRING).
+        use_tf: force (True) or avoid (False) TensorFlow's codec; None: TensorFlow's when importable.
+    """
+    array = np.asarray(value)
+    tf = _tensorflow() if use_tf is not False else None
+    if tf is not None:
+        if array.dtype.kind == "U" or (array.dtype == object and any(isinstance(v, str) for v in array.reshape(-1))):
+            array = np.array([v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in array.reshape(-1)],
+                             dtype=object).reshape(array.shape)
+        if array.dtype != object and array.dtype.kind != "S" and array.dtype not in _NP_TO_DT:
+            raise TypeError(f"unsupported dtype {array.dtype}")
+        return tf.make_tensor_proto(array)
+    if use_tf:
+        raise ImportError("use_tf=True but TensorFlow cannot be imported")
+    return _small_to_tensor_proto(array)
+
+
+def from_tensor_proto(proto, *, use_tf: bool | None = None) -> np.ndarray:
+    """`TensorProto` -> numpy array (`tf.make_ndarray` when TensorFlow is importable).
+
+    Raises:
+        ServingError: a dtype the client does not read.
+    """
+    tf = _tensorflow() if use_tf is not False else None
+    if tf is not None:
+        if proto.dtype != _DT_STRING and proto.dtype not in _DT_TO_NP:
+            raise ServingError(f"unsupported output dtype {proto.dtype}")
+        return tf.make_ndarray(proto)
+    if use_tf:
+        raise ImportError("use_tf=True but TensorFlow cannot be imported")
+    return _small_from_tensor_proto(proto)
+
+
+# The small codec (no TensorFlow): DataType numbers of tensorflow/core/framework/types.proto.
+_DT_STRING = 7
 _NP_TO_DT = {
     np.dtype(np.float32): 1,  # DT_FLOAT
     np.dtype(np.float64): 2,  # DT_DOUBLE
@@ -923,36 +969,32 @@ _NP_TO_DT = {
     np.dtype(np.int64): 9,  # DT_INT64
     np.dtype(np.uint16): 17,  # DT_UINT16
 }
+_DT_TO_NP = {v: k for k, v in _NP_TO_DT.items()}
 
 
-def to_tensor_proto(value: np.ndarray):
-    """numpy array -> `tensorflow.TensorProto` (built from the proto classes, no TF ops).
+def _small_to_tensor_proto(array: np.ndarray):
+    """numpy -> TensorProto from the proto classes: numbers in `tensor_content` (little-endian),
+    object/bytes arrays in `string_val`."""
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 
-    Numeric arrays go into `tensor_content` (little-endian bytes); object
-    arrays of bytes into `string_val` (DT_STRING).
-    """
-    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-
-    array = np.asarray(value)
     shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape])
     if array.dtype == object or array.dtype.kind in ("S", "U"):
         items = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in array.reshape(-1)]
-        return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape, string_val=items)
+        return tensor_pb2.TensorProto(dtype=_DT_STRING, tensor_shape=shape, string_val=items)
     if array.dtype not in _NP_TO_DT:
         raise TypeError(f"unsupported dtype {array.dtype}")
     little = array.astype(array.dtype.newbyteorder("<"), copy=False)
     return tensor_pb2.TensorProto(dtype=_NP_TO_DT[array.dtype], tensor_shape=shape, tensor_content=little.tobytes())
 
 
-def from_tensor_proto(proto) -> np.ndarray:
-    """`tensorflow.TensorProto` -> numpy array (tensor_content or the typed *_val fields)."""
+def _small_from_tensor_proto(proto) -> np.ndarray:
+    """TensorProto -> numpy: `tensor_content` or the typed `*_val` fields (a constant stored once)."""
     shape = [d.size for d in proto.tensor_shape.dim]
-    if proto.dtype == 7:  # DT_STRING
+    if proto.dtype == _DT_STRING:
         return np.array(list(proto.string_val), dtype=object).reshape(shape)
-    dtypes = {v: k for k, v in _NP_TO_DT.items()}
-    if proto.dtype not in dtypes:
+    if proto.dtype not in _DT_TO_NP:
         raise ServingError(f"unsupported output dtype {proto.dtype}")
-    dtype = dtypes[proto.dtype]
+    dtype = _DT_TO_NP[proto.dtype]
     count = int(np.prod(shape)) if shape else 1
     if proto.tensor_content:
         return np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
@@ -978,7 +1020,7 @@ def make_client(
     tls = kwargs.pop("tls", None)
     if saved_model:
         if tls is not None and tls.enabled:
-            raise InputError("--ca-cert", "TLS settings are for --grpc or --rest")
+            raise ArgumentError("tls", "TLS settings are for grpc= or rest=")
         return LocalClient(saved_model, **kwargs)
     kwargs["tls"] = tls
     if grpc:

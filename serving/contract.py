@@ -24,12 +24,23 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 
 import numpy as np
 
-from keras_hourglass.errors import InputError
+from keras_hourglass.errors import ArgumentError, InputError
 
+SERVING_DEFAULT = "serving_default"
+"""Signature: float32 image `[B, H, W, 1]` in [0, 1] -> marks, num_marks, heatmap, long_side."""
+DETECT_PNG = "detect_png"
+"""Signature: 16-bit grayscale PNGs `[B]` + per-image threshold -> marks, num_marks, long_side."""
 METADATA_SIGNATURE = "metadata"
+IMAGE_SIGNATURES = (SERVING_DEFAULT, DETECT_PNG)
+"""The signatures that take images (what a client may send a mammogram to)."""
+SIGNATURE_NAMES = (*IMAGE_SIGNATURES, METADATA_SIGNATURE)
+"""Every signature an export has, in the order the contract lists them."""
+METADATA_FILE = "keras_hourglass.json"
+"""The contract's second copy: `<version>/assets.extra/keras_hourglass.json`."""
 METADATA_INPUT = "request"
 METADATA_OUTPUT = "metadata"
 METADATA_DIGEST_OUTPUT = "metadata_sha256"
@@ -50,6 +61,30 @@ def contract_text(contract: dict) -> str:
 def contract_digest(text: str) -> str:
     """Returns: the hex SHA-256 of the contract text."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def metadata_path(saved_model_dir: str | os.PathLike) -> str:
+    """Returns: `DIR/assets.extra/keras_hourglass.json`."""
+    return os.path.join(saved_model_dir, "assets.extra", METADATA_FILE)
+
+
+def read_export_metadata(saved_model_dir: str | os.PathLike) -> dict:
+    """Returns: the contract JSON of a version directory (`metadata_path`), {} if absent or unreadable."""
+    try:
+        with open(metadata_path(saved_model_dir), encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def list_versions(base_path: str | os.PathLike) -> list[int]:
+    """Returns: the sorted integer versions under `base_path`, as TF Serving sees them (numeric
+    directories; `.tmp-*` staging directories and files are ignored); the last one is the latest."""
+    if not os.path.isdir(base_path):
+        return []
+    return sorted(int(name) for name in os.listdir(base_path)
+                  if name.isdigit() and os.path.isdir(os.path.join(base_path, name)))
 
 
 def metadata_request() -> dict[str, np.ndarray]:
@@ -173,8 +208,8 @@ class ModelContract:
         points = self.operating_points()
         where = f"model version {self.version}" if self.version is not None else "the model"
         if not points:
-            raise InputError("--operating-point", f"{where} records no operating points (export it with "
-                                                  "--evaluation EVAL/froc.json)")
+            raise ArgumentError("operating_point", f"{where} records no operating points (export it with "
+                                                     "`hourglass export --evaluation EVAL/froc.json`)")
         for key, point in points.items():
             try:
                 match = math.isclose(float(key), float(fpi), rel_tol=1e-9, abs_tol=1e-12)
@@ -182,13 +217,13 @@ class ModelContract:
                 continue
             if match:
                 if point.get("threshold") is None:
-                    raise InputError("--operating-point", f"{where}: no threshold keeps FPI <= {fpi:g} "
+                    raise ArgumentError("operating_point", f"{where}: no threshold keeps FPI <= {fpi:g} "
                                                           "on the evaluation data")
                 block = self.data.get("operating_points") or {}
                 return {"target_fpi": float(fpi), "threshold": float(point["threshold"]),
                         "fpi": point.get("fpi"), "sensitivity": point.get("sensitivity"), "split": block.get("split")}
         listed = ", ".join(sorted(points, key=lambda k: float(k) if _is_number(k) else math.inf))
-        raise InputError("--operating-point", f"{where} has no operating point at FPI {fpi:g} (recorded: {listed})")
+        raise ArgumentError("operating_point", f"{where} has no operating point at FPI {fpi:g} (recorded: {listed})")
 
 
 def _first(value):

@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from keras_hourglass.errors import InputError
+from keras_hourglass.errors import ArgumentError, InputError, with_flags
 
 LABEL_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
@@ -65,7 +65,7 @@ def check_label(path: str | os.PathLike, model_name: str, label: str) -> None:
         InputError: a bad label, an unreadable config, or no such model in it.
     """
     if not label or not set(label) <= LABEL_CHARS or label[0].isdigit():
-        raise InputError("--label", f"{label!r} is not a version label (letters, digits, _ and -, not starting "
+        raise ArgumentError("label", f"{label!r} is not a version label (letters, digits, _ and -, not starting "
                                     "with a digit)")
     if os.path.exists(path):
         config = read_model_config(path)
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(json.dumps(set_version_label(args.config, args.model_name, args.label, args.version)))
     except InputError as err:
+        err = with_flags(err, {"label": "--label", "model_name": "--model-name", "version": "--version"})
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     return 0

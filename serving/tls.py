@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from keras_hourglass.errors import InputError
+from keras_hourglass.errors import ArgumentError, InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,25 +33,25 @@ class TlsOptions:
 
     def __post_init__(self):
         if (self.client_cert is None) != (self.client_key is None):
-            raise InputError("--client-cert" if self.client_key else "--client-key",
-                             "mutual TLS needs both --client-cert and --client-key")
+            raise ArgumentError("client_cert" if self.client_key else "client_key",
+                                "mutual TLS needs both client_cert= and client_key=")
         if not self.enabled and (self.ca_cert or self.client_cert or self.server_name):
             object.__setattr__(self, "enabled", True)  # any TLS setting means TLS
 
 
-def read_pem(path: str, flag: str) -> bytes:
+def read_pem(path: str, argument: str) -> bytes:
     """Returns: the bytes of a PEM file.
 
     Raises:
-        InputError: unreadable, or not PEM (names the file and the flag).
+        InputError: unreadable, or not PEM (names the file and, as ``argument=``, the argument).
     """
     try:
         with open(path, "rb") as handle:
             data = handle.read(1 << 20)
     except OSError as err:
-        raise InputError(path, f"{flag}: cannot read ({err.strerror or type(err).__name__})") from None
+        raise InputError(path, f"{argument}=: cannot read ({err.strerror or type(err).__name__})") from None
     if b"-----BEGIN " not in data:
-        raise InputError(path, f"{flag}: not a PEM file")
+        raise InputError(path, f"{argument}=: not a PEM file")
     return data
 
 
@@ -60,9 +60,9 @@ def grpc_credentials(options: TlsOptions):
     import grpc
 
     return grpc.ssl_channel_credentials(
-        root_certificates=read_pem(options.ca_cert, "--ca-cert") if options.ca_cert else None,
-        private_key=read_pem(options.client_key, "--client-key") if options.client_key else None,
-        certificate_chain=read_pem(options.client_cert, "--client-cert") if options.client_cert else None,
+        root_certificates=read_pem(options.ca_cert, "ca_cert") if options.ca_cert else None,
+        private_key=read_pem(options.client_key, "client_key") if options.client_key else None,
+        certificate_chain=read_pem(options.client_cert, "client_cert") if options.client_cert else None,
     )
 
 
@@ -75,18 +75,18 @@ def ssl_context(options: TlsOptions):
     import ssl
 
     if options.server_name:
-        raise InputError("--tls-server-name", "is for --grpc only (REST verifies the URL's host)")
+        raise ArgumentError("server_name", "is for grpc= only (REST verifies the URL's host)")
     try:
         context = ssl.create_default_context(cafile=options.ca_cert)
     except (OSError, ssl.SSLError) as err:
-        raise InputError(options.ca_cert or "--ca-cert", f"--ca-cert: cannot load the CA bundle ({_reason(err)})") from None
+        raise InputError(options.ca_cert or "ca_cert", f"ca_cert=: cannot load the CA bundle ({_reason(err)})") from None
     if options.client_cert:
-        for path, flag in ((options.client_cert, "--client-cert"), (options.client_key, "--client-key")):
-            read_pem(path, flag)
+        for path, argument in ((options.client_cert, "client_cert"), (options.client_key, "client_key")):
+            read_pem(path, argument)
         try:
             context.load_cert_chain(options.client_cert, options.client_key)
         except (OSError, ssl.SSLError) as err:
-            raise InputError(options.client_cert, f"--client-cert: cannot load it with --client-key "
+            raise InputError(options.client_cert, f"client_cert=: cannot load it with client_key= "
                                                   f"({_reason(err)})") from None
     return context
 

@@ -44,3 +44,27 @@ def test_temporary_names_are_hidden_siblings(tmp_path):
 
 def test_atomic_is_tensorflow_free(imports_tensorflow):
     assert not imports_tensorflow("keras_hourglass.atomic")
+
+
+def test_fsync_tree_flushes_every_file_and_directory(tmp_path, monkeypatch):
+    import os
+
+    from keras_hourglass import atomic
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ("x", "a/y", "a/b/z"):
+        (tmp_path / name).write_bytes(b"1")
+    synced = []
+    real = os.fsync
+
+    def spy(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else fd)
+        return real(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", spy)
+    atomic.fsync_tree(tmp_path)
+    if os.path.exists("/proc/self/fd"):
+        expected = {str(tmp_path / p) for p in ("x", "a/y", "a/b/z", "", "a", "a/b")}
+        assert {s.rstrip("/") for s in synced} == {e.rstrip("/") for e in expected}
+    else:
+        assert len(synced) == 6

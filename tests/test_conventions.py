@@ -75,8 +75,15 @@ SINGLE_DEFINITIONS = [
     (':05d}{RECORD_SUFFIX}', "keras_hourglass/contract.py", ()),
     ('-SSSSS-of-NNNNN"', "keras_hourglass/contract.py", ()),
     ("os.replace(", "keras_hourglass/atomic.py", ()),
-    ("os.fsync(", "keras_hourglass/atomic.py", ("export/saved_model.py",)),
+    ("os.fsync(", "keras_hourglass/atomic.py", ()),
     ('pool_size, 1, "SAME")', "keras_hourglass/nms.py", ()),
+    # bench_serving is not ours to edit; verify.py's copy is inside the script it runs in a fresh interpreter
+    ('"serving_default"', "serving/contract.py", ("benchmarks/bench_serving.py", "export/verify.py")),
+    ('"detect_png"', "serving/contract.py", ()),
+    ('"keras_hourglass.json"', "serving/contract.py", ()),
+    ("def encode_png16(", "keras_hourglass/data/png16.py", ()),
+    ("def list_versions(", "serving/contract.py", ()),
+    ("def read_export_metadata(", "serving/contract.py", ()),
 ]
 
 
@@ -103,3 +110,35 @@ def test_each_convention_is_defined_once(literal, home, in_progress):
     if files is None:
         pytest.skip("not a git checkout")
     assert files - set(in_progress) == ({home} if home else set()), f"{literal} is written in {sorted(files)}"
+
+
+# The export/serving half of the contract: `serving.contract` (TF-free, what clients import) and the one PNG16 codec.
+SERVING_CONSUMERS = [
+    ("export.signatures", ["SERVING_DEFAULT", "DETECT_PNG", "METADATA_SIGNATURE", "SIGNATURE_NAMES"]),
+    ("export.saved_model", ["METADATA_FILE", "list_versions", "metadata_path", "read_export_metadata"]),
+    ("export.verify", ["SERVING_DEFAULT", "SIGNATURE_NAMES", "metadata_path"]),
+    ("serving.client", ["DETECT_PNG", "IMAGE_SIGNATURES", "SERVING_DEFAULT", "list_versions", "read_export_metadata"]),
+    ("serving.cli", ["DETECT_PNG", "IMAGE_SIGNATURES", "SERVING_DEFAULT"]),
+]
+
+
+@pytest.mark.parametrize("module_name, names", SERVING_CONSUMERS, ids=[c[0] for c in SERVING_CONSUMERS])
+def test_export_and_serving_use_the_serving_contract_objects(module_name, names):
+    pytest.importorskip("tensorflow")
+    from serving import contract as serving_contract
+
+    module = importlib.import_module(module_name)
+    for name in names:
+        assert getattr(module, name) is getattr(serving_contract, name), f"{module_name}.{name} is a copy"
+
+
+def test_one_png16_encoder():
+    from keras_hourglass.data import png16
+    from serving import client
+
+    assert client.encode_png16 is png16.encode_png16
+    assert importlib.import_module("export.warmup")._flat_png16  # encodes through png16 (imported lazily)
+
+
+def test_the_serving_contract_does_not_import_tensorflow(imports_tensorflow):
+    assert not imports_tensorflow("serving.contract", "serving.client")

@@ -55,7 +55,7 @@ def test_export_writes_version_1_with_metadata(exported):
     _, result = exported
     assert result.version == 1 and result.path.endswith(os.sep + "1")
     assert sorted(os.listdir(os.path.dirname(result.path))) == ["1"]  # no temp dir left behind
-    meta = sm.read_metadata(result.path)
+    meta = sm.read_export_metadata(result.path)
     assert meta["stride"] == STRIDE and meta["input_multiple"] == MULTIPLE
     assert meta["max_marks"] == MAX_MARKS and meta["long_side"] == LONG_SIDE
     assert meta["signatures"] == ["serving_default", "detect_png", "metadata"]
@@ -219,7 +219,7 @@ def _complete(version_dir: str) -> bool:
             and os.path.getsize(os.path.join(version_dir, "variables", "variables.index")) > 0
             and os.path.isfile(os.path.join(version_dir, "variables", "variables.data-00000-of-00001"))
             and os.path.getsize(os.path.join(version_dir, "assets.extra", "tf_serving_warmup_requests")) > 0
-            and bool(sm.read_metadata(version_dir))
+            and bool(sm.read_export_metadata(version_dir))
         )
     except (OSError, IndexError, ValueError, Exception):  # noqa: BLE001 - any failure = partial
         return False

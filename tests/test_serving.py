@@ -118,17 +118,29 @@ def test_client_module_and_rest_path_import_no_tensorflow(tmp_path):
     assert out.stdout.strip() == "False"
 
 
-def test_tensor_proto_round_trip_without_tf_ops():
+def test_tensor_proto_codecs_tf_and_small_agree():
+    """TensorFlow's codec (used where TF imports) and the small TF-less one read and write the same tensors."""
     for value in (np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, -2], np.int32),
-                  np.array([b"\x89PNG", b"ab"], dtype=object)):
-        proto = sc.to_tensor_proto(value)
-        back = sc.from_tensor_proto(proto)
-        assert back.shape == value.shape and back.tolist() == value.tolist()
-        np.testing.assert_array_equal(tf.make_ndarray(proto), value)  # TF agrees with our encoding
+                  np.array([b"\x89PNG", b"ab"], dtype=object), np.array([["a", "b"]], dtype=object)):
+        by_tf, small = sc.to_tensor_proto(value, use_tf=True), sc.to_tensor_proto(value, use_tf=False)
+        assert sc.to_tensor_proto(value) == by_tf  # the default where TensorFlow is importable
+        expected = value if value.dtype != object else np.vectorize(
+            lambda v: v.encode() if isinstance(v, str) else v, otypes=[object])(value)
+        for proto in (by_tf, small):
+            assert proto.dtype == by_tf.dtype
+            for use_tf in (True, False):
+                back = sc.from_tensor_proto(proto, use_tf=use_tf)
+                assert back.shape == value.shape and back.dtype == expected.dtype
+                assert back.tolist() == expected.tolist()
     typed = tf.make_tensor_proto(np.full([2, 2], 0.5, np.float32))
     typed.ClearField("tensor_content")
     typed.float_val.append(0.5)  # TF's compact form of a constant tensor: one value for all
-    np.testing.assert_array_equal(sc.from_tensor_proto(typed), np.full([2, 2], 0.5, np.float32))
+    for use_tf in (True, False):
+        np.testing.assert_array_equal(sc.from_tensor_proto(typed, use_tf=use_tf), np.full([2, 2], 0.5, np.float32))
+    with pytest.raises(TypeError):
+        sc.to_tensor_proto(np.array([1 + 2j]), use_tf=False)
+    with pytest.raises(TypeError):
+        sc.to_tensor_proto(np.array([1 + 2j]), use_tf=True)
 
 
 def _reference(loaded, path):
@@ -202,7 +214,7 @@ def test_grpc_unknown_model_signature_and_oversized(grpc_double, dicoms):
     double, address = grpc_double
     image = read_mammogram(dicoms[0], long_side=LONG_SIDE).image
     with sc.GrpcClient(address, model_name="nope", retries=0) as client, pytest.raises(
-        sc.ModelNotFoundError, match=r"--model-name: .*'nope' not found \(Servable not found"
+        sc.ModelNotFoundError, match=r"model_name: .*'nope' not found \(Servable not found"
     ):
         client.detect_image(image)
     with sc.GrpcClient(address, version=7, retries=0) as client, pytest.raises(sc.ModelNotFoundError, match="version 7"):
@@ -509,3 +521,30 @@ def test_real_server_metadata_labels_and_tls(export_dir, dicoms, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         time.sleep(0.1)
+
+
+def test_library_errors_name_python_arguments_and_the_cli_maps_them_to_flags():
+    from keras_hourglass.errors import ArgumentError, with_flags
+    from serving.cli import PREDICT_FLAGS
+
+    with pytest.raises(ArgumentError) as caught:
+        sc.RestClient("http://localhost:1", version=1, label="stable")
+    assert caught.value.argument == "label" and "--" not in str(caught.value)
+    with pytest.raises(ArgumentError) as caught:
+        sc.RestClient("ftp://x")
+    assert caught.value.argument == "url"
+    err = sc.RequestTooLargeError("max_message_bytes", "above 1 MiB (use signature=detect_png, or raise "
+                                                       "max_message_bytes=)")
+    flagged = with_flags(err, PREDICT_FLAGS)
+    assert str(flagged) == "--max-message-mb: above 1 MiB (use --signature detect_png, or raise --max-message-mb)"
+    assert str(with_flags(sc.InputError("a.pem", "ca_cert=: not a PEM file"), PREDICT_FLAGS)) == (
+        "a.pem: --ca-cert: not a PEM file")
+    assert set(PREDICT_FLAGS.values()) <= {a for action in _predict_parser()._actions for a in action.option_strings}
+
+
+def _predict_parser():
+    import argparse
+
+    from serving import cli
+
+    return cli.register(argparse.ArgumentParser().add_subparsers())

@@ -147,5 +147,5 @@ def test_retries_stay_within_one_overall_deadline(export_and_dicom):
     finally:
         server.shutdown()
         server.server_close()
-    with pytest.raises(Exception, match="--client-key"):
+    with pytest.raises(Exception, match="client_key"):
         TlsOptions(client_cert="x.pem")

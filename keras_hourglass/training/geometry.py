@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from keras_hourglass.contract import long_side_of
+from keras_hourglass.contract import PREPROCESSING_KEYS, long_side_of
 from keras_hourglass.errors import InputError
 
 REFERENCE_LONG_SIDE = 1536
@@ -133,8 +133,11 @@ def resolve_geometry(config, *, long_side: int, stride: int, input_multiple: int
                     crop_size=min(crop, largest), crop_clamped=clamped)
 
 
-def prep_long_side(prep_dir: str) -> int:
-    """The training long side recorded by `hourglass prepare` in PREP/manifest.json.
+def prep_preprocessing(prep_dir: str) -> dict:
+    """The ``preprocessing`` block `hourglass prepare` recorded in PREP/manifest.json (read once).
+
+    Returns:
+        The block's `contract.PREPROCESSING_KEYS` entries (``long_side`` always present).
 
     Raises:
         InputError: no readable manifest or no long side in it.
@@ -146,8 +149,19 @@ def prep_long_side(prep_dir: str) -> int:
     try:
         with open(path, encoding="utf-8") as handle:
             manifest = json.load(handle)
-        return long_side_of(manifest)
+        long_side = long_side_of(manifest)
     except OSError as err:
         raise InputError(path, f"cannot read ({err.strerror})") from None
     except (ValueError, KeyError, TypeError):
         raise InputError(path, "no preprocessing.long_side: not a manifest written by `hourglass prepare`") from None
+    block = manifest["preprocessing"]
+    return {**{k: block[k] for k in PREPROCESSING_KEYS if k in block}, "long_side": long_side}
+
+
+def prep_long_side(prep_dir: str) -> int:
+    """The training long side recorded by `hourglass prepare` in PREP/manifest.json.
+
+    Raises:
+        InputError: no readable manifest or no long side in it.
+    """
+    return int(prep_preprocessing(prep_dir)["long_side"])

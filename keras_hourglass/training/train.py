@@ -14,6 +14,11 @@
 4. write RUN/model.keras (the inference model: image -> final heatmap) and
    RUN/config.json.
 
+The contract travels forward: PREP's manifest ``preprocessing`` block is read
+once (`geometry.prep_preprocessing`) and recorded in config.json
+(``preprocessing``) and inside model.keras and best.keras
+(`modelfile.embed_preprocessing`), so export and serving never need PREP.
+
 Only the chief writes into RUN; other workers write the same files into a
 temporary directory that is deleted (`distribution.WriteDir`). Resuming needs
 RUN to be on storage every worker can read (all workers restore from the
@@ -38,7 +43,8 @@ from keras_hourglass.training.config import TrainConfig, manifest_hash
 from keras_hourglass.training.fit import (DatasetFn, build_model, compile_model, fit_phases, froc_callback,
                                           make_learning_rate, make_loss, precision_summary, prep_dataset_fn,
                                           run_geometry)
-from keras_hourglass.training.geometry import REFERENCE_LONG_SIDE
+from keras_hourglass.modelfile import embed_preprocessing
+from keras_hourglass.training.geometry import REFERENCE_LONG_SIDE, prep_preprocessing
 
 __all__ = ["DatasetFn", "make_learning_rate", "make_loss", "package_versions", "prep_dataset_fn", "run_geometry",
            "train"]
@@ -128,9 +134,27 @@ def _fingerprint(summary: dict) -> str:
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _save_atomic(model, path: str) -> None:
+def _save_model(model, path: str, preprocessing: dict | None) -> None:
+    """`model.save(path)` plus the preprocessing entry (`path` is a temporary file of atomic.replacing)."""
+    model.save(path)
+    if preprocessing:
+        embed_preprocessing(path, preprocessing)
+
+
+def _save_atomic(model, path: str, preprocessing: dict | None = None) -> None:
     with atomic.replacing(path, keep_suffix=True) as tmp:  # Keras needs the .keras suffix
-        model.save(tmp)
+        _save_model(model, tmp, preprocessing)
+
+
+def run_preprocessing(prep_dir: str | None, long_side: int | None) -> dict | None:
+    """The preprocessing block a run records: PREP's manifest block (read once), its long side replaced by
+    an explicit `long_side`; `{"long_side": long_side}` without PREP; None when neither is known."""
+    block = prep_preprocessing(prep_dir) if prep_dir else {}
+    if long_side is not None:
+        block = {**block, "long_side": int(long_side)}
+        if "size" in block:
+            block["size"] = int(long_side)
+    return block or None
 
 
 def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, strategy=None,
@@ -195,6 +219,9 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
     multiple = model_input_multiple(model)
     num_outputs = len(model.outputs)
     final_model = inference_model(model)
+    preprocessing = run_preprocessing(prep_dir, long_side)
+    if long_side is None and preprocessing:
+        long_side = preprocessing["long_side"]
     geometry = run_geometry(config, prep_dir, stride, multiple, long_side)
     if geometry.crop_clamped and config.epochs_of("patch"):
         log.warning("crop %s reference px is larger than the %d-px images: clamped to %d px", config.crop_size,
@@ -209,6 +236,7 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
         "command": command if command is not None else sys.argv,
         "data": {"prep_dir": os.path.abspath(prep_dir) if prep_dir else None,
                  "manifest_sha256": manifest_hash(prep_dir) if prep_dir else None},
+        "preprocessing": preprocessing,
         "hyperparameters": config.to_json(),
         "model": {"preset": config.preset, "config": model_config, "output_stride": stride,
                   "input_multiple": multiple, "num_outputs": num_outputs},
@@ -254,7 +282,8 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
                 cb.TensorBoardLogger(write.join("logs"), epoch_offset=offset, images=fixed_images,
                                      heatmap_fn=lambda images: final_model(images, training=False)),
                 cb.BestCheckpoint(write.join("best.keras"), write.join("best.json"),
-                                  save_fn=lambda path: final_model.save(path), epoch_offset=offset),
+                                  save_fn=lambda path: _save_model(final_model, path, preprocessing),
+                                  epoch_offset=offset),
                 *(callbacks or []),
                 cb.EpochBackup(write.join("backup"), epoch_offset=offset, phase=phase,
                                extra_state={"fingerprint": fingerprint})]
@@ -263,7 +292,7 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
                strategy=strategy, verbose=verbose)
     completed = max(completed, sum(epochs for _, epochs in config.phases()))
 
-    _save_atomic(final_model, write.join("model.keras"))
+    _save_atomic(final_model, write.join("model.keras"), preprocessing)
     history = cb.read_history(history_path)
     best_path = write.join("best.json")
     best = None
