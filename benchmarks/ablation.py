@@ -51,11 +51,11 @@ from common import hourglass_cli, run_step  # noqa: E402
 #: name -> (description, extra `hourglass train` flags)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "l2": ("Gaussian L2 baseline", ["--loss", "l2"]),
-    "hypersensitive": ("full hypersensitive loss", ["--loss", "hypersensitive"]),
+    "hypersensitive": ("full hypersensitive loss", ["--loss", "hypersensitive", "--recenter"]),
     "no-recenter": ("(a) off: reference centred on the box", ["--loss", "hypersensitive", "--no-recenter"]),
-    "one-sigma": ("(b) off: single sigma", ["--loss", "hypersensitive", "--sigmas", "SINGLE"]),
-    "no-top-k": ("(c) off: top_k = 0", ["--loss", "hypersensitive", "--top-k", "0"]),
-    "omega-1": ("(d) off: omega = 1", ["--loss", "hypersensitive", "--omega", "1.0"]),
+    "one-sigma": ("(b) off: single sigma", ["--loss", "hypersensitive", "--recenter", "--sigmas", "SINGLE"]),
+    "no-top-k": ("(c) off: top_k = 0", ["--loss", "hypersensitive", "--recenter", "--top-k", "0"]),
+    "omega-1": ("(d) off: omega = 1", ["--loss", "hypersensitive", "--recenter", "--omega", "1.0"]),
 }
 
 

@@ -110,8 +110,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     loss.add_argument("--sigmas", type=_sigmas, default=None, metavar="S1,S2,...",
                       help="reference blob sigmas, reference heatmap px (default 6,9,12,18 = 1,1.5,2,3 px at "
                            "--size 256; one value = off)")
+    loss.add_argument("--recenter", dest="recenter", action="store_const", const=True, default=None,
+                      help="centre reference blobs on the predicted blob's centre of mass (principle (a) on; "
+                           "on in --profile paper)")
     loss.add_argument("--no-recenter", dest="recenter", action="store_const", const=False, default=None,
-                      help="centre reference blobs on the box centre (principle (a) off)")
+                      help="centre reference blobs on the box centre (principle (a) off; the default)")
     loss.add_argument("--recenter-region", choices=("patch", "box"), default=None,
                       help="principle (a): centre of mass over the whole detector patch or only the patch pixels "
                            "inside the box (default patch)")
