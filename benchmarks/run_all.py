@@ -257,10 +257,12 @@ def write_markdown(entries: list[dict], quick: bool, started_at: str, path: str)
         lines.append(f"| {e['name']} | {e['status']} | {e['seconds']} | {load} |")
     lines += ["", "Raw results: benchmarks/results.json (per-benchmark JSON in benchmarks/out/)."]
     # The detection-quality tables (`make quality*`) and the head-initialisation diagnosis
-    # (`benchmarks/init_diagnosis.py`) are kept beside this file and carried over verbatim.
+    # (`benchmarks/init_diagnosis.py`) and the re-centring diagnosis (`benchmarks/recenter_diagnosis.py`)
+    # are kept beside this file and carried over verbatim.
     import glob
 
-    tables = sorted(glob.glob(os.path.join(HERE, "quality-*.md"))) + sorted(glob.glob(os.path.join(HERE, "init-*.md")))
+    tables = (sorted(glob.glob(os.path.join(HERE, "quality-*.md"))) + sorted(glob.glob(os.path.join(HERE, "init-*.md")))
+              + sorted(glob.glob(os.path.join(HERE, "recenter-*.md"))))
     for table in tables:
         with open(table, encoding="utf-8") as handle:
             lines += ["", handle.read().rstrip()]
