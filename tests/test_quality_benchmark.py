@@ -65,3 +65,24 @@ def test_recipe_fingerprint_follows_code_not_docstrings(tmp_path):
     base = write('"""Doc."""\ndef f():\n    """Old words."""\n    return 1  # a comment\n')
     assert write('"""Other doc."""\ndef f():\n    """New words."""\n    return 1\n') == base
     assert write('"""Doc."""\ndef f():\n    """Old words."""\n    return 2\n') != base
+
+
+def test_recenter_diagnosis_hand_computed():
+    """benchmarks/recenter_diagnosis.py: where the centre of mass of a detector patch lies."""
+    np = pytest.importorskip("numpy")
+    import recenter_diagnosis
+
+    box = (8.0, 8.0, 12.0, 12.0)  # centre (10, 10), half-size 2; patch 12 -> pixels 4..15
+    heatmap = np.zeros((20, 20))
+    heatmap[10, 10] = 1.0  # pixel centre (10.5, 10.5): 0.707 px from the box centre
+    stats = recenter_diagnosis.box_statistics(heatmap, box, 12)
+    assert stats["com_inside_box"] and stats["patch_peak_inside_box"]
+    assert stats["com_distance"] == pytest.approx(np.hypot(0.5, 0.5) / 2.0)
+    assert stats["patch_mass_inside_box"] == 1.0
+    heatmap[10, 14] = 3.0  # a stronger response beside the box, inside the patch
+    stats = recenter_diagnosis.box_statistics(heatmap, box, 12)
+    assert not stats["com_inside_box"] and not stats["patch_peak_inside_box"]
+    assert stats["patch_mass_inside_box"] == pytest.approx(0.25)
+    heatmap[:] = 0.0
+    heatmap[10, 16] = 1.0  # outside the patch: no mass, no measurement
+    assert recenter_diagnosis.box_statistics(heatmap, box, 12) is None
