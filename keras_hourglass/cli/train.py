@@ -10,11 +10,13 @@ from typing import Any
 from keras_hourglass.cli import argtypes
 
 EPILOG = """examples:
-  # the defaults: hypersensitive loss, tiny model, Adam 1e-3 with warmup + cosine decay, 5 + 5 epochs
-  # of 8,000 images; loss geometry and crop follow PREP's --size (config.json: given and resolved px)
+  # the defaults: hypersensitive loss with principle (a) off (re-centring; README), tiny model, Adam 1e-3
+  # with warmup + cosine decay, 5 + 5 epochs of 8,000 images; loss geometry and crop follow PREP's --size
+  # (config.json: given and resolved px)
   hourglass train --data data/prepared --out runs/hs
 
-  # the paper's recipe (Adam 1e-4 constant, omega 0.01, k 3, 40 + 40 epochs of 8,000 images, paper model)
+  # the paper's recipe (Adam 1e-4 constant, omega 0.01, k 3, (a) on, 40 + 40 epochs of 8,000 images,
+  # paper model)
   hourglass train --data data/prepared --out runs/paper --profile paper
 
   # small and quick (CPU): tiny model, 3 + 2 epochs of 40 steps, one log line per epoch
