@@ -105,6 +105,30 @@ def check_heatmap_model(model, path: str) -> None:
                                f"it returns {shapes or 'nothing'}")
 
 
+def load_model_file(path: str | os.PathLike):
+    """Loads a `.keras` model file (compile=False) with one-line errors; checks nothing else.
+
+    Args:
+        path: the model file given by the user.
+
+    Returns:
+        The `keras.Model`.
+
+    Raises:
+        InputError: no such file, a directory, not a Keras archive, or not loadable.
+    """
+    import keras
+
+    path = os.fspath(path)
+    check_archive(path)
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as err:  # noqa: BLE001 - any load failure is a bad input file
+        lines = str(err).strip().splitlines()
+        detail = escape_controls(" ".join(lines[0].split()))[:200] if lines else type(err).__name__
+        raise InputError(path, f"cannot load the Keras model ({type(err).__name__}: {detail})") from None
+
+
 def load_heatmap_model(path: str | os.PathLike):
     """Loads a `.keras` model file (compile=False) and checks that it is a one-channel heatmap model.
 
@@ -117,18 +141,10 @@ def load_heatmap_model(path: str | os.PathLike):
     Raises:
         InputError: no such file, a directory, not a Keras archive, not loadable, or not a heatmap model.
     """
-    import keras
-
     import keras_hourglass.losses  # noqa: F401 - registers the losses
     import keras_hourglass.model  # noqa: F401 - registers the custom layers
 
     path = os.fspath(path)
-    check_archive(path)
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as err:  # noqa: BLE001 - any load failure is a bad input file
-        lines = str(err).strip().splitlines()
-        detail = escape_controls(" ".join(lines[0].split()))[:200] if lines else type(err).__name__
-        raise InputError(path, f"cannot load the Keras model ({type(err).__name__}: {detail})") from None
+    model = load_model_file(path)
     check_heatmap_model(model, path)
     return model

@@ -23,7 +23,7 @@ import os
 
 import keras
 
-from keras_hourglass.errors import InputError, escape_controls
+from keras_hourglass.errors import InputError
 from keras_hourglass.model.blocks import ConvBNReLU
 
 BACKBONES = ("MobileNetV3Small", "MobileNetV3Large", "EfficientNetB0", "EfficientNetV2B0")
@@ -130,15 +130,9 @@ def load_classifier(path: str | os.PathLike) -> keras.Model:
     Raises:
         InputError: no such file, not a Keras archive, not loadable, or not a patch classifier.
     """
-    from keras_hourglass.modelfile import check_archive
+    from keras_hourglass.modelfile import load_model_file
 
     path = os.fspath(path)
-    check_archive(path)
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as err:  # noqa: BLE001 - any load failure is a bad input file
-        lines = str(err).strip().splitlines()
-        detail = escape_controls(" ".join(lines[0].split()))[:200] if lines else type(err).__name__
-        raise InputError(path, f"cannot load the Keras model ({type(err).__name__}: {detail})") from None
+    model = load_model_file(path)
     check_classifier(model, path)
     return model
