@@ -251,12 +251,12 @@ def _load_two_stage(args: argparse.Namespace) -> dict:
 
 def _add_two_stage(payload: dict, combined, two_stage: dict, args: argparse.Namespace) -> None:
     """Adds `two_stage` (the combined FROC and how it was scored) and `comparison` to froc.json's payload."""
-    from keras_hourglass.two_stage.combine import stage_two_weight
+    from keras_hourglass.two_stage.combine import RULE, stage_two_weight
 
     block = combined.to_json()
     block["classifier"] = os.path.abspath(args.classifier)
     block["combination"] = {"name": two_stage["combination"], "stage_two_weight": stage_two_weight(two_stage["combination"]),
-                            "rule": "max(s, 1e-6) ** (1 - w) * p ** w (keras_hourglass.two_stage.combine)",
+                            "rule": RULE,
                             "source": "RUN2/config.json" if args.combination == "auto" else "--combination"}
     block["proposals"] = {"threshold": two_stage["threshold"], "max_marks": two_stage["max_proposals"]}
     block["operating_point"] = {"target_fpi": args.operating_fpi, **combined.operating_point(args.operating_fpi)}

@@ -1,4 +1,4 @@
-"""How the two stages' scores combine into the two-stage system's score (numpy only).
+"""How the two stages' scores combine into the two-stage system's score (numpy; TensorFlow on demand).
 
 With `s` stage one's mark score (a heatmap value, which may be <= 0 or > 1)
 and `p` stage two's probability that the patch is a training positive
@@ -22,6 +22,11 @@ is stage one alone (`STAGE_ONE`): it is evaluated beside the candidates on
 the val proposals, as the reference, but never chosen. The trainer chooses the
 candidate with the best mean sensitivity (over the FROC's FPI points) on the
 val split's proposals and records it in RUN2/config.json (`two_stage.combination`).
+
+The rule is written once (`_weighted_geometric_mean`) and evaluated two ways: `combine_scores`
+(numpy, float64: `hourglass evaluate --classifier`, the trainer's choice) and `combine_scores_tf`
+(TensorFlow ops, float32: inside the combined SavedModel of `hourglass export --classifier`).
+TensorFlow is imported only by `combine_scores_tf`.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ STAGE_ONE = "stage_one"
 """The reference (w = 0): stage one's own score."""
 DEFAULT_COMBINATION = "product"
 """Used when the val split cannot choose (no positive finding among its images)."""
+RULE = "score = max(s, 1e-6) ** (1 - w) * p ** w (s: stage one, p: stage two; keras_hourglass.two_stage.combine)"
+"""The rule in words, as run configs, froc.json and export contracts record it."""
 
 
 def stage_two_weight(name: str) -> float:
@@ -45,6 +52,16 @@ def stage_two_weight(name: str) -> float:
     if name not in COMBINATIONS:
         raise ValueError(f"unknown combination {name!r}; expected one of {sorted(COMBINATIONS)}")
     return COMBINATIONS[name]
+
+
+def _weighted_geometric_mean(stage_one, probability, w: float, maximum, clip):
+    """The rule, on arrays of any library: `maximum(a, c)` and `clip(a, lo, hi)` are that library's ops."""
+    if w == 0.0:
+        return stage_one
+    p = clip(probability, 0.0, 1.0)
+    if w == 1.0:
+        return p
+    return maximum(stage_one, EPSILON) ** (1.0 - w) * p ** w
 
 
 def combine_scores(stage_one: np.ndarray, probability: np.ndarray, name: str) -> np.ndarray:
@@ -58,14 +75,26 @@ def combine_scores(stage_one: np.ndarray, probability: np.ndarray, name: str) ->
     Returns:
         float64 `[M]` combined scores (higher = more suspicious).
     """
-    w = stage_two_weight(name)
-    s = np.maximum(np.asarray(stage_one, np.float64), EPSILON)
-    p = np.clip(np.asarray(probability, np.float64), 0.0, 1.0)
-    if w == 0.0:
-        return np.asarray(stage_one, np.float64).copy()
-    if w == 1.0:
-        return p
-    return s ** (1.0 - w) * p ** w
+    s = np.array(stage_one, np.float64)
+    return _weighted_geometric_mean(s, np.asarray(probability, np.float64), stage_two_weight(name), np.maximum, np.clip)
+
+
+def combine_scores_tf(stage_one, probability, name: str):
+    """`combine_scores` with TensorFlow ops (float32), for graphs such as the combined export.
+
+    Args:
+        stage_one: float32 tensor of stage-one scores (any shape).
+        probability: float32 tensor of stage-two probabilities, same shape.
+        name: a key of `COMBINATIONS`, or `STAGE_ONE`.
+
+    Returns:
+        float32 tensor of combined scores, same shape.
+    """
+    import tensorflow as tf
+
+    s = tf.convert_to_tensor(stage_one, tf.float32)
+    p = tf.convert_to_tensor(probability, tf.float32)
+    return _weighted_geometric_mean(s, p, stage_two_weight(name), tf.maximum, tf.clip_by_value)
 
 
 def choose_combination(scores: dict[str, float | None]) -> tuple[str, str]:

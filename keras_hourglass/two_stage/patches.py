@@ -1,4 +1,4 @@
-"""Patch geometry of stage two (numpy only).
+"""Patch geometry of stage two (numpy; TensorFlow on demand).
 
 The patch side is given in *reference pixels* (pixels at the paper's 1536-px
 training scale, `keras_hourglass.training.geometry.REFERENCE_LONG_SIDE`) and
@@ -11,6 +11,11 @@ continuous image coordinates `(y, x)` gets the `size x size` window of whole
 pixels whose top-left pixel is `(floor(y - size / 2 + 0.5), floor(x - size / 2
 + 0.5))`, i.e. the integer-aligned window whose centre is nearest to the
 mark. Pixels outside the (unpadded) image are 0, the value of air.
+
+`crop_patches` applies the rule with numpy; `crop_patches_tf` with `tf.image.crop_and_resize`
+(nearest-neighbour sampling at whole pixels of a zero-padded image, so the patches are the same
+pixels), for graphs such as the combined export. The origin formula is written once (`_origin`).
+TensorFlow is imported only by `crop_patches_tf`.
 """
 
 from __future__ import annotations
@@ -50,10 +55,14 @@ def resolve_patch_size(reference_px: float, *, long_side: int, flag: str = "--pa
     return int(2 * round(resolved / 2))
 
 
+def _origin(coordinate, size: int, floor):
+    """The first whole pixel of the `size`-pixel window whose centre is nearest to `coordinate` (`floor`: a library's)."""
+    return floor(coordinate - size / 2.0 + 0.5)
+
+
 def patch_origin(y: float, x: float, size: int) -> tuple[int, int]:
     """Returns: the top-left pixel `(row, col)` of the patch of side `size` around the mark `(y, x)`."""
-    half = size / 2.0
-    return int(math.floor(y - half + 0.5)), int(math.floor(x - half + 0.5))
+    return int(_origin(y, size, math.floor)), int(_origin(x, size, math.floor))
 
 
 def crop_patches(image: np.ndarray, marks: np.ndarray, size: int) -> np.ndarray:
@@ -82,3 +91,34 @@ def crop_patches(image: np.ndarray, marks: np.ndarray, size: int) -> np.ndarray:
         if y1 > y0 and x1 > x0:
             out[m, y0 - top:y1 - top, x0 - left:x1 - left, 0] = image[y0:y1, x0:x1]
     return out
+
+
+def crop_patches_tf(images, marks, size: int):
+    """`crop_patches` for a batch, with TensorFlow ops (`tf.image.crop_and_resize`).
+
+    Args:
+        images: float32 `[B, H, W, 1]` (unpadded, image frame; one H, W for the batch).
+        marks: float32 `[B, K, >=2]`, rows starting with `(y, x)` in image coordinates.
+        size: patch side in pixels.
+
+    Returns:
+        float32 `[B * K, size, size, 1]` (image-major: the K patches of image 0 first), zero outside
+        the image.
+    """
+    import tensorflow as tf
+
+    size = int(size)
+    images = tf.convert_to_tensor(images, tf.float32)
+    marks = tf.convert_to_tensor(marks, tf.float32)
+    # Padding by `size` keeps every sample point of a mark inside [0, H] x [0, W] strictly within the
+    # padded image, so nearest-neighbour sampling reads whole pixels and the padding reads 0.
+    padded = tf.pad(images, [[0, 0], [size, size], [size, size], [0, 0]])
+    extent = tf.cast(tf.shape(padded)[1:3] - 1, tf.float32)
+    top = _origin(marks[..., 0], size, tf.math.floor) + size
+    left = _origin(marks[..., 1], size, tf.math.floor) + size
+    boxes = tf.stack([top / extent[0], left / extent[1],
+                      (top + size - 1) / extent[0], (left + size - 1) / extent[1]], axis=-1)
+    batch, count = tf.shape(marks)[0], tf.shape(marks)[1]
+    box_indices = tf.repeat(tf.range(batch), count)
+    return tf.image.crop_and_resize(padded, tf.reshape(boxes, [-1, 4]), box_indices, [size, size],
+                                    method="nearest", extrapolation_value=0.0)

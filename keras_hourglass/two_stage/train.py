@@ -127,6 +127,7 @@ def train_classifier(config: Stage2Config, proposals_dir: str, run_dir: str, *, 
     from keras_hourglass.training.train import package_versions
     from keras_hourglass.two_stage import records
     from keras_hourglass.two_stage.classifier import build_classifier
+    from keras_hourglass.two_stage.combine import RULE
     from keras_hourglass.two_stage.evaluate import select_combination
     from keras_hourglass.two_stage.proposals import read_manifest
 
@@ -219,7 +220,7 @@ def train_classifier(config: Stage2Config, proposals_dir: str, run_dir: str, *, 
     history = cb.read_history(history_path)
     summary["two_stage"] = {
         "combination": combination,
-        "rule": "score = max(s, 1e-6) ** (1 - w) * p ** w (s: stage one, p: stage two; keras_hourglass.two_stage.combine)",
+        "rule": RULE,
     }
     summary["result"] = {"run_dir": os.path.abspath(run_dir), "model": os.path.abspath(os.path.join(run_dir, "model.keras")),
                          "epochs_completed": int(config.epochs), "resumed_from_epoch": completed,
