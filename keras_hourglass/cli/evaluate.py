@@ -222,31 +222,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_two_stage(args: argparse.Namespace) -> dict:
-    """The classifier and how RUN2 scores: combination, stage one's proposal threshold and marks per image.
+    """The classifier and how RUN2 scores (`keras_hourglass.two_stage.system.load_stage_two`).
 
     Raises:
         InputError: not a patch classifier; no RUN2/config.json with --combination auto; patches at another
             scale than PREP's (the proposals' long side differs from PREP's).
     """
+    from keras_hourglass.errors import with_flags
     from keras_hourglass.training.geometry import prep_long_side
-    from keras_hourglass.two_stage.classifier import load_classifier
-    from keras_hourglass.two_stage.train import read_run_config
+    from keras_hourglass.two_stage.system import check_long_side, load_stage_two
 
-    classifier = load_classifier(args.classifier)
-    config = read_run_config(args.classifier) or {}
-    proposals = config.get("proposals") or {}
-    combination = args.combination
-    if combination == "auto":
-        chosen = ((config.get("two_stage") or {}).get("combination") or {}).get("name")
-        if chosen is None:
-            raise InputError(args.classifier, "no config.json of a stage-two run beside it: give --combination")
-        combination = chosen
-    long_side = proposals.get("long_side")
-    if long_side is not None and int(long_side) != prep_long_side(args.data):
-        raise InputError(args.data, f"its images have long side {prep_long_side(args.data)} px, the classifier's "
-                                    f"proposals {long_side} px: its patches would cover another extent")
-    return {"classifier": classifier, "combination": combination, "threshold": proposals.get("threshold"),
-            "max_proposals": proposals.get("max_marks"), "config": config}
+    try:
+        stage_two = load_stage_two(args.classifier, combination=args.combination)
+    except InputError as err:
+        raise with_flags(err, {"combination": "--combination"}) from None
+    check_long_side(stage_two, prep_long_side(args.data), where=args.data, what="its images")
+    return {"classifier": stage_two.classifier, "combination": stage_two.combination, "threshold": stage_two.threshold,
+            "max_proposals": stage_two.max_proposals, "config": stage_two.config}
 
 
 def _add_two_stage(payload: dict, combined, two_stage: dict, args: argparse.Namespace) -> None:

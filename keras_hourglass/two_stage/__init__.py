@@ -4,7 +4,7 @@ The hypersensitive detector (stage one) proposes marks; a small Keras CNN (stage
 two) classifies a fixed-size patch around each mark; a documented combination
 of both scores ranks the marks of the two-stage system.
 
-- `patches` (numpy, no TensorFlow): the patch geometry (reference pixels ->
+- `patches` (numpy; a TensorFlow twin for graphs): the patch geometry (reference pixels ->
   image pixels) and the one crop rule shared by proposals and evaluation.
 - `proposals`: `hourglass proposals`: stage one over every split of PREP, one
   labelled patch per mark, sharded TFRecords + manifest.
@@ -13,7 +13,9 @@ of both scores ranks the marks of the two-stage system.
   one-line errors).
 - `train`: class-balanced training of the classifier (`hourglass train --stage 2`),
   resumable, with the combination chosen on the val proposals.
-- `combine` (numpy, no TensorFlow): the combinations of the two scores.
+- `combine` (numpy; a TensorFlow twin for graphs): the combinations of the two scores.
 - `evaluate`: stage one + stage two over a prepared split, for `hourglass
   evaluate --classifier`.
+- `system`: a stage-two run as it recorded itself (classifier, combination, proposal
+  threshold, patch geometry), loaded the same way by evaluate and `hourglass export --classifier`.
 """
