@@ -9,6 +9,7 @@ import sys
 
 from keras_hourglass.cli import argtypes
 from keras_hourglass.errors import InputError, escape_controls
+from keras_hourglass.two_stage.combine import COMBINATIONS
 
 EPILOG = """\
 examples:
@@ -25,6 +26,10 @@ examples:
       --batching-parameters serving/batching_parameters.txt
   # record the operating points hourglass evaluate measured (predict --operating-point 4.8)
   hourglass export --model runs/r1/model.keras --base-path serving/hourglass --evaluation eval/r1
+  # both stages in one SavedModel: stage one's marks rescored by the stage-two classifier, combined
+  # as RUN2/config.json records (operating points from `hourglass evaluate --classifier`)
+  hourglass export --model runs/r1/model.keras --classifier runs/r1-stage2/model.keras \
+      --base-path serving/hourglass --evaluation eval/r1-two-stage
 
 Every version carries its model contract (preprocessing, thresholds,
 operating points, lineage) as the signature `metadata` and in
@@ -33,6 +38,12 @@ BASE/.tmp-<uuid>, verified (op allow-list, saved_model_cli show/run, warmup
 replay, metadata == assets.extra) and renamed to
 BASE/<version>; an existing version is never overwritten (exit 2). Prints
 the export's JSON (path, version, metadata, verification) on stdout.
+
+With --classifier the signatures keep their names and outputs, and their
+marks carry the two-stage score (the threshold applies to it); two more
+outputs give each mark's stage-one score and stage-two probability, and the
+contract records the combination (`two_stage`). Verification also compares
+the export's scores with the Python two-stage pipeline on a reference image.
 """
 
 
@@ -73,6 +84,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--batching-parameters", metavar="FILE", default=None,
                         help="TF Serving batching parameters the server runs with (serving/batching_parameters.txt): "
                              "warmup at each allowed_batch_sizes entry (default: batch 1, batching off)")
+    parser.add_argument("--classifier", default=None, metavar="RUN2/model.keras",
+                        help="stage-two classifier (`hourglass train --stage 2`): export both stages as one "
+                             "SavedModel whose marks carry the combined score")
+    parser.add_argument("--combination", default="auto",
+                        choices=("auto", *COMBINATIONS),
+                        help="with --classifier: how the scores combine (default auto: the one RUN2/config.json "
+                             "chose on the val proposals)")
     parser.add_argument(
         "--verify",
         choices=("full", "ops"),
@@ -89,6 +107,7 @@ EXPORT_FLAGS = {
     "model_path": "--model", "base_path": "--base-path", "version": "--version", "max_marks": "--max-marks",
     "threshold": "--threshold", "long_side": "--long-side", "model_name": "--model-name", "verify": "--verify",
     "evaluation": "--evaluation", "batch_sizes": "--batching-parameters", "label": "--label",
+    "classifier": "--classifier", "combination": "--combination",
 }
 
 
@@ -139,6 +158,8 @@ def _run(args: argparse.Namespace) -> int:
             verify=args.verify,
             evaluation=args.evaluation,
             batch_sizes=batch_sizes,
+            classifier=args.classifier,
+            combination=args.combination,
         )
     except VerificationError as err:
         print(f"hourglass export: verification failed, nothing published: {err}", file=sys.stderr)

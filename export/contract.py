@@ -17,16 +17,18 @@ SCALE_RULE = ("resize so the long side is long_side, aspect ratio kept (area ave
               "then orient; keras_hourglass.data.dicom.read_mammogram")
 
 
-def operating_points_from_froc(path: str | os.PathLike) -> dict:
+def operating_points_from_froc(path: str | os.PathLike, *, system: str | None = None) -> dict:
     """Reads the operating points `hourglass evaluate` measured (its froc.json, or the EVAL directory).
 
     Args:
         path: `EVAL/froc.json` or `EVAL`.
+        system: None for stage one's; "two_stage" for the two-stage system's (`evaluate --classifier`).
 
     Returns:
         `{"points": {"4.8": {"threshold", "fpi", "sensitivity"}, ...}, "split", "num_images",
         "num_malignant_findings", "froc_sha256", "data_manifest_sha256"}` (the data hash is that of
-        the evaluated PREP's manifest.json, None when it is not readable any more).
+        the evaluated PREP's manifest.json, None when it is not readable any more); with `system`,
+        also `"system"` and `"combination"` (the name the evaluation combined the scores with).
 
     Raises:
         InputError: the file is missing, not JSON, or has no `operating_points`.
@@ -40,6 +42,11 @@ def operating_points_from_froc(path: str | os.PathLike) -> dict:
         raise InputError(path, "no such froc.json (run hourglass evaluate first)") from None
     except ValueError:
         raise InputError(path, "not a JSON file") from None
+    if system is not None:
+        block = froc.get(system) if isinstance(froc, dict) else None
+        if not isinstance(block, dict):
+            raise InputError(path, f"has no {system} results (run hourglass evaluate --classifier)")
+        froc = {**froc, **block, "data": froc.get("data")}
     points = froc.get("operating_points") if isinstance(froc, dict) else None
     if not isinstance(points, dict) or not points:
         raise InputError(path, "has no operating_points (not a froc.json of hourglass evaluate)")
@@ -49,7 +56,9 @@ def operating_points_from_froc(path: str | os.PathLike) -> dict:
             raise InputError(path, f"operating point {str(key)[:20]!r} has no threshold")
         clean[str(key)] = {k: point.get(k) for k in ("threshold", "fpi", "sensitivity")}
     manifest = Path(str(froc.get("data", ""))) / "manifest.json"
+    which = {} if system is None else {"system": system, "combination": (froc.get("combination") or {}).get("name")}
     return {
+        **which,
         "points": clean,
         "split": froc.get("split"),
         "num_images": froc.get("num_images"),

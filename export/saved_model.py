@@ -95,6 +95,7 @@ def export_detector(
     verify: str = "full",
     verify_image_hw: tuple[int, int] = (64, 48),
     batch_sizes: tuple[int, ...] = (1,),
+    checks: tuple = (),
     _atomic: bool = True,
 ) -> ExportResult:
     """Writes `detector`'s signatures as a new version under `base_path`.
@@ -111,6 +112,8 @@ def export_detector(
             replay), "ops" (op check only) or "none".
         verify_image_hw: image size for the saved_model_cli run check.
         batch_sizes: batch sizes to warm up (`allowed_batch_sizes` when TF Serving batches).
+        checks: with verify="full", more checks of the staged SavedModel: `check(path) -> dict` (added
+            to the verification report) raising `VerificationError` (e.g. `export.verify_two_stage`).
         _atomic: testing only: False writes straight into `BASE/<version>`
             (the unsafe way), so the atomicity test can show it fails.
 
@@ -164,6 +167,8 @@ def export_detector(
                 run_cli=verify == "full",
                 warmup=verify == "full",
             ).to_json()
+            for check in checks if verify == "full" else ():
+                report.update(check(staging))
         if not _atomic:
             return ExportResult(staging, int(os.path.basename(staging)), meta, report)
         fsync_tree(staging)
@@ -266,6 +271,8 @@ def export_keras_model(
     verify: str = "full",
     evaluation: str | os.PathLike | None = None,
     batch_sizes: tuple[int, ...] = (1,),
+    classifier: str | os.PathLike | None = None,
+    combination: str = "auto",
 ) -> ExportResult:
     """`hourglass export`: loads `RUN/model.keras` and exports it under `base_path`.
 
@@ -284,6 +291,10 @@ def export_keras_model(
         evaluation: `EVAL/froc.json` (or `EVAL`) of `hourglass evaluate` on this model: its
             operating points go into the contract.
         batch_sizes: batch sizes to warm up (`serving.batching.allowed_batch_sizes`).
+        classifier: RUN2/model.keras of `hourglass train --stage 2`: export both stages as one
+            SavedModel (`export.two_stage`; `threshold` and the operating points are then on the
+            combined score).
+        combination: with `classifier`: "auto" (RUN2/config.json's) or a combination name.
 
     Returns:
         An `ExportResult`.
@@ -291,7 +302,13 @@ def export_keras_model(
     from export.contract import operating_points_from_froc
     from export.signatures import HourglassDetector
 
-    operating_points = operating_points_from_froc(evaluation) if evaluation is not None else None
+    stage_two = None
+    if classifier is not None:
+        from keras_hourglass.two_stage.system import load_stage_two
+
+        stage_two = load_stage_two(classifier, combination=combination, require_config=True)
+    system = None if stage_two is None else "two_stage"
+    operating_points = operating_points_from_froc(evaluation, system=system) if evaluation is not None else None
 
     model, stride, multiple = load_inference_model(model_path)
     preprocessing = training_preprocessing(model_path)
@@ -309,6 +326,15 @@ def export_keras_model(
         threshold=threshold,
         long_side=long_side,
     )
+    extra, checks = {}, ()
+    if stage_two is not None:
+        from export import two_stage
+
+        two_stage.check_evaluation(operating_points, stage_two, evaluation)
+        detector = two_stage.two_stage_detector(detector, stage_two)
+        long_side = detector.long_side
+        extra = {"two_stage": two_stage.two_stage_contract(detector, stage_two, model_path)}
+        checks = (two_stage.verification(detector, stage_two),)
     return export_detector(
         detector,
         base_path,
@@ -316,10 +342,11 @@ def export_keras_model(
         model_name=model_name,
         metadata={"source_model": os.path.abspath(model_path),
                   "preprocessing": {**preprocessing, "long_side": long_side},
-                  "operating_points": operating_points},
+                  "operating_points": operating_points, **extra},
         verify=verify,
         verify_image_hw=(2 * multiple + 3, multiple + 5),
         batch_sizes=batch_sizes,
+        checks=checks,
     )
 
 

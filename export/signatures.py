@@ -181,28 +181,23 @@ class HourglassDetector:
     def detect_png(self, image_bytes: tf.Tensor, threshold: tf.Tensor) -> dict[str, tf.Tensor]:
         """`detect_png`: marks, num_marks, long_side for a batch of PNGs of any sizes."""
 
+        specs = self.per_image_outputs()
+
         def one(args):
             png, thr = args
             image = decode_png_image(png)[None]
             out = self.detect(image, threshold=thr)
-            return out["marks"][0], out["num_marks"][0]
+            return {key: out[key][0] for key in specs}
 
         threshold = tf.cast(threshold, tf.float32)
         threshold = tf.where(tf.math.is_nan(threshold), tf.constant(self.threshold, tf.float32), threshold)
-        marks, num_marks = tf.map_fn(
-            one,
-            (image_bytes, threshold),
-            fn_output_signature=(
-                tf.TensorSpec([self.max_marks, 3], tf.float32),
-                tf.TensorSpec([], tf.int32),
-            ),
-        )
+        outputs = tf.map_fn(one, (image_bytes, threshold), fn_output_signature=specs)
         batch = tf.shape(image_bytes)[0]
-        return {
-            "marks": marks,
-            "num_marks": num_marks,
-            "long_side": tf.fill([batch], tf.constant(self.long_side, tf.int32)),
-        }
+        return {**outputs, "long_side": tf.fill([batch], tf.constant(self.long_side, tf.int32))}
+
+    def per_image_outputs(self) -> dict[str, tf.TensorSpec]:
+        """Returns: the outputs of `detect` that `detect_png` returns (besides `long_side`), one image's spec each."""
+        return {"marks": tf.TensorSpec([self.max_marks, 3], tf.float32), "num_marks": tf.TensorSpec([], tf.int32)}
 
 
 def metadata_outputs(request: tf.Tensor, text: str) -> dict[str, tf.Tensor]:

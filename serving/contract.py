@@ -11,7 +11,12 @@ GetModelMetadata returns signature defs only, tensorflow/serving#1248) and as
 - `stride`, `input_multiple`, `max_marks`, `threshold` (the export's default), `pool_size`;
 - `operating_points`: None, or `{"points": {"4.8": {"threshold", "fpi", "sensitivity"}, ...},
   "split", "data_manifest_sha256", "froc_sha256", "num_images"}` as measured by `hourglass evaluate`;
-- `lineage`: manifest / training config hashes, tuning trial id, package and TensorFlow versions.
+- `lineage`: manifest / training config hashes, tuning trial id, package and TensorFlow versions;
+- `two_stage` (only in a two-stage export, `hourglass export --classifier`): `stages` 2, the
+  `combination` (name, stage-two weight, rule), the `proposals` (stage one's threshold and marks per
+  image), the `patch` geometry and the classifier's lineage. The image signatures then return the
+  rescored marks (their score and every threshold are the combined score) under the same names,
+  plus `STAGE_ONE_SCORE_OUTPUT` and `PROBABILITY_OUTPUT` per mark row.
 
 `METADATA_SIGNATURE` takes `request` int32 `[B]` (any values) and returns `metadata` and
 `metadata_sha256` string `[B]` (the same JSON repeated, so the reply works in REST's row and
@@ -41,6 +46,10 @@ SIGNATURE_NAMES = (*IMAGE_SIGNATURES, METADATA_SIGNATURE)
 """Every signature an export has, in the order the contract lists them."""
 METADATA_FILE = "keras_hourglass.json"
 """The contract's second copy: `<version>/assets.extra/keras_hourglass.json`."""
+STAGE_ONE_SCORE_OUTPUT = "stage_one_score"
+"""Two-stage exports only: float32 `[B, max_marks]`, stage one's score of each mark row (0 on padding)."""
+PROBABILITY_OUTPUT = "probability"
+"""Two-stage exports only: float32 `[B, max_marks]`, stage two's probability of each mark row (0 on padding)."""
 METADATA_INPUT = "request"
 METADATA_OUTPUT = "metadata"
 METADATA_DIGEST_OUTPUT = "metadata_sha256"
@@ -247,6 +256,6 @@ def _is_number(text: str) -> bool:
 
 __all__ = [
     "CONTRACT_FORMAT", "ContractError", "METADATA_DIGEST_OUTPUT", "METADATA_INPUT", "METADATA_OUTPUT",
-    "METADATA_SIGNATURE", "ModelContract", "contract_digest", "contract_text", "inclusive_threshold",
+    "METADATA_SIGNATURE", "ModelContract", "PROBABILITY_OUTPUT", "STAGE_ONE_SCORE_OUTPUT", "contract_digest", "contract_text", "inclusive_threshold",
     "metadata_request",
 ]

@@ -27,6 +27,7 @@ import sys
 import textwrap
 
 from keras_hourglass.errors import InputError
+from keras_hourglass.two_stage.combine import COMBINATIONS
 
 EXAMPLES = textwrap.dedent(
     """\
@@ -76,7 +77,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--classifier", default=None, metavar="RUN2/model.keras",
                         help="stage-two classifier (`hourglass train --stage 2`): also evaluate the two-stage system")
     parser.add_argument("--combination", default="auto",
-                        choices=("auto", "probability", "geometric_0.75", "product", "geometric_0.25"),
+                        choices=("auto", *COMBINATIONS),
                         help="with --classifier: how the scores combine (default auto: the one RUN2/config.json "
                              "chose on the val proposals)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
