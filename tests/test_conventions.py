@@ -84,6 +84,10 @@ SINGLE_DEFINITIONS = [
     ("def encode_png16(", "keras_hourglass/data/png16.py", ()),
     ("def list_versions(", "serving/contract.py", ()),
     ("def read_export_metadata(", "serving/contract.py", ()),
+    ('"stage_one_score"', "serving/contract.py", ()),
+    # the two-stage combination and the patch crop: one rule each, evaluated by numpy and by TensorFlow
+    ("1e-6) ** (1 - w)", "keras_hourglass/two_stage/combine.py", ()),
+    ("tf.image.crop_and_resize(", "keras_hourglass/two_stage/patches.py", ()),
 ]
 
 
@@ -117,6 +121,8 @@ SERVING_CONSUMERS = [
     ("export.signatures", ["SERVING_DEFAULT", "DETECT_PNG", "METADATA_SIGNATURE", "SIGNATURE_NAMES"]),
     ("export.saved_model", ["METADATA_FILE", "list_versions", "metadata_path", "read_export_metadata"]),
     ("export.verify", ["SERVING_DEFAULT", "SIGNATURE_NAMES", "metadata_path"]),
+    ("export.two_stage", ["PROBABILITY_OUTPUT", "STAGE_ONE_SCORE_OUTPUT", "inclusive_threshold"]),
+    ("export.verify_two_stage", ["DETECT_PNG", "SERVING_DEFAULT", "PROBABILITY_OUTPUT", "STAGE_ONE_SCORE_OUTPUT"]),
     ("serving.client", ["DETECT_PNG", "IMAGE_SIGNATURES", "SERVING_DEFAULT", "list_versions", "read_export_metadata"]),
     ("serving.cli", ["DETECT_PNG", "IMAGE_SIGNATURES", "SERVING_DEFAULT"]),
 ]

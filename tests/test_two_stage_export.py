@@ -47,6 +47,19 @@ def combined(tmp_path_factory):
                 "--max-marks", str(MAX_MARKS), "--evaluation", evaluation]}
 
 
+def library_two_stage(combined: dict, elements: list[dict]) -> list:
+    """The library's two-stage records of evaluation elements (`hourglass evaluate --classifier`'s scoring)."""
+    from keras_hourglass.modelfile import load_heatmap_model
+    from keras_hourglass.two_stage.evaluate import predict_two_stage
+    from keras_hourglass.two_stage.system import load_stage_two
+
+    stage_two = load_stage_two(combined["classifier"])
+    _, records = predict_two_stage(load_heatmap_model(combined["model"]), stage_two.classifier, elements,
+                                   combination=stage_two.combination, proposal_threshold=stage_two.threshold,
+                                   max_proposals=stage_two.max_proposals)
+    return records
+
+
 @pytest.fixture(scope="module")
 def exported(combined):
     import io
@@ -82,15 +95,10 @@ def test_the_export_records_both_stages_and_is_verified(combined, exported):
 
 def test_the_exported_scores_are_the_librarys_two_stage_scores(combined, exported):
     from keras_hourglass.data.pipeline import evaluation_dataset
-    from keras_hourglass.two_stage.evaluate import predict_two_stage
-    from keras_hourglass.two_stage.system import load_stage_two
 
     loaded = tf.saved_model.load(exported["path"])
-    stage_two = load_stage_two(combined["classifier"])
-    keras_model = tf.keras.models.load_model(combined["model"], compile=False)
     elements = list(evaluation_dataset(combined["prep"], split="test", input_multiple=2))
-    _, library = predict_two_stage(keras_model, stage_two.classifier, elements, combination=stage_two.combination,
-                                   proposal_threshold=stage_two.threshold, max_proposals=stage_two.max_proposals)
+    library = library_two_stage(combined, elements)
     compared = 0
     for element, record in zip(elements, library):
         out = loaded.signatures["serving_default"](image=element["image"])
@@ -106,20 +114,14 @@ def test_the_exported_scores_are_the_librarys_two_stage_scores(combined, exporte
 
 def test_predict_reads_the_two_stage_export_unchanged(combined, exported, tmp_path, capsys):
     from keras_hourglass.data.dicom import read_mammogram
-    from keras_hourglass.two_stage.evaluate import predict_two_stage
-    from keras_hourglass.two_stage.system import load_stage_two
     from serving_doubles import breast_pixels, write_mammogram_dicom
 
     dicom = write_mammogram_dicom(tmp_path / "l_cc.dcm", breast_pixels(64, 64, seed=1))
     capsys.readouterr()
     assert main(["predict", "--saved-model", combined["base"], dicom]) == 0
     (result,) = json.loads(capsys.readouterr().out)["results"]
-    image = read_mammogram(dicom, long_side=64).image
-    stage_two = load_stage_two(combined["classifier"])
-    keras_model = tf.keras.models.load_model(combined["model"], compile=False)
-    element = {"image": image[None, :, :, None], "height": np.array([64]), "width": np.array([64])}
-    _, (record,) = predict_two_stage(keras_model, stage_two.classifier, [element], combination=stage_two.combination,
-                                     proposal_threshold=stage_two.threshold, max_proposals=stage_two.max_proposals)
+    image = read_mammogram(dicom, long_side=64).image  # what the client sent
+    (record,) = library_two_stage(combined, [{"image": image[None, :, :, None]}])
     expected = record.marks[record.marks[:, 2] > 0][:MAX_MARKS]
     assert result["num_marks"] == len(expected) > 0
     np.testing.assert_allclose([m["score"] for m in result["marks"]], expected[:, 2], atol=2e-6)
