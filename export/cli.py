@@ -28,7 +28,7 @@ examples:
   hourglass export --model runs/r1/model.keras --base-path serving/hourglass --evaluation eval/r1
   # both stages in one SavedModel: stage one's marks rescored by the stage-two classifier, combined
   # as RUN2/config.json records (operating points from `hourglass evaluate --classifier`)
-  hourglass export --model runs/r1/model.keras --classifier runs/r1-stage2/model.keras \
+  hourglass export --model runs/r1/model.keras --classifier runs/r1-stage2/model.keras \\
       --base-path serving/hourglass --evaluation eval/r1-two-stage
 
 Every version carries its model contract (preprocessing, thresholds,

@@ -314,7 +314,7 @@ def export_keras_model(
     preprocessing = training_preprocessing(model_path)
     if long_side is None:
         long_side = int(preprocessing.get("long_side", 0))
-        if not long_side:
+        if not long_side and (stage_two is None or stage_two.long_side is None):
             log.warning("%s: no training preprocessing found (not in the model, its config.json or its prepared "
                         "data): the export records long side 0 and clients must give long_side",
                         escape_controls(str(model_path)))

@@ -110,6 +110,11 @@ def test_the_exported_scores_are_the_librarys_two_stage_scores(combined, exporte
         np.testing.assert_array_less(0.1 - 1e-6, out["stage_one_score"][0, :n].numpy())  # proposals only
         compared += n
     assert compared == 5  # the 4 spots of e1 and the background spot of e2 (their faint spots are no proposals)
+    # A batch of two images (one H, W) gives each image's own marks.
+    batch = loaded.signatures["serving_default"](image=tf.concat([e["image"] for e in elements], axis=0))
+    for i, record in enumerate(library):
+        n = int(batch["num_marks"][i])
+        np.testing.assert_allclose(batch["marks"][i, :n].numpy(), record.marks, rtol=1e-4, atol=1e-4)
 
 
 def test_predict_reads_the_two_stage_export_unchanged(combined, exported, tmp_path, capsys):
