@@ -88,7 +88,9 @@ def test_the_export_records_both_stages_and_is_verified(combined, exported):
     check = exported["verification"]
     assert check["two_stage_check"]["marks_compared"] > 0 and check["warmup_records_replayed"] > 0
     outputs = check["signatures"]["serving_default"]["outputs"]
-    assert {"marks", "num_marks", "heatmap", "long_side", "stage_one_score", "probability"} <= set(outputs)
+    assert {"marks", "num_marks", "heatmap", "long_side", "stage_one_score", "probability"} == set(outputs)
+    assert outputs["marks"] == ["DT_FLOAT", f"(-1, {MAX_MARKS}, 3)"]
+    assert outputs["stage_one_score"] == outputs["probability"] == ["DT_FLOAT", f"(-1, {MAX_MARKS})"]
     assert {"marks", "num_marks", "long_side", "stage_one_score", "probability"} <= set(
         check["signatures"]["detect_png"]["outputs"])
 
@@ -130,6 +132,17 @@ def test_predict_reads_the_two_stage_export_unchanged(combined, exported, tmp_pa
     expected = record.marks[record.marks[:, 2] > 0][:MAX_MARKS]
     assert result["num_marks"] == len(expected) > 0
     np.testing.assert_allclose([m["score"] for m in result["marks"]], expected[:, 2], atol=2e-6)
+    # TF Serving's REST API (row form: the extra outputs share the batch dimension) through the client.
+    from serving import client as sc
+    from serving_doubles import TFServingRestDouble
+
+    server, url = TFServingRestDouble(exported["path"]).start()
+    try:
+        detection = sc.RestClient(url, signature="detect_png").detect_file(dicom)
+    finally:
+        server.shutdown()
+        server.server_close()
+    np.testing.assert_allclose(detection.marks[:, 2], expected[:, 2], atol=1e-4)  # a 16-bit PNG of the image
 
 
 def test_a_classifier_of_another_patch_geometry_is_a_one_line_error(combined, tmp_path, capsys):
