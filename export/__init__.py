@@ -7,7 +7,9 @@ Public API (TensorFlow is imported on first use of a submodule):
 - `export.signatures.HourglassDetector`, `build_export_archive`: the signatures serving_default,
   detect_png and metadata (the model contract, format in `serving.contract`).
 - `export.contract`: operating points (from froc.json) and lineage for the contract.
-- `export.verify.verify_saved_model(path, ...)`: servability checks.
+- `export.two_stage`: `TwoStageDetector`, both stages in one SavedModel (`hourglass export --classifier`).
+- `export.verify.verify_saved_model(path, ...)`: servability checks; `export.verify_two_stage`: a
+  combined export's scores against the Python two-stage pipeline.
 - `export.warmup.build_warmup_requests`, `write_warmup_requests`, `read_warmup_requests`: records at the
   served shapes and batch sizes.
 """

@@ -95,7 +95,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--verify",
         choices=("full", "ops"),
         default="full",
-        help="full: op allow-list + saved_model_cli run + warmup replay (default); ops: op allow-list only",
+        help="full: op allow-list + saved_model_cli run + warmup replay (+ with --classifier, the scores against "
+             "the Python two-stage pipeline) (default); ops: op allow-list only",
     )
     parser.set_defaults(func=run)
     return parser
