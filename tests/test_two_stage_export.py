@@ -192,3 +192,20 @@ def test_the_graph_crop_and_combination_are_the_numpy_ones():
     s, p = np.array([0.5, -1.0, 0.2, 3.0]), np.array([0.5, 0.9, 0.0, 1.2])
     for name in (STAGE_ONE, *COMBINATIONS):
         np.testing.assert_allclose(combine_scores_tf(s, p, name).numpy(), combine_scores(s, p, name), rtol=1e-6)
+
+
+def test_the_two_stage_check_fails_on_another_combination(combined, exported):
+    from export.saved_model import load_inference_model
+    from export.two_stage import TwoStageDetector
+    from export.verify import VerificationError
+    from export.verify_two_stage import verify_two_stage
+    from keras_hourglass.two_stage.system import load_stage_two
+
+    stage_two = load_stage_two(combined["classifier"])
+    model, stride, multiple = load_inference_model(combined["model"])
+    other = "probability" if stage_two.combination != "probability" else "product"
+    wrong = TwoStageDetector(model, stage_two.classifier, combination=other, patch_size=16, proposal_threshold=0.1,
+                             max_proposals=100, stride=stride, input_multiple=multiple, max_marks=MAX_MARKS,
+                             long_side=64)
+    with pytest.raises(VerificationError, match="combined scores differ from the Python pipeline's"):
+        verify_two_stage(exported["path"], wrong, stage_two.classifier)
