@@ -28,6 +28,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from keras_hourglass.atomic import fsync_directory, fsync_tree
 from keras_hourglass.errors import InputError, escape_controls
@@ -95,7 +96,7 @@ def export_detector(
     verify: str = "full",
     verify_image_hw: tuple[int, int] = (64, 48),
     batch_sizes: tuple[int, ...] = (1,),
-    checks: tuple = (),
+    checks: tuple[Callable[[str], dict], ...] = (),
     _atomic: bool = True,
 ) -> ExportResult:
     """Writes `detector`'s signatures as a new version under `base_path`.
