@@ -112,10 +112,11 @@ def verify_two_stage(path: str, detector, classifier, *, atol: float = 1e-4) -> 
         difference = float(np.max(np.abs(marks[order_a, 2] - expected[order_b, 2]), initial=0.0))
         if difference > atol:
             problems.append(f"two-stage check: combined scores differ from the Python pipeline's by {difference:.3g}")
-    recombined = combine_scores(png[STAGE_ONE_SCORE_OUTPUT].numpy()[0, :count], png[PROBABILITY_OUTPUT].numpy()[0, :count],
-                                detector.combination)
+    recombined = combine_scores(png[STAGE_ONE_SCORE_OUTPUT].numpy()[0, :count],
+                                png[PROBABILITY_OUTPUT].numpy()[0, :count], detector.combination)
     if not np.allclose(recombined, marks[:, 2], atol=atol):
-        problems.append(f"two-stage check: {STAGE_ONE_SCORE_OUTPUT} and {PROBABILITY_OUTPUT} do not recombine to the scores")
+        problems.append(f"two-stage check: {STAGE_ONE_SCORE_OUTPUT} and {PROBABILITY_OUTPUT} do not recombine to "
+                        "the scores")
     default = loaded.signatures[SERVING_DEFAULT](image=tf.constant(image[None, :, :, None]))
     above = marks[marks[:, 2] > np.float32(detector.threshold)]
     served = default["marks"].numpy()[0, : int(default["num_marks"].numpy()[0])]

@@ -84,7 +84,8 @@ def test_the_export_records_both_stages_and_is_verified(combined, exported):
     assert two["classifier"]["stage_one_matches"] is True
     froc = json.load(open(os.path.join(combined["eval"], "froc.json")))
     assert meta["operating_points"]["system"] == "two_stage"
-    assert meta["operating_points"]["points"]["4.8"]["threshold"] == froc["two_stage"]["operating_points"]["4.8"]["threshold"]
+    points = froc["two_stage"]["operating_points"]
+    assert meta["operating_points"]["points"]["4.8"]["threshold"] == points["4.8"]["threshold"]
     check = exported["verification"]
     assert check["two_stage_check"]["marks_compared"] > 0 and check["warmup_records_replayed"] > 0
     outputs = check["signatures"]["serving_default"]["outputs"]
@@ -166,7 +167,8 @@ def test_bad_classifier_and_evaluation_are_one_line_errors(combined, tmp_path, c
     assert main(["export", "--model", combined["model"], "--classifier", combined["model"], *base]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert err.startswith(f"hourglass export: error: {combined['model']}: not a patch classifier") and err.count("\n") == 1
+    assert err.startswith(f"hourglass export: error: {combined['model']}: not a patch classifier")
+    assert err.count("\n") == 1
     stage_one_froc = tmp_path / "froc.json"
     stage_one_froc.write_text(json.dumps({"operating_points": {"4.8": {"threshold": 0.1}}}))
     assert main(["export", "--model", combined["model"], "--classifier", combined["classifier"], *base,

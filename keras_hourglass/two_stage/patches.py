@@ -56,7 +56,7 @@ def resolve_patch_size(reference_px: float, *, long_side: int, flag: str = "--pa
 
 
 def _origin(coordinate, size: int, floor):
-    """The first whole pixel of the `size`-pixel window whose centre is nearest to `coordinate` (`floor`: a library's)."""
+    """The first whole pixel of the `size`-pixel window centred nearest to `coordinate` (`floor`: a library's)."""
     return floor(coordinate - size / 2.0 + 0.5)
 
 

@@ -100,7 +100,8 @@ def load_stage_two(path: str | os.PathLike, *, combination: str = AUTO, require_
     long_side = proposals.get("long_side")
     max_proposals = proposals.get("max_marks")
     return StageTwo(classifier=classifier, path=path, combination=combination, combination_source=source,
-                    threshold=proposals.get("threshold"), max_proposals=None if max_proposals is None else int(max_proposals),
+                    threshold=proposals.get("threshold"),
+                    max_proposals=None if max_proposals is None else int(max_proposals),
                     long_side=None if long_side is None else int(long_side), patch_size=size, config=config)
 
 
