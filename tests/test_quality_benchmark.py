@@ -86,3 +86,27 @@ def test_recenter_diagnosis_hand_computed():
     heatmap[:] = 0.0
     heatmap[10, 16] = 1.0  # outside the patch: no mass, no measurement
     assert recenter_diagnosis.box_statistics(heatmap, box, 12) is None
+
+
+def test_miss_diagnosis_hand_computed():
+    """benchmarks/miss_diagnosis.py: best value inside a box, and where a false mark lies."""
+    np = pytest.importorskip("numpy")
+    import miss_diagnosis
+
+    heatmap = np.zeros((10, 10))
+    heatmap[2, 3] = 0.7  # cell (2, 3) covers image px y 8..12, x 12..16 at stride 4
+    heatmap[8, 8] = 0.9
+    boxes = [(8.0, 12.0, 11.0, 15.0), (0.0, 0.0, 4.0, 4.0), (30.0, 30.0, 36.0, 36.0)]
+    assert miss_diagnosis.best_in_boxes(heatmap, boxes, 4) == [0.7, 0.0, 0.9]
+    assert np.isnan(miss_diagnosis.best_in_boxes(heatmap, [(50.0, 50.0, 60.0, 60.0)], 4)[0])
+
+    mask = np.zeros((10, 10), bool)
+    mask[:, :6] = True  # breast on the left 6 cells (24 px)
+    labels = ("benign", "malignant")
+    two = [(10.0, 10.0, 14.0, 14.0), (20.0, 10.0, 24.0, 14.0)]
+    place = lambda y, x: miss_diagnosis.place_of_mark(y, x, two, labels, mask, 4, 40, 40)
+    assert place(12.0, 12.0) == "on_benign"
+    assert place(3.0, 12.0) == "image_border"
+    assert place(20.0, 18.0) == "breast_edge"  # cell column 4: within 2 cells of column 6
+    assert place(30.0, 10.0) == "tissue"  # cell (7, 2): the window is all breast
+    assert place(22.0, 12.0) == "tissue"  # on a malignant box but a false mark: no benign/high-risk place
