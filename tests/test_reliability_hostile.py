@@ -339,14 +339,16 @@ def test_hostile_rest_servers(world):
 
     server, url = HostileRestServer().start()
     try:
-        base = ["predict", "--long-side", "64", "--timeout", "1", "--retries", "2", "--max-message-mb", "1"]
+        # 9 retries: retries x timeout would be 10 s; the one deadline keeps every case near 1 s (the
+        # bound leaves room for a loaded machine's process start-up).
+        base = ["predict", "--long-side", "64", "--timeout", "1", "--retries", "9", "--max-message-mb", "1"]
         outcome = check(world, "rest-good", [*base, "--rest", f"{url}/good", world.dicom], code=0)
         assert json.loads(outcome.out)["results"][0]["num_marks"] == 1
         for mode in REST_FAILURES:
             start = time.monotonic()
             check(world, f"rest-{mode}", [*base, "--rest", f"{url}/{mode}", world.dicom], code=1, names=url)
             # One overall deadline (--timeout 1, retries included), not retries x timeout.
-            assert time.monotonic() - start < 3.0, f"rest-{mode} took {time.monotonic() - start:.1f} s"
+            assert time.monotonic() - start < 5.0, f"rest-{mode} took {time.monotonic() - start:.1f} s"
         check(world, "rest-not-found-escape", [*base, "--rest", f"{url}/not_found_escape", world.dicom], code=2,
               names="--model-name")
     finally:
