@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
 import uuid
 
 import numpy as np

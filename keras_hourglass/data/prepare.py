@@ -125,7 +125,7 @@ def validate(config: PrepareConfig) -> None:
         raise InputError("--images-per-file", "must be at least 1")
     if not os.path.isdir(config.images_root):
         raise InputError(config.images_root, "--images-root is not a directory")
-    if "://" not in config.out and is_inside(os.path.realpath(config.out), real_root(config.images_root)):
+    if not storage.is_url(config.out) and is_inside(os.path.realpath(config.out), real_root(config.images_root)):
         raise InputError("--out", "is --images-root or inside it: write PREP elsewhere (its files would mix "
                                   "with the inputs)")
     for table in config.annotations:
@@ -411,8 +411,7 @@ def manifest_header(config: PrepareConfig, result: ImportResult, salt: str, spli
 
 def summary_of(out: str, result_manifest: dict, **extra) -> dict:
     """Returns: the JSON summary `hourglass prepare` prints (both paths)."""
-    return {"out": out, "manifest": (out.rstrip("/") + "/manifest.json") if "://" in out
-            else os.path.join(out, "manifest.json"), "runner": result_manifest["runner"],
+    return {"out": out, "manifest": storage.join(out, "manifest.json"), "runner": result_manifest["runner"],
             "rows": result_manifest["inputs"]["rows"], "inputs": result_manifest["inputs"],
             "images_written": result_manifest["images_written"], "rejects": result_manifest["rejects"],
             "examples_hash": result_manifest["examples_hash"], "content_hash": result_manifest["content_hash"],

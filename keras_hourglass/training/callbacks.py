@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-import os
 import time
 
 import keras

@@ -31,7 +31,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import platform
 import sys
 import time
