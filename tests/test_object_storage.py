@@ -127,3 +127,167 @@ def test_prepare_train_evaluate_export_predict_all_under_ram(tmp_path, capsys):
     predicted = json.loads(capsys.readouterr().out)
     assert str(predicted["model_version"]) == "1" and len(predicted["results"]) == 1
     assert storage.listdir(storage.join(root, "overlays")) == ["img000.dcm.png"]
+
+
+# --------------------------------------------------------------------------- 2. publication order
+class Recorder:
+    """Records every write-side storage primitive (the URL path: a store without atomic rename)."""
+
+    def __init__(self, monkeypatch):
+        self.ops: list[tuple[str, str, str | None]] = []
+        for name in ("copy", "rename", "remove", "makedirs"):
+            original = getattr(storage, name)
+
+            def wrapper(*args, _name=name, _original=original, **kwargs):
+                self.ops.append((_name, os.fspath(args[-1] if _name in ("copy", "rename") else args[0]),
+                                 os.fspath(args[0]) if _name in ("copy", "rename") else None))
+                return _original(*args, **kwargs)
+
+            monkeypatch.setattr(storage, name, wrapper)
+
+    def written(self) -> list[str]:
+        """The destinations of file writes (copies and renames), in order."""
+        return [target for op, target, _ in self.ops if op in ("copy", "rename")]
+
+
+def test_export_on_a_non_atomic_store_writes_saved_model_pb_last(monkeypatch):
+    from serving_doubles import conv_model
+
+    from export.saved_model import MARKER, TMP_PREFIX, export_detector
+    from export.signatures import HourglassDetector
+
+    base = _ram("serving/hourglass")
+    detector = HourglassDetector(conv_model(stride=2), stride=2, input_multiple=4, max_marks=3, long_side=40)
+    recorder = Recorder(monkeypatch)
+    result = export_detector(detector, base, verify="none")
+    version = storage.join(base, "1")
+    assert result.path == version and storage.listdir(base) == ["1"]
+
+    written = recorder.written()
+    into_version = [w for w in written if w.startswith(version + "/")]
+    staged = [w for w in written if w.startswith(storage.join(base, TMP_PREFIX))]
+    assert into_version and staged
+    # Nothing is written under the numeric name before the whole version exists under the hidden one ...
+    first_into_version = written.index(into_version[0])
+    assert all(written.index(s) < first_into_version for s in staged)
+    assert {w[len(version) + 1:] for w in into_version} == {s[len(base) + 1:].split("/", 1)[1] for s in staged}
+    assert all(op == "rename" for op, target, _ in recorder.ops if target in into_version)  # moved, not rewritten
+    # ... and saved_model.pb is the last file to arrive there.
+    assert into_version[-1] == storage.join(version, MARKER)
+    assert "variables/variables.index" in {w[len(version) + 1:] for w in into_version}
+    assert not [n for n in storage.listdir(base) if n.startswith(TMP_PREFIX)]  # the staging name is removed
+
+
+def test_local_export_keeps_one_rename(tmp_path, monkeypatch):
+    from serving_doubles import conv_model
+
+    from export.saved_model import export_detector
+    from export.signatures import HourglassDetector
+    from keras_hourglass import atomic
+
+    renames = []
+    original = os.rename
+    monkeypatch.setattr(os, "rename", lambda a, b: (renames.append((a, b)), original(a, b))[1])
+    synced = []
+    monkeypatch.setattr(atomic, "fsync_tree", lambda root: synced.append(os.fspath(root)))
+    detector = HourglassDetector(conv_model(stride=2), stride=2, input_multiple=4, max_marks=3, long_side=40)
+    result = export_detector(detector, tmp_path / "base", verify="none")
+    assert [b for _, b in renames] == [result.path] and synced == [renames[0][0]]  # fsynced, then one rename
+    assert os.path.basename(renames[0][0]).startswith(".tmp-")
+
+
+def test_backup_on_a_non_atomic_store_writes_the_weights_before_the_state(monkeypatch):
+    import keras
+
+    from keras_hourglass.training.callbacks import BACKUP_STATE, EpochBackup, read_backup_state, restore_from_backup
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer="adam", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    backup = _ram("run/backup")
+    callback = EpochBackup(backup, phase="patch")
+    callback.set_model(model)
+    recorder = Recorder(monkeypatch)
+    callback.on_epoch_end(0)
+    callback.on_epoch_end(1)
+
+    final = [w for w in recorder.written() if not storage.basename(w).startswith(".")]
+    weights = [storage.join(backup, f"epoch-000{n}.weights.h5") for n in (1, 2)]
+    state = storage.join(backup, BACKUP_STATE)
+    assert final == [weights[0], state, weights[1], state]  # each state.json after the weights it names
+    for op, target, source in recorder.ops:  # every final name is a rename of a complete hidden upload
+        if op in ("copy", "rename") and (target in weights or target == state):
+            assert op == "rename" and storage.basename(source).startswith(".")
+    removed = [target for op, target, _ in recorder.ops if op == "remove"]
+    assert weights[0] in removed and recorder.ops.index(("remove", weights[0], None)) > len(recorder.ops) - 3
+    assert read_backup_state(backup)["weights"] == "epoch-0002.weights.h5"
+    assert restore_from_backup(model, backup) == 2
+
+
+# --------------------------------------------------------------------------- 3. conventions
+ROOTS = ("keras_hourglass", "export", "serving", "tuning")
+FILESYSTEM_CALLS = ("open", "os.replace", "os.rename", "glob.glob", "os.listdir", "os.makedirs", "os.path.exists",
+                    "os.remove", "shutil.*", "Path")
+# (file, call): why it may stay. Everything else on a path a user can name goes through keras_hourglass.storage.
+ALLOWED = {
+    ("keras_hourglass/storage.py", "*"): "the one home of filesystem operations",
+    ("keras_hourglass/atomic.py", "*"): "storage's local backend (fsync, os.replace)",
+    ("keras_hourglass/data/importers/__init__.py", "open"): "annotation tables of the user's local input (raw ingest)",
+    ("keras_hourglass/data/tfio_decoder.py", "open"): "raw DICOM bytes from the local --images-root",
+    ("keras_hourglass/data/synthetic/dataset.py", "open"): "`hourglass synth` writes raw local input for prepare",
+    ("keras_hourglass/data/synthetic/dataset.py", "os.makedirs"): "`hourglass synth` writes raw local input",
+    ("serving/tls.py", "open"): "TLS certificate files of the local client",
+    ("export/verify.py", "os.listdir"): "saved_model_cli's outputs in a local tempfile scratch directory",
+    ("export/verify.py", "shutil.*"): "shutil.which: finding the saved_model_cli executable",
+    ("export/verify.py", "Path"): "Path(sys.executable): the interpreter's bin directory",
+}
+
+
+def _dotted(node) -> str | None:
+    import ast
+
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return f"{base}.{node.attr}" if base else None
+    return None
+
+
+def filesystem_calls(root: str) -> set[tuple[str, str]]:
+    """Returns: `(file, call)` for every direct filesystem call under the package directories."""
+    import ast
+    import pathlib
+
+    found = set()
+    for directory in ROOTS:
+        for path in sorted(pathlib.Path(root, directory).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                name = _dotted(node.func) if isinstance(node, ast.Call) else None
+                if name is None:
+                    continue
+                key = "shutil.*" if name.startswith("shutil.") else name
+                if key in FILESYSTEM_CALLS:
+                    found.add((path.relative_to(root).as_posix(), key))
+    return found
+
+
+def test_no_filesystem_call_outside_storage_and_the_listed_exceptions():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    found = filesystem_calls(root)
+    stray = sorted(c for c in found if c not in ALLOWED and (c[0], "*") not in ALLOWED)
+    assert not stray, f"use keras_hourglass.storage (or list the exception with its reason): {stray}"
+    stale = sorted(c for c in ALLOWED if c[1] != "*" and c not in found)
+    assert not stale, f"exceptions no longer needed: {stale}"
+
+
+def test_the_check_catches_a_new_call(tmp_path):
+    (tmp_path / "tuning").mkdir()
+    (tmp_path / "tuning" / "x.py").write_text("import glob, os\nopen('a')\nos.replace('a', 'b')\nglob.glob('*')\n")
+    assert filesystem_calls(str(tmp_path)) == {("tuning/x.py", "open"), ("tuning/x.py", "os.replace"),
+                                               ("tuning/x.py", "glob.glob")}
+
+
+def test_importing_storage_does_not_import_tensorflow(imports_tensorflow):
+    assert not imports_tensorflow("keras_hourglass.storage")
