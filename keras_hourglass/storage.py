@@ -24,7 +24,8 @@ A directory (a SavedModel version, a stage of a backup) is published with `publi
   reader that waits for the marker (TF Serving does not load a version without ``saved_model.pb``)
   never sees a partial version.
 
-May import: the standard library, `keras_hourglass.atomic`; TensorFlow lazily for URLs only.
+May import: the standard library, `keras_hourglass.atomic`, `keras_hourglass.errors`; TensorFlow
+(and tensorflow-io, for s3:// and hdfs://) lazily, for URLs only.
 Used by: everything in keras_hourglass/, export/, serving/ and tuning/ that touches a user's path.
 """
 
@@ -43,6 +44,7 @@ import uuid
 from typing import Any, Callable, Iterator
 
 from keras_hourglass import atomic
+from keras_hourglass.errors import InputError
 
 _builtin_open = builtins.open
 
@@ -55,16 +57,42 @@ def is_url(path: str | os.PathLike) -> bool:
     return bool(_URL.match(os.fspath(path)))
 
 
-def _gfile():
+class UnsupportedFilesystem(InputError, OSError):
+    """A URL whose scheme no loaded TensorFlow filesystem implements (an `InputError`: the CLI exits
+    2 with one line; also an `OSError`, as every other storage failure)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        InputError.__init__(self, path, reason)
+
+
+_PLUGIN_SCHEMES = ("s3", "hdfs", "viewfs", "har", "az")
+"""Schemes TensorFlow >= 2.6 does not implement itself: tensorflow-io's filesystem plugins register
+them when `tensorflow_io` is imported (TensorFlow ships gs:// and ram://)."""
+_PLUGINS_TRIED: list[bool] = []
+
+
+def _scheme(path: str | os.PathLike) -> str:
+    return os.fspath(path).partition("://")[0].lower()
+
+
+def _gfile(path: str | os.PathLike = ""):
+    """Returns: `tf.io.gfile`, after importing tensorflow-io once when `path`'s scheme needs its plugins."""
     import tensorflow as tf  # only for URLs: local paths never import TensorFlow here
 
+    if _scheme(path) in _PLUGIN_SCHEMES and not _PLUGINS_TRIED:
+        _PLUGINS_TRIED.append(True)
+        try:
+            import tensorflow_io  # noqa: F401 - registers s3://, hdfs://, az:// with tf.io.gfile
+        except Exception:  # noqa: BLE001 - not installed, or its libraries do not load on this TensorFlow
+            pass
     return tf.io.gfile
 
 
 @contextlib.contextmanager
 def _as_os_errors(path: str | os.PathLike) -> Iterator[None]:
     """Re-raises TensorFlow's filesystem errors as `OSError`s (`FileNotFoundError` for a missing
-    path), so callers handle a URL's failures as they handle a local path's."""
+    path), so callers handle a URL's failures as they handle a local path's; an unknown scheme
+    names the package that provides it."""
     import tensorflow as tf
 
     try:
@@ -73,6 +101,11 @@ def _as_os_errors(path: str | os.PathLike) -> Iterator[None]:
         raise FileNotFoundError(2, err.message.split("\n")[0] or "not found", os.fspath(path)) from None
     except tf.errors.PermissionDeniedError as err:
         raise PermissionError(13, err.message.split("\n")[0], os.fspath(path)) from None
+    except tf.errors.UnimplementedError:
+        scheme = _scheme(path)
+        hint = (f"{scheme}:// needs tensorflow-io's filesystem plugins: pip install tensorflow-io"
+                if scheme in _PLUGIN_SCHEMES else f"no TensorFlow filesystem implements {scheme}://")
+        raise UnsupportedFilesystem(path, hint) from None
     except tf.errors.OpError as err:
         raise OSError(5, err.message.split("\n")[0], os.fspath(path)) from None
 
@@ -106,18 +139,24 @@ def basename(path: str | os.PathLike) -> str:
 
 def exists(path: str | os.PathLike) -> bool:
     """Returns: True when `path` exists (file or directory)."""
-    return _gfile().exists(os.fspath(path)) if is_url(path) else os.path.exists(path)
+    if not is_url(path):
+        return os.path.exists(path)
+    with _as_os_errors(path):
+        return _gfile(path).exists(os.fspath(path))
 
 
 def isdir(path: str | os.PathLike) -> bool:
     """Returns: True when `path` is a directory (for an object store: a prefix with objects under it)."""
-    return _gfile().isdir(os.fspath(path)) if is_url(path) else os.path.isdir(path)
+    if not is_url(path):
+        return os.path.isdir(path)
+    with _as_os_errors(path):  # gfile.isdir answers False for an unknown scheme; exists raises
+        return _gfile(path).exists(os.fspath(path)) and _gfile(path).isdir(os.fspath(path))
 
 
 def isfile(path: str | os.PathLike) -> bool:
     """Returns: True when `path` is a file."""
     if is_url(path):
-        return _gfile().exists(os.fspath(path)) and not _gfile().isdir(os.fspath(path))
+        return exists(path) and not isdir(path)
     return os.path.isfile(path)
 
 
@@ -126,13 +165,14 @@ def getsize(path: str | os.PathLike) -> int:
     if not is_url(path):
         return os.path.getsize(path)
     with _as_os_errors(path):
-        return int(_gfile().stat(os.fspath(path)).length)
+        return int(_gfile(path).stat(os.fspath(path)).length)
 
 
 def makedirs(path: str | os.PathLike) -> None:
     """Creates `path` and its parents (no error if it exists)."""
     if is_url(path):
-        _gfile().makedirs(os.fspath(path))
+        with _as_os_errors(path):
+            _gfile(path).makedirs(os.fspath(path))
     else:
         os.makedirs(path, exist_ok=True)
 
@@ -142,21 +182,22 @@ def listdir(path: str | os.PathLike) -> list[str]:
     if not is_url(path):
         return sorted(os.listdir(path))
     with _as_os_errors(path):
-        return sorted({name.rstrip("/") for name in _gfile().listdir(os.fspath(path))})
+        return sorted({name.rstrip("/") for name in _gfile(path).listdir(os.fspath(path))})
 
 
 def glob(pattern: str | os.PathLike) -> list[str]:
     """Returns: the paths matching `pattern` (``*``, ``?``, ``[...]`` in any component), sorted."""
     pattern = os.fspath(pattern)
     if is_url(pattern):
-        return sorted(_gfile().glob(pattern))
+        with _as_os_errors(pattern):
+            return sorted(_gfile(pattern).glob(pattern))
     return sorted(_glob.glob(pattern))
 
 
 def walk(top: str | os.PathLike) -> Iterator[tuple[str, list[str], list[str]]]:
     """Yields: ``(dirpath, dirnames, filenames)`` as `os.walk` does (top-down)."""
     if is_url(top):
-        for dirpath, dirs, files in _gfile().walk(os.fspath(top)):
+        for dirpath, dirs, files in _gfile(top).walk(os.fspath(top)):
             yield dirpath, [d.rstrip("/") for d in dirs], list(files)
     else:
         yield from os.walk(top)
@@ -192,7 +233,7 @@ def open(path: str | os.PathLike, mode: str = "r", *, encoding: str | None = Non
 def read_bytes(path: str | os.PathLike) -> bytes:
     """Returns: the content of the file at `path`."""
     if is_url(path):
-        with _as_os_errors(path), _gfile().GFile(os.fspath(path), "rb") as handle:
+        with _as_os_errors(path), _gfile(path).GFile(os.fspath(path), "rb") as handle:
             return handle.read()
     with _builtin_open(path, "rb") as handle:
         return handle.read()
@@ -211,7 +252,8 @@ def read_json(path: str | os.PathLike) -> Any:
 def remove(path: str | os.PathLike) -> None:
     """Removes the file at `path`."""
     if is_url(path):
-        _gfile().remove(os.fspath(path))
+        with _as_os_errors(path):
+            _gfile(path).remove(os.fspath(path))
     else:
         os.remove(path)
 
@@ -221,7 +263,7 @@ def remove_tree(path: str | os.PathLike) -> None:
     if not is_url(path):
         shutil.rmtree(path, ignore_errors=True)
         return
-    gfile = _gfile()
+    gfile = _gfile(path)
     path = os.fspath(path)
     if not gfile.exists(path):
         return
@@ -238,7 +280,9 @@ def remove_tree(path: str | os.PathLike) -> None:
 def copy(source: str | os.PathLike, target: str | os.PathLike, overwrite: bool = True) -> None:
     """Copies the file `source` to `target` (either may be a URL)."""
     if is_url(source) or is_url(target):
-        _gfile().copy(os.fspath(source), os.fspath(target), overwrite=overwrite)
+        with _as_os_errors(target):
+            _gfile(target if is_url(target) else source).copy(os.fspath(source), os.fspath(target),
+                                                               overwrite=overwrite)
     else:
         if not overwrite and os.path.exists(target):
             raise FileExistsError(target)
@@ -249,7 +293,8 @@ def rename(source: str | os.PathLike, target: str | os.PathLike, overwrite: bool
     """Renames the FILE `source` to `target` (same store). Atomic locally; on GCS / S3 a copy and a
     delete, whose target only appears once complete."""
     if is_url(source) or is_url(target):
-        _gfile().rename(os.fspath(source), os.fspath(target), overwrite=overwrite)
+        with _as_os_errors(target):
+            _gfile(target).rename(os.fspath(source), os.fspath(target), overwrite=overwrite)
     elif overwrite:
         atomic.replace_file(source, target)
     else:

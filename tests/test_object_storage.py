@@ -57,6 +57,23 @@ def test_storage_primitives_on_ram_and_local(tmp_path):
     assert storage.dirname("gs://b/x/y") == "gs://b/x" and storage.basename("gs://b/x/y/") == "y"
 
 
+def test_a_scheme_without_its_plugin_is_a_one_line_input_error(capsys):
+    from keras_hourglass.cli.main import main
+    from keras_hourglass.errors import InputError
+
+    try:
+        import tensorflow_io  # noqa: F401
+        pytest.skip("tensorflow-io is installed: s3:// is implemented")
+    except ImportError:
+        pass
+    with pytest.raises(InputError, match="pip install tensorflow-io") as raised:
+        storage.exists("s3://bucket/prep")
+    assert isinstance(raised.value, OSError)
+    assert main(["train", "--data", "hdfs://namenode/prep", "--out", "/nonexistent-hourglass/run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "hdfs:// needs tensorflow-io's filesystem plugins" in err
+
+
 def test_keras_saves_and_loads_a_model_on_ram():
     import keras
 
