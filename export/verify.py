@@ -267,7 +267,7 @@ def run_saved_model_cli(
     """
     import numpy as np
 
-    path = os.path.abspath(path)
+    path = storage.abspath(path)
     cli = _saved_model_cli()
     h, w = image_hw
     with tempfile.TemporaryDirectory(prefix="hourglass-verify-") as scratch:

@@ -860,7 +860,7 @@ class LocalClient(PredictionClient):
         return self.path
 
     def resolve_version(self) -> int | None:
-        name = os.path.basename(os.path.normpath(self.path))
+        name = storage.basename(self.path if storage.is_url(self.path) else os.path.normpath(self.path))
         return int(name) if name.isdigit() else None
 
     def _contract_without_metadata(self) -> ModelContract:

@@ -253,7 +253,7 @@ def _add_two_stage(payload: dict, combined, two_stage: dict, args: argparse.Name
     from keras_hourglass.two_stage.combine import stage_two_weight
 
     block = combined.to_json()
-    block["classifier"] = os.path.abspath(args.classifier)
+    block["classifier"] = storage.abspath(args.classifier)
     block["combination"] = {"name": two_stage["combination"], "stage_two_weight": stage_two_weight(two_stage["combination"]),
                             "rule": "max(s, 1e-6) ** (1 - w) * p ** w (keras_hourglass.two_stage.combine)",
                             "source": "RUN2/config.json" if args.combination == "auto" else "--combination"}
