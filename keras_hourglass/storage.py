@@ -274,7 +274,8 @@ def remove_tree(path: str | os.PathLike) -> None:
                 gfile.remove(join(dirpath, name))
     for dirpath, _, _ in reversed(entries):  # deepest first; some stores have no directories to remove
         with contextlib.suppress(Exception):
-            gfile.rmtree(dirpath) if gfile.isdir(dirpath) else None
+            if gfile.isdir(dirpath):
+                gfile.rmtree(dirpath)
 
 
 def copy(source: str | os.PathLike, target: str | os.PathLike, overwrite: bool = True) -> None:
@@ -298,6 +299,8 @@ def rename(source: str | os.PathLike, target: str | os.PathLike, overwrite: bool
     elif overwrite:
         atomic.replace_file(source, target)
     else:
+        if os.path.exists(target):  # os.rename would replace a file silently on POSIX
+            raise FileExistsError(target)
         os.rename(source, target)
 
 
