@@ -146,6 +146,39 @@ def test_prepare_train_evaluate_export_predict_all_under_ram(tmp_path, capsys):
     assert storage.listdir(storage.join(root, "overlays")) == ["img000.dcm.png"]
 
 
+def test_tuning_outputs_state_and_hparams_under_ram():
+    """TUNE on object storage without a training run: KerasTuner's state writes, the state check, the
+    outputs (trials.csv, objective.png, best_hyperparameters.json) and the HParams sessions."""
+    from tuning import durability, hparams, outputs
+
+    tune = _ram("tune")
+    project = storage.join(tune, "hourglass")
+    space = [{"class_name": "Float", "config": {"name": "omega", "min_value": 0.001, "max_value": 1.0}},
+             {"class_name": "Int", "config": {"name": "top_k", "min_value": 0, "max_value": 5}}]
+    assert durability.install_atomic_state_writes()
+    from keras_tuner.src import utils as kt_utils
+
+    for i, (omega, value) in enumerate([(0.01, 0.5), (0.1, 0.75)]):
+        metrics = {name: {"direction": "max", "observations": [{"value": [value], "step": 0}]}
+                   for name, _ in hparams.METRICS}
+        kt_utils.save_json(storage.join(project, f"trial_{i}", "trial.json"), {
+            "trial_id": str(i), "status": "COMPLETED", "metrics": {"metrics": metrics},
+            "hyperparameters": {"space": space, "values": {"omega": omega, "top_k": 3}}})
+    assert storage.listdir(storage.join(project, "trial_0")) == ["trial.json"]  # no hidden upload left
+    durability.check_state_files(project)
+    summary = outputs.write_outputs(project, tune)
+    assert summary["best_trial_id"] == "1" and summary["trials"] == 2
+    assert storage.read_json(storage.join(tune, "best_hyperparameters.json"))["values"]["omega"] == 0.1
+    assert storage.getsize(storage.join(tune, "objective.png")) > 0
+    logs = hparams.logs_dir(tune)
+    assert sorted(hparams.sync(project, logs)) == ["0", "1"]
+    assert sorted(n for n in storage.listdir(logs) if not n.startswith("events")) == ["trial_0", "trial_1"]
+    assert all(len(storage.listdir(storage.join(logs, f"trial_{i}"))) == 1 for i in (0, 1))
+    assert hparams.sync(project, logs) == []  # idempotent: the sessions are found on the store
+    hparams.clear(logs)
+    assert not storage.glob(storage.join(logs, "*", "*"))
+
+
 # --------------------------------------------------------------------------- 2. publication order
 class Recorder:
     """Records every write-side storage primitive (the URL path: a store without atomic rename)."""
