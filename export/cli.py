@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
+from keras_hourglass import storage
 from keras_hourglass.cli import argtypes
 from keras_hourglass.errors import InputError, escape_controls
 from keras_hourglass.two_stage.combine import COMBINATIONS
@@ -130,7 +130,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.label:
         from serving.model_config import check_label
 
-        config = args.models_config or os.path.join(os.path.dirname(os.path.abspath(args.base_path)), "models.config")
+        config = args.models_config or storage.join(storage.dirname(storage.abspath(args.base_path)), "models.config")
         check_label(config, args.model_name, args.label)  # before anything is published
     elif args.models_config:
         raise InputError("--models-config", "only used with --label")
@@ -141,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
         batch_sizes = allowed_batch_sizes(args.batching_parameters)
     versions = list_versions(args.base_path)
     if versions:
-        newest = os.path.join(args.base_path, str(versions[-1]))
+        newest = storage.join(args.base_path, str(versions[-1]))
         problem = version_problem(newest)
         if problem:
             print(f"hourglass export: warning: {escape_controls(newest)}, the newest version in the base path, is "
@@ -170,6 +170,6 @@ def _run(args: argparse.Namespace) -> int:
         from serving.model_config import set_version_label
 
         payload["version_label"] = set_version_label(config, args.model_name, args.label, result.version,
-                                                     base_path=os.path.abspath(args.base_path))
+                                                     base_path=storage.abspath(args.base_path))
     print(json.dumps(payload, indent=2))
     return 0

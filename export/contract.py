@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
+from keras_hourglass import storage
 from keras_hourglass.data.manifest import file_sha256
 from keras_hourglass.errors import InputError
 
@@ -33,11 +33,11 @@ def operating_points_from_froc(path: str | os.PathLike, *, system: str | None = 
     Raises:
         InputError: the file is missing, not JSON, or has no `operating_points`.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "froc.json"
+    path = os.fspath(path)
+    if storage.isdir(path):
+        path = storage.join(path, "froc.json")
     try:
-        froc = json.loads(path.read_text(encoding="utf-8"))
+        froc = json.loads(storage.read_text(path))
     except OSError:
         raise InputError(path, "no such froc.json (run hourglass evaluate first)") from None
     except ValueError:
@@ -55,7 +55,7 @@ def operating_points_from_froc(path: str | os.PathLike, *, system: str | None = 
         if not isinstance(point, dict) or "threshold" not in point:
             raise InputError(path, f"operating point {str(key)[:20]!r} has no threshold")
         clean[str(key)] = {k: point.get(k) for k in ("threshold", "fpi", "sensitivity")}
-    manifest = Path(str(froc.get("data", ""))) / "manifest.json"
+    manifest = storage.join(str(froc.get("data", "")), "manifest.json")
     which = {} if system is None else {"system": system, "combination": (froc.get("combination") or {}).get("name")}
     return {
         **which,
@@ -64,7 +64,7 @@ def operating_points_from_froc(path: str | os.PathLike, *, system: str | None = 
         "num_images": froc.get("num_images"),
         "num_malignant_findings": froc.get("num_malignant_findings"),
         "froc_sha256": file_sha256(str(path)),
-        "data_manifest_sha256": file_sha256(str(manifest)) if froc.get("data") and manifest.is_file() else None,
+        "data_manifest_sha256": file_sha256(manifest) if froc.get("data") and storage.isfile(manifest) else None,
     }
 
 
@@ -86,21 +86,21 @@ def lineage(model_path: str | os.PathLike | None) -> dict:
 
     found = {"model_sha256": None, "training_config_sha256": None, "manifest_sha256": None,
              "tuning_trial_id": None, "training_versions": None}
-    if model_path is not None and os.path.isfile(model_path):
+    if model_path is not None and storage.isfile(model_path):
         found["model_sha256"] = file_sha256(os.fspath(model_path))
-        config_path = Path(model_path).with_name("config.json")
-        if config_path.is_file():
-            found["training_config_sha256"] = file_sha256(str(config_path))
+        config_path = storage.join(storage.dirname(model_path), "config.json")
+        if storage.isfile(config_path):
+            found["training_config_sha256"] = file_sha256(config_path)
             try:
-                config = json.loads(config_path.read_text(encoding="utf-8"))
+                config = json.loads(storage.read_text(config_path))
             except ValueError:
                 config = {}
             config = config if isinstance(config, dict) else {}
             data = config.get("data") if isinstance(config.get("data"), dict) else {}
             found["manifest_sha256"] = data.get("manifest_sha256")
             if found["manifest_sha256"] is None and data.get("prep_dir"):
-                manifest = Path(data["prep_dir"]) / "manifest.json"
-                found["manifest_sha256"] = file_sha256(str(manifest)) if manifest.is_file() else None
+                manifest = storage.join(data["prep_dir"], "manifest.json")
+                found["manifest_sha256"] = file_sha256(manifest) if storage.isfile(manifest) else None
             tuning = config.get("tuning") if isinstance(config.get("tuning"), dict) else {}
             found["tuning_trial_id"] = tuning.get("trial_id", config.get("trial_id"))
             found["training_versions"] = config.get("versions")

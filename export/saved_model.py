@@ -3,10 +3,14 @@
 TF Serving watches `BASE/` and loads every directory whose name is an
 integer as a version; it has loaded half-copied versions before
 (tensorflow/serving#1086). So the export is written under a non-numeric
-temporary directory inside BASE (`BASE/.tmp-<uuid>`, same filesystem),
-completed (SavedModel, warmup, metadata), verified, and only then renamed
-to `BASE/<version>` with one `os.rename`: a watcher sees either nothing or
-a complete version.
+staging directory (`keras_hourglass.storage.local_staging`: `BASE/.tmp-<uuid>`
+when BASE is local, a local temporary directory when BASE is a URL),
+completed (SavedModel, warmup, metadata), verified there, and only then
+published by `storage.publish_directory`: locally one `os.rename` (a watcher
+sees either nothing or a complete version); on an object store without atomic
+rename (gs://, s3://) the complete version is uploaded under the non-numeric
+`BASE/.tmp-*` first, then moved file by file into `BASE/<version>` with
+`saved_model.pb` LAST, so a version is never loadable before it is whole.
 
 Layout of one version:
 
@@ -25,17 +29,16 @@ import datetime
 import json
 import logging
 import os
-import shutil
-import uuid
-from pathlib import Path
 from typing import Callable
 
-from keras_hourglass.atomic import fsync_directory, fsync_tree
+from keras_hourglass import storage
 from keras_hourglass.errors import InputError, escape_controls
 from serving.contract import METADATA_FILE, list_versions, metadata_path, read_export_metadata  # noqa: F401
 
 log = logging.getLogger(__name__)
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = storage.STAGING_PREFIX
+MARKER = "saved_model.pb"
+"""The file whose presence makes a version directory a SavedModel: published last on object stores."""
 
 
 @dataclasses.dataclass
@@ -66,16 +69,15 @@ def version_problem(version_dir: str | os.PathLike) -> str | None:
     """
     from tensorflow.core.protobuf import saved_model_pb2
 
-    pb = os.path.join(version_dir, "saved_model.pb")
-    if not os.path.isfile(pb):
+    pb = storage.join(os.fspath(version_dir), MARKER)
+    if not storage.isfile(pb):
         return "no saved_model.pb"
     try:
-        with open(pb, "rb") as handle:
-            saved_model_pb2.SavedModel().ParseFromString(handle.read())
+        saved_model_pb2.SavedModel().ParseFromString(storage.read_bytes(pb))
     except Exception:  # noqa: BLE001 - protobuf raises DecodeError and others on garbage
         return "saved_model.pb is not a SavedModel protocol buffer"
-    variables = os.path.join(version_dir, "variables")
-    if os.path.isdir(variables) and not os.path.isfile(os.path.join(variables, "variables.index")):
+    variables = storage.join(os.fspath(version_dir), "variables")
+    if storage.isdir(variables) and not storage.isfile(storage.join(variables, "variables.index")):
         return "variables/ has no variables.index"
     return None
 
@@ -133,13 +135,13 @@ def export_detector(
 
     if verify not in ("full", "ops", "none"):
         raise ValueError(f"verify must be 'full', 'ops' or 'none', got {verify!r}")
-    base = Path(base_path)
+    base = os.fspath(base_path)
     if version is not None:
         if version < 1:
             raise InputError(base, f"version must be a positive integer, got {version}")
-        if (base / str(version)).exists():
-            raise InputError(base / str(version), "version already exists; refusing to overwrite it")
-    base.mkdir(parents=True, exist_ok=True)
+        if storage.exists(storage.join(base, str(version))):
+            raise InputError(storage.join(base, str(version)), "version already exists; refusing to overwrite it")
+    storage.makedirs(base)
 
     from export.warmup import warmup_shapes
 
@@ -149,15 +151,14 @@ def export_detector(
     meta = build_contract(detector, {"warmup": warmup, **(metadata or {})})
     text = contract_text(meta)
     ModelContract.from_text(text, source="export")  # what the clients will parse
-    staging = str(base / f"{TMP_PREFIX}{uuid.uuid4().hex}") if _atomic else str(base / str(version or next_version(base)))
+    staging = storage.local_staging(base) if _atomic else storage.join(base, str(version or next_version(base)))
     try:
         build_export_archive(detector, text).write_out(staging, verbose=False)
         write_warmup_requests(
             staging,
             build_warmup_requests(model_name=model_name, long_side=warm_side, batch_sizes=batch_sizes),
         )
-        with open(metadata_path(staging), "w", encoding="utf-8") as f:
-            f.write(text)
+        storage.write_text(metadata_path(staging), text)
         report = None
         if verify != "none":
             report = verify_saved_model(
@@ -171,15 +172,13 @@ def export_detector(
             for check in checks if verify == "full" else ():
                 report.update(check(staging))
         if not _atomic:
-            return ExportResult(staging, int(os.path.basename(staging)), meta, report)
-        fsync_tree(staging)
+            return ExportResult(staging, int(storage.basename(staging)), meta, report)
         final = _publish(staging, base, version)
-        fsync_directory(base)  # the rename itself
     except BaseException:
         if _atomic:
-            shutil.rmtree(staging, ignore_errors=True)
+            storage.remove_tree(staging)
         raise
-    return ExportResult(str(final), int(final.name), meta, report)
+    return ExportResult(final, int(storage.basename(final)), meta, report)
 
 
 def build_contract(detector, metadata: dict | None = None) -> dict:
@@ -224,16 +223,17 @@ def build_contract(detector, metadata: dict | None = None) -> dict:
     }
 
 
-def _publish(staging: str, base: Path, version: int | None) -> Path:
-    """Renames `staging` to `base/<version>` (the next free one if None)."""
+def _publish(staging: str, base: str, version: int | None) -> str:
+    """Publishes `staging` as `base/<version>` (the next free one if None) with
+    `storage.publish_directory` (`saved_model.pb` last on object stores). Returns: the version path."""
     for _ in range(100):
-        target = base / str(version if version is not None else next_version(base))
-        if not target.exists():
+        target = storage.join(base, str(version if version is not None else next_version(base)))
+        if not storage.exists(target):
             try:
-                os.rename(staging, target)  # atomic on one filesystem; fails if target is non-empty
+                storage.publish_directory(staging, target, marker=MARKER)
                 return target
-            except OSError:
-                if not target.exists():
+            except OSError:  # FileExistsError on an object store, ENOTEMPTY locally: taken meanwhile
+                if not storage.exists(target):
                     raise
         if version is not None:
             raise InputError(target, "version already exists; refusing to overwrite it")
@@ -341,7 +341,7 @@ def export_keras_model(
         base_path,
         version=version,
         model_name=model_name,
-        metadata={"source_model": os.path.abspath(model_path),
+        metadata={"source_model": storage.abspath(model_path),
                   "preprocessing": {**preprocessing, "long_side": long_side},
                   "operating_points": operating_points, **extra},
         verify=verify,
@@ -379,7 +379,7 @@ def training_preprocessing(model_path: str | os.PathLike) -> dict:
     if found:
         return {**found, "source": "model"}
     try:
-        config = json.loads(Path(model_path).with_name("config.json").read_text(encoding="utf-8"))
+        config = json.loads(storage.read_text(storage.join(storage.dirname(model_path), "config.json")))
     except (OSError, ValueError):
         config = None
     if not isinstance(config, dict):
@@ -395,7 +395,7 @@ def training_preprocessing(model_path: str | os.PathLike) -> dict:
                 "from its prepared data %s, which must be unchanged since training", escape_controls(str(model_path)),
                 escape_controls(str(prep_dir)))
     try:
-        manifest = json.loads((Path(prep_dir) / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads(storage.read_text(storage.join(prep_dir, "manifest.json")))
     except (OSError, ValueError):
         manifest = None
     found = usable(manifest.get("preprocessing")) if isinstance(manifest, dict) else None

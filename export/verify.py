@@ -31,6 +31,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from keras_hourglass import storage
 from serving.contract import SERVING_DEFAULT, SIGNATURE_NAMES, metadata_path
 
 # Ops TF Serving cannot run (Python callbacks) or must not meet (XLA launch).
@@ -99,11 +100,11 @@ class VerificationReport:
 def _load_saved_model_proto(path: str | os.PathLike):
     from tensorflow.core.protobuf import saved_model_pb2
 
-    pb = Path(path) / "saved_model.pb"
-    if not pb.is_file():
+    pb = storage.join(os.fspath(path), "saved_model.pb")
+    if not storage.isfile(pb):
         raise VerificationError(path, ["no saved_model.pb"])
     proto = saved_model_pb2.SavedModel()
-    proto.ParseFromString(pb.read_bytes())
+    proto.ParseFromString(storage.read_bytes(pb))
     return proto
 
 
@@ -266,7 +267,7 @@ def run_saved_model_cli(
     """
     import numpy as np
 
-    path = os.path.abspath(path)
+    path = storage.abspath(path)
     cli = _saved_model_cli()
     h, w = image_hw
     with tempfile.TemporaryDirectory(prefix="hourglass-verify-") as scratch:
@@ -365,8 +366,7 @@ def verify_saved_model(
 def _check_metadata(path: str | os.PathLike, text: str | None) -> list[str]:
     """The `metadata` signature must return exactly `assets.extra/keras_hourglass.json`."""
     try:
-        with open(metadata_path(path), encoding="utf-8") as handle:
-            written = handle.read()
+        written = storage.read_text(metadata_path(path))
     except OSError:
         written = None
     if text is None:

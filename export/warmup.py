@@ -24,9 +24,10 @@ batching is on, else 1):
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
+
+from keras_hourglass import storage
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 MAX_RECORDS = 1000  # TF Serving's limit
@@ -34,7 +35,7 @@ MAX_RECORDS = 1000  # TF Serving's limit
 
 def warmup_path(saved_model_dir: str | os.PathLike) -> str:
     """Returns: `DIR/assets.extra/tf_serving_warmup_requests`."""
-    return os.path.join(saved_model_dir, "assets.extra", WARMUP_FILE)
+    return storage.join(os.fspath(saved_model_dir), "assets.extra", WARMUP_FILE)
 
 
 WARMUP_ASPECT = 0.8  # columns / rows of a portrait mammogram at training scale (e.g. 1536 x 1229)
@@ -118,8 +119,8 @@ def write_warmup_requests(saved_model_dir: str | os.PathLike, records: list) -> 
     if not 0 < len(records) <= MAX_RECORDS:
         raise ValueError(f"TF Serving accepts 1..{MAX_RECORDS} warmup records, got {len(records)}")
     path = warmup_path(saved_model_dir)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with tf.io.TFRecordWriter(path) as writer:
+    storage.makedirs(storage.dirname(path))
+    with tf.io.TFRecordWriter(path) as writer:  # TensorFlow's own writer: any filesystem tf.io.gfile knows
         for record in records:
             writer.write(record.SerializeToString())
     return path

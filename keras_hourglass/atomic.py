@@ -17,7 +17,7 @@ On an error the temporary file is removed and the final name is untouched.
 `write_bytes`, `write_text` and `write_json` cover the rest. A whole directory written in a staging
 place (a SavedModel version) is published the same way: `fsync_tree(staging)` (every file and
 directory in it), then one rename by its owner, then `fsync_directory` of the parent.
-URLs (gs://, s3://) are not handled: their writers have their own semantics.
+URLs (gs://, s3://) are handled by `keras_hourglass.storage`, which uses this module for local paths.
 
 May import: the standard library only. Used by: `keras_hourglass.data` (manifest, records, prepare,
 examplegen), `keras_hourglass.training.callbacks`, tuning/, export/ (fsync_tree), serving/ and benchmarks/.
@@ -95,6 +95,12 @@ def fsync_tree(root: str | os.PathLike) -> None:
         for name in files:
             fsync_file(os.path.join(dirpath, name))
         fsync_directory(dirpath)
+
+
+def replace_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Renames the complete file `source` over `target` (same filesystem) and fsyncs the directory."""
+    os.replace(source, target)
+    fsync_directory(os.path.dirname(os.fspath(target)))
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ import json
 import os
 from typing import Iterable, Sequence
 
-from keras_hourglass import atomic
+from keras_hourglass import storage
 from keras_hourglass.contract import LABELS, shard_file_name
 from keras_hourglass.errors import InputError
 
@@ -41,11 +41,9 @@ def expand_files(patterns: Sequence[str] | str) -> list[str]:
     Raises:
         InputError: a pattern matches no file.
     """
-    import tensorflow as tf
-
     files: set[str] = set()
     for pattern in [patterns] if isinstance(patterns, str) else list(patterns):
-        found = [f for f in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(f)]
+        found = [f for f in storage.glob(pattern) if not storage.isdir(f)]
         if not found:
             raise InputError(pattern, "matches no ExampleGen file")
         files.update(found)
@@ -80,7 +78,7 @@ def _split(files: Sequence[str], split_dir: str) -> tuple[dict[str, int], int]:
 
     def flush(label: str) -> None:
         name = shard_file_name(label, chunks[label])
-        records.write_records_atomic(os.path.join(split_dir, name), pending[label])
+        records.write_records_atomic(storage.join(split_dir, name), pending[label])
         chunks[label] += 1
         pending[label] = []
 
@@ -132,13 +130,13 @@ def stage_examples(
         InputError: no file matches, a file is not a TFRecord of our Examples, or a split is empty.
     """
     out_dir = os.fspath(out_dir)
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
+    if storage.isdir(out_dir) and storage.listdir(out_dir):
         raise InputError(out_dir, "not empty: stage the ExampleGen output into a new directory")
     written: dict[str, dict[str, int]] = {}
     sides = []
     for split, patterns in (("train", train_files), ("val", eval_files)):
         files = expand_files(patterns)
-        counts, side = _split(files, os.path.join(out_dir, split))
+        counts, side = _split(files, storage.join(out_dir, split))
         if not sum(counts.values()):
             raise InputError(files[0], f"the ExampleGen files of the {split} split hold no Example")
         written[split], sides = counts, sides + [side]
@@ -147,5 +145,5 @@ def stage_examples(
         "images_written": written,
         "preprocessing": {**(preprocessing or {}), "long_side": int(long_side) if long_side else max(sides)},
     }
-    atomic.write_json(os.path.join(out_dir, "manifest.json"), manifest, sort_keys=True)
+    storage.write_json(storage.join(out_dir, "manifest.json"), manifest, sort_keys=True)
     return out_dir

@@ -18,10 +18,13 @@ then falls back to RUN/config.json, which records the same block).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import zipfile
 
+from keras_hourglass import storage
 from keras_hourglass.errors import InputError, escape_controls
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -48,12 +51,17 @@ def embed_preprocessing(path: str | os.PathLike, preprocessing: dict) -> None:
         archive.writestr(PREPROCESSING_ENTRY, json.dumps(dict(preprocessing), sort_keys=True))
 
 
+def _archive(path: str):
+    """Returns: what `zipfile` reads for `path`: the path itself, or a URL's bytes in memory."""
+    return io.BytesIO(storage.read_bytes(path)) if storage.is_url(path) else path
+
+
 def read_preprocessing(path: str | os.PathLike) -> dict | None:
     """Returns: the preprocessing block a `.keras` file carries, or None (an older model, an .h5 file, a
     model re-saved by Keras, an unreadable entry)."""
     path = os.fspath(path)
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(_archive(path)) as archive:
             if PREPROCESSING_ENTRY not in archive.namelist():
                 return None
             block = json.loads(archive.read(PREPROCESSING_ENTRY).decode("utf-8"))
@@ -64,18 +72,19 @@ def read_preprocessing(path: str | os.PathLike) -> dict | None:
 
 def check_archive(path: str) -> None:
     """Raises InputError unless `path` is a file that looks like a Keras model (a zip with config.json, or HDF5)."""
-    if os.path.isdir(path):
+    if storage.isdir(path):
         raise InputError(path, "is a directory, not a .keras model file (give RUN/model.keras)")
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise InputError(path, "no such model file")
-    with open(path, "rb") as handle:
+    source = _archive(path)
+    with storage.open(path, "rb") if isinstance(source, str) else contextlib.nullcontext(source) as handle:
         head = handle.read(8)
     if head == HDF5_MAGIC:
         return  # a legacy .h5 model: Keras reads it
-    if not zipfile.is_zipfile(path):
+    if not zipfile.is_zipfile(source):
         raise InputError(path, "not a Keras model archive (a .keras file is a zip holding config.json)")
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(source) as archive:
             names = set(archive.namelist())
     except (zipfile.BadZipFile, OSError, ValueError):
         raise InputError(path, "not a Keras model archive (corrupt zip)") from None

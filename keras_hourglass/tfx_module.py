@@ -32,11 +32,10 @@ from __future__ import annotations
 
 import atexit
 import os
-import shutil
 import tempfile
-import uuid
 from typing import Any, Mapping
 
+from keras_hourglass import storage
 from keras_hourglass.errors import InputError
 
 #: `custom_config` keys (anything else is refused, naming the key: typos do not pass silently).
@@ -78,7 +77,7 @@ def stage_data(fn_args: Any, config: Mapping[str, Any], prefix: str) -> str:
 
     root = config.get("staging_dir")
     if root:
-        os.makedirs(root, exist_ok=True)
+        storage.makedirs(root)
     directory = tempfile.mkdtemp(prefix=f"{prefix}-", dir=root or None)
     return stage_examples(fn_args.train_files, fn_args.eval_files, directory,
                           long_side=config.get("long_side"), preprocessing=config.get("preprocessing"))
@@ -133,7 +132,7 @@ def tuner_fn(fn_args: Any):
 
     config = custom_config(fn_args)
     prep_dir = stage_data(fn_args, config, "hourglass-tune-data")
-    atexit.register(shutil.rmtree, prep_dir, True)  # the search runs after tuner_fn returns
+    atexit.register(storage.remove_tree, prep_dir)  # the search runs after tuner_fn returns
     return TunerFnResult(tuner=build_tuner(fn_args, prep_dir, config), fit_kwargs={})
 
 
@@ -167,10 +166,11 @@ def publish_serving_model(model_path: str, serving_model_dir: str, export_option
                           long_side: int | None = None) -> dict:
     """Exports and verifies `model_path`, then puts the SavedModel at exactly `serving_model_dir`.
 
-    The export is written and verified under a hidden staging base (`export_keras_model`, version 1)
-    and moved into place in one rename when `serving_model_dir` is local; on another filesystem it
-    is copied with `tf.io.gfile`, `saved_model.pb` last, so a reader never sees a loadable half copy.
-    Pusher versions the directory for TF Serving: no `<n>/` is added here.
+    The export is written and verified under a local staging base (`export_keras_model`, version 1)
+    and published with `storage.publish_directory`: one rename when `serving_model_dir` is local; on
+    an object store the whole version is uploaded under a hidden name first and moved into place with
+    `saved_model.pb` last, so a reader never sees a loadable half copy. Pusher versions the directory
+    for TF Serving: no `<n>/` is added here.
 
     Returns:
         `ExportResult.to_json()` with `path` = `serving_model_dir`.
@@ -178,47 +178,21 @@ def publish_serving_model(model_path: str, serving_model_dir: str, export_option
     Raises:
         InputError: `serving_model_dir` exists and is not empty.
     """
-    import tensorflow as tf
-
-    from export.saved_model import export_keras_model
+    from export.saved_model import MARKER, export_keras_model
 
     target = os.fspath(serving_model_dir)
-    if tf.io.gfile.exists(target) and tf.io.gfile.listdir(target):
+    if storage.exists(target) and storage.listdir(target):
         raise InputError(target, "exists and is not empty; refusing to overwrite a serving model")
-    local = "://" not in target
-    parent = os.path.dirname(target.rstrip("/")) if local else tempfile.gettempdir()
-    os.makedirs(parent, exist_ok=True)
-    staging = os.path.join(parent, f".tmp-export-{uuid.uuid4().hex[:12]}")
+    parent = storage.dirname(target.rstrip("/"))
+    staging = storage.local_staging(parent if not storage.is_url(target) else target)
     try:
         result = export_keras_model(model_path, staging, version=1, long_side=long_side, **export_options)
-        if local:
-            if os.path.isdir(target):
-                os.rmdir(target)  # empty (checked above)
-            os.rename(result.path, target)
-        else:
-            _copy_tree(result.path, target)
+        if storage.isdir(target):
+            storage.remove_tree(target)  # empty (checked above)
+        storage.publish_directory(result.path, target, marker=MARKER)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        storage.remove_tree(staging)
     return {**result.to_json(), "path": target, "version": None}
-
-
-def _copy_tree(source: str, target: str) -> None:
-    """Copies a local SavedModel directory with `tf.io.gfile`, `saved_model.pb` last."""
-    import tensorflow as tf
-
-    last = []
-    for root, _, files in os.walk(source):
-        relative = os.path.relpath(root, source)
-        destination = target if relative == "." else f"{target.rstrip('/')}/{relative}"
-        tf.io.gfile.makedirs(destination)
-        for name in files:
-            pair = (os.path.join(root, name), f"{destination.rstrip('/')}/{name}")
-            if relative == "." and name == "saved_model.pb":
-                last.append(pair)
-            else:
-                tf.io.gfile.copy(*pair, overwrite=True)
-    for pair in last:
-        tf.io.gfile.copy(*pair, overwrite=True)
 
 
 def run_fn(fn_args: Any) -> dict:
@@ -242,9 +216,9 @@ def run_fn(fn_args: Any) -> dict:
                         verbose=2, command=["tfx", "Trainer", "keras_hourglass.tfx_module.run_fn"])
         from keras_hourglass.training.geometry import prep_long_side
 
-        exported = publish_serving_model(os.path.join(fn_args.model_run_dir, "model.keras"),
+        exported = publish_serving_model(storage.join(fn_args.model_run_dir, "model.keras"),
                                          fn_args.serving_model_dir, dict(config.get("export") or {}),
                                          long_side=prep_long_side(prep_dir))
     finally:
-        shutil.rmtree(prep_dir, ignore_errors=True)
+        storage.remove_tree(prep_dir)
     return {"train": summary, "export": exported}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 
+from keras_hourglass import storage
 from keras_hourglass.errors import InputError
 
 
@@ -47,8 +48,7 @@ def read_batching_parameters(path: str | os.PathLike):
     from google.protobuf import text_format
 
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        text = storage.read_text(path)
     except OSError as err:
         raise InputError(path, f"cannot read batching parameters ({err.strerror or type(err).__name__})") from None
     try:

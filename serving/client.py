@@ -60,6 +60,7 @@ import urllib.request
 
 import numpy as np
 
+from keras_hourglass import storage
 from keras_hourglass.errors import ArgumentError, InputError, escape_controls
 from serving.dicom_outputs import image_identifiers, overlay_radius
 from serving.tls import TlsOptions, grpc_credentials, is_tls_failure, ssl_context
@@ -485,7 +486,6 @@ def write_overlay(image: np.ndarray, marks: np.ndarray, path: str, *, radius: fl
     """
     from PIL import Image, ImageDraw
 
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     gray = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
     canvas = Image.fromarray(gray).convert("RGB")
     draw = ImageDraw.Draw(canvas)
@@ -494,7 +494,11 @@ def write_overlay(image: np.ndarray, marks: np.ndarray, path: str, *, radius: fl
         color = (255, 64, 64) if rank < 3 else (255, 200, 0)
         draw.ellipse([x - radius, y - radius, x + radius, y + radius], outline=color, width=2)
         draw.text((x + radius + 2, y - radius), f"{score:.2f}", fill=color)
-    canvas.save(path)
+    import io
+
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    storage.write_bytes(path, buffer.getvalue())  # atomic; a URL works as a local path does
     return path
 
 
@@ -856,7 +860,7 @@ class LocalClient(PredictionClient):
         return self.path
 
     def resolve_version(self) -> int | None:
-        name = os.path.basename(os.path.normpath(self.path))
+        name = storage.basename(self.path if storage.is_url(self.path) else os.path.normpath(self.path))
         return int(name) if name.isdigit() else None
 
     def _contract_without_metadata(self) -> ModelContract:
@@ -887,8 +891,8 @@ def select_version(path: str, version: int | None) -> str:
     Raises:
         InputError: no SavedModel there, no such version, or a version directory that is not `version`.
     """
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        name = os.path.basename(os.path.normpath(path))
+    if storage.isfile(storage.join(path, "saved_model.pb")):
+        name = storage.basename(os.path.normpath(path) if not storage.is_url(path) else path)
         if version is not None and name != str(version):
             raise ArgumentError("version", f"{path} is a SavedModel directory named {name!r}, not version {version}; "
                                           "give the base path to choose a version")
@@ -897,11 +901,11 @@ def select_version(path: str, version: int | None) -> str:
     if not versions:
         raise InputError(path, "not a SavedModel directory (no saved_model.pb, no numeric version)")
     if version is None:
-        return os.path.join(path, str(versions[-1]))
+        return storage.join(path, str(versions[-1]))
     if version not in versions:
         listed = ", ".join(map(str, versions[-10:]))
         raise ArgumentError("version", f"{path} has no version {version} (it has {listed})")
-    return os.path.join(path, str(version))
+    return storage.join(path, str(version))
 
 
 # --------------------------------------------------------------------------- TensorProto

@@ -33,6 +33,7 @@ import os
 
 import numpy as np
 
+from keras_hourglass import storage
 from keras_hourglass.errors import ArgumentError, InputError
 
 SERVING_DEFAULT = "serving_default"
@@ -74,14 +75,13 @@ def contract_digest(text: str) -> str:
 
 def metadata_path(saved_model_dir: str | os.PathLike) -> str:
     """Returns: `DIR/assets.extra/keras_hourglass.json`."""
-    return os.path.join(saved_model_dir, "assets.extra", METADATA_FILE)
+    return storage.join(os.fspath(saved_model_dir), "assets.extra", METADATA_FILE)
 
 
 def read_export_metadata(saved_model_dir: str | os.PathLike) -> dict:
     """Returns: the contract JSON of a version directory (`metadata_path`), {} if absent or unreadable."""
     try:
-        with open(metadata_path(saved_model_dir), encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = json.loads(storage.read_text(metadata_path(saved_model_dir)))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -90,10 +90,10 @@ def read_export_metadata(saved_model_dir: str | os.PathLike) -> dict:
 def list_versions(base_path: str | os.PathLike) -> list[int]:
     """Returns: the sorted integer versions under `base_path`, as TF Serving sees them (numeric
     directories; `.tmp-*` staging directories and files are ignored); the last one is the latest."""
-    if not os.path.isdir(base_path):
+    if not storage.isdir(base_path):
         return []
-    return sorted(int(name) for name in os.listdir(base_path)
-                  if name.isdigit() and os.path.isdir(os.path.join(base_path, name)))
+    return sorted(int(name) for name in storage.listdir(base_path)
+                  if name.isdigit() and storage.isdir(storage.join(os.fspath(base_path), name)))
 
 
 def metadata_request() -> dict[str, np.ndarray]:

@@ -24,8 +24,9 @@ import os
 
 import numpy as np
 
-from keras_hourglass.atomic import write_bytes as write_bytes_atomic
 from keras_hourglass.errors import InputError
+from keras_hourglass.storage import join as storage_join
+from keras_hourglass.storage import write_bytes as write_bytes_atomic
 
 # Type 1 attributes the references need; without them there is nothing to refer to.
 REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
@@ -139,9 +140,9 @@ class DicomResultWriter:
             raise InputError(source_path, f"cannot describe the image in DICOM outputs: {reason}") from None
         uid = str(ds.SOPInstanceUID)
         if sr is not None:
-            written["dicom_sr"] = _save(sr, os.path.join(self.sr_dir, f"{uid}.SR.dcm"))
+            written["dicom_sr"] = _save(sr, storage_join(self.sr_dir, f"{uid}.SR.dcm"))
         if pr is not None:
-            written["dicom_pr"] = _save(pr, os.path.join(self.pr_dir, f"{uid}.PR.dcm"))
+            written["dicom_pr"] = _save(pr, storage_join(self.pr_dir, f"{uid}.PR.dcm"))
         return written
 
     def build_sr(self, detection, ds):

@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 
+from keras_hourglass import storage
 from keras_hourglass.errors import ArgumentError, InputError, with_flags
 
 LABEL_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
@@ -33,8 +34,7 @@ def read_model_config(path: str | os.PathLike):
     from tensorflow_serving.config import model_server_config_pb2
 
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        text = storage.read_text(path)
     except OSError as err:
         raise InputError(path, f"cannot read models.config ({err.strerror or type(err).__name__})") from None
     try:
@@ -46,8 +46,7 @@ def read_model_config(path: str | os.PathLike):
 def _header(path: str) -> str:
     """The leading comment block of the existing file (kept on rewrite)."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
+        lines = storage.read_text(path).splitlines()
     except OSError:
         return ""
     kept = []
@@ -67,7 +66,7 @@ def check_label(path: str | os.PathLike, model_name: str, label: str) -> None:
     if not label or not set(label) <= LABEL_CHARS or label[0].isdigit():
         raise ArgumentError("label", f"{label!r} is not a version label (letters, digits, _ and -, not starting "
                                     "with a digit)")
-    if os.path.exists(path):
+    if storage.exists(path):
         config = read_model_config(path)
         if not any(m.name == model_name for m in config.model_config_list.config):
             names = ", ".join(m.name for m in config.model_config_list.config) or "none"
@@ -94,11 +93,11 @@ def set_version_label(path: str | os.PathLike, model_name: str, label: str, vers
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
-    from keras_hourglass.atomic import write_bytes as write_bytes_atomic
+    from keras_hourglass.storage import write_bytes as write_bytes_atomic
 
     path = os.fspath(path)
     check_label(path, model_name, label)
-    if os.path.exists(path):
+    if storage.exists(path):
         config = read_model_config(path)
     else:
         if not base_path:

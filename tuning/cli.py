@@ -9,11 +9,10 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import sys
 from typing import Any
 
-from keras_hourglass import atomic
+from keras_hourglass import storage
 from keras_hourglass.errors import InputError
 
 SETTINGS_FILE = "search.json"
@@ -147,7 +146,7 @@ def _validate(args) -> dict[str, Any]:
 
     if not args.data:
         raise InputError("--data", "required (the prepared data directory)")
-    if not os.path.isdir(args.data):
+    if not storage.isdir(args.data):
         raise InputError(args.data, "prepared data directory not found")
     for flag, value in (("--max-trials", args.max_trials), ("--epochs", args.epochs),
                         ("--executions-per-trial", args.executions_per_trial), ("--batch-size", args.batch_size)):
@@ -200,7 +199,7 @@ def _validate(args) -> dict[str, Any]:
         "jit_compile": args.jit_compile,
         "mixed_precision": args.mixed_precision,
         "space": space.to_json(),
-        "data": os.path.abspath(args.data),
+        "data": storage.abspath(args.data),
         "_space": space,
     }
 
@@ -208,12 +207,11 @@ def _validate(args) -> dict[str, Any]:
 def _check_validation_split(prep_dir: str) -> None:
     """Fails early on a directory that `hourglass prepare` did not write (no readable manifest.json), and
     when the objective would be undefined: no malignant image in the val split."""
-    path = os.path.join(prep_dir, "manifest.json")
-    if not os.path.isfile(path):
+    path = storage.join(prep_dir, "manifest.json")
+    if not storage.isfile(path):
         raise InputError(prep_dir, "no manifest.json: not a directory written by `hourglass prepare`")
     try:
-        with open(path, encoding="utf-8") as handle:
-            manifest = json.load(handle)
+        manifest = storage.read_json(path)
     except (OSError, ValueError) as err:
         raise InputError(path, f"cannot read the manifest ({type(err).__name__})") from None
     if not isinstance(manifest, dict):
@@ -227,12 +225,11 @@ def _check_validation_split(prep_dir: str) -> None:
 
 def _check_settings(out_dir: str, settings: dict[str, Any], overwrite: bool) -> None:
     """Refuses to resume a search made with other settings; records the settings."""
-    path = os.path.join(out_dir, SETTINGS_FILE)
+    path = storage.join(out_dir, SETTINGS_FILE)
     record = {k: settings[k] for k in (*_SEARCH_KEYS, "max_trials", "data")}
-    if os.path.exists(path) and not overwrite:
+    if storage.exists(path) and not overwrite:
         try:
-            with open(path, encoding="utf-8") as handle:
-                previous = json.load(handle)
+            previous = storage.read_json(path)
         except (OSError, json.JSONDecodeError) as err:
             raise InputError(path, f"cannot read the previous search's settings ({err.__class__.__name__})") from None
         changed = [k for k in _SEARCH_KEYS if previous.get(k) != record[k]]
@@ -242,7 +239,7 @@ def _check_settings(out_dir: str, settings: dict[str, Any], overwrite: bool) -> 
                 f"--out holds a search with other settings ({', '.join(changed)}); "
                 "use another --out, the same settings, or --overwrite",
             )
-    atomic.write_json(path, record)
+    storage.write_json(path, record)
 
 
 def _report(out_dir: str) -> int:
@@ -250,8 +247,8 @@ def _report(out_dir: str) -> int:
     from tuning import outputs
     from tuning.outputs import PROJECT_NAME
 
-    project = os.path.join(out_dir, PROJECT_NAME)
-    if not os.path.isdir(project):
+    project = storage.join(out_dir, PROJECT_NAME)
+    if not storage.isdir(project):
         raise InputError(out_dir, f"no search here (no {PROJECT_NAME}/ directory)")
     print(json.dumps(outputs.write_outputs(project, out_dir), indent=2, default=str))
     return 0
@@ -266,7 +263,7 @@ def run(args) -> int:
     if args.report:
         return _report(args.out)
     settings = _validate(args)
-    os.makedirs(args.out, exist_ok=True)
+    storage.makedirs(args.out)
     from tuning import search
 
     if search.role() == "worker" and args.overwrite:

@@ -7,7 +7,7 @@ or resume wrongly (both seen in our SIGKILL test):
 1. The files are written in place (`open(path, "w")`): a kill during the write
    leaves an empty or truncated `oracle.json` and the next run crashes with a
    JSONDecodeError. `install_atomic_state_writes` makes KerasTuner write a
-   temporary file and rename it over the old one (`os.replace`, atomic on
+   temporary file and rename it over the old one (`keras_hourglass.storage`: atomic on
    POSIX), so every file is always either the old or the new version.
 2. A trial's file and `oracle.json` are two writes. Killed between them, the
    oracle may (a) not know a trial whose file says RUNNING (it would never be
@@ -23,12 +23,11 @@ keras-tuner 1.x, and do nothing (with a warning) if those are missing.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import warnings
 
-from keras_hourglass import atomic
+from keras_hourglass import storage
 from keras_hourglass.errors import InputError
 
 _MARK = "_hourglass_atomic"
@@ -57,14 +56,10 @@ def install_atomic_state_writes() -> bool:
         return False
     if getattr(kt_utils.save_json, _MARK, False):
         return True
-    original = kt_utils.save_json
 
     def save_json(path, obj):
-        path_str = os.fspath(path)
-        if "://" in path_str:  # remote filesystems (gs://...): KerasTuner's own writer
-            return original(path, obj)
         text = json.dumps(obj)
-        atomic.write_text(path_str, text)
+        storage.write_text(os.fspath(path), text)  # local: temp + os.replace; URL: whole upload + rename
         return text
 
     setattr(save_json, _MARK, True)
@@ -82,14 +77,13 @@ def check_state_files(project_dir: str | os.PathLike) -> None:
         InputError: naming the first state file that is not valid JSON.
     """
     project_dir = os.fspath(project_dir)
-    paths = [os.path.join(project_dir, "oracle.json"), *glob.glob(os.path.join(project_dir, "tuner*.json")),
-             *glob.glob(os.path.join(project_dir, "trial_*", "trial.json"))]
+    paths = [storage.join(project_dir, "oracle.json"), *storage.glob(storage.join(project_dir, "tuner*.json")),
+             *storage.glob(storage.join(project_dir, "trial_*", "trial.json"))]
     for path in paths:
-        if not os.path.exists(path):
+        if not storage.exists(path):
             continue
         try:
-            with open(path, encoding="utf-8") as handle:
-                json.load(handle)
+            storage.read_json(path)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             raise InputError(path, "search state file is corrupt (written while the search was killed?); "
                                    "delete this trial directory, or start over with --overwrite") from None

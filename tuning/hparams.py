@@ -25,9 +25,9 @@ from __future__ import annotations
 import math
 import os
 import threading
-import uuid
 from typing import Any, Sequence
 
+from keras_hourglass import storage
 from tuning import objective as objective_lib
 from tuning.outputs import TrialRecord, load_trials
 
@@ -46,7 +46,7 @@ _SYNC_LOCK = threading.Lock()
 
 def logs_dir(directory: str | os.PathLike) -> str:
     """Returns: the HParams log directory of a search, `TUNE/logs`."""
-    return os.path.join(os.fspath(directory), LOGS_DIR)
+    return storage.join(os.fspath(directory), LOGS_DIR)
 
 
 def searched_names(hp_config: dict) -> list[str]:
@@ -109,38 +109,32 @@ def _write_session(path: str, record: TrialRecord) -> None:
 
 
 def _has_events(path: str) -> bool:
-    import tensorflow as tf
-
-    return tf.io.gfile.isdir(path) and any(".tfevents." in name for name in tf.io.gfile.listdir(path))
+    return storage.isdir(path) and any(".tfevents." in name for name in storage.listdir(path))
 
 
 def _publish(write, final: str, parent: str) -> None:
-    """Writes with `write(tmp)` into a hidden temporary directory, then renames it to `final`."""
-    import tensorflow as tf
-
-    tmp = os.path.join(parent, f".tmp-{os.path.basename(final)}-{uuid.uuid4().hex[:8]}")
+    """Writes with `write(tmp)` into a staging directory (`storage.local_staging`), then publishes it
+    as `final` (`storage.publish_directory`: one rename locally, file by file on object stores)."""
+    tmp = storage.local_staging(parent)
     try:
         write(tmp)
-        if tf.io.gfile.isdir(final):  # a leftover without events (killed before the rename)
-            tf.io.gfile.rmtree(final)
-        tf.io.gfile.rename(tmp, final)
+        if storage.isdir(final):  # a leftover without events (killed before the rename)
+            storage.remove_tree(final)
+        storage.publish_directory(tmp, final)
     finally:
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.rmtree(tmp)
+        storage.remove_tree(tmp)
 
 
 def _write_experiment_atomic(logs: str, records: Sequence[TrialRecord]) -> None:
-    """Writes the experiment's event file in a temporary directory, then moves it into `logs`."""
-    import tensorflow as tf
-
-    tmp = os.path.join(logs, f".tmp-experiment-{uuid.uuid4().hex[:8]}")
+    """Writes the experiment's event file in a staging directory, then publishes it into `logs`
+    (each file whole: `storage.write_bytes`)."""
+    tmp = storage.local_staging(logs)
     try:
         _write_experiment(tmp, records)
-        for name in tf.io.gfile.listdir(tmp):
-            tf.io.gfile.rename(os.path.join(tmp, name), os.path.join(logs, name))
+        for name in storage.listdir(tmp):
+            storage.write_bytes(storage.join(logs, name), storage.read_bytes(storage.join(tmp, name)))
     finally:
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.rmtree(tmp)
+        storage.remove_tree(tmp)
 
 
 def sync(project_dir: str | os.PathLike, logs: str | os.PathLike) -> list[str]:
@@ -159,17 +153,15 @@ def sync(project_dir: str | os.PathLike, logs: str | os.PathLike) -> list[str]:
 
 
 def _sync(project_dir: str | os.PathLike, logs: str) -> list[str]:
-    import tensorflow as tf
-
     finished = [r for r in load_trials(project_dir) if r.completed]
     if not finished:
         return []
-    tf.io.gfile.makedirs(logs)
-    if not any(".tfevents." in name for name in tf.io.gfile.listdir(logs)):
+    storage.makedirs(logs)
+    if not any(".tfevents." in name for name in storage.listdir(logs)):
         _write_experiment_atomic(logs, finished)
     written = []
     for record in finished:
-        final = os.path.join(logs, f"{_SESSION_PREFIX}{record.trial_id}")
+        final = storage.join(logs, f"{_SESSION_PREFIX}{record.trial_id}")
         if not _has_events(final):
             _publish(lambda tmp, record=record: _write_session(tmp, record), final, logs)
             written.append(record.trial_id)
@@ -178,7 +170,4 @@ def _sync(project_dir: str | os.PathLike, logs: str) -> list[str]:
 
 def clear(logs: str | os.PathLike) -> None:
     """Deletes the HParams data of a search (`hourglass tune --overwrite` starts over)."""
-    import tensorflow as tf
-
-    if tf.io.gfile.isdir(os.fspath(logs)):
-        tf.io.gfile.rmtree(os.fspath(logs))
+    storage.remove_tree(os.fspath(logs))

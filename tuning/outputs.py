@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import glob
 import json
 import math
 import os
 from typing import Any, Sequence
 
-from keras_hourglass import atomic
+from keras_hourglass import storage
 from tuning import objective as objective_lib
 from tuning.search_space import PARAM_NAMES
 
@@ -100,10 +99,9 @@ def load_trials(project_dir: str | os.PathLike) -> list[TrialRecord]:
         The trials sorted by id (unreadable or half-written files are skipped).
     """
     records = []
-    for fname in glob.glob(os.path.join(os.fspath(project_dir), "trial_*", "trial.json")):
+    for fname in storage.glob(storage.join(os.fspath(project_dir), "trial_*", "trial.json")):
         try:
-            with open(fname, encoding="utf-8") as handle:
-                state = json.load(handle)
+            state = storage.read_json(fname)
         except (OSError, json.JSONDecodeError):
             continue
         records.append(
@@ -135,7 +133,7 @@ def best_hyperparameters_config(record: TrialRecord) -> dict:
 
 def write_best_hyperparameters(record: TrialRecord, path: str | os.PathLike) -> None:
     """Writes the TFX-convention JSON of the trial's hyper-parameters (atomically)."""
-    atomic.write_text(path, json.dumps(best_hyperparameters_config(record), indent=2) + "\n")
+    storage.write_text(path, json.dumps(best_hyperparameters_config(record), indent=2) + "\n")
 
 
 def _param_columns(records: Sequence[TrialRecord]) -> list[str]:
@@ -174,7 +172,7 @@ def write_trials_csv(records: Sequence[TrialRecord], path: str | os.PathLike, be
                 int(best is not None and record.trial_id == best.trial_id),
             ]
         )
-    atomic.write_text(path, buffer.getvalue())
+    storage.write_text(path, buffer.getvalue())
 
 
 def plot_objective(records: Sequence[TrialRecord], path: str | os.PathLike, best: TrialRecord | None = None) -> None:
@@ -213,7 +211,7 @@ def plot_objective(records: Sequence[TrialRecord], path: str | os.PathLike, best
     fig.suptitle(f"hourglass tune: {len(done)} completed of {len(records)} trials")
     fig.tight_layout()
     try:
-        with atomic.replacing(path, keep_suffix=True) as tmp:
+        with storage.replacing(path, keep_suffix=True) as tmp:
             fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
@@ -230,12 +228,12 @@ def write_outputs(project_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
         A JSON-able summary: counts per status, best trial id, values and metrics, file paths.
     """
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    storage.makedirs(out_dir)
     records = load_trials(project_dir)
     best = best_trial(records)
-    csv_path = os.path.join(out_dir, TRIALS_CSV_FILE)
-    plot_path = os.path.join(out_dir, PLOT_FILE)
-    best_path = os.path.join(out_dir, BEST_HPARAMS_FILE)
+    csv_path = storage.join(out_dir, TRIALS_CSV_FILE)
+    plot_path = storage.join(out_dir, PLOT_FILE)
+    best_path = storage.join(out_dir, BEST_HPARAMS_FILE)
     write_trials_csv(records, csv_path, best)
     plot_objective(records, plot_path, best)
     if best is not None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import keras_tuner
 
+from keras_hourglass import storage
 from tuning import durability
 from tuning import hparams
 from tuning import objective as objective_lib
@@ -177,7 +178,7 @@ def make_tuner(
 
 def project_dir(directory: str | os.PathLike) -> str:
     """Returns: the KerasTuner project directory inside `TUNE`."""
-    return os.path.join(os.fspath(directory), PROJECT_NAME)
+    return storage.join(os.fspath(directory), PROJECT_NAME)
 
 
 def run_search(tuner: keras_tuner.Tuner, directory: str | os.PathLike) -> dict[str, Any]:

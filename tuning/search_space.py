@@ -268,9 +268,10 @@ def load_space(path: str | os.PathLike) -> SearchSpace:
     Raises:
         InputError: naming `path`: missing, unreadable, not JSON, or an invalid entry.
     """
+    from keras_hourglass import storage
+
     try:
-        with open(path, encoding="utf-8") as handle:
-            config = json.load(handle)
+        config = storage.read_json(path)
     except FileNotFoundError:
         raise InputError(path, "search space file not found") from None
     except (OSError, UnicodeDecodeError) as err:

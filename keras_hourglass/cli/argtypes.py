@@ -79,6 +79,12 @@ def check_output_dir(path: str, flag: str) -> None:
         raise InputError(flag, "is empty")
     if "\x00" in str(path):
         raise InputError(flag, "contains a NUL character")
+    from keras_hourglass import storage
+
+    if storage.is_url(path):
+        if storage.exists(path) and not storage.isdir(path):
+            raise InputError(path, f"{flag} exists and is not a directory")
+        return
     target = os.path.abspath(os.fspath(path))
     if os.path.lexists(target):
         if not os.path.isdir(target):

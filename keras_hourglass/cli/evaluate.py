@@ -26,6 +26,7 @@ import os
 import sys
 import textwrap
 
+from keras_hourglass import storage
 from keras_hourglass.errors import InputError
 from keras_hourglass.two_stage.combine import COMBINATIONS
 
@@ -91,7 +92,7 @@ def _check_args(args: argparse.Namespace) -> None:
     check_archive(args.model)  # before TensorFlow is imported: a bad file costs nothing
     if args.classifier is not None:
         check_archive(args.classifier)
-    if not os.path.isdir(args.data):
+    if not storage.isdir(args.data):
         raise InputError(args.data, "no such prepared directory")
     for name in ("max_marks", "overlays", "bootstrap"):
         value = getattr(args, name)
@@ -159,10 +160,10 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
-    os.makedirs(args.out, exist_ok=True)
+    storage.makedirs(args.out)
     payload = result.to_json()
-    payload["model"] = os.path.abspath(args.model)
-    payload["data"] = os.path.abspath(args.data)
+    payload["model"] = storage.abspath(args.model)
+    payload["data"] = storage.abspath(args.data)
     payload["split"] = args.split
     payload["settings"]["max_marks"] = args.max_marks
     operating = result.operating_point(args.operating_fpi)
@@ -171,12 +172,10 @@ def run(args: argparse.Namespace) -> int:
         combined_result = froc(combined, extra_hits=args.extra_hits, interpolation=args.interpolation,
                                n_bootstrap=args.bootstrap, seed=args.seed, progress=not args.quiet)
         _add_two_stage(payload, combined_result, two_stage, args)
-    json_path = os.path.join(args.out, "froc.json")
+    json_path = storage.join(args.out, "froc.json")
     import json
 
-    with open(json_path, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, allow_nan=False)
-        fh.write("\n")
+    storage.write_text(json_path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
     if two_stage is None:
         plot_froc(result, os.path.join(args.out, "froc.png"))
     else:
@@ -198,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     chosen = [r for r in records if r.image is not None]
     chosen.sort(key=lambda r: not any(label in EVALUATION_POSITIVE_LABELS for label in r.labels))
     if args.overlays:
-        os.makedirs(overlay_dir, exist_ok=True)
+        storage.makedirs(overlay_dir)
     for i, record in enumerate(chosen[: args.overlays]):
         plot_overlay(
             record,
@@ -247,7 +246,7 @@ def _add_two_stage(payload: dict, combined, two_stage: dict, args: argparse.Name
     from keras_hourglass.two_stage.combine import RULE, stage_two_weight
 
     block = combined.to_json()
-    block["classifier"] = os.path.abspath(args.classifier)
+    block["classifier"] = storage.abspath(args.classifier)
     block["combination"] = {"name": two_stage["combination"], "stage_two_weight": stage_two_weight(two_stage["combination"]),
                             "rule": RULE,
                             "source": "RUN2/config.json" if args.combination == "auto" else "--combination"}

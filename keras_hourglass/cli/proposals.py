@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import textwrap
 
+from keras_hourglass import storage
 from keras_hourglass.cli import argtypes
 from keras_hourglass.errors import InputError
 
@@ -58,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
     from keras_hourglass.modelfile import check_archive
 
     check_archive(args.model)  # before TensorFlow is imported: a bad file costs nothing
-    if not os.path.isdir(args.data):
+    if not storage.isdir(args.data):
         raise InputError(args.data, "no such prepared directory")
-    if not os.path.exists(os.path.join(args.data, "manifest.json")):
+    if not storage.exists(storage.join(args.data, "manifest.json")):
         raise InputError(args.data, "no manifest.json: not a directory written by `hourglass prepare`")
 
     from keras_hourglass.modelfile import load_heatmap_model
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         operating_point=args.operating_point, max_marks=args.max_marks, records_per_shard=args.records_per_shard,
         model_path=args.model, progress=not args.quiet)
     print(json.dumps({
-        "proposals": os.path.abspath(args.out), "threshold": manifest["stage_one"]["threshold"],
+        "proposals": storage.abspath(args.out), "threshold": manifest["stage_one"]["threshold"],
         "patch_px": manifest["patch"]["resolved"], "totals": manifest["totals"],
         "splits": {split: {k: v for k, v in counts.items() if k in ("images", "marks", "positive", "negative",
                                                                      "malignant")}

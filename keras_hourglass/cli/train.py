@@ -229,9 +229,10 @@ def _require_training_positives(manifest_path: str) -> None:
     from keras_hourglass import contract
     from keras_hourglass.errors import InputError
 
+    from keras_hourglass import storage
+
     try:
-        with open(manifest_path, encoding="utf-8") as handle:
-            written = json.load(handle).get("images_written")
+        written = json.loads(storage.read_text(manifest_path)).get("images_written")
     except (OSError, ValueError, AttributeError):
         raise InputError(manifest_path, "not a readable JSON manifest") from None
     if not isinstance(written, dict) or not isinstance(written.get("train"), dict):
@@ -244,17 +245,16 @@ def _require_training_positives(manifest_path: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs `hourglass train`. Returns: 0. Raises: InputError on bad arguments or inputs."""
-    import os
-
+    from keras_hourglass import storage
     from keras_hourglass.errors import InputError
 
     config = build_config(args)
-    if not os.path.isdir(args.data):
+    if not storage.isdir(args.data):
         raise InputError(args.data, "not a directory (run `hourglass prepare` first)")
-    if not os.path.exists(os.path.join(args.data, "manifest.json")):
+    if not storage.exists(storage.join(args.data, "manifest.json")):
         raise InputError(args.data, "no manifest.json: not a directory written by `hourglass prepare`")
-    _require_training_positives(os.path.join(args.data, "manifest.json"))
-    if os.path.isfile(args.out):
+    _require_training_positives(storage.join(args.data, "manifest.json"))
+    if storage.isfile(args.out):
         raise InputError(args.out, "exists and is a file")
 
     from keras_hourglass.training.distribution import configure_cpu_replicas, make_strategy

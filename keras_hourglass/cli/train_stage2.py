@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
+from keras_hourglass import storage
 from keras_hourglass.cli import argtypes
 from keras_hourglass.errors import InputError
 
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     from keras_hourglass.two_stage.proposals import read_manifest
 
     read_manifest(args.data)
-    if os.path.isfile(args.out):
+    if storage.isfile(args.out):
         raise InputError(args.out, "exists and is a file")
 
     from keras_hourglass.training.distribution import configure_cpu_replicas, make_strategy

@@ -39,7 +39,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from keras_hourglass import atomic
+from keras_hourglass import storage
 from keras_hourglass.contract import BEAM_SHARD_TEMPLATE, LABELS, RECORD_SUFFIX, SPLITS
 from keras_hourglass.data import ingest, manifest, phi, plan, prepare
 from keras_hourglass.errors import InputError
@@ -63,7 +63,7 @@ def _join(root: str, *parts: str) -> str:
 def _write(path: str, data: bytes) -> None:
     """Writes a small file: atomically on a local disk, through Beam's FileSystems elsewhere (gs://, s3://)."""
     if "://" not in path:
-        atomic.write_bytes(path, data)
+        storage.write_bytes(path, data)
         return
     with FileSystems.create(path) as handle:
         handle.write(data)
@@ -256,7 +256,7 @@ def _check_fresh_out(out: str) -> None:
     if "://" in out:
         if FileSystems.match([_join(out, "*")])[0].metadata_list:
             raise InputError(out, "is not empty: a Beam prepare writes a fresh --out")
-    elif os.path.isdir(out) and os.listdir(out):
+    elif storage.isdir(out) and storage.listdir(out):
         raise InputError(out, "is not empty: a Beam prepare writes a fresh --out (the local path resumes "
                               "into an existing one)")
 
@@ -281,7 +281,7 @@ def run(config: prepare.PrepareConfig) -> dict:
     items, split_stats = plan.plan_images(result, salt, val_fraction=config.val_fraction,
                                           test_fraction=config.test_fraction)
     if "://" not in config.out:
-        os.makedirs(config.out, exist_ok=True)
+        storage.makedirs(config.out)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, config, salt, result, items, split_stats)
     state = pipeline.run().wait_until_finish()

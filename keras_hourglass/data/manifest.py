@@ -12,9 +12,8 @@ import csv
 import hashlib
 import io
 import json
-import os
 
-from keras_hourglass import atomic
+from keras_hourglass import storage
 from keras_hourglass.data import plan
 from keras_hourglass.errors import InputError
 
@@ -26,8 +25,7 @@ by the salted hash of the path (as in the TFRecords): no path or table cell is e
 def read_json(path: str) -> dict:
     """Reads a JSON file, raising InputError naming it on failure."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        return json.loads(storage.read_text(path))
     except (OSError, ValueError) as err:
         raise InputError(path, f"cannot read JSON: {err}") from None
 
@@ -49,7 +47,7 @@ def rejects_csv_bytes(rejects: list[dict]) -> bytes:
 def file_sha256(path: str) -> str:
     """Returns: the hex SHA-256 of a file's bytes."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with storage.open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -59,7 +57,7 @@ def content_hash(prep_dir: str, files: list[str]) -> str:
     """Returns: SHA-256 over the sorted (relative path, file SHA-256) of the TFRecords."""
     digest = hashlib.sha256()
     for relative in sorted(files):
-        digest.update(f"{relative}\0{file_sha256(os.path.join(prep_dir, relative))}\n".encode())
+        digest.update(f"{relative}\0{file_sha256(storage.join(prep_dir, relative))}\n".encode())
     return digest.hexdigest()
 
 
@@ -68,7 +66,7 @@ def finish(prep_dir: str, header: dict, counts: dict, rejects: list[dict], files
     """Checks the accounting and writes PREP/manifest.json and PREP/rejects.csv (both paths).
 
     Args:
-        prep_dir: the prepared directory (a local path, or a URL with `write`).
+        prep_dir: the prepared directory (a local path or a URL).
         header: format, sources, code_version, salt, runner, preprocessing, splits (with conflicts).
         counts: the summed per-image counts (`keras_hourglass.data.plan`).
         rejects: every rejects.csv row (importer and ingest rejects).
@@ -77,7 +75,7 @@ def finish(prep_dir: str, header: dict, counts: dict, rejects: list[dict], files
         images_seen: distinct images the table names.
         content_hash: SHA-256 over the files (the local path; None on the Beam path, whose file
             boundaries are the runner's: compare `examples_hash` there).
-        write: `write(path, bytes)` (default: `keras_hourglass.atomic.write_bytes`).
+        write: `write(path, bytes)` (default: `keras_hourglass.storage.write_bytes`).
 
     Returns:
         The manifest.
@@ -85,7 +83,7 @@ def finish(prep_dir: str, header: dict, counts: dict, rejects: list[dict], files
     Raises:
         AssertionError: ingested + rejected != rows (a bug: every row must be accounted for).
     """
-    write = write or atomic.write_bytes
+    write = write or storage.write_bytes
     accounted = counts["rows_ingested"] + len(rejects)
     if accounted != rows_total:
         raise AssertionError(f"accounting broken: ingested {counts['rows_ingested']} + rejected "
@@ -107,8 +105,6 @@ def finish(prep_dir: str, header: dict, counts: dict, rejects: list[dict], files
         "examples_hash": plan.digest_hex(counts["examples_digest"]),
         "content_hash": content_hash,
     }
-    join = (lambda name: prep_dir.rstrip("/") + "/" + name) if "://" in prep_dir else \
-        (lambda name: os.path.join(prep_dir, name))
-    write(join("rejects.csv"), rejects_csv_bytes(rejects))
-    write(join("manifest.json"), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    write(storage.join(prep_dir, "rejects.csv"), rejects_csv_bytes(rejects))
+    write(storage.join(prep_dir, "manifest.json"), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     return manifest

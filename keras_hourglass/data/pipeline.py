@@ -60,6 +60,7 @@ import random
 
 import tensorflow as tf
 
+from keras_hourglass import storage
 from keras_hourglass.breast import TISSUE_THRESHOLD
 from keras_hourglass.contract import LABELS, TRAINING_POSITIVE_LABELS
 from keras_hourglass.data import records
@@ -79,7 +80,7 @@ def steps_per_epoch(images_per_epoch: int, batch_size: int) -> int:
 
 
 def _non_empty_files(prep_dir, split: str, stratum: str | None) -> list[str]:
-    return [f for f in records.list_files(prep_dir, split, stratum) if os.path.getsize(f) > 0]
+    return [f for f in records.list_files(prep_dir, split, stratum) if storage.getsize(f) > 0]
 
 
 def _stratum_stream(files: list[str], seed: int, shuffle_buffer: int, deterministic: bool):

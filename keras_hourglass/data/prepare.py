@@ -39,7 +39,7 @@ import os
 import sys
 from typing import Iterable
 
-from keras_hourglass import atomic
+from keras_hourglass import storage
 from keras_hourglass.contract import done_marker_name, preprocessing_block, shard_file_name
 from keras_hourglass.data import ingest, manifest, phi, plan
 from keras_hourglass.data.importers import ImportResult, get_importer, is_inside, real_root
@@ -125,7 +125,7 @@ def validate(config: PrepareConfig) -> None:
         raise InputError("--images-per-file", "must be at least 1")
     if not os.path.isdir(config.images_root):
         raise InputError(config.images_root, "--images-root is not a directory")
-    if "://" not in config.out and is_inside(os.path.realpath(config.out), real_root(config.images_root)):
+    if not storage.is_url(config.out) and is_inside(os.path.realpath(config.out), real_root(config.images_root)):
         raise InputError("--out", "is --images-root or inside it: write PREP elsewhere (its files would mix "
                                   "with the inputs)")
     for table in config.annotations:
@@ -157,12 +157,12 @@ def _settings_fingerprint(config: PrepareConfig, settings: ingest.IngestSettings
 
 
 def _state_path(out: str) -> str:
-    return os.path.join(out, "prepare-state.json")
+    return storage.join(out, "prepare-state.json")
 
 
 def _resolve_salt(config: PrepareConfig) -> str:
     state_path = _state_path(config.out)
-    if os.path.exists(state_path):
+    if storage.exists(state_path):
         previous = manifest.read_json(state_path)["salt"]
         if config.salt and config.salt != previous:
             raise InputError(config.out, "was prepared with another --salt; use a fresh --out")
@@ -188,18 +188,18 @@ def _chunks(items: list[plan.Planned], images_per_file: int, fingerprint: str) -
 
 
 def _marker_path(out: str, relative: str) -> str:
-    return os.path.join(out, done_marker_name(relative))
+    return storage.join(out, done_marker_name(relative))
 
 
 def _chunk_done(out: str, chunk: _Chunk) -> dict | None:
     marker_path = _marker_path(out, chunk.relative)
-    if not os.path.exists(marker_path):
+    if not storage.exists(marker_path):
         return None
     marker = manifest.read_json(marker_path)
     if marker.get("fingerprint") != chunk.fingerprint:
         raise InputError(marker_path, "belongs to a run with other settings or input; use a fresh --out")
-    path = os.path.join(out, chunk.relative)
-    if marker["written"] and (not os.path.exists(path) or os.path.getsize(path) != marker["size"]):
+    path = storage.join(out, chunk.relative)
+    if marker["written"] and (not storage.exists(path) or storage.getsize(path) != marker["size"]):
         return None  # file lost or truncated: redo the chunk
     return marker
 
@@ -230,7 +230,7 @@ def _write_chunk(out: str, chunk: _Chunk, results: Iterable[dict], on_image=lamb
             if outcome.example is not None:
                 yield outcome.example
 
-    path = os.path.join(out, chunk.relative)
+    path = storage.join(out, chunk.relative)
     import tensorflow as tf
 
     try:
@@ -238,15 +238,15 @@ def _write_chunk(out: str, chunk: _Chunk, results: Iterable[dict], on_image=lamb
     except (OSError, tf.errors.OpError) as err:  # disk full, permissions: one line naming the file
         message = getattr(err, "strerror", None) or getattr(err, "message", None) or str(err)
         raise InputError(path, f"cannot write: {' '.join(str(message).split())[:200]}") from None
-    size = os.path.getsize(path)
+    size = storage.getsize(path)
     written = counts.get("images_written_total", 0)
     if written == 0:
-        os.remove(path)  # every image rejected: no empty file, the marker says so
+        storage.remove(path)  # every image rejected: no empty file, the marker says so
         size = 0
     marker = {"fingerprint": chunk.fingerprint, "split": chunk.split, "stratum": chunk.stratum,
               "images": [i.image_hash for i in chunk.items], "written": written, "size": size,
               "counts": counts, "rejects": rejects}
-    atomic.write_json(_marker_path(out, chunk.relative), marker, sort_keys=True)
+    storage.write_json(_marker_path(out, chunk.relative), marker, sort_keys=True)
     return marker
 
 
@@ -411,8 +411,7 @@ def manifest_header(config: PrepareConfig, result: ImportResult, salt: str, spli
 
 def summary_of(out: str, result_manifest: dict, **extra) -> dict:
     """Returns: the JSON summary `hourglass prepare` prints (both paths)."""
-    return {"out": out, "manifest": (out.rstrip("/") + "/manifest.json") if "://" in out
-            else os.path.join(out, "manifest.json"), "runner": result_manifest["runner"],
+    return {"out": out, "manifest": storage.join(out, "manifest.json"), "runner": result_manifest["runner"],
             "rows": result_manifest["inputs"]["rows"], "inputs": result_manifest["inputs"],
             "images_written": result_manifest["images_written"], "rejects": result_manifest["rejects"],
             "examples_hash": result_manifest["examples_hash"], "content_hash": result_manifest["content_hash"],
@@ -452,20 +451,20 @@ def _prepare_local(config: PrepareConfig) -> dict:
     from tqdm import tqdm
 
     validate(config)
-    os.makedirs(config.out, exist_ok=True)
+    storage.makedirs(config.out)
     settings = ingest_settings(config)
     salt = _resolve_salt(config)
     fingerprint = _settings_fingerprint(config, settings, salt)
     state_path = _state_path(config.out)
-    if os.path.isdir(os.path.join(config.out, "shards")):
+    if storage.isdir(storage.join(config.out, "shards")):
         raise InputError(config.out, "holds a PREP of an older version (machine shards, sIIofNN files); use a "
                                      "fresh --out")
-    previous = os.path.join(config.out, "manifest.json")
-    if os.path.exists(previous) and manifest.read_json(previous).get("runner", "local") != "local":
+    previous = storage.join(config.out, "manifest.json")
+    if storage.exists(previous) and manifest.read_json(previous).get("runner", "local") != "local":
         raise InputError(config.out, "holds a PREP written by a Beam runner; use a fresh --out")
-    if os.path.exists(state_path) and manifest.read_json(state_path)["fingerprint"] != fingerprint:
+    if storage.exists(state_path) and manifest.read_json(state_path)["fingerprint"] != fingerprint:
         raise InputError(config.out, "was prepared with other settings or another input; use a fresh --out")
-    atomic.write_json(state_path, {"salt": salt, "fingerprint": fingerprint}, sort_keys=True)
+    storage.write_json(state_path, {"salt": salt, "fingerprint": fingerprint}, sort_keys=True)
 
     result = import_table(config)
     items, split_stats = plan.plan_images(result, salt, val_fraction=config.val_fraction,

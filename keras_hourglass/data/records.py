@@ -34,14 +34,13 @@ content hash and resumed-vs-uninterrupted byte identity).
 
 from __future__ import annotations
 
-import glob
 import os
 from typing import Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from keras_hourglass import atomic
+from keras_hourglass import storage
 from keras_hourglass.contract import LABELS, shard_pattern
 from keras_hourglass.data.example_codec import serialize_example
 
@@ -152,11 +151,11 @@ def list_files(prep_dir: str | os.PathLike, split: str, stratum: str | None = No
     Returns:
         Sorted paths.
     """
-    return sorted(glob.glob(os.path.join(os.fspath(prep_dir), split, shard_pattern(stratum))))
+    return storage.glob(storage.join(os.fspath(prep_dir), split, shard_pattern(stratum)))
 
 
 def write_records_atomic(path: str | os.PathLike, serialized: Iterable[bytes]) -> int:
-    """Writes serialized records to `path` atomically (`keras_hourglass.atomic.replacing`).
+    """Writes serialized records to `path` atomically (`keras_hourglass.storage.replacing`).
 
     Args:
         path: final file path.
@@ -166,7 +165,7 @@ def write_records_atomic(path: str | os.PathLike, serialized: Iterable[bytes]) -
         The number of records written.
     """
     count = 0
-    with atomic.replacing(path) as tmp:
+    with storage.replacing(path) as tmp:
         with tf.io.TFRecordWriter(tmp) as writer:
             for record in serialized:
                 writer.write(record)

@@ -395,9 +395,9 @@ class FrocResult:
 
     def save(self, path: str | os.PathLike, max_curve_points: int | None = 1000) -> None:
         """Writes `to_json()` to `path` (strict JSON: NaN is refused)."""
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(self.to_json(max_curve_points), fh, indent=2, allow_nan=False)
-            fh.write("\n")
+        from keras_hourglass import storage
+
+        storage.write_text(path, json.dumps(self.to_json(max_curve_points), indent=2, allow_nan=False) + "\n")
 
 
 def _operating_point(thresholds, curve_fpi, curve_sens, target: float) -> dict[str, float | None]:

@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from keras_hourglass import storage  # noqa: E402
 from keras_hourglass.contract import EVALUATION_POSITIVE_LABELS  # noqa: E402
 from keras_hourglass.evaluation.froc import (  # noqa: E402
     EXTRA_HIT,
@@ -147,7 +148,8 @@ def plot_froc(
                         fontsize=9, color="tab:red")
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    with storage.replacing(path, keep_suffix=True) as tmp:  # matplotlib writes local files
+        fig.savefig(tmp)
     plt.close(fig)
     return os.fspath(path)
 
@@ -189,7 +191,8 @@ def plot_froc_curves(
         ax.plot([p[0] for p in points], [p[1] for p in points], "o", color=colour, markersize=3.5)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    with storage.replacing(path, keep_suffix=True) as tmp:  # matplotlib writes local files
+        fig.savefig(tmp)
     plt.close(fig)
     return os.fspath(path)
 
@@ -265,6 +268,7 @@ def plot_overlay(
     ]
     ax.legend(handles=handles, loc="lower right", fontsize=6, framealpha=0.6)
     fig.tight_layout()
-    fig.savefig(path)
+    with storage.replacing(path, keep_suffix=True) as tmp:  # matplotlib writes local files
+        fig.savefig(tmp)
     plt.close(fig)
     return os.fspath(path)

@@ -14,12 +14,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from keras_hourglass import storage
 from keras_hourglass.contract import EVALUATION_POSITIVE_LABELS
 from keras_hourglass.evaluation.froc import FrocResult, ImageRecord, match_image
 
@@ -154,6 +157,13 @@ def format_markdown_table(
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _publishing(path: str | os.PathLike, buffer: io.StringIO) -> Iterator[None]:
+    """Writes `buffer`'s text to `path` atomically (`storage.write_text`) when the block succeeds."""
+    yield
+    storage.write_text(path, buffer.getvalue())
+
+
 def _inverse_points(transform: Sequence[float] | None, points: np.ndarray) -> np.ndarray | None:
     if transform is None or len(transform) == 0:
         return None
@@ -184,7 +194,8 @@ def write_marks_csv(
         The number of mark rows written.
     """
     rows = 0
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    fh = io.StringIO(newline="")
+    with _publishing(path, fh):
         writer = csv.writer(fh)
         writer.writerow(MARKS_CSV_COLUMNS)
         for record in records:
@@ -231,7 +242,8 @@ def write_findings_csv(
         The number of finding rows written.
     """
     rows = 0
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    fh = io.StringIO(newline="")
+    with _publishing(path, fh):
         writer = csv.writer(fh)
         writer.writerow(FINDINGS_CSV_COLUMNS)
         for record in records:

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-import os
 import time
 
 import keras
 
-from keras_hourglass import atomic
+from keras_hourglass import storage
 
 BACKUP_STATE = "state.json"
 
@@ -32,12 +30,11 @@ def read_backup_state(backup_dir: str) -> dict | None:
         `{"completed_epochs": int, "weights": file name, "phase": str, ...}`; None when
         there is no state file or it names a weights file that does not exist.
     """
-    path = os.path.join(backup_dir, BACKUP_STATE)
-    if not os.path.exists(path):
+    path = storage.join(backup_dir, BACKUP_STATE)
+    if not storage.exists(path):
         return None
-    with open(path) as handle:
-        state = json.load(handle)
-    if not os.path.exists(os.path.join(backup_dir, state["weights"])):
+    state = storage.read_json(path)
+    if not storage.exists(storage.join(backup_dir, state["weights"])):
         return None
     return state
 
@@ -57,7 +54,7 @@ def restore_from_backup(model: keras.Model, backup_dir: str) -> int:
         return 0
     if model.optimizer is not None and not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
-    model.load_weights(os.path.join(backup_dir, state["weights"]))
+    model.load_weights(storage.join(backup_dir, state["weights"]))
     return int(state["completed_epochs"])
 
 
@@ -71,7 +68,9 @@ class EpochBackup(keras.callbacks.Callback):
     writes `epoch-NNNN.weights.h5` under a temporary name, renames it, and only
     then atomically replaces `state.json`, which names the weights file and the
     number of completed epochs. The previous weights file is deleted last, so a
-    SIGKILL at any moment leaves a consistent (state, weights) pair.
+    SIGKILL at any moment leaves a consistent (state, weights) pair. On an object store (no
+    atomic rename) the same order holds: the weights file is complete under its final name
+    (`storage.replacing`) before `state.json`, the marker, names it.
 
     Args:
         write_dir: where this task writes (the chief: RUN/backup; other
@@ -90,13 +89,13 @@ class EpochBackup(keras.callbacks.Callback):
         self.extra_state = dict(extra_state or {})
 
     def on_epoch_end(self, epoch, logs=None):
-        os.makedirs(self.write_dir, exist_ok=True)
+        storage.makedirs(self.write_dir)
         completed = self.epoch_offset + epoch + 1
         name = f"epoch-{completed:04d}.weights.h5"
-        with atomic.replacing(os.path.join(self.write_dir, name), keep_suffix=True) as tmp:
+        with storage.replacing(storage.join(self.write_dir, name), keep_suffix=True) as tmp:
             self.model.save_weights(tmp, overwrite=True)
         previous = read_backup_state(self.write_dir)
-        atomic.write_json(os.path.join(self.write_dir, BACKUP_STATE), {
+        storage.write_json(storage.join(self.write_dir, BACKUP_STATE), {
             "completed_epochs": completed,
             "phase": self.phase,
             "weights": name,
@@ -105,8 +104,8 @@ class EpochBackup(keras.callbacks.Callback):
         })
         if previous and previous["weights"] != name:
             try:
-                os.remove(os.path.join(self.write_dir, previous["weights"]))
-            except FileNotFoundError:
+                storage.remove(storage.join(self.write_dir, previous["weights"]))
+            except (FileNotFoundError, OSError):
                 pass
 
 
@@ -119,7 +118,10 @@ def _clean(value):
 
 
 class HistoryCSV(keras.callbacks.Callback):
-    """Appends one row per epoch (global epoch number, phase, wall seconds, every log value) to a CSV.
+    """Adds one row per epoch (global epoch number, phase, wall seconds, every log value) to a CSV.
+
+    The file is rewritten whole and atomically each epoch (`storage.write_text`; object stores
+    cannot append), so it is never half-written.
 
     On resume, call `truncate_history(path, completed_epochs)` first so that
     epochs the interrupted run logged but did not back up are not duplicated.
@@ -141,45 +143,40 @@ class HistoryCSV(keras.callbacks.Callback):
             row["epoch_seconds"] = round(time.perf_counter() - started, 3)
         row.update({k: _clean(v) for k, v in sorted((logs or {}).items())})
         fields = list(row)
-        exists = os.path.exists(self.path) and os.path.getsize(self.path) > 0
-        if exists:
-            with open(self.path, newline="") as handle:
-                header = next(csv.reader(handle), [])
-            fields = header + [f for f in fields if f not in header]
-            if fields != header:  # a new column: rewrite with the wider header
-                rows = read_history(self.path)
-                with open(self.path, "w", newline="") as handle:
-                    writer = csv.DictWriter(handle, fieldnames=fields, restval="")
-                    writer.writeheader()
-                    writer.writerows(rows)
-        with open(self.path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields, restval="")
-            if not exists:
-                writer.writeheader()
-            writer.writerow(row)
+        header, rows = _read_csv(self.path)
+        fields = header + [f for f in fields if f not in header]  # a new column widens the header
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=fields, restval="", lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerows([*rows, row])
+        storage.write_text(self.path, buffer.getvalue())
+
+
+def _read_csv(path: str) -> tuple[list[str], list[dict]]:
+    """Returns: `(header, rows)` of a CSV file (`([], [])` when it is missing or empty)."""
+    if not storage.exists(path):
+        return [], []
+    with storage.open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
 
 
 def read_history(path: str) -> list[dict]:
     """Rows of a history CSV as dicts (strings)."""
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    return _read_csv(path)[1]
 
 
 def truncate_history(path: str, completed_epochs: int) -> None:
     """Drops the rows of epochs after `completed_epochs` (logged but not backed up)."""
-    if not os.path.exists(path):
+    if not storage.exists(path):
         return
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        fields = reader.fieldnames or []
-        rows = [r for r in reader if int(r["epoch"]) <= completed_epochs]
+    fields, rows = _read_csv(path)
+    rows = [r for r in rows if int(r["epoch"]) <= completed_epochs]
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    atomic.write_text(path, buffer.getvalue())
+    storage.write_text(path, buffer.getvalue())
 
 
 def _display(heatmap):
@@ -216,7 +213,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
         self.epoch_offset = int(epoch_offset)
         self.images = images
         self.heatmap_fn = heatmap_fn
-        self._writer = tf.summary.create_file_writer(os.path.join(log_dir, "train"))
+        self._writer = tf.summary.create_file_writer(storage.join(log_dir, "train"))
 
     def _heatmaps(self):
         if self.heatmap_fn is not None:
@@ -285,9 +282,8 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.mode = mode
         self.epoch_offset = int(epoch_offset)
         self.best = None
-        if os.path.exists(state_path):
-            with open(state_path) as handle:
-                self.best = json.load(handle).get("value")
+        if storage.exists(state_path):
+            self.best = storage.read_json(state_path).get("value")
 
     def _improved(self, value: float) -> bool:
         if self.best is None:
@@ -302,7 +298,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         if not math.isfinite(value) or not self._improved(value):
             return
         self.best = value
-        with atomic.replacing(self.path, keep_suffix=True) as tmp:
+        with storage.replacing(self.path, keep_suffix=True) as tmp:
             (self.save_fn or self.model.save)(tmp)
-        atomic.write_json(self.state_path, {"monitor": self.monitor, "mode": self.mode, "value": value,
+        storage.write_json(self.state_path, {"monitor": self.monitor, "mode": self.mode, "value": value,
                                             "epoch": self.epoch_offset + epoch + 1})

@@ -25,9 +25,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass, field
 
+from keras_hourglass import storage
 from keras_hourglass.errors import InputError
 
 LOSSES = ("hypersensitive", "l2", "focal")
@@ -271,8 +271,7 @@ def load_hparams(path: str) -> dict:
         InputError: unreadable file, not JSON, or not an object.
     """
     try:
-        with open(path) as handle:
-            payload = json.load(handle)
+        payload = json.loads(storage.read_text(path))
     except OSError as err:
         raise InputError(path, f"cannot read ({err.strerror})") from None
     except json.JSONDecodeError as err:
@@ -338,8 +337,7 @@ def manifest_hash(prep_dir: str) -> str | None:
     """sha256 of PREP/manifest.json (None when there is none)."""
     import hashlib
 
-    path = os.path.join(prep_dir, "manifest.json")
-    if not os.path.exists(path):
+    path = storage.join(prep_dir, "manifest.json")
+    if not storage.exists(path):
         return None
-    with open(path, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()
+    return hashlib.sha256(storage.read_bytes(path)).hexdigest()

@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 
+from keras_hourglass import storage
 from keras_hourglass.errors import InputError
 
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
@@ -213,11 +213,11 @@ class WriteDir:
             self.path = self.real
         else:
             self.path = tempfile.mkdtemp(prefix=f"hourglass-{info.task_type}{info.task_id}-")
-        os.makedirs(self.path, exist_ok=True)
+        storage.makedirs(self.path)
 
     def join(self, *parts: str) -> str:
-        return os.path.join(self.path, *parts)
+        return storage.join(self.path, *parts)
 
     def cleanup(self) -> None:
         if not self.is_chief:
-            shutil.rmtree(self.path, ignore_errors=True)
+            storage.remove_tree(self.path)

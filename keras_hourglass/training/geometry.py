@@ -143,12 +143,12 @@ def prep_preprocessing(prep_dir: str) -> dict:
         InputError: no readable manifest or no long side in it.
     """
     import json
-    import os
 
-    path = os.path.join(prep_dir, "manifest.json")
+    from keras_hourglass import storage
+
+    path = storage.join(prep_dir, "manifest.json")
     try:
-        with open(path, encoding="utf-8") as handle:
-            manifest = json.load(handle)
+        manifest = json.loads(storage.read_text(path))
         long_side = long_side_of(manifest)
     except OSError as err:
         raise InputError(path, f"cannot read ({err.strerror})") from None

@@ -31,13 +31,12 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import platform
 import sys
 import time
 from typing import Callable
 
-from keras_hourglass import atomic
+from keras_hourglass import storage
 from keras_hourglass.errors import InputError
 from keras_hourglass.training.config import TrainConfig, manifest_hash
 from keras_hourglass.training.fit import (DatasetFn, build_model, compile_model, fit_phases, froc_callback,
@@ -135,14 +134,15 @@ def _fingerprint(summary: dict) -> str:
 
 
 def _save_model(model, path: str, preprocessing: dict | None) -> None:
-    """`model.save(path)` plus the preprocessing entry (`path` is a temporary file of atomic.replacing)."""
+    """`model.save(path)` plus the preprocessing entry (`path` is a local temporary file of
+    `storage.replacing`)."""
     model.save(path)
     if preprocessing:
         embed_preprocessing(path, preprocessing)
 
 
 def _save_atomic(model, path: str, preprocessing: dict | None = None) -> None:
-    with atomic.replacing(path, keep_suffix=True) as tmp:  # Keras needs the .keras suffix
+    with storage.replacing(path, keep_suffix=True) as tmp:  # Keras needs the .keras suffix
         _save_model(model, tmp, preprocessing)
 
 
@@ -206,7 +206,7 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
     if dataset_fn is None:
         if prep_dir is None:
             raise InputError("--data", "no prepared data given")
-        if not os.path.isdir(prep_dir):
+        if not storage.isdir(prep_dir):
             raise InputError(prep_dir, "not a directory")
     try:
         model_config = resolve_config(config.preset, **config.model) if model_fn is None else None
@@ -228,13 +228,13 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
                     geometry.long_side, geometry.crop_size)
     if dataset_fn is None:
         dataset_fn = prep_dataset_fn(prep_dir, config, geometry.crop_size)
-    os.makedirs(run_dir, exist_ok=True)
+    storage.makedirs(run_dir)
     write = WriteDir(run_dir, info)
-    backup_dir = os.path.join(run_dir, "backup")  # every worker restores from the chief's backup
+    backup_dir = storage.join(run_dir, "backup")  # every worker restores from the chief's backup
 
     summary = {
         "command": command if command is not None else sys.argv,
-        "data": {"prep_dir": os.path.abspath(prep_dir) if prep_dir else None,
+        "data": {"prep_dir": storage.abspath(prep_dir) if prep_dir else None,
                  "manifest_sha256": manifest_hash(prep_dir) if prep_dir else None},
         "preprocessing": preprocessing,
         "hyperparameters": config.to_json(),
@@ -262,7 +262,7 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
                                      "use a new --out or delete it to start over")
     completed = int(state["completed_epochs"]) if state else 0
     if info.is_chief:
-        atomic.write_json(write.join("config.json"), {**summary, "result": None}, default=str)
+        storage.write_json(write.join("config.json"), {**summary, "result": None}, default=str)
     _epoch_agreement(strategy, completed)
     resumed_from = completed
     history_path = write.join("history.csv")
@@ -296,13 +296,12 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
     history = cb.read_history(history_path)
     best_path = write.join("best.json")
     best = None
-    if os.path.exists(best_path):
-        with open(best_path) as handle:
-            best = json.load(handle)
+    if storage.exists(best_path):
+        best = storage.read_json(best_path)
     summary["result"] = {
-        "run_dir": os.path.abspath(run_dir),
-        "model": os.path.abspath(os.path.join(run_dir, "model.keras")),
-        "best": {**best, "path": os.path.abspath(os.path.join(run_dir, "best.keras"))} if best else None,
+        "run_dir": storage.abspath(run_dir),
+        "model": storage.abspath(storage.join(run_dir, "model.keras")),
+        "best": {**best, "path": storage.abspath(storage.join(run_dir, "best.keras"))} if best else None,
         "epochs_completed": completed,
         "resumed_from_epoch": resumed_from,
         "final_logs": history[-1] if history else None,
@@ -310,6 +309,6 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "write_dir": write.path,
     }
-    atomic.write_json(write.join("config.json"), summary, default=str)
+    storage.write_json(write.join("config.json"), summary, default=str)
     write.cleanup()
     return (summary, model) if return_model else summary

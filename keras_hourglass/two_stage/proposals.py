@@ -28,13 +28,13 @@ PROPOSALS without manifest.json is incomplete (rerun the same command).
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from keras_hourglass import storage
 from keras_hourglass.contract import EVALUATION_POSITIVE_LABELS, LABELS, SPLITS, TRAINING_POSITIVE_LABELS
 from keras_hourglass.errors import InputError
 from keras_hourglass.evaluation.froc import HIT, EXTRA_HIT, match_image
@@ -114,31 +114,31 @@ class _ShardWriter:
         if not self.buffer:
             return
         name = shard_name(self.cls, len(self.files))
-        count = write_records_atomic(os.path.join(self.directory, name), self.buffer)
-        self.files.append({"file": f"{os.path.basename(self.directory)}/{name}", "class": self.cls,
+        count = write_records_atomic(storage.join(self.directory, name), self.buffer)
+        self.files.append({"file": f"{storage.basename(self.directory)}/{name}", "class": self.cls,
                            "records": count})
         self.buffer = []
 
 
 def _clear_stale(out_dir: str) -> None:
     """Refuses a finished PROPOSALS; removes the shards of an interrupted run."""
-    if os.path.exists(os.path.join(out_dir, "manifest.json")):
+    if storage.exists(storage.join(out_dir, "manifest.json")):
         raise InputError(out_dir, "already holds proposals (manifest.json): use a new --out or delete it")
     from keras_hourglass.two_stage.records import CLASSES
 
     for split in SPLITS:
-        directory = os.path.join(out_dir, split)
-        if not os.path.isdir(directory):
+        directory = storage.join(out_dir, split)
+        if not storage.isdir(directory):
             continue
-        for name in os.listdir(directory):
+        for name in storage.listdir(directory):
             if name == "images.jsonl" or (name.endswith(".tfrecord") and name.split("-")[0] in CLASSES):
-                os.remove(os.path.join(directory, name))
+                storage.remove(storage.join(directory, name))
 
 
 def _split_dataset(prep_dir: str, split: str, multiple: int):
     from keras_hourglass.data import pipeline, records
 
-    if not any(os.path.getsize(f) > 0 for f in records.list_files(prep_dir, split)):
+    if not any(storage.getsize(f) > 0 for f in records.list_files(prep_dir, split)):
         return None
     return pipeline.evaluation_dataset(prep_dir, split=split, input_multiple=multiple)
 
@@ -189,7 +189,6 @@ def make_proposals(model, prep_dir: str, out_dir: str, *, patch_size: float = DE
     Raises:
         InputError: bad PREP, a degenerate patch size, a patient in two splits, no image at all.
     """
-    from keras_hourglass import atomic
     from keras_hourglass.data.manifest import file_sha256
     from keras_hourglass.evaluation.predict import MarkPredictor
     from keras_hourglass.model import model_input_multiple
@@ -211,7 +210,7 @@ def make_proposals(model, prep_dir: str, out_dir: str, *, patch_size: float = DE
     if operating_point is not None:
         point = operating_threshold(predictor, prep_dir, multiple, operating_point, progress=progress)
         threshold = point["threshold"]
-    os.makedirs(out_dir, exist_ok=True)
+    storage.makedirs(out_dir)
     _clear_stale(out_dir)
 
     patient_split: dict[str, str] = {}
@@ -221,7 +220,7 @@ def make_proposals(model, prep_dir: str, out_dir: str, *, patch_size: float = DE
         if dataset is None:
             splits[split] = {"present": False}
             continue
-        directory = os.path.join(out_dir, split)
+        directory = storage.join(out_dir, split)
         writers = {cls: _ShardWriter(directory, cls, records_per_shard) for cls in ("negative", "positive")}
         counts = {"present": True, "images": 0, "images_with_marks": 0, "patients": 0, "marks_predicted": 0,
                   "marks_below_threshold": 0, "marks": 0, "positive": 0, "negative": 0, "malignant": 0,
@@ -265,8 +264,8 @@ def make_proposals(model, prep_dir: str, out_dir: str, *, patch_size: float = DE
                                      "labels": list(record.labels), "num_marks": int(marks.shape[0])}))
         for writer in writers.values():
             writer.flush()
-        os.makedirs(directory, exist_ok=True)
-        atomic.write_text(os.path.join(directory, "images.jsonl"), "".join(f"{line}\n" for line in lines))
+        storage.makedirs(directory)
+        storage.write_text(storage.join(directory, "images.jsonl"), "".join(f"{line}\n" for line in lines))
         counts["patients"] = len(patients)
         counts["files"] = writers["negative"].files + writers["positive"].files
         written = sum(f["records"] for f in counts["files"])
@@ -280,12 +279,12 @@ def make_proposals(model, prep_dir: str, out_dir: str, *, patch_size: float = DE
     keys = ("images", "marks_predicted", "marks_below_threshold", "marks", "positive", "negative", "malignant")
     manifest = {
         "format": FORMAT,
-        "stage_one": {"model": os.path.abspath(model_path) if model_path else None,
+        "stage_one": {"model": storage.abspath(model_path) if model_path else None,
                       "model_sha256": file_sha256(model_path) if model_path else None,
                       "max_marks": int(max_marks), "threshold": threshold, "operating_point": point,
                       "threshold_rule": "marks with score >= threshold are kept (null: every mark)",
                       "breast_only": True},
-        "data": {"prep_dir": os.path.abspath(prep_dir), "manifest_sha256": manifest_hash(prep_dir),
+        "data": {"prep_dir": storage.abspath(prep_dir), "manifest_sha256": manifest_hash(prep_dir),
                  "long_side": int(long_side)},
         "patch": {"unit": f"reference pixels (long side {REFERENCE_LONG_SIDE})", "given": float(patch_size),
                   "resolved": int(size),
@@ -298,7 +297,7 @@ def make_proposals(model, prep_dir: str, out_dir: str, *, patch_size: float = DE
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": package_versions(),
     }
-    atomic.write_json(os.path.join(out_dir, "manifest.json"), manifest)
+    storage.write_json(storage.join(out_dir, "manifest.json"), manifest)
     return manifest
 
 
@@ -310,10 +309,10 @@ def read_manifest(proposals_dir: str) -> dict:
     """
     from keras_hourglass.data.manifest import read_json
 
-    path = os.path.join(proposals_dir, "manifest.json")
-    if not os.path.isdir(proposals_dir):
+    path = storage.join(proposals_dir, "manifest.json")
+    if not storage.isdir(proposals_dir):
         raise InputError(proposals_dir, "no such proposals directory (run `hourglass proposals`)")
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise InputError(proposals_dir, "no manifest.json: not a finished `hourglass proposals` output")
     manifest = read_json(path)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -324,8 +323,7 @@ def read_manifest(proposals_dir: str) -> dict:
 
 def read_images(proposals_dir: str, split: str) -> list[dict]:
     """Returns: the rows of PROPOSALS/<split>/images.jsonl (empty when the split is absent)."""
-    path = os.path.join(proposals_dir, split, "images.jsonl")
-    if not os.path.exists(path):
+    path = storage.join(proposals_dir, split, "images.jsonl")
+    if not storage.exists(path):
         return []
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]

@@ -27,12 +27,12 @@ combination that way).
 
 from __future__ import annotations
 
-import glob
 import os
 
 import numpy as np
 import tensorflow as tf
 
+from keras_hourglass import storage
 from keras_hourglass.contract import RECORD_SUFFIX, record_file_name
 from keras_hourglass.data.png16 import encode_png16
 
@@ -119,8 +119,8 @@ def shard_name(cls: str, shard: int) -> str:
 
 def list_files(proposals_dir: str | os.PathLike, split: str, cls: str | None = None) -> list[str]:
     """Returns: the sorted, non-empty shard files of a split (and class)."""
-    pattern = os.path.join(os.fspath(proposals_dir), split, f"{cls or '*'}-*{RECORD_SUFFIX}")
-    return [f for f in sorted(glob.glob(pattern)) if os.path.getsize(f) > 0]
+    pattern = storage.join(os.fspath(proposals_dir), split, f"{cls or '*'}-*{RECORD_SUFFIX}")
+    return [f for f in storage.glob(pattern) if storage.getsize(f) > 0]
 
 
 def _augment(patch: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:

@@ -25,11 +25,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 import time
 
-from keras_hourglass import atomic
+from keras_hourglass import storage
 from keras_hourglass.contract import SPLITS
 from keras_hourglass.errors import InputError
 
@@ -95,7 +94,7 @@ def _class_counts(manifest: dict, split: str) -> tuple[int, int]:
 
 
 def _save_atomic(model, path: str) -> None:
-    with atomic.replacing(path, keep_suffix=True) as tmp:  # Keras needs the .keras suffix
+    with storage.replacing(path, keep_suffix=True) as tmp:  # Keras needs the .keras suffix
         model.save(tmp)
 
 
@@ -133,7 +132,7 @@ def train_classifier(config: Stage2Config, proposals_dir: str, run_dir: str, *, 
 
     config.validate()
     manifest = read_manifest(proposals_dir)
-    manifest_path = os.path.join(proposals_dir, "manifest.json")
+    manifest_path = storage.join(proposals_dir, "manifest.json")
     negatives, positives = _class_counts(manifest, "train")
     if positives == 0 or negatives == 0:
         raise InputError(manifest_path, f"the train split has {positives} positive and {negatives} negative "
@@ -154,11 +153,11 @@ def train_classifier(config: Stage2Config, proposals_dir: str, run_dir: str, *, 
     except ValueError as err:
         raise InputError("--backbone" if config.backbone else "--classifier-filters", str(err)) from None
 
-    os.makedirs(run_dir, exist_ok=True)
+    storage.makedirs(run_dir)
     info = strategy_info
     write = WriteDir(run_dir, info) if info is not None else None
-    join = write.join if write is not None else (lambda name: os.path.join(run_dir, name))
-    backup_dir = os.path.join(run_dir, "backup")
+    join = write.join if write is not None else (lambda name: storage.join(run_dir, name))
+    backup_dir = storage.join(run_dir, "backup")
     manifest_sha = file_sha256(manifest_path)
     fingerprint = _fingerprint(config, manifest_sha, config.batch_size)
     state = cb.read_backup_state(backup_dir)
@@ -174,7 +173,7 @@ def train_classifier(config: Stage2Config, proposals_dir: str, run_dir: str, *, 
     summary = {
         "stage": 2,
         "command": command if command is not None else sys.argv,
-        "data": {"proposals_dir": os.path.abspath(proposals_dir), "manifest_sha256": manifest_sha,
+        "data": {"proposals_dir": storage.abspath(proposals_dir), "manifest_sha256": manifest_sha,
                  "class_counts": {split: dict(zip(("negative", "positive"), _class_counts(manifest, split)))
                                   for split in SPLITS}},
         "proposals": {"stage_one_model": manifest["stage_one"]["model"],
@@ -192,8 +191,7 @@ def train_classifier(config: Stage2Config, proposals_dir: str, run_dir: str, *, 
     }
     is_chief = info is None or info.is_chief
     if is_chief:
-        with open(join("config.json"), "w") as handle:
-            json.dump({**summary, "result": None}, handle, indent=2, default=str)
+        storage.write_json(join("config.json"), {**summary, "result": None}, default=str)
 
     if completed < config.epochs:
         # A resumed run re-seeds its stream, so it does not replay the batches already seen.
@@ -222,12 +220,11 @@ def train_classifier(config: Stage2Config, proposals_dir: str, run_dir: str, *, 
         "combination": combination,
         "rule": RULE,
     }
-    summary["result"] = {"run_dir": os.path.abspath(run_dir), "model": os.path.abspath(os.path.join(run_dir, "model.keras")),
+    summary["result"] = {"run_dir": storage.abspath(run_dir), "model": storage.abspath(storage.join(run_dir, "model.keras")),
                          "epochs_completed": int(config.epochs), "resumed_from_epoch": completed,
                          "final_logs": history[-1] if history else None, "history": history,
                          "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    with open(join("config.json"), "w") as handle:
-        json.dump(summary, handle, indent=2, default=str)
+    storage.write_json(join("config.json"), summary, default=str)
     if write is not None:
         write.cleanup()
     return summary
@@ -239,12 +236,11 @@ def read_run_config(classifier_path: str) -> dict | None:
     Raises:
         InputError: the file exists but is not a stage-two config.
     """
-    path = os.path.join(os.path.dirname(os.path.abspath(classifier_path)), "config.json")
-    if not os.path.exists(path):
+    path = storage.join(storage.dirname(storage.abspath(classifier_path)), "config.json")
+    if not storage.exists(path):
         return None
     try:
-        with open(path, encoding="utf-8") as handle:
-            config = json.load(handle)
+        config = storage.read_json(path)
     except (OSError, ValueError):
         raise InputError(path, "not a readable JSON file") from None
     if not isinstance(config, dict) or config.get("stage") != 2:
