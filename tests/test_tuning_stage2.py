@@ -32,7 +32,7 @@ def searched(tmp_path_factory):
     assert main(["proposals", "--model", model_path, "--data", prep, "--out", proposals, "--threshold", "0.1",
                  "--quiet"]) == 0
     command = ["tune", "--stage", "2", "--data", proposals, "--out", tune, "--max-trials", "2", "--epochs", "1",
-               "--steps-per-epoch", "2", "--batch-size", "8", "--seed", "5"]
+               "--steps-per-epoch", "2", "--batch-size", "8", "--run-eagerly", "--seed", "5"]
     assert main(command) == 0
     return {"root": root, "proposals": proposals, "tune": tune, "command": command}
 
@@ -66,7 +66,7 @@ def test_rerun_resumes_and_other_settings_are_refused(searched, capsys):
     capsys.readouterr()
     assert main(searched["command"]) == 0
     assert json.loads(capsys.readouterr().out)["trials_run"] == []  # both trials kept, none rerun
-    assert main([*searched["command"][:-2], "--seed", "6"]) == 2
+    assert main([*searched["command"][:-2], "--seed", "6"]) == 2  # command ends with --seed 5
     one_line_error(capsys, "tune", "other settings (seed)")
     assert main([*searched["command"], "--omega-range", "0.01,0.1"]) == 2
     one_line_error(capsys, "tune", "--omega-range: is a stage-one setting")
@@ -91,6 +91,6 @@ def test_train_with_the_best_hyperparameters_retrains_the_best_trial(searched):
                                           "checkpoint.weights.h5"))
     retrained = load_classifier(os.path.join(run2, "model.keras"))
     for a, b in zip(trial_model.get_weights(), retrained.get_weights()):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+        np.testing.assert_allclose(a, b, atol=1e-5)  # the trial ran eagerly, train in a graph
     chosen = json.load(open(os.path.join(run2, "config.json")))["two_stage"]["combination"]
     assert chosen["candidates"][chosen["name"]]["sensitivity_at_fpi"]["2"] == record.metrics["val_sensitivity"]

@@ -137,12 +137,13 @@ class Stage2HyperModel(keras_tuner.HyperModel):
         target_fpi: FPI of the objective.
         seed: seeds the weights and the data order as `train --stage 2 --seed` (None: 0; execution
             i of a trial uses seed + 1009 * i).
+        run_eagerly: no graph tracing (most of a trial of a few steps on CPU): smoke searches, tests.
         verbose: Keras fit verbosity.
     """
 
     def __init__(self, proposals_dir: str | os.PathLike, *, space: Stage2Space | None = None, epochs: int = 3,
                  steps_per_epoch: int | None = None, batch_size: int = 64, target_fpi: float = 2.0,
-                 seed: int | None = None, verbose: int = 0):
+                 seed: int | None = None, run_eagerly: bool = False, verbose: int = 0):
         super().__init__(name="stage2", tunable=True)
         from keras_hourglass.two_stage.proposals import read_manifest
         from keras_hourglass.two_stage.train import Stage2Config
@@ -152,6 +153,7 @@ class Stage2HyperModel(keras_tuner.HyperModel):
         self.patch_size = int(self.manifest["patch"]["resolved"])
         self.space = space or Stage2Space()
         self.target_fpi = float(target_fpi)
+        self.run_eagerly = bool(run_eagerly)
         self.verbose = verbose
         #: Index of the current execution of a trial, set by the tuner (`tuning.search`).
         self.execution = 0
@@ -185,7 +187,7 @@ class Stage2HyperModel(keras_tuner.HyperModel):
         """Returns: the compiled classifier for the trial's values (under the tuner's strategy scope)."""
         from keras_hourglass.two_stage.train import compile_classifier
 
-        return compile_classifier(self.train_config(hp), self.patch_size)
+        return compile_classifier(self.train_config(hp), self.patch_size, run_eagerly=self.run_eagerly)
 
     def fit(self, hp: keras_tuner.HyperParameters, model, *args, **kwargs) -> dict[str, float]:
         """Fits as `train --stage 2` does, then scores the val proposals (`stage2_metrics`).

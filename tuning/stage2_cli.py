@@ -24,7 +24,7 @@ _STAGE_ONE_ONLY = (
     ("--sigmas", "sigmas", None), ("--patch-sizes", "patch_sizes", None), ("--preset", "preset", "tiny"),
     ("--model-option", "model_option", []), ("--phase", "phase", "both"), ("--crop-size", "crop_size", None),
     ("--val-images", "val_images", None), ("--jit-compile", "jit_compile", None),
-    ("--mixed-precision", "mixed_precision", "float32"), ("--run-eagerly", "run_eagerly", False),
+    ("--mixed-precision", "mixed_precision", "float32"),
 )
 
 
@@ -120,7 +120,8 @@ def run_stage2(args) -> int:
             replicas = info.num_replicas
         hypermodel = Stage2HyperModel(args.data, space=settings["_space"], epochs=args.epochs,
                                       steps_per_epoch=args.steps_per_epoch, batch_size=settings["batch_size"],
-                                      target_fpi=settings["target_fpi"], seed=args.seed, verbose=args.verbose)
+                                      target_fpi=settings["target_fpi"], seed=args.seed, run_eagerly=args.run_eagerly,
+                                      verbose=args.verbose)
         tuner = search.make_tuner(hypermodel, args.out, kind=args.tuner, max_trials=args.max_trials,
                                   max_epochs=args.epochs, executions_per_trial=args.executions_per_trial,
                                   seed=args.seed, distribution_strategy=strategy, overwrite=args.overwrite)

@@ -133,7 +133,7 @@ def _save_atomic(model, path: str) -> None:
         model.save(tmp)
 
 
-def compile_classifier(config: Stage2Config, patch_size: int):
+def compile_classifier(config: Stage2Config, patch_size: int, *, run_eagerly: bool = False):
     """Seeds Keras with `config.seed`, builds the classifier and compiles it (Adam, cross-entropy, AUC).
 
     The one build of `train_classifier` and of the stage-two tuning trials
@@ -142,6 +142,7 @@ def compile_classifier(config: Stage2Config, patch_size: int):
     Args:
         config: the settings (`seed`, `learning_rate`, the `build_classifier` arguments).
         patch_size: patch side P (PROPOSALS/manifest.json `patch.resolved`).
+        run_eagerly: no graph tracing (smoke searches of a few steps: `hourglass tune --run-eagerly`).
 
     Returns:
         The compiled `keras.Model`.
@@ -159,7 +160,8 @@ def compile_classifier(config: Stage2Config, patch_size: int):
                                  backbone=config.backbone, backbone_weights=config.backbone_weights)
         model.compile(optimizer=keras.optimizers.Adam(float(config.learning_rate)),
                       loss=keras.losses.BinaryCrossentropy(),
-                      metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
+                      metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+                      run_eagerly=bool(run_eagerly))
     except ValueError as err:
         raise InputError("--backbone" if config.backbone else "--classifier-filters", str(err)) from None
     return model
