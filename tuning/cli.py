@@ -40,6 +40,11 @@ examples:
       # space.json: {"omega": {"min": 0.001, "max": 1}, "top_k": {"values": [0, 3, 6]},
       #              "sigmas": {"fixed": "6,9,12,18"}, "patch_size": {"values": [48, 72]}}
 
+  # stage two: the patch classifier on `hourglass proposals` output (objective: two-stage val sensitivity
+  # at 2 FPI), then retrain with the best values
+  hourglass tune --stage 2 --data proposals --out tune2 --max-trials 10 --epochs 3 --steps-per-epoch 100
+  hourglass train --stage 2 --data proposals --out runs/stage2 --hparams tune2/best_hyperparameters.json
+
   # the outputs of a running or finished search (e.g. watched on the chief's machine)
   hourglass tune --out tune --report
 
