@@ -118,6 +118,8 @@ def run_stage2(args) -> int:
                 configure_cpu_replicas(args.cpu_replicas)
             strategy, info = make_strategy("mirrored")
             replicas = info.num_replicas
+            if settings["batch_size"] % replicas:
+                raise InputError("--batch-size", f"{settings['batch_size']} is not divisible by {replicas} replicas")
         hypermodel = Stage2HyperModel(args.data, space=settings["_space"], epochs=args.epochs,
                                       steps_per_epoch=args.steps_per_epoch, batch_size=settings["batch_size"],
                                       target_fpi=settings["target_fpi"], seed=args.seed, run_eagerly=args.run_eagerly,
