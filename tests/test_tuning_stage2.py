@@ -94,3 +94,21 @@ def test_train_with_the_best_hyperparameters_retrains_the_best_trial(searched):
         np.testing.assert_allclose(a, b, atol=1e-5)  # the trial ran eagerly, train in a graph
     chosen = json.load(open(os.path.join(run2, "config.json")))["two_stage"]["combination"]
     assert chosen["candidates"][chosen["name"]]["sensitivity_at_fpi"]["2"] == record.metrics["val_sensitivity"]
+
+
+def test_space_and_hparams_file_errors():
+    import keras_tuner
+
+    from keras_hourglass.errors import InputError
+    from keras_hourglass.two_stage.train import Stage2Config, apply_hparams
+    from tuning.stage2 import STAGE2_PARAM_NAMES, Stage2Space
+
+    hp = keras_tuner.HyperParameters()
+    values = Stage2Space().declare(hp)
+    assert tuple(values) == STAGE2_PARAM_NAMES and values["filters"] in ("8,16,32", "16,32,64", "32,64,128")
+    config = apply_hparams(Stage2Config(), {**values, "tuner/epochs": 3})
+    assert isinstance(config.filters, tuple) and config.balance in ("sampling", "weights")
+    with pytest.raises(InputError, match="best.json: unknown stage-two hyper-parameter 'omega'"):
+        apply_hparams(Stage2Config(), {"omega": 0.1}, source="best.json")
+    with pytest.raises(InputError, match="best.json: --dropout: must be in"):
+        apply_hparams(Stage2Config(), {"dropout": 1.5}, source="best.json")
