@@ -88,6 +88,9 @@ def run_seed(args, out: str, prep: str, stage_one: dict) -> dict | None:
     if os.path.exists(record_path):
         record = quality.read_json(record_path)
         if args.render_only or record.get("key") == key:
+            froc_path = os.path.join(record.get("eval_dir", ""), "froc.json")
+            if os.path.exists(froc_path):  # the check as this code states it
+                record["target"] = target_check(quality.read_json(froc_path))
             return record
     if args.render_only:
         return None
@@ -135,7 +138,8 @@ def target_check(froc: dict) -> dict:
         froc: an `evaluate --classifier` froc.json.
 
     Returns:
-        {"fpi_to_stage_one_4.8", "met_at_2_fpi", "max_loss", "met_max", "met"}.
+        {"fpi_to_stage_one_4.8", "met_at_2_fpi", "max_loss", "met_max", "met"}; `met` is None when stage
+        one finds nothing at 4.8 FPI (every curve reaches 0: the target says nothing).
     """
     goal = froc["sensitivity_at_fpi"].get("4.8")
     fpi = None if goal is None else quality.fpi_to_reach(froc["two_stage"].get("curve", []), goal)
@@ -145,7 +149,7 @@ def target_check(froc: dict) -> dict:
     at_2 = fpi is not None and fpi <= 2.0
     max_ok = loss is not None and loss <= 0.02
     return {"fpi_to_stage_one_4.8": fpi, "met_at_2_fpi": at_2, "max_loss": loss, "met_max": max_ok,
-            "met": at_2 and max_ok}
+            "met": (at_2 and max_ok) if goal else None}
 
 
 def aggregate(records: list[dict]) -> dict:
@@ -186,7 +190,8 @@ def markdown(records: list[dict], args) -> str:
         t = r["target"]
         lines.append(f"- s{r['seed']}: {cells[0]} -> {cells[1]}; {r['combination']}; stage one's 4.8-FPI sensitivity "
                      f"reached at {t['fpi_to_stage_one_4.8'] if t['fpi_to_stage_one_4.8'] is not None else 'never'} FPI, "
-                     f"max sensitivity loss {quality.fmt(t['max_loss'])}: target {'met' if t['met'] else 'missed'} "
+                     f"max sensitivity loss {quality.fmt(t['max_loss'])}: target "
+                     f"{'n/a (stage one: 0 at 4.8 FPI)' if t['met'] is None else 'met' if t['met'] else 'missed'} "
                      f"({r.get('commit')}); minutes: {r['minutes']}")
     lines += ["", "Means ± half-width of the 95% t-interval across seeds. Minutes: wall, this machine; stage one "
                   "alone = its training; two-stage total = stage one's training + proposals + stage two's training "

@@ -49,6 +49,8 @@ def test_target_check_reads_the_two_stage_curve_at_stage_ones_sensitivity():
                    "met_max": True, "met": True}
     late = two.target_check(froc_json(sens, sens, 0.8, 0.7, curve[::2]))
     assert late["fpi_to_stage_one_4.8"] == 6.0 and not late["met_at_2_fpi"] and not late["met_max"]
+    nothing = two.target_check(froc_json({**sens, "4.8": 0.0}, sens, 0.0, 0.0, curve))
+    assert nothing["met"] is None  # stage one finds nothing: the target is undefined, not met
 
 
 def fake_record(seed: int, s48: float, t48: float) -> dict:
