@@ -8,7 +8,7 @@ HOURGLASS := $(VENV)/bin/hourglass
 DEMO ?= demo_out
 PIP_FLAGS ?= --disable-pip-version-check --progress-bar off
 
-.PHONY: venv demo test test-tfio test-tfx bench ablation quality quality-ablation quality-stress soak clean
+.PHONY: venv demo demo-two-stage test test-tfio test-tfx bench ablation quality quality-ablation quality-stress quality-two-stage soak clean
 
 venv: $(VENV)/.installed
 
@@ -21,6 +21,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 # The whole path on embedded synthetic data (grows with the project).
 demo: venv
 	bash scripts/demo.sh "$(HOURGLASS)" "$(DEMO)"
+
+# The demo's optional second half: the two-stage system on `make demo`'s PREP and model in $(DEMO)
+# (proposals -> train --stage 2 -> evaluate --classifier -> export --classifier -> predict; a few minutes).
+demo-two-stage: venv
+	bash scripts/demo_two_stage.sh "$(HOURGLASS)" "$(DEMO)" "$(PY)"
 
 # The test suite (tiny models, tiny images; < 10 min on 2 cores).
 test: venv
@@ -89,6 +94,11 @@ quality-ablation: venv
 
 quality-stress: venv
 	$(PY) benchmarks/quality.py stress $(QUALITY_FLAGS)
+
+# The two-stage row: on each seed's hypersensitive main-table run (reused, or trained), proposals ->
+# train --stage 2 -> evaluate --classifier on the same test split -> benchmarks/out/quality/quality-two-stage.*
+quality-two-stage: venv
+	$(PY) benchmarks/quality.py two-stage $(QUALITY_FLAGS)
 
 # The reliability tests with soak-sized counts (5000 fuzzed DICOMs, 3 kills, the full PHI run, 2000
 # generated hostile table rows); the hostile suite's figures go to $(SOAK_REPORT).

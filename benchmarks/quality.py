@@ -4,6 +4,7 @@ Tables (each its own make target, resumable: a finished run is kept, keyed by it
 the fingerprint of the training and scoring code, `recipe_fingerprint`):
 
     main      (make quality)           L2, hypersensitive, focal             x seeds (default 0, 1, 2)
+    two-stage (make quality-two-stage) main's hypersensitive runs + stage two (benchmarks/quality_two_stage.py)
     ablation  (make quality-ablation)  hypersensitive with (a)-(d) off       x seeds
     stress    (make quality-stress)    hypersensitive vs L2 along each stress axis of `hourglass synth`
                                        (box looseness/offset, lesion size spread, rarity, subtlety) x seeds
@@ -94,7 +95,7 @@ STRESS_AXES: dict[str, list[tuple[str, dict]]] = {
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", choices=list(TABLES))
+    parser.add_argument("table", choices=[*TABLES, "two-stage"])
     parser.add_argument("--out", default=os.path.join(HERE, "out", "quality"))
     parser.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2; stress 0,1)")
     parser.add_argument("--variants", default=None, help="comma-separated subset of the table's variants")
@@ -111,7 +112,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     default_seeds = "0,1" if args.table == "stress" else "0,1,2"
     args.seeds = [int(s) for s in (args.seeds or default_seeds).split(",")]
-    variants = TABLES[args.table]
+    variants = TABLES.get(args.table, {"hypersensitive": None})  # two-stage: on main's hypersensitive runs
     args.variants = args.variants.split(",") if args.variants else list(variants)
     unknown = [v for v in args.variants if v not in variants]
     if unknown:
@@ -481,6 +482,10 @@ def main(argv=None) -> int:
     os.makedirs(out, exist_ok=True)
     started = time.time()
     table = args.table
+    if table == "two-stage":
+        import quality_two_stage
+
+        return quality_two_stage.main(args, out)
     variants = {v: TABLES[table][v] for v in args.variants}
     groups: dict[str, dict[str, list[dict]]] = {}
     if table == "stress":

@@ -39,6 +39,11 @@ examples:
       # space.json: {"omega": {"min": 0.001, "max": 1}, "top_k": {"values": [0, 3, 6]},
       #              "sigmas": {"fixed": "6,9,12,18"}, "patch_size": {"values": [48, 72]}}
 
+  # stage two: the patch classifier on `hourglass proposals` output (objective: two-stage val sensitivity
+  # at 2 FPI), then retrain with the best values
+  hourglass tune --stage 2 --data proposals --out tune2 --max-trials 10 --epochs 3 --steps-per-epoch 100
+  hourglass train --stage 2 --data proposals --out runs/stage2 --hparams tune2/best_hyperparameters.json
+
   # the outputs of a running or finished search (e.g. watched on the chief's machine)
   hourglass tune --out tune --report
 
@@ -76,7 +81,10 @@ def register(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--data", metavar="PREP", help="prepared data directory (train and val splits); required "
-                        "unless --report")
+                        "unless --report; with --stage 2: the output of `hourglass proposals`")
+    parser.add_argument("--stage", type=int, choices=(1, 2), default=1,
+                        help="1: the detector's loss (default); 2: the two-stage system's patch classifier "
+                             "(tuning/stage2.py; objective: two-stage val sensitivity at --target-fpi, default 2)")
     parser.add_argument("--out", required=True, metavar="TUNE", help="output directory (reused to resume)")
     parser.add_argument("--tuner", choices=("random", "bayesian", "hyperband"), default="random")
     parser.add_argument("--max-trials", type=int, default=10, metavar="N", help="trials (random, bayesian; default 10)")
@@ -86,9 +94,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="training steps per epoch (default: from the training split's size)")
     parser.add_argument("--executions-per-trial", type=int, default=1, metavar="N",
                         help="trainings per trial, metrics averaged (default 1)")
-    parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="global batch size (default 8)")
-    parser.add_argument("--target-fpi", type=float, default=4.8, metavar="F",
-                        help="false marks per image at which sensitivity is the objective (default 4.8)")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="B",
+                        help="global batch size (default 8; --stage 2: 64)")
+    parser.add_argument("--target-fpi", type=float, default=None, metavar="F",
+                        help="false marks per image at which sensitivity is the objective (default 4.8; --stage 2: 2)")
     parser.add_argument("--val-images", type=int, default=None, metavar="N",
                         help="validate on the first N images of the val split (default: all)")
     parser.add_argument("--space", metavar="FILE", help="search space JSON file (see tuning/search_space.py)")
@@ -144,6 +153,8 @@ def _validate(args) -> dict[str, Any]:
     """Checks the arguments (no TensorFlow). Returns: the search settings."""
     from tuning.search_space import SearchSpace, apply_flags, load_space
 
+    args.batch_size = 8 if args.batch_size is None else args.batch_size
+    args.target_fpi = 4.8 if args.target_fpi is None else args.target_fpi
     if not args.data:
         raise InputError("--data", "required (the prepared data directory)")
     if not storage.isdir(args.data):
@@ -223,16 +234,16 @@ def _check_validation_split(prep_dir: str) -> None:
                                "is undefined; prepare with a larger --val-fraction")
 
 
-def _check_settings(out_dir: str, settings: dict[str, Any], overwrite: bool) -> None:
-    """Refuses to resume a search made with other settings; records the settings."""
+def _check_settings(out_dir: str, settings: dict[str, Any], overwrite: bool, keys: tuple = _SEARCH_KEYS) -> None:
+    """Refuses to resume a search made with other settings (`keys`); records the settings."""
     path = storage.join(out_dir, SETTINGS_FILE)
-    record = {k: settings[k] for k in (*_SEARCH_KEYS, "max_trials", "data")}
+    record = {k: settings[k] for k in (*keys, "max_trials", "data")}
     if storage.exists(path) and not overwrite:
         try:
             previous = storage.read_json(path)
         except (OSError, json.JSONDecodeError) as err:
             raise InputError(path, f"cannot read the previous search's settings ({err.__class__.__name__})") from None
-        changed = [k for k in _SEARCH_KEYS if previous.get(k) != record[k]]
+        changed = [k for k in keys if previous.get(k) != record[k]]
         if changed:
             raise InputError(
                 path,
@@ -262,6 +273,10 @@ def run(args) -> int:
     """
     if args.report:
         return _report(args.out)
+    if args.stage == 2:
+        from tuning.stage2_cli import run_stage2
+
+        return run_stage2(args)
     settings = _validate(args)
     storage.makedirs(args.out)
     from tuning import search

@@ -202,7 +202,7 @@ def plot_objective(records: Sequence[TrialRecord], path: str | os.PathLike, best
                 )
             ax.legend(loc="lower right", fontsize=8)
         else:
-            ax.text(0.5, 0.5, "no completed trials", ha="center", va="center", transform=ax.transAxes)
+            ax.text(0.5, 0.5, f"no completed trials with {name}", ha="center", va="center", transform=ax.transAxes)
         if log_x and points and all(p[0] > 0 for p in points):
             ax.set_xscale("log")
         ax.set_xlabel("omega (weight of L_BG)" if name == "omega" else "top_k (background masking)")

@@ -84,6 +84,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--backbone-weights", default=None, metavar="WEIGHTS",
                         help="with --backbone: 'imagenet' (Keras downloads them: needs network access) or a weights "
                              "file (default: none, from scratch)")
+    parser.add_argument("--hparams", metavar="JSON", default=None,
+                        help="tuned values (`hourglass tune --stage 2`'s best_hyperparameters.json); flags win")
     parser.add_argument("--strategy", choices=["auto", "default", "mirrored", "multi-worker"], default="auto",
                         help="tf.distribute strategy (default auto, as hourglass train)")
     parser.add_argument("--cpu-replicas", type=argtypes.positive, default=None, metavar="N",
@@ -112,13 +114,31 @@ def stage_two_alias(argv: list[str]) -> list[str]:
 
 
 def build_config(args: argparse.Namespace):
-    """Returns: the `Stage2Config` of defaults < explicit flags. Raises: InputError on a bad setting."""
+    """Returns: the `Stage2Config` of defaults < --hparams < explicit flags. Raises: InputError on a bad setting."""
     import dataclasses
 
-    from keras_hourglass.two_stage.train import Stage2Config
+    from keras_hourglass.two_stage.train import Stage2Config, apply_hparams
 
+    config = Stage2Config()
+    if getattr(args, "hparams", None):
+        config = apply_hparams(config, _read_hparams(args.hparams), source=args.hparams)
     values = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
-    return dataclasses.replace(Stage2Config(), **values).validate()
+    return dataclasses.replace(config, **values).validate()
+
+
+def _read_hparams(path: str) -> dict:
+    """Returns: the values of a best_hyperparameters.json (`{"values": {...}}`) or of a plain JSON object."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise InputError(path, "hyper-parameter file not found") from None
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"not a readable JSON file ({err.__class__.__name__})") from None
+    values = data.get("values", data) if isinstance(data, dict) else None
+    if not isinstance(values, dict):
+        raise InputError(path, "expected a JSON object (or KerasTuner's {\"values\": {...}})")
+    return values
 
 
 def run(args: argparse.Namespace) -> int:

@@ -82,6 +82,40 @@ class Stage2Config:
         return out
 
 
+def apply_hparams(config: Stage2Config, values: dict, source: str = "--hparams") -> Stage2Config:
+    """Returns a copy of `config` with tuned values applied (`hourglass tune --stage 2` names).
+
+    Args:
+        config: the settings to start from.
+        values: {field name: value}; `filters` may be a comma list string ("16,32,64"),
+            KerasTuner's `tuner/*` entries are skipped.
+        source: named in errors (the file).
+
+    Returns:
+        The validated `Stage2Config`.
+
+    Raises:
+        InputError: an unknown name or a bad value, naming `source`.
+    """
+    names = {f.name for f in dataclasses.fields(Stage2Config)}
+    updates = {}
+    for key, value in values.items():
+        if key.startswith("tuner/"):
+            continue
+        if key not in names:
+            raise InputError(source, f"unknown stage-two hyper-parameter {key!r}")
+        if key == "filters" and isinstance(value, str):
+            try:
+                value = tuple(int(v) for v in value.split(","))
+            except ValueError:
+                raise InputError(source, f"filters: {value!r} is not a comma list of integers") from None
+        updates[key] = tuple(value) if key == "filters" else value
+    try:
+        return dataclasses.replace(config, **updates).validate()
+    except InputError as err:
+        raise InputError(source, f"{err.path}: {err.reason}") from None
+
+
 def _fingerprint(config: Stage2Config, manifest_sha: str, global_batch: int) -> str:
     keep = {k: v for k, v in config.to_json().items()}
     keep.update(manifest_sha256=manifest_sha, global_batch=global_batch)
@@ -96,6 +130,82 @@ def _class_counts(manifest: dict, split: str) -> tuple[int, int]:
 def _save_atomic(model, path: str) -> None:
     with storage.replacing(path, keep_suffix=True) as tmp:  # Keras needs the .keras suffix
         model.save(tmp)
+
+
+def compile_classifier(config: Stage2Config, patch_size: int, *, run_eagerly: bool = False):
+    """Seeds Keras with `config.seed`, builds the classifier and compiles it (Adam, cross-entropy, AUC).
+
+    The one build of `train_classifier` and of the stage-two tuning trials
+    (`tuning.stage2.Stage2HyperModel`). Call it inside the strategy's scope.
+
+    Args:
+        config: the settings (`seed`, `learning_rate`, the `build_classifier` arguments).
+        patch_size: patch side P (PROPOSALS/manifest.json `patch.resolved`).
+        run_eagerly: no graph tracing (smoke searches of a few steps: `hourglass tune --run-eagerly`).
+
+    Returns:
+        The compiled `keras.Model`.
+
+    Raises:
+        InputError: a bad classifier setting, naming its flag.
+    """
+    import keras
+
+    from keras_hourglass.two_stage.classifier import build_classifier
+
+    try:
+        keras.utils.set_random_seed(int(config.seed))
+        model = build_classifier(patch_size, filters=config.filters, dense=config.dense, dropout=config.dropout,
+                                 backbone=config.backbone, backbone_weights=config.backbone_weights)
+        model.compile(optimizer=keras.optimizers.Adam(float(config.learning_rate)),
+                      loss=keras.losses.BinaryCrossentropy(),
+                      metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+                      run_eagerly=bool(run_eagerly))
+    except ValueError as err:
+        raise InputError("--backbone" if config.backbone else "--classifier-filters", str(err)) from None
+    return model
+
+
+def fit_classifier(model, config: Stage2Config, proposals_dir: str, manifest: dict, *, initial_epoch: int = 0,
+                   callbacks: list | None = None, strategy=None, verbose="auto"):
+    """Fits epochs `initial_epoch + 1 .. config.epochs` on the balanced stream, validating on PROPOSALS/val.
+
+    The one fit of `train_classifier` and of the stage-two tuning trials.
+
+    Args:
+        model: from `compile_classifier`.
+        config: the settings.
+        proposals_dir: PROPOSALS.
+        manifest: PROPOSALS/manifest.json (`proposals.read_manifest`).
+        initial_epoch: epochs already done (a resumed run re-seeds its stream, so it does not
+            replay the batches already seen).
+        callbacks: Keras callbacks.
+        strategy: the model's strategy (for the multi-worker fit fix), or None.
+        verbose: Keras `fit` verbosity.
+
+    Returns:
+        The Keras `History`.
+    """
+    from keras_hourglass.two_stage import records
+
+    negatives, positives = _class_counts(manifest, "train")
+    data = records.training_dataset(proposals_dir, batch_size=config.batch_size,
+                                    seed=config.seed + 1000 * int(initial_epoch), balance=config.balance,
+                                    class_counts=(negatives, positives), augment=config.augment)
+    validation, validation_steps = None, None
+    val_count = sum(_class_counts(manifest, "val"))
+    if val_count:
+        batch = 256
+        validation_steps = -(-val_count // batch)  # explicit: Keras warns "ran out of data" without it
+        validation = records.evaluation_dataset(proposals_dir, split="val", batch_size=batch).map(
+            lambda p: (p["patch"], p["label"][:, None]))
+    from keras_hourglass.training.multiworker_fix import multiworker_fit_fix
+
+    with multiworker_fit_fix(strategy if strategy is not None else model.distribute_strategy):
+        return model.fit(data, epochs=config.epochs, initial_epoch=int(initial_epoch),
+                         steps_per_epoch=config.steps_per_epoch, validation_data=validation,
+                         validation_steps=validation_steps, callbacks=list(callbacks or []), verbose=verbose,
+                         shuffle=False)
 
 
 def train_classifier(config: Stage2Config, proposals_dir: str, run_dir: str, *, strategy=None, strategy_info=None,
@@ -124,8 +234,6 @@ def train_classifier(config: Stage2Config, proposals_dir: str, run_dir: str, *, 
     from keras_hourglass.training import callbacks as cb
     from keras_hourglass.training.distribution import WriteDir, make_strategy, per_replica_batch_size
     from keras_hourglass.training.train import package_versions
-    from keras_hourglass.two_stage import records
-    from keras_hourglass.two_stage.classifier import build_classifier
     from keras_hourglass.two_stage.combine import RULE
     from keras_hourglass.two_stage.evaluate import select_combination
     from keras_hourglass.two_stage.proposals import read_manifest
@@ -142,16 +250,8 @@ def train_classifier(config: Stage2Config, proposals_dir: str, run_dir: str, *, 
     if strategy is None:
         strategy, strategy_info = make_strategy("auto")
     per_replica_batch_size(config.batch_size, strategy.num_replicas_in_sync)
-    try:
-        keras.utils.set_random_seed(int(config.seed))
-        with strategy.scope():
-            model = build_classifier(patch_size, filters=config.filters, dense=config.dense, dropout=config.dropout,
-                                     backbone=config.backbone, backbone_weights=config.backbone_weights)
-            model.compile(optimizer=keras.optimizers.Adam(float(config.learning_rate)),
-                          loss=keras.losses.BinaryCrossentropy(),
-                          metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
-    except ValueError as err:
-        raise InputError("--backbone" if config.backbone else "--classifier-filters", str(err)) from None
+    with strategy.scope():
+        model = compile_classifier(config, patch_size)
 
     storage.makedirs(run_dir)
     info = strategy_info
@@ -194,25 +294,10 @@ def train_classifier(config: Stage2Config, proposals_dir: str, run_dir: str, *, 
         storage.write_json(join("config.json"), {**summary, "result": None}, default=str)
 
     if completed < config.epochs:
-        # A resumed run re-seeds its stream, so it does not replay the batches already seen.
-        data = records.training_dataset(proposals_dir, batch_size=config.batch_size, seed=config.seed + 1000 * completed,
-                                        balance=config.balance, class_counts=(negatives, positives),
-                                        augment=config.augment)
-        validation, validation_steps = None, None
-        val_count = sum(_class_counts(manifest, "val"))
-        if val_count:
-            batch = 256
-            validation_steps = -(-val_count // batch)  # explicit: Keras warns "ran out of data" without it
-            validation = records.evaluation_dataset(proposals_dir, split="val", batch_size=batch).map(
-                lambda p: (p["patch"], p["label"][:, None]))
         callbacks = [cb.HistoryCSV(history_path, phase="stage2"),
                      cb.EpochBackup(join("backup"), phase="stage2", extra_state={"fingerprint": fingerprint})]
-        from keras_hourglass.training.multiworker_fix import multiworker_fit_fix as fit_fix
-
-        with fit_fix(strategy):
-            model.fit(data, epochs=config.epochs, initial_epoch=completed, steps_per_epoch=config.steps_per_epoch,
-                      validation_data=validation, validation_steps=validation_steps,
-                      callbacks=callbacks, verbose=verbose, shuffle=False)
+        fit_classifier(model, config, proposals_dir, manifest, initial_epoch=completed, callbacks=callbacks,
+                       strategy=strategy, verbose=verbose)
     _save_atomic(model, join("model.keras"))
     combination = select_combination(model, proposals_dir, "val")
     history = cb.read_history(history_path)
