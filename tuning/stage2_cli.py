@@ -9,10 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import sys
 from typing import Any
 
+from keras_hourglass import storage
 from keras_hourglass.errors import InputError
 
 #: Settings that define a stage-two search (a rerun in the same --out must agree on them).
@@ -45,8 +45,8 @@ def validate_stage2(args) -> dict[str, Any]:
             raise InputError(flag, "is a stage-one setting; not with --stage 2")
     if not args.data:
         raise InputError("--data", "required (the output of `hourglass proposals`)")
-    manifest_path = os.path.join(args.data, "manifest.json")
-    if not os.path.isfile(manifest_path):
+    manifest_path = storage.join(args.data, "manifest.json")
+    if not storage.isfile(manifest_path):
         raise InputError(args.data, "no manifest.json: not a directory written by `hourglass proposals`")
     batch_size = 64 if args.batch_size is None else args.batch_size
     target_fpi = 2.0 if args.target_fpi is None else float(args.target_fpi)
@@ -70,7 +70,7 @@ def validate_stage2(args) -> dict[str, Any]:
     return {"stage": 2, "tuner": args.tuner, "max_trials": args.max_trials, "epochs": args.epochs,
             "steps_per_epoch": args.steps_per_epoch, "executions_per_trial": args.executions_per_trial,
             "batch_size": batch_size, "target_fpi": target_fpi, "seed": args.seed, "space": space.to_json(),
-            "data": os.path.abspath(args.data), "_space": space}
+            "data": storage.abspath(args.data), "_space": space}
 
 
 def _with_lr(space, domain):
@@ -82,8 +82,7 @@ def _with_lr(space, domain):
 def _check_val_proposals(manifest_path: str) -> None:
     """Fails early when the objective would be undefined: no proposal in PROPOSALS/val."""
     try:
-        with open(manifest_path, encoding="utf-8") as handle:
-            manifest = json.load(handle)
+        manifest = storage.read_json(manifest_path)
     except (OSError, ValueError) as err:
         raise InputError(manifest_path, f"cannot read the manifest ({type(err).__name__})") from None
     val = ((manifest.get("splits") or {}).get("val") or {}) if isinstance(manifest, dict) else {}
@@ -101,7 +100,7 @@ def run_stage2(args) -> int:
     from tuning.cli import _check_settings
 
     settings = validate_stage2(args)
-    os.makedirs(args.out, exist_ok=True)
+    storage.makedirs(args.out)
     from tuning import search
 
     if search.role() == "worker" and args.overwrite:

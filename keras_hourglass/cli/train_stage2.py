@@ -129,8 +129,7 @@ def build_config(args: argparse.Namespace):
 def _read_hparams(path: str) -> dict:
     """Returns: the values of a best_hyperparameters.json (`{"values": {...}}`) or of a plain JSON object."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = storage.read_json(path)
     except FileNotFoundError:
         raise InputError(path, "hyper-parameter file not found") from None
     except (OSError, ValueError) as err:
