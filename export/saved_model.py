@@ -96,7 +96,7 @@ def export_detector(
     model_name: str = "hourglass",
     metadata: dict | None = None,
     verify: str = "full",
-    verify_image_hw: tuple[int, int] = (64, 48),
+    verify_image_hw: tuple[int, int] | None = None,
     batch_sizes: tuple[int, ...] = (1,),
     checks: tuple[Callable[[str], dict], ...] = (),
     _atomic: bool = True,
@@ -113,7 +113,9 @@ def export_detector(
             `operating_points`, `source_model` (RUN/model.keras: lineage hashes), ...
         verify: "full" (op check + saved_model_cli subprocesses + warmup
             replay), "ops" (op check only) or "none".
-        verify_image_hw: image size for the saved_model_cli run check.
+        verify_image_hw: image size for the saved_model_cli run check (default: `2 * multiple + 3` x
+            `multiple + 5` for the detector's input multiple, a multiple of neither it nor the stride, so
+            the check covers the padding and the heatmap crop to `ceil(H / stride) x ceil(W / stride)`).
         batch_sizes: batch sizes to warm up (`allowed_batch_sizes` when TF Serving batches).
         checks: with verify="full", more checks of the staged SavedModel: `check(path) -> dict` (added
             to the verification report) raising `VerificationError` (e.g. `export.verify_two_stage`).
@@ -165,7 +167,7 @@ def export_detector(
                 staging,
                 stride=detector.stride,
                 max_marks=detector.max_marks,
-                image_hw=verify_image_hw,
+                image_hw=verify_image_hw or (2 * detector.input_multiple + 3, detector.input_multiple + 5),
                 run_cli=verify == "full",
                 warmup=verify == "full",
             ).to_json()
@@ -345,7 +347,6 @@ def export_keras_model(
                   "preprocessing": {**preprocessing, "long_side": long_side},
                   "operating_points": operating_points, **extra},
         verify=verify,
-        verify_image_hw=(2 * multiple + 3, multiple + 5),
         batch_sizes=batch_sizes,
         checks=checks,
     )

@@ -51,6 +51,7 @@ import keras
 import tensorflow as tf
 
 from keras_hourglass.breast import breast_mask, suppress_outside_breast
+from keras_hourglass.model_input import pad_to_multiple
 
 from serving.contract import (
     METADATA_DIGEST_OUTPUT,
@@ -75,14 +76,6 @@ def _default_peak_fn() -> PeakFn:
     from keras_hourglass.peaks import find_peaks
 
     return find_peaks
-
-
-def pad_to_multiple(image: tf.Tensor, multiple: int) -> tf.Tensor:
-    """Zero-pads `[B, H, W, C]` at the bottom and right to multiples of `multiple`."""
-    shape = tf.shape(image)
-    pad_h = (-shape[1]) % multiple
-    pad_w = (-shape[2]) % multiple
-    return tf.pad(image, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
 
 
 def decode_png_image(png: tf.Tensor) -> tf.Tensor:

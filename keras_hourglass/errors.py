@@ -53,7 +53,8 @@ class ArgumentError(InputError):
 def with_flags(err: InputError, flags: dict[str, str]) -> InputError:
     """The CLI's form of a library error: `ArgumentError`'s argument and every ``name=`` in the reason
     of any `InputError` replaced by the flag `flags[name]` (``signature=detect_png`` ->
-    ``--signature detect_png``; ``max_message_bytes=,`` -> ``--max-message-mb,``).
+    ``--signature detect_png``, ``patch_epochs=-1`` -> ``--patch-epochs -1``; ``max_message_bytes=,`` ->
+    ``--max-message-mb,``).
 
     Args:
         err: the library's error.
@@ -65,7 +66,7 @@ def with_flags(err: InputError, flags: dict[str, str]) -> InputError:
     if not flags:
         return err
     names = "|".join(sorted(map(re.escape, flags), key=len, reverse=True))
-    reason = re.sub(rf"\b({names})=(?=\w)", lambda m: flags[m.group(1)] + " ", err.reason)
+    reason = re.sub(rf"\b({names})=(?=[-+]?\w)", lambda m: flags[m.group(1)] + " ", err.reason)
     reason = re.sub(rf"\b({names})=", lambda m: flags[m.group(1)], reason)
     if isinstance(err, ArgumentError):
         return InputError(flags.get(err.argument, err.argument), reason)

@@ -66,7 +66,9 @@ def test_deleting_prep_after_training_changes_neither_export_nor_predict(tmp_pat
     images, prep = _prepare(tmp_path)
     manifest = json.loads((prep / "manifest.json").read_text())
     run = tmp_path / "run"
-    _run(["train", "--data", str(prep), "--out", str(run), "--patch-epochs", "1", "--full-epochs", "1",
+    # One phase of one step: what is checked is the block that travels, not the training (a second
+    # phase would trace and run another train step).
+    _run(["train", "--data", str(prep), "--out", str(run), "--phase", "patch", "--epochs", "1",
           "--steps-per-epoch", "1", "--batch-size", "2", "--val-images", "0", "--seed", "1", "--no-jit-compile",
           "--quiet", "--crop-size", "768", "--patch-size", "96", "--sigmas", "24,48", *TINY])
     model = run / "model.keras"

@@ -88,6 +88,8 @@ SINGLE_DEFINITIONS = [
     # the two-stage combination and the patch crop: one rule each, evaluated by numpy and by TensorFlow
     ("1e-6) ** (1 - w)", "keras_hourglass/two_stage/combine.py", ()),
     ("tf.image.crop_and_resize(", "keras_hourglass/two_stage/patches.py", ()),
+    ("def pad_to_multiple(", "keras_hourglass/model_input.py", ()),
+    ("def _pad_to_multiple(", None, ()),
 ]
 
 
@@ -136,6 +138,22 @@ def test_export_and_serving_use_the_serving_contract_objects(module_name, names)
     module = importlib.import_module(module_name)
     for name in names:
         assert getattr(module, name) is getattr(serving_contract, name), f"{module_name}.{name} is a copy"
+
+
+def test_one_pad_to_multiple():
+    pytest.importorskip("tensorflow")
+    from export import signatures
+    from keras_hourglass import model_input
+    from keras_hourglass.data import pipeline
+
+    assert pipeline.pad_to_multiple is signatures.pad_to_multiple is model_input.pad_to_multiple
+    import numpy as np
+
+    image = np.arange(1, 36, dtype=np.float32).reshape(5, 7, 1)
+    for batch in (image, image[None]):  # the pipeline pads one image, the signatures a batch
+        padded = model_input.pad_to_multiple(batch, 4).numpy()
+        assert padded.shape[-3:] == (8, 8, 1) and padded.ndim == batch.ndim
+        assert (padded[..., :5, :7, :] == batch).all() and padded.sum() == batch.sum()
 
 
 def test_one_png16_encoder():

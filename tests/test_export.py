@@ -120,6 +120,16 @@ def test_serving_default_equals_keras_plus_find_peaks(exported, loaded, hw):
     np.testing.assert_array_equal(out["long_side"].numpy(), [LONG_SIDE, LONG_SIDE])
 
 
+def test_heatmap_of_a_size_off_the_stride_is_ceil_and_verify_expects_it(exported, loaded):
+    """29 x 22 is a multiple of neither the stride (4) nor the input multiple (16): the model sees 32 x 32
+    (heatmap 8 x 8); the export crops to ceil(29 / 4) x ceil(22 / 4) = 8 x 6, which verify expects."""
+    _, result = exported
+    out = loaded.signatures["serving_default"](image=tf.zeros([1, 29, 22, 1]))
+    assert out["heatmap"].shape == (1, 8, 6, 1)
+    report = verify_saved_model(result.path, stride=STRIDE, max_marks=MAX_MARKS, image_hw=(29, 22), warmup=False)
+    assert report.cli_output_shapes["heatmap"] == (1, 8, 6, 1)  # not the padded input's 32 / 4 = 8 x 8
+
+
 def _png(image: np.ndarray, bits: int) -> bytes:
     scale, dtype = (65535, tf.uint16) if bits == 16 else (255, tf.uint8)
     return tf.io.encode_png(tf.cast(np.round(image * scale), dtype)[..., None]).numpy()

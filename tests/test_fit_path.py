@@ -132,7 +132,7 @@ def test_a_tuning_trial_and_hourglass_train_with_its_values_end_with_the_same_we
     assert hyper["sigmas"] == [float(s) for s in values["sigmas"].split(",")] and hyper["model"] == TINY
     assert [r["phase"] for r in config["result"]["history"]] == ["patch", "full"]
 
-    import keras_hourglass  # noqa: F401  (registers the custom layers)
+    import keras_hourglass.model  # noqa: F401  (registers the custom layers; the package is lazy)
 
     weights = keras.models.load_model(run / "model.keras").get_weights()
     assert len(weights) == len(trained[-1])
@@ -185,7 +185,7 @@ def test_float16_gets_loss_scaling():
 def test_train_records_the_policy_and_model_keras_keeps_it(tmp_path):
     import keras
 
-    import keras_hourglass  # noqa: F401  (registers the custom layers)
+    import keras_hourglass.model  # noqa: F401  (registers the custom layers; the package is lazy)
     from keras_hourglass.training.train import train
 
     config = _config(mixed_precision="bfloat16", model=TINY, patch_epochs=1, full_epochs=0, steps_per_epoch=1)

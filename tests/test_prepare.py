@@ -375,10 +375,10 @@ def test_rejects_name_rows_and_image_hashes_never_paths(tmp_path):
 def test_out_inside_the_images_root_is_refused(tmp_path):
     table = _dataset(tmp_path / "in", images=1, patients=1)
     for out in (tmp_path / "in", tmp_path / "in" / "prep"):
-        with pytest.raises(InputError, match="is --images-root or inside it"):
+        with pytest.raises(InputError, match="^out: is images_root= or inside it"):
             prepare(_config(table, tmp_path / "in", out))
     os.symlink(tmp_path / "in", tmp_path / "alias")  # the same directory under another name
-    with pytest.raises(InputError, match="is --images-root or inside it"):
+    with pytest.raises(InputError, match="^out: is images_root= or inside it"):
         prepare(_config(table, tmp_path / "alias", tmp_path / "in" / "p2"))
     assert not (tmp_path / "in" / "prep").exists() and not (tmp_path / "in" / "p2").exists()
 

@@ -48,7 +48,7 @@ import pytest
 
 import phi_scan
 from dicom_factory import write_mammogram_file
-from hostile import (OpenRecorder, changed_outside, escaping_paths, plant_links, run_cli, snapshot)
+from hostile import (OpenRecorder, changed_outside, escaping_paths, plant_links, run_cli, snapshot, unfreeze_gc)
 from keras_hourglass import contract
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -170,6 +170,12 @@ class World:
 
     def out(self, case_id: str) -> Path:
         return self.outs / case_id
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _collector_back_after_the_module():
+    with unfreeze_gc():
+        yield
 
 
 @pytest.fixture(scope="module")

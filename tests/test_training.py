@@ -205,7 +205,7 @@ def test_train_end_to_end_writes_every_output(tmp_path):
     # The inference model: image -> one heatmap at stride 4.
     import keras
 
-    import keras_hourglass  # noqa: F401  (registers the custom layers)
+    import keras_hourglass.model  # noqa: F401  (registers the custom layers; the package is lazy)
 
     model = keras.models.load_model(run / "model.keras")
     assert len(model.outputs) == 1

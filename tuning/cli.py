@@ -270,7 +270,21 @@ def run(args) -> int:
 
     Returns:
         0, or 1 when the search ended without a completed trial (the outputs are still written).
+
+    Raises:
+        InputError: bad arguments or inputs, naming the flags (the training library's Python arguments
+            mapped by `hourglass train`'s table).
     """
+    from keras_hourglass.cli.train import TRAIN_FLAGS
+    from keras_hourglass.errors import with_flags
+
+    try:
+        return _run(args)
+    except InputError as err:
+        raise with_flags(err, TRAIN_FLAGS) from None
+
+
+def _run(args) -> int:
     if args.report:
         return _report(args.out)
     if args.stage == 2:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Iterable
 
 from keras_hourglass.errors import InputError
 
@@ -62,6 +63,19 @@ def rate(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
     return value
+
+
+def flags_of(names: Iterable[str], **renamed: str) -> dict[str, str]:
+    """A subcommand's table of the flags of the library's Python arguments, for `errors.with_flags`.
+
+    Args:
+        names: arguments whose flag is the name spelled with dashes (``crop_size`` -> ``--crop-size``).
+        **renamed: arguments whose flag is another name (``prep_dir="--data"``).
+
+    Returns:
+        Python argument name -> flag.
+    """
+    return {**{name: f"--{name.replace('_', '-')}" for name in names}, **renamed}
 
 
 def check_output_dir(path: str, flag: str) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
-from keras_hourglass.errors import InputError
+from keras_hourglass.cli import argtypes
+from keras_hourglass.errors import InputError, with_flags
 
 EPILOG = """\
 examples:
@@ -101,8 +103,24 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def _prepare_flags() -> dict[str, str]:
+    """The one place `hourglass prepare` maps the library's Python arguments (`ArgumentError`, ``name=``
+    in reasons) to its flags: each `PrepareConfig` field is its flag."""
+    from keras_hourglass.data.prepare import PrepareConfig
+
+    return argtypes.flags_of([field.name for field in dataclasses.fields(PrepareConfig)],
+                             fmt="--format", beam_options="--runner")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Runs `hourglass prepare`. Returns: exit code 0 (errors raise InputError -> exit 2)."""
+    """Runs `hourglass prepare`. Returns: exit code 0 (errors raise InputError naming flags -> exit 2)."""
+    try:
+        return _run(args)
+    except InputError as err:
+        raise with_flags(err, _prepare_flags()) from None
+
+
+def _run(args: argparse.Namespace) -> int:
     from keras_hourglass.data import prepare
 
     if args.retired_shards is not None or args.retired_merge:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Any
 
 from keras_hourglass.cli import argtypes
+from keras_hourglass.training.config import TrainConfig
 
 EPILOG = """examples:
   # the defaults: hypersensitive loss with principle (a) off (re-centring; README), tiny model, Adam 1e-3
@@ -195,12 +197,26 @@ FLAG_FIELDS = ("loss", "omega", "top_k", "patch_size", "mask_size", "sigmas", "r
                "target_fpi")
 
 
-def build_config(args: argparse.Namespace):
-    """TrainConfig from defaults < --profile < --hparams < explicit flags. Raises: InputError."""
-    import dataclasses
+# The one place `hourglass train` maps the library's Python arguments (`ArgumentError`, ``name=`` in
+# reasons) to its flags: each `TrainConfig` field is its flag; `hourglass tune` shares the table.
+TRAIN_FLAGS = argtypes.flags_of(
+    [field.name for field in dataclasses.fields(TrainConfig)] + ["epochs", "profile", "strategy", "cpu_replicas",
+                                                                   "hparams"],
+    model="--model-option", prep_dir="--data", long_side="--data", run_dir="--out")
 
-    from keras_hourglass.training.config import (TrainConfig, apply_hparams, apply_profile, load_hparams,
-                                                 split_epochs)
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from defaults < --profile < --hparams < explicit flags. Raises: InputError naming flags."""
+    from keras_hourglass.errors import InputError, with_flags
+
+    try:
+        return _build_config(args)
+    except InputError as err:
+        raise with_flags(err, TRAIN_FLAGS) from None
+
+
+def _build_config(args: argparse.Namespace) -> TrainConfig:
+    from keras_hourglass.training.config import apply_hparams, apply_profile, load_hparams, split_epochs
 
     config = apply_profile(TrainConfig(), getattr(args, "profile", "default") or "default")
     if args.hparams:
@@ -244,8 +260,18 @@ def _require_training_positives(manifest_path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Runs `hourglass train`. Returns: 0. Raises: InputError on bad arguments or inputs."""
+    """Runs `hourglass train`. Returns: 0. Raises: InputError on bad arguments or inputs (naming flags)."""
+    from keras_hourglass.errors import InputError, with_flags
+
+    try:
+        return _run(args)
+    except InputError as err:
+        raise with_flags(err, TRAIN_FLAGS) from None
+
+
+def _run(args: argparse.Namespace) -> int:
     from keras_hourglass import storage
+
     from keras_hourglass.errors import InputError
 
     config = build_config(args)

@@ -140,8 +140,22 @@ def _read_hparams(path: str) -> dict:
     return values
 
 
+# The one place `hourglass train-stage2` maps the Python arguments of the shared training library
+# (`ArgumentError`, ``name=`` in reasons) to its flags.
+STAGE2_FLAGS = argtypes.flags_of(["strategy", "cpu_replicas", "batch_size"], run_dir="--out")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Runs `hourglass train-stage2`. Returns: 0. Raises: InputError on bad arguments or inputs."""
+    """Runs `hourglass train-stage2`. Returns: 0. Raises: InputError on bad arguments or inputs (naming flags)."""
+    from keras_hourglass.errors import with_flags
+
+    try:
+        return _run(args)
+    except InputError as err:
+        raise with_flags(err, STAGE2_FLAGS) from None
+
+
+def _run(args: argparse.Namespace) -> int:
     config = build_config(args)
     from keras_hourglass.two_stage.proposals import read_manifest
 

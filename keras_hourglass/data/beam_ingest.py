@@ -42,7 +42,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from keras_hourglass import storage
 from keras_hourglass.contract import BEAM_SHARD_TEMPLATE, LABELS, RECORD_SUFFIX, SPLITS
 from keras_hourglass.data import ingest, manifest, phi, plan, prepare
-from keras_hourglass.errors import InputError
+from keras_hourglass.errors import ArgumentError, InputError
 
 IMAGES_PER_PARTITION = 16
 """Images per unit of work (a partition is decoded by one DoFn call)."""
@@ -199,7 +199,7 @@ def pipeline_options(config: prepare.PrepareConfig) -> PipelineOptions:
         beam_logger.removeHandler(handler)
         beam_logger.propagate = propagate
     if dropped:
-        raise InputError("--runner", f"Beam does not know the option(s) {' '.join(dropped)[:200]}")
+        raise ArgumentError("beam_options", f"Beam does not know the option(s) {' '.join(dropped)[:200]}")
     return options
 
 
@@ -255,9 +255,9 @@ def _check_fresh_out(out: str) -> None:
     """Refuses an --out that already holds files: a Beam run is retried by its runner, not resumed."""
     if "://" in out:
         if FileSystems.match([_join(out, "*")])[0].metadata_list:
-            raise InputError(out, "is not empty: a Beam prepare writes a fresh --out")
+            raise InputError(out, "is not empty: a Beam prepare writes a fresh out=")
     elif storage.isdir(out) and storage.listdir(out):
-        raise InputError(out, "is not empty: a Beam prepare writes a fresh --out (the local path resumes "
+        raise InputError(out, "is not empty: a Beam prepare writes a fresh out= (the local path resumes "
                               "into an existing one)")
 
 

@@ -65,6 +65,7 @@ from keras_hourglass.breast import TISSUE_THRESHOLD
 from keras_hourglass.contract import LABELS, TRAINING_POSITIVE_LABELS
 from keras_hourglass.data import records
 from keras_hourglass.errors import InputError
+from keras_hourglass.model_input import pad_to_multiple
 
 logger = logging.getLogger(__name__)
 
@@ -188,14 +189,6 @@ def _intensity(image, seed):
     return tf.clip_by_value(gain * tf.pow(tf.maximum(image, 0.0), gamma), 0.0, 1.0)
 
 
-def _pad_to_multiple(image, multiple: int):
-    height = tf.shape(image)[0]
-    width = tf.shape(image)[1]
-    target_h = (height + multiple - 1) // multiple * multiple
-    target_w = (width + multiple - 1) // multiple * multiple
-    return tf.image.pad_to_bounding_box(image, 0, 0, target_h, target_w)
-
-
 def training_dataset(
     prep_dir: str | os.PathLike,
     *,
@@ -275,7 +268,7 @@ def training_dataset(
             image, boxes = _flip(image, boxes, seeds[3], axis=0)
             image = _intensity(image, seeds[4])
         if phase == "full":
-            image = _pad_to_multiple(image, input_multiple)
+            image = pad_to_multiple(image, input_multiple)
         boxes = _pad_boxes(boxes / float(stride), max_boxes)
         outputs = (image, boxes)
         if with_info:
@@ -323,7 +316,7 @@ def evaluation_dataset(prep_dir: str | os.PathLike, *, split: str, input_multipl
     def transform(serialized):
         example = records.parse_example(serialized)
         out = {key: example[key] for key in keys}
-        out["image"] = _pad_to_multiple(example["image"], input_multiple)
+        out["image"] = pad_to_multiple(example["image"], input_multiple)
         return out
 
     dataset = tf.data.TFRecordDataset(files)

@@ -43,7 +43,7 @@ from keras_hourglass import storage
 from keras_hourglass.contract import done_marker_name, preprocessing_block, shard_file_name
 from keras_hourglass.data import ingest, manifest, phi, plan
 from keras_hourglass.data.importers import ImportResult, get_importer, is_inside, real_root
-from keras_hourglass.errors import InputError
+from keras_hourglass.errors import ArgumentError, InputError
 from keras_hourglass.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -114,27 +114,27 @@ class _Chunk:
 def validate(config: PrepareConfig) -> None:
     """Checks the arguments and inputs of a prepare (either path). Raises: InputError naming the problem."""
     if config.size < 16:
-        raise InputError("--size", f"{config.size} is too small (at least 16 pixels)")
+        raise ArgumentError("size", f"{config.size} is too small (at least 16 pixels)")
     if config.size > MAX_SIZE:
-        raise InputError("--size", f"{config.size} is too large (at most {MAX_SIZE} pixels)")
+        raise ArgumentError("size", f"{config.size} is too large (at most {MAX_SIZE} pixels)")
     if config.max_pixels < 1:
-        raise InputError("--max-pixels", f"must be >= 1, got {config.max_pixels}")
+        raise ArgumentError("max_pixels", f"must be >= 1, got {config.max_pixels}")
     if config.workers < 1:
-        raise InputError("--workers", "must be at least 1")
+        raise ArgumentError("workers", "must be at least 1")
     if config.images_per_file < 1:
-        raise InputError("--images-per-file", "must be at least 1")
+        raise ArgumentError("images_per_file", "must be at least 1")
     if not os.path.isdir(config.images_root):
-        raise InputError(config.images_root, "--images-root is not a directory")
+        raise InputError(config.images_root, "images_root= is not a directory")
     if not storage.is_url(config.out) and is_inside(os.path.realpath(config.out), real_root(config.images_root)):
-        raise InputError("--out", "is --images-root or inside it: write PREP elsewhere (its files would mix "
-                                  "with the inputs)")
+        raise ArgumentError("out", "is images_root= or inside it: write PREP elsewhere (its files would mix "
+                                   "with the inputs)")
     for table in config.annotations:
         if not os.path.isfile(table):
             raise InputError(table, "annotation table not found")
     if config.decoder == "tfio":
         _check_tfio()
     elif config.decoder != "pydicom":
-        raise InputError("--decoder", f"unknown decoder {config.decoder!r} (pydicom or tfio)")
+        raise ArgumentError("decoder", f"unknown decoder {config.decoder!r} (pydicom or tfio)")
 
 
 def _check_tfio() -> None:
@@ -165,7 +165,7 @@ def _resolve_salt(config: PrepareConfig) -> str:
     if storage.exists(state_path):
         previous = manifest.read_json(state_path)["salt"]
         if config.salt and config.salt != previous:
-            raise InputError(config.out, "was prepared with another --salt; use a fresh --out")
+            raise InputError(config.out, "was prepared with another salt=; use a fresh out=")
         return previous
     return config.salt or phi.new_salt()
 
@@ -197,7 +197,7 @@ def _chunk_done(out: str, chunk: _Chunk) -> dict | None:
         return None
     marker = manifest.read_json(marker_path)
     if marker.get("fingerprint") != chunk.fingerprint:
-        raise InputError(marker_path, "belongs to a run with other settings or input; use a fresh --out")
+        raise InputError(marker_path, "belongs to a run with other settings or input; use a fresh out=")
     path = storage.join(out, chunk.relative)
     if marker["written"] and (not storage.exists(path) or storage.getsize(path) != marker["size"]):
         return None  # file lost or truncated: redo the chunk
@@ -432,17 +432,17 @@ def prepare(config: PrepareConfig) -> dict:
     """
     if config.runner:
         if config.workers != 1:
-            raise InputError("--workers", "is for the local path; with --runner the runner decides (e.g. "
-                                          "-- --direct_num_workers 2 --direct_running_mode multi_processing)")
+            raise ArgumentError("workers", "is for the local path; with runner= the runner decides (e.g. "
+                                           "-- --direct_num_workers 2 --direct_running_mode multi_processing)")
         try:
             from keras_hourglass.data import beam_ingest
         except ImportError as err:  # err.name: the module that could not be imported
             if (err.name or "").partition(".")[0] != "apache_beam":
                 raise
-            raise InputError("--runner", "needs Apache Beam: pip install 'keras-hourglass[beam]'") from None
+            raise ArgumentError("runner", "needs Apache Beam: pip install 'keras-hourglass[beam]'") from None
         return beam_ingest.run(config)
     if config.beam_options:
-        raise InputError("--runner", f"Beam options given ({config.beam_options[0]} ...) but no --runner")
+        raise ArgumentError("runner", f"Beam options given ({config.beam_options[0]} ...) but no runner=")
     return _prepare_local(config)
 
 
@@ -458,12 +458,12 @@ def _prepare_local(config: PrepareConfig) -> dict:
     state_path = _state_path(config.out)
     if storage.isdir(storage.join(config.out, "shards")):
         raise InputError(config.out, "holds a PREP of an older version (machine shards, sIIofNN files); use a "
-                                     "fresh --out")
+                                     "fresh out=")
     previous = storage.join(config.out, "manifest.json")
     if storage.exists(previous) and manifest.read_json(previous).get("runner", "local") != "local":
-        raise InputError(config.out, "holds a PREP written by a Beam runner; use a fresh --out")
+        raise InputError(config.out, "holds a PREP written by a Beam runner; use a fresh out=")
     if storage.exists(state_path) and manifest.read_json(state_path)["fingerprint"] != fingerprint:
-        raise InputError(config.out, "was prepared with other settings or another input; use a fresh --out")
+        raise InputError(config.out, "was prepared with other settings or another input; use a fresh out=")
     storage.write_json(state_path, {"salt": salt, "fingerprint": fingerprint}, sort_keys=True)
 
     result = import_table(config)

@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, field
 
 from keras_hourglass import storage
-from keras_hourglass.errors import InputError
+from keras_hourglass.errors import ArgumentError, InputError
 
 LOSSES = ("hypersensitive", "l2", "focal")
 LR_SCHEDULES = ("cosine", "constant")
@@ -127,9 +127,16 @@ class TrainConfig:
     target_fpi: float = 4.8
 
     def validate(self) -> "TrainConfig":
-        """Checks values. Raises: InputError naming the option."""
-        def bad(name, reason):
-            raise InputError(f"--{name.replace('_', '-')}", reason)
+        """Checks values.
+
+        Returns:
+            `self`, integers and numbers normalised.
+
+        Raises:
+            ArgumentError: naming the field (`hourglass train` maps it to its flag).
+        """
+        def bad(name: str, reason: str):
+            raise ArgumentError(name, reason)
 
         for name in INT_FIELDS:
             value = getattr(self, name)
@@ -155,7 +162,7 @@ class TrainConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             bad("lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.lr_schedule != "constant" and self.full_learning_rate is not None:
-            bad("full_learning_rate", "needs --lr-schedule constant (the cosine schedule spans both phases)")
+            bad("full_learning_rate", "needs lr_schedule=constant (the cosine schedule spans both phases)")
         if not 0 <= self.min_lr_fraction <= 1:
             bad("min_lr_fraction", f"must be in [0, 1], got {self.min_lr_fraction!r}")
         for name in ("omega", "learning_rate", "target_sigma", "target_fpi"):
@@ -208,7 +215,7 @@ class TrainConfig:
         return out
 
 
-def split_epochs(phase: str, total: int | None, patch_epochs: int | None = None,
+def split_epochs(phase: str, epochs: int | None, patch_epochs: int | None = None,
                  full_epochs: int | None = None) -> tuple[int | None, int | None]:
     """Splits a total number of epochs between the phases, as `hourglass train --epochs` does.
 
@@ -217,7 +224,7 @@ def split_epochs(phase: str, total: int | None, patch_epochs: int | None = None,
 
     Args:
         phase: "patch", "full" or "both".
-        total: the total epochs (None: only the given per-phase epochs count).
+        epochs: the total epochs (None: only the given per-phase epochs count).
         patch_epochs: epochs of the patch phase, if given.
         full_epochs: epochs of the full-image phase, if given.
 
@@ -225,9 +232,9 @@ def split_epochs(phase: str, total: int | None, patch_epochs: int | None = None,
         `(patch_epochs, full_epochs)`; None for a phase neither given nor implied.
 
     Raises:
-        InputError: the total disagrees with the per-phase epochs (naming `--epochs`).
+        ArgumentError: (`epochs`) the total disagrees with the per-phase epochs.
     """
-    patch, full = patch_epochs, full_epochs
+    total, patch, full = epochs, patch_epochs, full_epochs
     if total is None:
         return patch, full
     if phase == "patch":
@@ -241,9 +248,9 @@ def split_epochs(phase: str, total: int | None, patch_epochs: int | None = None,
     elif full is None:
         full = total - patch
     if phase == "both" and (patch < 0 or full < 0 or patch + full != total):
-        raise InputError("--epochs", f"{total} != --patch-epochs {patch} + --full-epochs {full}")
+        raise ArgumentError("epochs", f"{total} != patch_epochs={patch} + full_epochs={full}")
     if phase == "patch" and patch != total or phase == "full" and full != total:
-        raise InputError("--epochs", f"{total} disagrees with the epochs given for --phase {phase}")
+        raise ArgumentError("epochs", f"{total} disagrees with the epochs given for phase={phase}")
     return patch, full
 
 
@@ -286,7 +293,7 @@ def load_hparams(path: str) -> dict:
     return dict(payload)
 
 
-def apply_hparams(config: TrainConfig, hparams: dict, source: str = "--hparams") -> TrainConfig:
+def apply_hparams(config: TrainConfig, hparams: dict, source: str = "hparams") -> TrainConfig:
     """Returns a copy of `config` with the hyper-parameters applied.
 
     Raises:
@@ -326,11 +333,11 @@ PROFILES: dict[str, dict] = {
 """Named bundles of defaults (`--profile`): applied over `TrainConfig()`, under `--hparams` and flags."""
 
 
-def apply_profile(config: TrainConfig, name: str) -> TrainConfig:
-    """Returns: `config` with the named profile's values. Raises: InputError for an unknown name."""
-    if name not in PROFILES:
-        raise InputError("--profile", f"must be one of {', '.join(PROFILES)}, got {name!r}")
-    return dataclasses.replace(config, **PROFILES[name])
+def apply_profile(config: TrainConfig, profile: str) -> TrainConfig:
+    """Returns: `config` with the values of the profile named `profile`. Raises: ArgumentError (`profile`)."""
+    if profile not in PROFILES:
+        raise ArgumentError("profile", f"must be one of {', '.join(PROFILES)}, got {profile!r}")
+    return dataclasses.replace(config, **PROFILES[profile])
 
 
 def manifest_hash(prep_dir: str) -> str | None:

@@ -38,7 +38,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 
 from keras_hourglass import storage
-from keras_hourglass.errors import InputError
+from keras_hourglass.errors import ArgumentError, InputError
 
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
 
@@ -92,25 +92,25 @@ def cluster_size(tf_config: dict | None) -> int:
     return sum(len(cluster.get(kind) or []) for kind in ("chief", "worker"))
 
 
-def resolve_strategy_name(name: str = "auto", *, num_gpus: int | None = None,
+def resolve_strategy_name(strategy: str = "auto", *, num_gpus: int | None = None,
                           environ: dict | None = None) -> str:
     """Resolves `auto` to a concrete strategy name.
 
     Args:
-        name: one of `STRATEGIES`.
+        strategy: one of `STRATEGIES`.
         num_gpus: visible GPUs (default: asks TensorFlow).
         environ: the environment (default `os.environ`), for TF_CONFIG.
 
     Returns:
         `default`, `mirrored` or `multi-worker`.
     """
-    if name not in STRATEGIES:
-        raise InputError("--strategy", f"unknown strategy {name!r} (choose from {', '.join(STRATEGIES)})")
+    if strategy not in STRATEGIES:
+        raise ArgumentError("strategy", f"unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
     tf_config = read_tf_config(environ)
-    if name == "multi-worker" and cluster_size(tf_config) == 0:
-        raise InputError("TF_CONFIG", "--strategy multi-worker needs TF_CONFIG naming the cluster")
-    if name != "auto":
-        return name
+    if strategy == "multi-worker" and cluster_size(tf_config) == 0:
+        raise InputError("TF_CONFIG", "strategy=multi-worker needs TF_CONFIG naming the cluster")
+    if strategy != "auto":
+        return strategy
     if cluster_size(tf_config) > 1:
         return "multi-worker"
     if num_gpus is None:
@@ -120,36 +120,36 @@ def resolve_strategy_name(name: str = "auto", *, num_gpus: int | None = None,
     return "mirrored" if num_gpus > 1 else "default"
 
 
-def configure_cpu_replicas(count: int) -> None:
-    """Splits the host CPU into `count` logical devices (for multi-replica runs without GPUs).
+def configure_cpu_replicas(cpu_replicas: int) -> None:
+    """Splits the host CPU into `cpu_replicas` logical devices (for multi-replica runs without GPUs).
 
     Must run before TensorFlow initialises its devices (before any op runs).
 
     Raises:
-        InputError: count < 1, or TensorFlow is already initialised with another layout.
+        ArgumentError: (`cpu_replicas`) < 1, or TensorFlow is already initialised with another layout.
     """
     import tensorflow as tf
 
-    if count < 1:
-        raise InputError("--cpu-replicas", f"must be >= 1, got {count}")
+    if cpu_replicas < 1:
+        raise ArgumentError("cpu_replicas", f"must be >= 1, got {cpu_replicas}")
     cpus = tf.config.list_physical_devices("CPU")
     try:
         tf.config.set_logical_device_configuration(
-            cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+            cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(cpu_replicas)])
     except RuntimeError as err:
-        if len(tf.config.list_logical_devices("CPU")) != count:
-            raise InputError("--cpu-replicas", f"TensorFlow is already initialised ({err})") from None
+        if len(tf.config.list_logical_devices("CPU")) != cpu_replicas:
+            raise ArgumentError("cpu_replicas", f"TensorFlow is already initialised ({err})") from None
 
 
-def make_strategy(name: str = "auto"):
-    """Builds the strategy for `name` (see the module docstring).
+def make_strategy(strategy: str = "auto"):
+    """Builds the strategy named `strategy` (see the module docstring).
 
     Returns:
         `(strategy, StrategyInfo)`.
     """
     import tensorflow as tf
 
-    resolved = resolve_strategy_name(name)
+    resolved = resolve_strategy_name(strategy)
     task_type, task_id, num_workers = None, None, 1
     if resolved == "multi-worker":
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -186,16 +186,23 @@ def is_chief_task(task_type: str | None, task_id: int | None, tf_config: dict | 
     return task_type == "worker" and task_id == 0 and not has_chief
 
 
-def per_replica_batch_size(global_batch: int, num_replicas: int) -> int:
+def per_replica_batch_size(batch_size: int, num_replicas: int) -> int:
     """The global batch split over the replicas.
 
+    Args:
+        batch_size: the global batch.
+        num_replicas: replicas in sync.
+
+    Returns:
+        The batch of one replica.
+
     Raises:
-        InputError: the global batch is not a positive multiple of the replica count.
+        ArgumentError: (`batch_size`) not a positive multiple of the replica count.
     """
-    if global_batch < 1 or global_batch % num_replicas:
-        raise InputError("--batch-size", f"global batch {global_batch} must be a positive multiple "
-                                         f"of the {num_replicas} replicas in sync")
-    return global_batch // num_replicas
+    if batch_size < 1 or batch_size % num_replicas:
+        raise ArgumentError("batch_size", f"global batch {batch_size} must be a positive multiple "
+                                          f"of the {num_replicas} replicas in sync")
+    return batch_size // num_replicas
 
 
 class WriteDir:

@@ -31,7 +31,7 @@ import dataclasses
 import math
 
 from keras_hourglass.contract import PREPROCESSING_KEYS, long_side_of
-from keras_hourglass.errors import InputError
+from keras_hourglass.errors import ArgumentError, InputError
 
 REFERENCE_LONG_SIDE = 1536
 """The paper's training long side (3840 / 2.5): reference pixels are pixels at this scale."""
@@ -99,12 +99,12 @@ def resolve_geometry(config, *, long_side: int, stride: int, input_multiple: int
         The `Geometry`.
 
     Raises:
-        InputError: a setting that is degenerate at this scale (naming the option),
-            or a long side smaller than one input multiple.
+        ArgumentError: a setting that is degenerate at this scale (naming the `config` field),
+            or (`long_side`) a long side smaller than one input multiple.
     """
     if long_side < input_multiple:
-        raise InputError("--data", f"images of long side {long_side} px are smaller than the model's input "
-                                   f"multiple {input_multiple}")
+        raise ArgumentError("long_side", f"images of long side {long_side} px are smaller than the model's input "
+                                         f"multiple {input_multiple}")
     image_scale = long_side / REFERENCE_LONG_SIDE
     heatmap_scale = image_scale * REFERENCE_STRIDE / stride
     at = f"at long side {long_side} px (stride {stride})"
@@ -112,9 +112,9 @@ def resolve_geometry(config, *, long_side: int, stride: int, input_multiple: int
     def heatmap_px(name: str, value: float, minimum: float) -> float:
         resolved = float(value) * heatmap_scale
         if resolved < minimum:
-            raise InputError(f"--{name.replace('_', '-')}",
-                             f"{value:g} reference px resolves to {resolved:.2f} heatmap px {at}, below the "
-                             f"minimum {minimum:g}: give at least {math.ceil(minimum / heatmap_scale * 100) / 100:g}")
+            least = math.ceil(minimum / heatmap_scale * 100) / 100
+            raise ArgumentError(name, f"{value:g} reference px resolves to {resolved:.2f} heatmap px {at}, "
+                                      f"below the minimum {minimum:g}: give at least {least:g}")
         return resolved
 
     patch = _at_least(heatmap_px("patch_size", config.patch_size, MIN_PATCH_SIZE), MIN_PATCH_SIZE)

@@ -37,7 +37,7 @@ import time
 from typing import Callable
 
 from keras_hourglass import storage
-from keras_hourglass.errors import InputError
+from keras_hourglass.errors import ArgumentError, InputError
 from keras_hourglass.training.config import TrainConfig, manifest_hash
 from keras_hourglass.training.fit import (DatasetFn, build_model, compile_model, fit_phases, froc_callback,
                                           make_learning_rate, make_loss, precision_summary, prep_dataset_fn,
@@ -205,13 +205,13 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
                             num_workers=1, task_type=None, task_id=None, is_chief=True, devices=())
     if dataset_fn is None:
         if prep_dir is None:
-            raise InputError("--data", "no prepared data given")
+            raise ArgumentError("prep_dir", "no prepared data given")
         if not storage.isdir(prep_dir):
             raise InputError(prep_dir, "not a directory")
     try:
         model_config = resolve_config(config.preset, **config.model) if model_fn is None else None
     except ValueError as err:
-        raise InputError("--model-option", str(err)) from None
+        raise ArgumentError("model", str(err)) from None
 
     with strategy.scope():
         model = build_model(config, model_fn)
@@ -259,7 +259,7 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
     state = cb.read_backup_state(backup_dir)
     if state and state.get("fingerprint") != fingerprint:
         raise InputError(backup_dir, "was written by a run with other hyper-parameters, model or data; "
-                                     "use a new --out or delete it to start over")
+                                     "use a new run_dir= or delete it to start over")
     completed = int(state["completed_epochs"]) if state else 0
     if info.is_chief:
         storage.write_json(write.join("config.json"), {**summary, "result": None}, default=str)

@@ -405,12 +405,12 @@ def get_importer(fmt: str) -> Callable[..., ImportResult]:
     """Returns: the ``load`` function of the importer registered as `fmt`.
 
     Raises:
-        InputError: unknown format.
+        ArgumentError: (`fmt`) unknown format.
     """
-    from keras_hourglass.errors import InputError
+    from keras_hourglass.errors import ArgumentError
 
     if fmt not in IMPORTERS:
-        raise InputError("--format", f"unknown format {fmt!r}; choose one of {', '.join(IMPORTERS)}")
+        raise ArgumentError("fmt", f"unknown format {fmt!r}; choose one of {', '.join(IMPORTERS)}")
     return importlib.import_module(IMPORTERS[fmt]).load
 
 

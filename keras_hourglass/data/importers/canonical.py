@@ -103,8 +103,8 @@ def load(annotations: str | list[str], images_root: str, **_options) -> ImportRe
     """
     if isinstance(annotations, (list, tuple)):
         if len(annotations) != 1:
-            from keras_hourglass.errors import InputError
-            raise InputError("--annotations", "the canonical format takes exactly one CSV")
+            from keras_hourglass.errors import ArgumentError
+            raise ArgumentError("annotations", "the canonical format takes exactly one CSV")
         annotations = annotations[0]
     parsed, rejects, total = [], [], 0
     for row_id, row in read_csv_rows(annotations, REQUIRED):

@@ -159,8 +159,8 @@ def load(annotations: str | list[str], images_root: str, **_options) -> ImportRe
     tables = [annotations] if isinstance(annotations, (str, os.PathLike)) else list(annotations)
     names = [os.path.basename(os.fspath(t)) for t in tables]
     if len(set(names)) != len(names):
-        from keras_hourglass.errors import InputError
-        raise InputError("--annotations", "two tables have the same file name; row ids would collide")
+        from keras_hourglass.errors import ArgumentError
+        raise ArgumentError("annotations", "two tables have the same file name; row ids would collide")
     parsed, rejects, total = [], [], 0
     locator = _Locator(os.fspath(images_root))
     for table in tables:

@@ -153,8 +153,8 @@ def load(annotations: str | list[str], images_root: str, *, birads_map: dict[int
     """
     if isinstance(annotations, (list, tuple)):
         if len(annotations) != 1:
-            from keras_hourglass.errors import InputError
-            raise InputError("--annotations", "the vindr format takes exactly one CSV (finding_annotations.csv)")
+            from keras_hourglass.errors import ArgumentError
+            raise ArgumentError("annotations", "the vindr format takes exactly one CSV (finding_annotations.csv)")
         annotations = annotations[0]
     birads_map = dict(birads_map or DEFAULT_BIRADS_MAP)
     parsed, rejects, total = [], [], 0
