@@ -211,3 +211,25 @@ def test_the_two_stage_check_fails_on_another_combination(combined, exported):
                              long_side=64)
     with pytest.raises(VerificationError, match="combined scores differ from the Python pipeline's"):
         verify_two_stage(exported["path"], wrong, stage_two.classifier)
+
+
+def test_served_marks_match_the_png_marks_within_float_tolerance():
+    """serving_default (float image) and detect_png (16-bit PNG) may differ in the last float32 bits."""
+    np = pytest.importorskip("numpy")
+    from export.verify_two_stage import _same_marks_above
+
+    png = np.array([[10.0, 20.0, 0.5977039], [30.0, 40.0, 0.59046495], [50.0, 60.0, 0.30000004],
+                    [70.0, 80.0, 0.1]])
+    served = png[:3].copy()
+    served[1, 2] = 0.590465  # the 1e-7 difference a real two-stage export showed
+    served[2, 2] = 0.3000001
+    assert _same_marks_above(served, png, 0.3, 1e-4)
+    assert _same_marks_above(served[:2], png, 0.3, 1e-4)  # the mark at the threshold may fall either side
+    assert _same_marks_above(served[[1, 0]], png, 0.3, 1e-4)  # near-equal scores may swap order
+    moved = served.copy()
+    moved[0, 0] += 4.0
+    assert not _same_marks_above(moved, png, 0.3, 1e-4)  # another position
+    assert not _same_marks_above(served[1:], png, 0.3, 1e-4)  # a clear mark missing
+    wrong = served.copy()
+    wrong[0, 2] = 0.7
+    assert not _same_marks_above(wrong, png, 0.3, 1e-4)  # another score
