@@ -76,3 +76,39 @@ def test_library_errors_name_no_flags_and_every_argument_has_a_flag():
     arguments = set(re.findall(r'"([a-z_]+)"', named))
     assert {"epochs", "strategy", "batch_size", "size", "workers", "fmt", "annotations"} <= arguments
     assert arguments <= set(TRAIN_FLAGS) | set(_prepare_flags()), arguments - set(TRAIN_FLAGS) - set(_prepare_flags())
+
+
+def test_two_stage_errors_name_no_flags_and_its_clis_map_every_argument():
+    """two_stage/ speaks Python too; `hourglass proposals` and `train --stage 2` map what it names."""
+    from keras_hourglass.cli.proposals import PROPOSALS_FLAGS
+    from keras_hourglass.cli.train_stage2 import STAGE2_FLAGS
+    from keras_hourglass.errors import ArgumentError, with_flags
+    from keras_hourglass.two_stage.train import Stage2Config
+
+    tree = ["keras_hourglass/two_stage"]
+    flagged = subprocess.run(["git", "grep", "-nE", r"Error\(f?\"--", "--", *tree], capture_output=True, text=True)
+    assert flagged.stdout == "", flagged.stdout
+    named = subprocess.run(["git", "grep", "-hoE", r"ArgumentError\(\"[a-z_]+\"", "--", *tree],
+                           capture_output=True, text=True, check=True).stdout
+    arguments = set(re.findall(r'"([a-z_]+)"', named))
+    assert {"threshold", "operating_point", "learning_rate", "dropout"} <= arguments
+    from export.cli import EXPORT_FLAGS  # the combination: evaluate --classifier and export --classifier
+
+    mapped = set(PROPOSALS_FLAGS) | set(STAGE2_FLAGS) | set(EXPORT_FLAGS)
+    assert arguments <= mapped, arguments - mapped
+    with pytest.raises(ArgumentError) as caught:
+        Stage2Config(dropout=1.5).validate()
+    assert (caught.value.argument, str(caught.value.reason)) == ("dropout", "must be in [0, 1), got 1.5")
+    cli = with_flags(caught.value, STAGE2_FLAGS)
+    assert (cli.path, cli.reason) == ("--dropout", "must be in [0, 1), got 1.5")
+
+
+def test_training_without_a_val_split_warns_in_python_terms(tmp_path):
+    """The library warns (warnings.warn), it does not print as if it were the CLI."""
+    from keras_hourglass.training.config import TrainConfig
+    from keras_hourglass.training.train import _validation
+
+    (tmp_path / "train").mkdir()
+    with pytest.warns(UserWarning, match="training without validation") as caught:
+        assert _validation(str(tmp_path), TrainConfig(), 32, None) == (None, None)
+    assert "hourglass train" not in str(caught[0].message)

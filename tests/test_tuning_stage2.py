@@ -110,5 +110,5 @@ def test_space_and_hparams_file_errors():
     assert isinstance(config.filters, tuple) and config.balance in ("sampling", "weights")
     with pytest.raises(InputError, match="best.json: unknown stage-two hyper-parameter 'omega'"):
         apply_hparams(Stage2Config(), {"omega": 0.1}, source="best.json")
-    with pytest.raises(InputError, match="best.json: --dropout: must be in"):
+    with pytest.raises(InputError, match="best.json: dropout: must be in"):
         apply_hparams(Stage2Config(), {"dropout": 1.5}, source="best.json")

@@ -53,8 +53,22 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+# The one place `hourglass proposals` maps the library's Python arguments to its flags.
+PROPOSALS_FLAGS = argtypes.flags_of(["threshold", "operating_point", "patch_size", "max_marks"],
+                                    out_dir="--out", model="--model", model_path="--model")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Runs `hourglass proposals`. Returns: 0. Raises: InputError on bad arguments or inputs."""
+    """Runs `hourglass proposals`. Returns: 0. Raises: InputError on bad arguments or inputs (naming flags)."""
+    from keras_hourglass.errors import with_flags
+
+    try:
+        return _run(args)
+    except InputError as err:
+        raise with_flags(err, PROPOSALS_FLAGS) from None
+
+
+def _run(args: argparse.Namespace) -> int:
     from keras_hourglass.modelfile import check_archive
 
     check_archive(args.model)  # before TensorFlow is imported: a bad file costs nothing

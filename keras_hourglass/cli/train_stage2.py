@@ -142,7 +142,9 @@ def _read_hparams(path: str) -> dict:
 
 # The one place `hourglass train-stage2` maps the Python arguments of the shared training library
 # (`ArgumentError`, ``name=`` in reasons) to its flags.
-STAGE2_FLAGS = argtypes.flags_of(["strategy", "cpu_replicas", "batch_size"], run_dir="--out")
+STAGE2_FLAGS = argtypes.flags_of(["strategy", "cpu_replicas", "batch_size", "epochs", "steps_per_epoch",
+                                  "learning_rate", "balance", "dropout", "backbone"],
+                                 run_dir="--out", filters="--classifier-filters")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ import logging
 import platform
 import sys
 import time
+import warnings
 from typing import Callable
 
 from keras_hourglass import storage
@@ -112,8 +113,8 @@ def _validation(prep_dir: str | None, config: TrainConfig, multiple: int, valida
         try:
             validation = pipeline.evaluation_dataset(prep_dir, split="val", input_multiple=multiple)
         except InputError as err:
-            print(f"hourglass train: warning: {err}: training without validation (no val_sensitivity, "
-                  "no best.keras)", file=sys.stderr)
+            warnings.warn(f"{err}: training without validation (no val_sensitivity, no best.keras)",
+                          stacklevel=2)
             return None, None
     callback, validation = froc_callback(validation, config)
     return callback, _fixed_images(validation)

@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from keras_hourglass.errors import InputError
+from keras_hourglass.errors import ArgumentError, InputError
 from keras_hourglass.training.geometry import REFERENCE_LONG_SIDE
 
 DEFAULT_PATCH_SIZE = 384
@@ -33,13 +33,13 @@ MIN_PATCH_PIXELS = 8
 """Smallest patch side (image px) a classifier can use."""
 
 
-def resolve_patch_size(reference_px: float, *, long_side: int, flag: str = "--patch-size") -> int:
+def resolve_patch_size(reference_px: float, *, long_side: int, argument: str = "patch_size") -> int:
     """Converts a patch side from reference pixels to image pixels at `long_side`.
 
     Args:
         reference_px: the patch side in reference pixels.
         long_side: the long side of PREP's images (manifest `preprocessing.long_side`).
-        flag: the option named in errors.
+        argument: the Python argument named in errors.
 
     Returns:
         The side in image pixels, rounded to an even number.
@@ -50,7 +50,7 @@ def resolve_patch_size(reference_px: float, *, long_side: int, flag: str = "--pa
     resolved = float(reference_px) * long_side / REFERENCE_LONG_SIDE
     if resolved < MIN_PATCH_PIXELS:
         smallest = math.ceil(MIN_PATCH_PIXELS * REFERENCE_LONG_SIDE / long_side)
-        raise InputError(flag, f"{reference_px:g} reference px resolves to {resolved:.1f} px at long side "
+        raise ArgumentError(argument, f"{reference_px:g} reference px resolves to {resolved:.1f} px at long side "
                                f"{long_side} px, below the minimum {MIN_PATCH_PIXELS}: give at least {smallest}")
     return int(2 * round(resolved / 2))
 

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from keras_hourglass import storage
 from keras_hourglass.contract import EVALUATION_POSITIVE_LABELS, LABELS, SPLITS, TRAINING_POSITIVE_LABELS
-from keras_hourglass.errors import InputError
+from keras_hourglass.errors import ArgumentError, InputError
 from keras_hourglass.evaluation.froc import HIT, EXTRA_HIT, match_image
 from keras_hourglass.two_stage.patches import DEFAULT_PATCH_SIZE, crop_patches, resolve_patch_size
 
@@ -123,7 +123,7 @@ class _ShardWriter:
 def _clear_stale(out_dir: str) -> None:
     """Refuses a finished PROPOSALS; removes the shards of an interrupted run."""
     if storage.exists(storage.join(out_dir, "manifest.json")):
-        raise InputError(out_dir, "already holds proposals (manifest.json): use a new --out or delete it")
+        raise InputError(out_dir, "already holds proposals (manifest.json): use a new out_dir= or delete it")
     from keras_hourglass.two_stage.records import CLASSES
 
     for split in SPLITS:
@@ -156,11 +156,11 @@ def operating_threshold(predictor, prep_dir: str, multiple: int, fpi: float, *, 
 
     dataset = _split_dataset(prep_dir, "val", multiple)
     if dataset is None:
-        raise InputError("--operating-point", f"needs a val split in {prep_dir} to read stage one's threshold")
+        raise ArgumentError("operating_point", f"needs a val split in {prep_dir} to read stage one's threshold")
     records = predictor(dataset, progress=progress)
     point = froc(records, n_bootstrap=0).operating_point(float(fpi))
     if point["threshold"] is None:
-        raise InputError("--operating-point", f"no stage-one threshold reaches FPI <= {fpi:g} on the val split")
+        raise ArgumentError("operating_point", f"no stage-one threshold reaches FPI <= {fpi:g} on the val split")
     return {"fpi": float(fpi), "split": "val", "threshold": point["threshold"], "fpi_reached": point["fpi"],
             "sensitivity": point["sensitivity"]}
 
@@ -198,13 +198,13 @@ def make_proposals(model, prep_dir: str, out_dir: str, *, patch_size: float = DE
     from keras_hourglass.two_stage.records import serialize_proposal
 
     if threshold is not None and operating_point is not None:
-        raise InputError("--threshold", "give --threshold or --operating-point, not both")
+        raise ArgumentError("threshold", "give threshold= or operating_point=, not both")
     long_side = prep_long_side(prep_dir)
     size = resolve_patch_size(patch_size, long_side=long_side)
     try:
         multiple = model_input_multiple(model)
     except (ValueError, TypeError) as err:
-        raise InputError(model_path or "--model", f"not a fully convolutional heatmap model ({type(err).__name__})") from None
+        raise InputError(model_path or "model", f"not a fully convolutional heatmap model ({type(err).__name__})") from None
     predictor = MarkPredictor(model, max_marks=max_marks)
     point = None
     if operating_point is not None:

@@ -30,7 +30,7 @@ import time
 
 from keras_hourglass import storage
 from keras_hourglass.contract import SPLITS
-from keras_hourglass.errors import InputError
+from keras_hourglass.errors import ArgumentError, InputError
 
 BALANCES = ("sampling", "weights")
 
@@ -64,16 +64,16 @@ class Stage2Config:
     backbone_weights: str | None = None
 
     def validate(self) -> "Stage2Config":
-        """Returns: self. Raises: InputError naming the flag of a bad value."""
+        """Returns: self. Raises: ArgumentError naming the field of a bad value."""
         for name in ("epochs", "steps_per_epoch", "batch_size"):
             if int(getattr(self, name)) < 1:
-                raise InputError(f"--{name.replace('_', '-')}", f"must be >= 1, got {getattr(self, name)}")
+                raise ArgumentError(name, f"must be >= 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
-            raise InputError("--learning-rate", f"must be > 0, got {self.learning_rate}")
+            raise ArgumentError("learning_rate", f"must be > 0, got {self.learning_rate}")
         if self.balance not in BALANCES:
-            raise InputError("--balance", f"must be one of {BALANCES}, got {self.balance!r}")
+            raise ArgumentError("balance", f"must be one of {BALANCES}, got {self.balance!r}")
         if not 0 <= self.dropout < 1:
-            raise InputError("--dropout", f"must be in [0, 1), got {self.dropout}")
+            raise ArgumentError("dropout", f"must be in [0, 1), got {self.dropout}")
         return self
 
     def to_json(self) -> dict:
@@ -162,7 +162,7 @@ def compile_classifier(config: Stage2Config, patch_size: int, *, run_eagerly: bo
                       metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
                       run_eagerly=bool(run_eagerly))
     except ValueError as err:
-        raise InputError("--backbone" if config.backbone else "--classifier-filters", str(err)) from None
+        raise ArgumentError("backbone" if config.backbone else "filters", str(err)) from None
     return model
 
 
@@ -244,8 +244,8 @@ def train_classifier(config: Stage2Config, proposals_dir: str, run_dir: str, *, 
     negatives, positives = _class_counts(manifest, "train")
     if positives == 0 or negatives == 0:
         raise InputError(manifest_path, f"the train split has {positives} positive and {negatives} negative "
-                                        "proposals: stage two needs both (lower --threshold, raise --max-marks "
-                                        "or add training positives)")
+                                        "proposals: stage two needs both (propose with a lower threshold or more "
+                                        "marks per image, or add training positives)")
     patch_size = int(manifest["patch"]["resolved"])
     if strategy is None:
         strategy, strategy_info = make_strategy("auto")
@@ -262,7 +262,7 @@ def train_classifier(config: Stage2Config, proposals_dir: str, run_dir: str, *, 
     fingerprint = _fingerprint(config, manifest_sha, config.batch_size)
     state = cb.read_backup_state(backup_dir)
     if state and state.get("fingerprint") != fingerprint:
-        raise InputError(backup_dir, "was written by a run with other settings or proposals; use a new --out "
+        raise InputError(backup_dir, "was written by a run with other settings or proposals; use a new run_dir= "
                                      "or delete it to start over")
     completed = int(state["completed_epochs"]) if state else 0
     history_path = join("history.csv")
