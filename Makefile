@@ -48,25 +48,35 @@ test-tfio: $(TFIO_VENV)/.installed
 	status=0; HOURGLASS_REQUIRE_TFIO=1 $(TFIO_PY) -m pytest -q -m tfio tests || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "test-tfio: no tfio test collected"; exit 0; fi; exit $$status
 
-# The TFX leg: its own venv with tfx 1.21 (TF 2.21, Beam, TFMA, TFDV, TFT), pinned by
-# .ci/tfx-constraints.txt; runs the LocalDagRunner pipeline test (ImportExampleGen -> Tuner -> Trainer
-# -> Pusher). HOURGLASS_REQUIRE_TFX=1 turns "tfx missing" skips into failures.
-# tfx 1.21's native dependencies are built for glibc >= 2.39: ml-metadata 1.21.0 ships only manylinux_2_39
-# wheels (its extension needs libstdc++ GLIBCXX_3.4.32) and TFDV 1.21's extension calls glibc 2.38
-# symbols. On an older system (Debian 12: glibc 2.36) pip finds no ml-metadata 1.21, so the leg stops
-# first with that reason.
+# The TFX leg: its own venv, running the LocalDagRunner pipeline test (ImportExampleGen -> Tuner -> Trainer
+# -> Pusher). HOURGLASS_REQUIRE_TFX=1 turns "tfx missing" skips into failures. Which TFX depends on glibc:
+# - glibc >= 2.39: tfx 1.21 (TF 2.21, the default stack) on $(PYTHON), pinned by .ci/tfx-constraints.txt.
+#   Its native dependencies need that glibc: ml-metadata 1.21.0 ships only manylinux_2_39 wheels (libstdc++
+#   GLIBCXX_3.4.32) and TFDV 1.21's extension calls glibc 2.38 symbols.
+# - older glibc (Debian 12: 2.36): tfx 1.16.0 (TF 2.16.2, Keras 3.12), the newest TFX whose native wheels
+#   are manylinux2014; it declares Python < 3.11, so it runs on a Python 3.10 (TFX116_PYTHON: python3.10 on
+#   PATH or pyenv's 3.10), pinned by .ci/tfx116-constraints.txt (the whole resolution).
+TFX_GLIBC := $(shell getconf GNU_LIBC_VERSION 2>/dev/null | cut -d' ' -f2)
+TFX116_PYTHON ?= $(firstword $(wildcard /usr/bin/python3.10 /usr/local/bin/python3.10 \
+	$(HOME)/.pyenv/versions/3.10*/bin/python3.10))
+ifeq ($(shell printf '%s\n2.39\n' "$(TFX_GLIBC)" | sort -V | head -1),2.39)
 TFX_PYTHON ?= $(PYTHON)
+TFX_CONSTRAINTS ?= .ci/tfx-constraints.txt
+else
+TFX_PYTHON ?= $(TFX116_PYTHON)
+TFX_CONSTRAINTS ?= .ci/tfx116-constraints.txt
+endif
 TFX_VENV ?= .venv-tfx
 TFX_PY := $(TFX_VENV)/bin/python
 
-$(TFX_VENV)/.installed: setup.cfg pyproject.toml .ci/tfx-constraints.txt
-	@glibc=$$(getconf GNU_LIBC_VERSION | cut -d' ' -f2); \
-	if [ "$$(printf '%s\n2.39\n' "$$glibc" | sort -V | head -1)" != 2.39 ]; then \
-	  echo "test-tfx: tfx 1.21 needs glibc >= 2.39 (ml-metadata 1.21 wheels are manylinux_2_39); this system has $$glibc"; exit 1; fi
+$(TFX_VENV)/.installed: setup.cfg pyproject.toml $(TFX_CONSTRAINTS)
+	@if [ -z "$(TFX_PYTHON)" ]; then \
+	  echo "test-tfx: glibc $(TFX_GLIBC) < 2.39 needs tfx 1.16, which needs a Python 3.10 (set TFX116_PYTHON)"; exit 1; fi
+	@echo "test-tfx: glibc $(TFX_GLIBC), $(TFX_CONSTRAINTS), $(TFX_PYTHON)"
 	$(TFX_PYTHON) -m venv $(TFX_VENV)
 	$(TFX_PY) -m pip install $(PIP_FLAGS) --upgrade pip
-	$(TFX_PY) -m pip install $(PIP_FLAGS) -c .ci/tfx-constraints.txt -e ".[dev,tfx]"
-	$(TFX_PY) -c "import tfx, tensorflow as tf; from tfx.v1.dsl import Pipeline; print('tfx', tfx.__version__, 'tf', tf.__version__)"
+	$(TFX_PY) -m pip install $(PIP_FLAGS) -c $(TFX_CONSTRAINTS) -e ".[dev,tfx]"
+	$(TFX_PY) -c "import tfx, tensorflow as tf, keras; from tfx.v1.dsl import Pipeline; print('tfx', tfx.__version__, 'tf', tf.__version__, 'keras', keras.__version__)"
 	touch $@
 
 test-tfx: $(TFX_VENV)/.installed

@@ -35,7 +35,10 @@ def batching_parameters_class():
     m.field.add(name="allowed_batch_sizes", number=6, type=fd.TYPE_INT64, label=fd.LABEL_REPEATED)
     m.field.add(name="pad_variable_length_inputs", number=7, type=fd.TYPE_BOOL, label=fd.LABEL_OPTIONAL)
     pool.Add(f)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+    descriptor = pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
+    if not hasattr(message_factory, "GetMessageClass"):  # protobuf < 3.21 (the TFX 1.16 leg's 3.20)
+        return message_factory.MessageFactory(pool).GetPrototype(descriptor)
+    return message_factory.GetMessageClass(descriptor)
 
 
 def read_batching_parameters(path: str | os.PathLike):

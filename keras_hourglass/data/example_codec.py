@@ -58,7 +58,10 @@ def _message_classes():
     message("Example", [("features", 1, F.TYPE_MESSAGE, optional, prefix + "Features", False, None)])
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName(prefix[1:] + "Example"))
+    descriptor = pool.FindMessageTypeByName(prefix[1:] + "Example")
+    if not hasattr(message_factory, "GetMessageClass"):  # protobuf < 3.21 (the TFX 1.16 leg's 3.20)
+        return message_factory.MessageFactory(pool).GetPrototype(descriptor)
+    return message_factory.GetMessageClass(descriptor)
 
 
 _EXAMPLE = None
