@@ -20,8 +20,8 @@ step "2/6 prepare TFRecords (patient-level split, PHI hashed) into $OUT/prepared
   --out "$OUT/prepared" --size 256 --workers 2 --val-fraction 0.15 --test-fraction 0.25
 
 step "3/6 train the tiny Hourglass with the hypersensitive loss (patch phase, then full images)"
-# The training defaults (loss geometry resolved to this PREP's 512 px, Adam 1e-3 with warmup + cosine
-# decay); only the budget is the demo's: 12 x 50 patch steps + 4 x 50 whole-image steps.
+# The training defaults (loss geometry resolved to this PREP's 256 px, principle (a) off, Adam 1e-3 with
+# warmup + cosine decay); only the budget is the demo's: 12 x 100 patch steps + 4 x 100 whole-image steps.
 "$HOURGLASS" train --data "$OUT/prepared" --out "$OUT/run" --preset tiny --phase both \
   --patch-epochs 12 --full-epochs 4 --steps-per-epoch 100 --batch-size 8 --seed 7
 
