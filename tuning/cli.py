@@ -265,6 +265,32 @@ def _report(out_dir: str) -> int:
     return 0
 
 
+def search_strategy(name: str, cpu_replicas: int | None, batch_size: int):
+    """The `tf.distribute` strategy of a search's trials (`--strategy`, `--cpu-replicas`).
+
+    Args:
+        name: "mirrored", or anything else for none (each trial on the default device).
+        cpu_replicas: logical CPU devices to make first (tests, CPU-only machines), or None.
+        batch_size: the trials' global batch, which must split over the replicas.
+
+    Returns:
+        A `MirroredStrategy`, or None.
+
+    Raises:
+        InputError: the batch does not split over the replicas.
+    """
+    if name != "mirrored":
+        return None
+    from keras_hourglass.training.distribution import configure_cpu_replicas, make_strategy
+
+    if cpu_replicas:
+        configure_cpu_replicas(cpu_replicas)
+    strategy, info = make_strategy("mirrored")
+    if batch_size % info.num_replicas:
+        raise InputError("--batch-size", f"{batch_size} is not divisible by {info.num_replicas} replicas")
+    return strategy
+
+
 def run(args) -> int:
     """Runs the search; prints a JSON summary on stdout.
 
@@ -303,16 +329,7 @@ def _run(args) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         from tuning.hypermodel import HourglassHyperModel
 
-        strategy, replicas = None, 1
-        if args.strategy == "mirrored":
-            from keras_hourglass.training.distribution import configure_cpu_replicas, make_strategy
-
-            if args.cpu_replicas:
-                configure_cpu_replicas(args.cpu_replicas)
-            strategy, info = make_strategy("mirrored")
-            replicas = info.num_replicas
-            if args.batch_size % replicas:
-                raise InputError("--batch-size", f"{args.batch_size} is not divisible by {replicas} replicas")
+        strategy = search_strategy(args.strategy, args.cpu_replicas, args.batch_size)
         hypermodel = HourglassHyperModel(
             args.data,
             space=settings["_space"],
@@ -351,7 +368,8 @@ def _run(args) -> int:
             print(f"hourglass tune: error: trials keep failing; the last one: {last} "
                   f"(full log in {search.project_dir(args.out)}/trial_*/trial.json)", file=sys.stderr)
             return 1
-    summary["strategy"] = {"name": args.strategy, "replicas_per_trial": replicas}
+    summary["strategy"] = {"name": args.strategy,
+                           "replicas_per_trial": strategy.num_replicas_in_sync if strategy is not None else 1}
     print(json.dumps(summary, indent=2, default=str))
     if summary.get("role") != "worker" and summary.get("best_trial_id") is None:
         print("hourglass tune: error: no trial completed (see the trial messages above)", file=sys.stderr)

@@ -170,6 +170,28 @@ def _parse_domain(name: str, spec: Any) -> Domain:
     )
 
 
+def declare_domain(hp, name: str, domain: "Domain", *, integer: bool, ordered: bool = True):
+    """Declares one parameter's domain on a `keras_tuner.HyperParameters`.
+
+    Args:
+        hp: the space being built (or a trial's values).
+        name: the parameter.
+        domain: `Fixed`, `Choice` or `Range`.
+        integer: a `Range` is an `hp.Int` (step `domain.step`, default 1), else an `hp.Float`.
+        ordered: whether a `Choice`'s values are ordered.
+
+    Returns:
+        The value of the parameter in `hp`.
+    """
+    if isinstance(domain, Fixed):
+        return hp.Fixed(name, domain.value)
+    if isinstance(domain, Choice):
+        return hp.Choice(name, list(domain.values), ordered=ordered)
+    if integer:
+        return hp.Int(name, int(domain.min), int(domain.max), step=domain.step or 1, sampling=domain.sampling)
+    return hp.Float(name, float(domain.min), float(domain.max), sampling=domain.sampling)
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
     """The tuned loss settings. Each field is a `Range`, `Choice`, `Fixed` or None (loss default)."""
@@ -192,18 +214,9 @@ class SearchSpace:
         values: dict[str, Any] = {}
         for name in PARAM_NAMES:
             domain = getattr(self, name)
-            if domain is None:
-                continue
-            if isinstance(domain, Fixed):
-                values[name] = hp.Fixed(name, domain.value)
-            elif isinstance(domain, Choice):
-                values[name] = hp.Choice(name, list(domain.values), ordered=_KIND[name] != "sigmas")
-            elif _KIND[name] == "int":
-                values[name] = hp.Int(
-                    name, int(domain.min), int(domain.max), step=domain.step or 1, sampling=domain.sampling
-                )
-            else:
-                values[name] = hp.Float(name, float(domain.min), float(domain.max), sampling=domain.sampling)
+            if domain is not None:
+                values[name] = declare_domain(hp, name, domain, integer=_KIND[name] == "int",
+                                              ordered=_KIND[name] != "sigmas")
         return values
 
     def tuned_names(self) -> list[str]:

@@ -40,7 +40,7 @@ from typing import Any
 
 import keras_tuner
 
-from tuning.search_space import Choice, Domain, Fixed, Range
+from tuning.search_space import Choice, Domain, Fixed, Range, declare_domain
 
 #: Stage-two hyper-parameter names (= `Stage2Config` fields, read by `train --stage 2 --hparams`).
 STAGE2_PARAM_NAMES = ("learning_rate", "dropout", "dense", "filters", "balance")
@@ -62,16 +62,10 @@ class Stage2Space:
         values: dict[str, Any] = {}
         for name in STAGE2_PARAM_NAMES:
             domain = getattr(self, name)
-            if domain is None:
-                continue
-            if isinstance(domain, Fixed):
-                values[name] = hp.Fixed(name, domain.value)
-            elif isinstance(domain, Choice):
-                values[name] = hp.Choice(name, list(domain.values), ordered=name == "dense")
-            elif isinstance(domain.min, int) and isinstance(domain.max, int) and domain.step:
-                values[name] = hp.Int(name, domain.min, domain.max, step=domain.step, sampling=domain.sampling)
-            else:
-                values[name] = hp.Float(name, float(domain.min), float(domain.max), sampling=domain.sampling)
+            if domain is not None:
+                integer = (isinstance(domain, Range) and isinstance(domain.min, int) and isinstance(domain.max, int)
+                           and bool(domain.step))
+                values[name] = declare_domain(hp, name, domain, integer=integer, ordered=name == "dense")
         return values
 
     def to_json(self) -> dict[str, Any]:

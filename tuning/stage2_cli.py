@@ -97,7 +97,7 @@ def run_stage2(args) -> int:
     Returns:
         0, or 1 when no trial completed.
     """
-    from tuning.cli import _check_settings
+    from tuning.cli import _check_settings, search_strategy
 
     settings = validate_stage2(args)
     storage.makedirs(args.out)
@@ -109,16 +109,7 @@ def run_stage2(args) -> int:
     with contextlib.redirect_stdout(sys.stderr):  # KerasTuner prints progress on stdout
         from tuning.stage2 import Stage2HyperModel
 
-        strategy, replicas = None, 1
-        if args.strategy == "mirrored":
-            from keras_hourglass.training.distribution import configure_cpu_replicas, make_strategy
-
-            if args.cpu_replicas:
-                configure_cpu_replicas(args.cpu_replicas)
-            strategy, info = make_strategy("mirrored")
-            replicas = info.num_replicas
-            if settings["batch_size"] % replicas:
-                raise InputError("--batch-size", f"{settings['batch_size']} is not divisible by {replicas} replicas")
+        strategy = search_strategy(args.strategy, args.cpu_replicas, settings["batch_size"])
         hypermodel = Stage2HyperModel(args.data, space=settings["_space"], epochs=args.epochs,
                                       steps_per_epoch=args.steps_per_epoch, batch_size=settings["batch_size"],
                                       target_fpi=settings["target_fpi"], seed=args.seed, run_eagerly=args.run_eagerly,
@@ -128,7 +119,8 @@ def run_stage2(args) -> int:
                                   seed=args.seed, distribution_strategy=strategy, overwrite=args.overwrite)
         summary = search.run_search(tuner, args.out)
     summary["stage"] = 2
-    summary["strategy"] = {"name": args.strategy, "replicas_per_trial": replicas}
+    summary["strategy"] = {"name": args.strategy,
+                           "replicas_per_trial": strategy.num_replicas_in_sync if strategy is not None else 1}
     print(json.dumps(summary, indent=2, default=str))
     if summary.get("role") != "worker" and summary.get("best_trial_id") is None:
         print("hourglass tune: error: no trial completed (see the trial messages above)", file=sys.stderr)
