@@ -33,7 +33,9 @@ step "5/6 export a SavedModel for TensorFlow Serving"
   --evaluation "$OUT/eval"
 
 step "6/6 predict on one DICOM with the exported model (no server needed), at the 4.8-FPI operating point"
-first_dicom=$(find "$OUT/synth/images" -name '*.dcm' | sort | head -n 1)
+# sed reads to the end: `head -n 1` would close the pipe early, sort would die of SIGPIPE, and with
+# pipefail the demo would stop here (exit 141) once the listing outgrows what sort writes in one go.
+first_dicom=$(find "$OUT/synth/images" -name '*.dcm' | sort | sed -n 1p)
 "$HOURGLASS" predict --saved-model "$OUT/serving/hourglass/1" --operating-point 4.8 --overlay-dir "$OUT/predict" "$first_dicom"
 
 printf '\nDone. FROC: %s/eval/froc.json and froc.png; overlays: %s/eval/overlays; SavedModel: %s/serving/hourglass/1\n' "$OUT" "$OUT" "$OUT"
