@@ -265,6 +265,21 @@ def _report(out_dir: str) -> int:
     return 0
 
 
+def report_search(summary: dict, strategy_name: str, strategy) -> int:
+    """Prints a search's JSON summary (with its strategy) on stdout.
+
+    Returns:
+        0, or 1 when no trial completed (on the chief).
+    """
+    summary["strategy"] = {"name": strategy_name,
+                           "replicas_per_trial": strategy.num_replicas_in_sync if strategy is not None else 1}
+    print(json.dumps(summary, indent=2, default=str))
+    if summary.get("role") != "worker" and summary.get("best_trial_id") is None:
+        print("hourglass tune: error: no trial completed (see the trial messages above)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def search_strategy(name: str, cpu_replicas: int | None, batch_size: int):
     """The `tf.distribute` strategy of a search's trials (`--strategy`, `--cpu-replicas`).
 
@@ -368,10 +383,4 @@ def _run(args) -> int:
             print(f"hourglass tune: error: trials keep failing; the last one: {last} "
                   f"(full log in {search.project_dir(args.out)}/trial_*/trial.json)", file=sys.stderr)
             return 1
-    summary["strategy"] = {"name": args.strategy,
-                           "replicas_per_trial": strategy.num_replicas_in_sync if strategy is not None else 1}
-    print(json.dumps(summary, indent=2, default=str))
-    if summary.get("role") != "worker" and summary.get("best_trial_id") is None:
-        print("hourglass tune: error: no trial completed (see the trial messages above)", file=sys.stderr)
-        return 1
-    return 0
+    return report_search(summary, args.strategy, strategy)

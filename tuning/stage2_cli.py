@@ -7,7 +7,6 @@ model flags are refused (one-line error). Resume and outputs are stage one's (`t
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import sys
 from typing import Any
@@ -97,7 +96,7 @@ def run_stage2(args) -> int:
     Returns:
         0, or 1 when no trial completed.
     """
-    from tuning.cli import _check_settings, search_strategy
+    from tuning.cli import _check_settings, report_search, search_strategy
 
     settings = validate_stage2(args)
     storage.makedirs(args.out)
@@ -119,10 +118,4 @@ def run_stage2(args) -> int:
                                   seed=args.seed, distribution_strategy=strategy, overwrite=args.overwrite)
         summary = search.run_search(tuner, args.out)
     summary["stage"] = 2
-    summary["strategy"] = {"name": args.strategy,
-                           "replicas_per_trial": strategy.num_replicas_in_sync if strategy is not None else 1}
-    print(json.dumps(summary, indent=2, default=str))
-    if summary.get("role") != "worker" and summary.get("best_trial_id") is None:
-        print("hourglass tune: error: no trial completed (see the trial messages above)", file=sys.stderr)
-        return 1
-    return 0
+    return report_search(summary, args.strategy, strategy)
