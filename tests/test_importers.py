@@ -322,7 +322,7 @@ def test_canonical_rejects_every_path_leaving_the_root_before_opening_it(tmp_pat
     assert recorder.under(outside) == [] and recorder.under("/etc") == []
     # Existing and missing targets are indistinguishable: the same code and the same reason.
     reasons = {r.reason for r in result.rejects if r.code == "outside_root"}
-    assert reasons == {"image path resolves (symlinks included) outside --images-root"}
+    assert reasons == {"image path resolves (symlinks included) outside the images root"}
 
 
 def test_vindr_and_cbis_refuse_paths_leaving_the_root(tmp_path):

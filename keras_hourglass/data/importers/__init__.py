@@ -303,7 +303,7 @@ def resolve(images_root: str | os.PathLike, relative: str) -> str:
     root = real_root(images_root)
     real = os.path.realpath(os.path.join(root, relative))
     if not is_inside(real, root):
-        raise ValueError("outside_root", "image path resolves (symlinks included) outside --images-root")
+        raise ValueError("outside_root", "image path resolves (symlinks included) outside the images root")
     return real
 
 

@@ -85,7 +85,7 @@ def parse_row(row_id: str, row: dict[str, str], images_root: str) -> ParsedRow:
             raise ValueError("missing_box", f"a {label} finding needs xmin, ymin, xmax, ymax")
         finding = Finding(label=label, finding_type=finding_type, box=box, row=row_id)
     if not os.path.isfile(full):
-        raise ValueError("missing_file", "image file not found under --images-root")
+        raise ValueError("missing_file", "image file not found under the images root")
     return ParsedRow(row=row_id, key=image_key(path), path=full, patient_id=row["patient_id"],
                      study_id=row["study_id"] or row["patient_id"], laterality=laterality,
                      view=view, finding=finding, split=split)

@@ -75,7 +75,7 @@ class _Locator:
         listing = self._listing[top]
         if any(not is_inside(f, self.root) for f in listing):
             raise ValueError("outside_root", "a DICOM file under the image's top folder is a symlink leaving "
-                                             "--images-root")
+                                             "the images root")
         return listing
 
     def image(self, key: str) -> str | None:
@@ -135,10 +135,10 @@ def parse_row(row_id: str, row: dict[str, str], locator: _Locator) -> ParsedRow:
         raise ValueError("bad_split", "image file path names neither Training nor Test")
     full = locator.image(key)
     if full is None:
-        raise ValueError("missing_file", "image file not found under --images-root")
+        raise ValueError("missing_file", "image file not found under the images root")
     masks = locator.masks([clean_path(row["ROI mask file path"]), clean_path(row["cropped image file path"])])
     if not masks:
-        raise ValueError("missing_file", "ROI mask file not found under --images-root")
+        raise ValueError("missing_file", "ROI mask file not found under the images root")
     parts = key.split("/")
     study_id = parts[1] if len(parts) > 2 else patient_id
     finding = Finding(label=label, finding_type=finding_type, box=None, row=row_id, mask_paths=tuple(masks))

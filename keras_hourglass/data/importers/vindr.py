@@ -128,7 +128,7 @@ def parse_row(row_id: str, row: dict[str, str], images_root: str, birads_map: di
             raise ValueError("missing_box", f"a {label} finding needs xmin, ymin, xmax, ymax")
         finding = Finding(label=label, finding_type=_finding_type(categories), box=box, row=row_id)
     if not full:
-        raise ValueError("missing_file", "image file not found under --images-root")
+        raise ValueError("missing_file", "image file not found under the images root")
     try:
         height, width = parse_float(row.get("height", "")), parse_float(row.get("width", ""))
     except ValueError:
