@@ -126,19 +126,24 @@ def hourglass_cli() -> list[str]:
     return [sys.executable, "-m", "keras_hourglass.cli.main"]
 
 
-def run_step(cmd: list[str], log_path: str, timeout: float, who: str) -> tuple[str, float]:
+def run_step(cmd: list[str], log_path: str, timeout: float, who: str,
+             extra_env: dict[str, str] | None = None, cwd: str = REPO) -> tuple[str, float]:
     """Runs one CLI step of a benchmark; returns (stdout, seconds). stderr goes to `log_path`.
+
+    Args:
+        extra_env: variables set for the step on top of this process's environment (e.g. PYTHONPATH).
+        cwd: the step's working directory (`python -m` imports the package found there first).
 
     Raises:
         SystemExit: the step failed (naming `who`, the log and the command).
     """
     import subprocess
 
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(extra_env or {})}
     env.pop("TF_CONFIG", None)
     start = time.time()
     with open(log_path, "w") as log:
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, timeout=timeout, env=env, cwd=REPO)
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, timeout=timeout, env=env, cwd=cwd)
     if done.returncode != 0:
         raise SystemExit(f"{who}: step failed (exit {done.returncode}), see {log_path}: {' '.join(cmd)}")
     return done.stdout, time.time() - start

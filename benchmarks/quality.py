@@ -1,7 +1,8 @@
 """Detection quality: the losses side by side on the same data, seeds and budget, with confidence intervals.
 
 Tables (each its own make target, resumable: a finished run is kept, keyed by its data, its flags and
-the fingerprint of the training and scoring code, `recipe_fingerprint`):
+the behaviour of the training and scoring code, `behaviour_fingerprint`: a short probe run whose numbers
+are hashed, so a refactor that changes no number keeps the runs and any numeric change redoes them):
 
     main      (make quality)           L2, hypersensitive, focal             x seeds (default 0, 1, 2)
     two-stage (make quality-two-stage) main's hypersensitive runs + stage two (benchmarks/quality_two_stage.py)
@@ -109,6 +110,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--timeout-minutes", type=float, default=30.0, help="per train/evaluate process")
     parser.add_argument("--quick", action="store_true", help="smoke run: 120 images, 3 x 5 steps")
     parser.add_argument("--render-only", action="store_true", help="tables from the finished runs only")
+    parser.add_argument("--fingerprint-only", action="store_true",
+                        help="compute (and cache) each variant's behaviour fingerprint, train nothing")
+    parser.add_argument("--code-root", default=ROOT,
+                        help="with --fingerprint-only: the checkout whose code the probes run (default: this one), "
+                             "e.g. the commit a finished table was measured on")
     args = parser.parse_args(argv)
     default_seeds = "0,1" if args.table == "stress" else "0,1,2"
     args.seeds = [int(s) for s in (args.seeds or default_seeds).split(",")]
@@ -285,9 +291,91 @@ def recipe_fingerprint(root: str = ROOT) -> str:
     return digest.hexdigest()[:12]
 
 
-def git_commit() -> str | None:
+#: The behaviour probe's budget: a variant's own flags with seed 0 and a few steps of both phases.
+PROBE_FLAGS = ["--seed", "0", "--patch-epochs", "1", "--full-epochs", "1", "--steps-per-epoch", "3",
+               "--batch-size", "8", "--val-images", "4", "--strategy", "default", "--quiet"]
+#: history.csv columns that are clocks, not numbers the code computes.
+_CLOCK_COLUMNS = ("epoch_seconds",)
+
+
+def _probe_key(variant_flags: list[str], data_hash: str | None) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps([variant_flags, PROBE_FLAGS, data_hash]).encode()).hexdigest()[:12]
+
+
+def _probe_numbers(run_dir: str, eval_dir: str) -> str:
+    """The probe's outputs as text: history.csv without its clock columns, marks.csv and froc.json's curve."""
+    import csv
+
+    with open(os.path.join(run_dir, "history.csv"), newline="", encoding="utf-8") as handle:
+        rows = [{k: v for k, v in row.items() if k not in _CLOCK_COLUMNS} for row in csv.DictReader(handle)]
+    with open(os.path.join(eval_dir, "marks.csv"), encoding="utf-8") as handle:
+        marks = handle.read()
+    curve = read_json(os.path.join(eval_dir, "froc.json")).get("curve", [])
+    return json.dumps({"history": rows, "marks": marks, "curve": curve}, sort_keys=True)
+
+
+def behaviour_fingerprint(out: str, prep: str, variant_flags: list[str], code_root: str = ROOT,
+                          create: bool = True, recipe: str | None = None) -> str | None:
+    """What the training and scoring code does with a variant's flags on PREP, as 12 hex digits.
+
+    A probe: `hourglass train` with the variant's flags and `PROBE_FLAGS` (a few steps of both phases,
+    validation included), run by the code under `code_root`, then `hourglass evaluate` of the result on the
+    val split; the hash covers every number they write (losses and validation figures per epoch, every
+    mark's score, the FROC curve), not the clocks. Runs are deterministic on the CPU, so two code versions
+    with the same behaviour fingerprint train and score alike as far as the probe reaches: a refactor that
+    moves no number keeps the finished runs, a change that moves one redoes them. Cached in
+    `out/behaviour/<recipe>-<probe key>.json` (`recipe_fingerprint(code_root)`, flags and data).
+
+    Args:
+        out: the benchmark's output root.
+        prep: the table's PREP.
+        variant_flags: the variant's `hourglass train` flags (no budget, no seed).
+        code_root: a checkout whose `keras_hourglass` the probe runs (default: this one).
+        create: run the probe when it is not cached (False: None instead).
+        recipe: look up the cached fingerprint of code with this `recipe_fingerprint` instead of
+            `code_root`'s (a finished run's record names the code that made it); with `create` False.
+
+    Returns:
+        The fingerprint, or None (not cached and `create` is False).
+    """
+    import hashlib
+    import tempfile
+
+    data_hash = read_json(os.path.join(prep, "manifest.json")).get("content_hash")
+    if recipe is not None and create:
+        raise ValueError("a recipe is looked up, not probed: pass create=False")
+    recipe = recipe or recipe_fingerprint(code_root)
+    cache = os.path.join(out, "behaviour", f"{recipe}-{_probe_key(variant_flags, data_hash)}.json")
+    if os.path.exists(cache):
+        return read_json(cache)["behaviour"]
+    if not create:
+        return None
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    env = {"PYTHONPATH": os.path.abspath(code_root)} if os.path.abspath(code_root) != ROOT else None
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(cache)) as work:
+        run_dir, eval_dir = os.path.join(work, "run"), os.path.join(work, "eval")
+        log = os.path.join(work, "probe.log")
+        print(f"quality: behaviour probe of {' '.join(variant_flags)} (code {recipe})", file=sys.stderr, flush=True)
+        for cmd in ([*hourglass(), "train", "--data", prep, "--out", run_dir, *variant_flags, *PROBE_FLAGS],
+                    [*hourglass(), "evaluate", "--model", os.path.join(run_dir, "model.keras"), "--data", prep,
+                     "--split", "val", "--out", eval_dir, "--bootstrap", "0", "--overlays", "0", "--quiet"]):
+            try:
+                run_step(cmd, log, 30 * 60, "quality behaviour probe", extra_env=env, cwd=os.path.abspath(code_root))
+            except SystemExit:
+                shutil.copy(log, cache + ".failed.log")
+                raise
+        behaviour = hashlib.sha256(_probe_numbers(run_dir, eval_dir).encode()).hexdigest()[:12]
+    write_json(cache, {"behaviour": behaviour, "recipe": recipe, "variant_flags": variant_flags,
+                       "probe_flags": PROBE_FLAGS, "data_hash": data_hash, "code_root": os.path.abspath(code_root),
+                       "commit": git_commit(code_root)})
+    return behaviour
+
+
+def git_commit(root: str = ROOT) -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                               timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -326,15 +414,21 @@ def run_one(args, out: str, table: str, name: str, prep: str, variant_flags: lis
     flags = train_flags(args, variant_flags, seed)
     data_hash = read_json(os.path.join(prep, "manifest.json")).get("content_hash")
     recipe = recipe_fingerprint()
+    behaviour = None if args.render_only else behaviour_fingerprint(out, prep, variant_flags)
     if os.path.exists(record_path):
         record = read_json(record_path)
-        if (record.get("train_flags") == flags and record.get("data_hash") == data_hash
-                and (args.render_only or record.get("recipe") == recipe)):
-            return record
+        if record.get("train_flags") == flags and record.get("data_hash") == data_hash:
+            if args.render_only or record.get("behaviour") == behaviour:
+                return record
+            if record.get("behaviour") is None and behaviour_fingerprint(
+                    out, prep, variant_flags, create=False, recipe=record.get("recipe")) == behaviour:
+                record["behaviour"] = behaviour  # made by other code that behaves the same: kept
+                write_json(record_path, record)
+                return record
     if args.render_only:
         return None
     stamp_path = os.path.join(base, f"{tag}.stamp.json")
-    stamp = {"train_flags": flags, "data_hash": data_hash, "recipe": recipe}
+    stamp = {"train_flags": flags, "data_hash": data_hash, "behaviour": behaviour}
     if not os.path.exists(stamp_path) or read_json(stamp_path) != stamp:  # stale: start that run over
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(eval_dir, ignore_errors=True)
@@ -351,7 +445,8 @@ def run_one(args, out: str, table: str, name: str, prep: str, variant_flags: lis
     froc = read_json(os.path.join(eval_dir, "froc.json"))
     history = read_history(os.path.join(run_dir, "history.csv"))
     record = {"table": table, "name": name, "seed": seed, "description": description, "train_flags": flags,
-              "data_hash": data_hash, "recipe": recipe, "prep": prep, "commit": git_commit(), "eval_dir": eval_dir,
+              "data_hash": data_hash, "recipe": recipe, "behaviour": behaviour, "prep": prep,
+              "commit": git_commit(), "eval_dir": eval_dir,
               "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
               "time_to_val_sensitivity_minutes": time_to_quality(history),
               "summary": summarise_froc(froc), "curve": froc.get("curve", [])}
@@ -476,6 +571,17 @@ def markdown(table: str, groups: dict[str, dict[str, list[dict]]], args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def print_fingerprints(args, out: str, variants: dict) -> int:
+    """`--fingerprint-only`: each variant's behaviour fingerprint under `--code-root` (main / ablation data)."""
+    prep = prepare_data(out, data_settings({}, args.quick), create=False)
+    if prep is None:
+        raise SystemExit("quality: no prepared data yet: run the table once first")
+    for name, (_description, flags) in variants.items():
+        fingerprint = behaviour_fingerprint(out, prep, flags, code_root=args.code_root)
+        print(f"{name}: behaviour {fingerprint} (code {recipe_fingerprint(args.code_root)} at {args.code_root})")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = os.path.abspath(args.out)
@@ -487,6 +593,8 @@ def main(argv=None) -> int:
 
         return quality_two_stage.main(args, out)
     variants = {v: TABLES[table][v] for v in args.variants}
+    if args.fingerprint_only:
+        return print_fingerprints(args, out, variants)
     groups: dict[str, dict[str, list[dict]]] = {}
     if table == "stress":
         settings_list = [(f"{axis}: {name}", f"{axis.split()[0]}-{name}", overrides)

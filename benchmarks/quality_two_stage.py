@@ -11,8 +11,8 @@ reaches stage one's 4.8-FPI sensitivity at <= 2 FPI and loses <= 0.02 of max sen
 minutes: stage one's training (wall, from its record) + stage two's proposals and training (wall; their
 CPU seconds, children's user + system, are in the JSON).
 
-Resumable: a seed's stage two is keyed by its stage-one record (train flags, data, recipe), `STAGE2_FLAGS`
-and the fingerprint of the two-stage code (`STAGE2_SOURCES`); a finished seed is kept, a stale one redone;
+Resumable: a seed's stage two is keyed by its stage-one record (train flags, data, behaviour fingerprint),
+`STAGE2_FLAGS` and the fingerprint of the two-stage code (`STAGE2_SOURCES`); a finished seed is kept, a stale one redone;
 `train --stage 2` resumes its own epochs. Outputs: runs/two-stage/hypersensitive-s<seed>/{proposals,run2,
 eval}, *.record.json, quality-two-stage.{json,md}.
 """
@@ -45,10 +45,10 @@ def stage2_flags(args, seed: int) -> list[str]:
 
 
 def stage2_fingerprint(root: str = quality.ROOT) -> str:
-    """Returns: 12 hex digits over the two-stage code and the stage-one recipe (docstrings ignored)."""
+    """Returns: 12 hex digits over the two-stage code (docstrings ignored; stage one's code is in its behaviour)."""
     import hashlib
 
-    digest = hashlib.sha256(quality.recipe_fingerprint(root).encode())
+    digest = hashlib.sha256()
     for source in STAGE2_SOURCES:
         path = os.path.join(root, source)
         files = [path] if path.endswith(".py") else sorted(
@@ -83,7 +83,7 @@ def run_seed(args, out: str, prep: str, stage_one: dict) -> dict | None:
     base = os.path.join(out, "runs", TABLE)
     tag = f"{STAGE_ONE}-s{seed}"
     work, record_path = os.path.join(base, tag), os.path.join(base, f"{tag}.record.json")
-    key = {"stage_one": {k: stage_one.get(k) for k in ("train_flags", "data_hash", "recipe")},
+    key = {"stage_one": {k: stage_one.get(k) for k in ("train_flags", "data_hash", "behaviour")},
            "stage2_flags": stage2_flags(args, seed), "bootstrap": args.bootstrap, "stage2_recipe": stage2_fingerprint()}
     if os.path.exists(record_path):
         record = quality.read_json(record_path)

@@ -67,6 +67,57 @@ def test_recipe_fingerprint_follows_code_not_docstrings(tmp_path):
     assert write('"""Doc."""\ndef f():\n    """Old words."""\n    return 2\n') != base
 
 
+def test_probe_numbers_ignore_clocks_and_see_every_score(tmp_path):
+    run, ev = tmp_path / "run", tmp_path / "eval"
+    run.mkdir()
+    ev.mkdir()
+
+    def numbers(seconds: str, score: str) -> str:
+        (run / "history.csv").write_text(f"epoch,phase,epoch_seconds,loss\n1,patch,{seconds},0.5\n")
+        (ev / "marks.csv").write_text(f"image,score\na,{score}\n")
+        (ev / "froc.json").write_text('{"curve": [{"fpi": 0.0, "sensitivity": 1.0}], "settings": {"t": 1}}')
+        return quality._probe_numbers(str(run), str(ev))
+
+    assert numbers("12.5", "0.25") == numbers("99.0", "0.25")  # a slower machine: the same behaviour
+    assert numbers("12.5", "0.25") != numbers("12.5", "0.2500001")  # one score moved: another behaviour
+
+
+def write_cached_behaviour(out, prep, flags, recipe, behaviour) -> None:
+    data_hash = quality.read_json(os.path.join(prep, "manifest.json"))["content_hash"]
+    path = os.path.join(out, "behaviour", f"{recipe}-{quality._probe_key(flags, data_hash)}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    quality.write_json(path, {"behaviour": behaviour})
+
+
+def test_a_run_of_other_code_is_kept_only_when_that_code_behaved_the_same(tmp_path, monkeypatch):
+    out, prep = str(tmp_path), str(tmp_path / "prep")
+    os.makedirs(prep)
+    quality.write_json(os.path.join(prep, "manifest.json"), {"content_hash": "data1"})
+    args = quality.parse_args(["main", "--seeds", "0"])
+    flags = ["--loss", "l2"]
+    monkeypatch.setattr(quality, "recipe_fingerprint", lambda root=quality.ROOT: "newcode")
+    write_cached_behaviour(out, prep, flags, "newcode", "B1")  # this code's probe: cached, so nothing runs
+    record_path = tmp_path / "runs" / "main" / "l2-s0.record.json"
+    record_path.parent.mkdir(parents=True)
+    old = {"train_flags": quality.train_flags(args, flags, 0), "data_hash": "data1", "recipe": "oldcode"}
+    record_path.write_text(quality.json.dumps(old))
+    trained = []
+    monkeypatch.setattr(quality, "run", lambda cmd, log, timeout: trained.append(cmd) or ("", 0.0))
+    with pytest.raises(FileNotFoundError):  # the old code was never probed: stale, so it trains (stubbed)
+        quality.run_one(args, out, "main", "l2", prep, flags, 0, "L2")
+    assert trained and not os.path.exists(tmp_path / "runs" / "main" / "l2-s0")
+    trained.clear()
+    record_path.write_text(quality.json.dumps(old))
+    write_cached_behaviour(out, prep, flags, "oldcode", "B1")  # probed: it behaves as this code does
+    kept = quality.run_one(args, out, "main", "l2", prep, flags, 0, "L2")
+    assert not trained and kept["behaviour"] == "B1" and quality.read_json(str(record_path))["behaviour"] == "B1"
+    write_cached_behaviour(out, prep, flags, "oldcode", "B0")
+    record_path.write_text(quality.json.dumps(old))
+    with pytest.raises(FileNotFoundError):  # it behaved otherwise: redone
+        quality.run_one(args, out, "main", "l2", prep, flags, 0, "L2")
+    assert trained
+
+
 def test_recenter_diagnosis_hand_computed():
     """benchmarks/recenter_diagnosis.py: where the centre of mass of a detector patch lies."""
     np = pytest.importorskip("numpy")

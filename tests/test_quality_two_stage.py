@@ -75,8 +75,8 @@ def test_table_has_both_systems_with_seed_intervals():
 
 def test_a_finished_seed_is_reused_and_render_only_trains_nothing(tmp_path):
     args = quality.parse_args(["two-stage", "--seeds", "0"])
-    stage_one = {"seed": 0, "train_flags": ["--seed", "0"], "data_hash": "d", "recipe": "r", "train_seconds": 60}
-    key = {"stage_one": {"train_flags": ["--seed", "0"], "data_hash": "d", "recipe": "r"},
+    stage_one = {"seed": 0, "train_flags": ["--seed", "0"], "data_hash": "d", "behaviour": "r", "train_seconds": 60}
+    key = {"stage_one": {"train_flags": ["--seed", "0"], "data_hash": "d", "behaviour": "r"},
            "stage2_flags": two.stage2_flags(args, 0), "bootstrap": args.bootstrap,
            "stage2_recipe": two.stage2_fingerprint()}
     base = tmp_path / "runs" / "two-stage"
