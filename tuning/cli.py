@@ -1,4 +1,4 @@
-"""`hourglass tune`: KerasTuner search over the hypersensitive loss settings.
+"""`hourglass tune`: KerasTuner search over the detector's loss settings (each loss over its own).
 
 TensorFlow and KerasTuner are imported only inside `run`.
 """
@@ -32,6 +32,11 @@ examples:
   # ... or extend the finished search to 30 trials
   hourglass tune --data prepared --out tune --max-trials 30 --epochs 3 --steps-per-epoch 100
 
+  # tuned against tuned: the L2 baseline / the focal loss over their own settings (target sigma,
+  # learning rate), with the same trial budget
+  hourglass tune --data prepared --out tune-l2 --loss l2 --max-trials 20 --epochs 3 --steps-per-epoch 100
+  hourglass tune --data prepared --out tune-focal --loss focal --target-sigma-range 8,18 --max-trials 20 ...
+
   # narrower space from flags, or a JSON file (flags win over the file)
   hourglass tune --data prepared --out tune --omega-range 0.003,0.3 --top-k-range 1,5 \\
       --sigmas 6,9,12,18 12
@@ -63,18 +68,24 @@ sensitivity, lower omega, earlier trial.
 # Settings that define a search: a rerun in the same --out must agree on them (--max-trials may
 # grow, to extend a search; --strategy may change with the hardware).
 _SEARCH_KEYS = (
-    "tuner", "epochs", "steps_per_epoch", "executions_per_trial", "batch_size",
+    "loss", "tuner", "epochs", "patch_epochs", "full_epochs", "steps_per_epoch", "executions_per_trial", "batch_size",
     "target_fpi", "val_images", "seed", "preset", "phase", "crop_size", "model_options", "space",
     "jit_compile", "mixed_precision",
 )
+
+
+#: Search keys added after searches were recorded: a search.json without one had this value.
+_ADDED_KEY_DEFAULTS = {"loss": "hypersensitive"}
 
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Adds `tune` to the `hourglass` subcommands. Returns: its parser."""
     parser = subparsers.add_parser(
         "tune",
-        help="tune the loss (omega, top_k, sigmas, learning rate) with KerasTuner",
-        description="KerasTuner search over the hypersensitive loss settings. Objective: validation "
+        help="tune the loss (omega, top_k, sigmas, learning rate; --loss l2/focal: target sigma, learning rate) "
+             "with KerasTuner",
+        description="KerasTuner search over the detector's loss settings (--loss: the hypersensitive loss, the L2 "
+        "baseline or the focal loss, each over its own settings). Objective: validation "
         "sensitivity at the target FPI (never val_loss). Resumes when rerun with the same --out; "
         "runs distributed with KerasTuner's KERASTUNER_* environment variables.",
         epilog=EXAMPLES,
@@ -88,8 +99,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, metavar="TUNE", help="output directory (reused to resume)")
     parser.add_argument("--tuner", choices=("random", "bayesian", "hyperband"), default="random")
     parser.add_argument("--max-trials", type=int, default=10, metavar="N", help="trials (random, bayesian; default 10)")
-    parser.add_argument("--epochs", type=int, default=3, metavar="E",
-                        help="epochs per trial (hyperband: the maximum; default 3)")
+    parser.add_argument("--epochs", type=int, default=None, metavar="E",
+                        help="epochs per trial, both phases (hyperband: the maximum; default 3, or the sum of "
+                             "--patch-epochs and --full-epochs)")
+    parser.add_argument("--patch-epochs", type=int, default=None, metavar="E",
+                        help="epochs of a trial's patch phase, as hourglass train --patch-epochs (not with hyperband)")
+    parser.add_argument("--full-epochs", type=int, default=None, metavar="E",
+                        help="epochs of a trial's whole-image phase, as hourglass train --full-epochs")
     parser.add_argument("--steps-per-epoch", type=int, default=None, metavar="S",
                         help="training steps per epoch (default: from the training split's size)")
     parser.add_argument("--executions-per-trial", type=int, default=1, metavar="N",
@@ -100,12 +116,19 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="false marks per image at which sensitivity is the objective (default 4.8; --stage 2: 2)")
     parser.add_argument("--val-images", type=int, default=None, metavar="N",
                         help="validate on the first N images of the val split (default: all)")
+    parser.add_argument("--loss", choices=("hypersensitive", "l2", "focal"), default=None,
+                        help="the loss whose settings are searched (default hypersensitive: omega, top_k, sigmas, "
+                             "learning rate; l2 / focal: target sigma and learning rate); recorded in "
+                             "best_hyperparameters.json, so `train --hparams` trains the same loss")
     parser.add_argument("--space", metavar="FILE", help="search space JSON file (see tuning/search_space.py)")
     parser.add_argument("--omega-range", metavar="MIN,MAX", help="omega range, log sampling (one value: fixed)")
     parser.add_argument("--top-k-range", metavar="MIN,MAX", help="top_k range (one value: fixed)")
     parser.add_argument("--lr-range", metavar="MIN,MAX", help="learning-rate range, log sampling (one value: fixed)")
     parser.add_argument("--sigmas", nargs="+", metavar="BANK", help="sigma banks to choose from, reference heatmap px, e.g. 6,9,12,18 12")
     parser.add_argument("--patch-sizes", metavar="P1,P2", help="loss patch sizes to choose from (one value: fixed)")
+    parser.add_argument("--target-sigma-range", metavar="MIN,MAX",
+                        help="--loss l2 / focal: Gaussian target sigma range, reference heatmap px, log sampling "
+                             "(default 6,24; one value: fixed)")
     parser.add_argument("--seed", type=int, default=None, help="seeds the oracle, the weights and the data order")
     parser.add_argument("--preset", choices=("tiny", "paper"), default="tiny",
                         help="model preset (default tiny, as hourglass train; tune the model you will train)")
@@ -151,12 +174,13 @@ def _parse_model_options(items: list[str]) -> dict[str, Any]:
 
 def _validate(args) -> dict[str, Any]:
     """Checks the arguments (no TensorFlow). Returns: the search settings."""
-    from tuning.search_space import SearchSpace, apply_flags, load_space
+    from tuning.search_space import LOSS_PARAMS, apply_flags, check_space_for_loss, default_space, load_space
 
     args.batch_size = 8 if args.batch_size is None else args.batch_size
     args.target_fpi = 4.8 if args.target_fpi is None else args.target_fpi
     if not args.data:
         raise InputError("--data", "required (the prepared data directory)")
+    _resolve_epochs(args)
     if not storage.isdir(args.data):
         raise InputError(args.data, "prepared data directory not found")
     for flag, value in (("--max-trials", args.max_trials), ("--epochs", args.epochs),
@@ -179,10 +203,17 @@ def _validate(args) -> dict[str, Any]:
     if not (math.isfinite(args.target_fpi) and args.target_fpi > 0):
         raise InputError("--target-fpi", f"must be a positive number, got {args.target_fpi}")
     _check_validation_split(args.data)
-    space = load_space(args.space) if args.space else SearchSpace()
+    args.loss = args.loss or "hypersensitive"
+    for flag, name, value in (("--omega-range", "omega", args.omega_range), ("--top-k-range", "top_k", args.top_k_range),
+                              ("--sigmas", "sigmas", args.sigmas), ("--patch-sizes", "patch_size", args.patch_sizes),
+                              ("--target-sigma-range", "target_sigma", args.target_sigma_range)):
+        if value is not None and name not in LOSS_PARAMS[args.loss]:
+            raise InputError(flag, f"{name} is not a setting of the {args.loss} loss (--loss)")
+    base = default_space(args.loss)
+    space = check_space_for_loss(load_space(args.space, base), args.loss, args.space) if args.space else base
     space = apply_flags(
         space, omega_range=args.omega_range, top_k_range=args.top_k_range, lr_range=args.lr_range,
-        sigmas=args.sigmas, patch_sizes=args.patch_sizes,
+        sigmas=args.sigmas, patch_sizes=args.patch_sizes, target_sigma_range=args.target_sigma_range,
     )
     model_options = _parse_model_options(args.model_option)
     try:
@@ -194,9 +225,12 @@ def _validate(args) -> dict[str, Any]:
     except ImportError:
         pass
     return {
+        "loss": args.loss,
         "tuner": args.tuner,
         "max_trials": args.max_trials,
         "epochs": args.epochs,
+        "patch_epochs": args.patch_epochs,
+        "full_epochs": args.full_epochs,
         "steps_per_epoch": args.steps_per_epoch,
         "executions_per_trial": args.executions_per_trial,
         "batch_size": args.batch_size,
@@ -213,6 +247,29 @@ def _validate(args) -> dict[str, Any]:
         "data": storage.abspath(args.data),
         "_space": space,
     }
+
+
+def _resolve_epochs(args) -> None:
+    """Sets `args.epochs` (a trial's total) from --epochs / --patch-epochs / --full-epochs as train does."""
+    from keras_hourglass.errors import ArgumentError
+    from keras_hourglass.training.config import split_epochs
+
+    given = {flag: value for flag, value in (("--patch-epochs", args.patch_epochs),
+                                             ("--full-epochs", args.full_epochs)) if value is not None}
+    for flag, value in given.items():
+        if value < 0:
+            raise InputError(flag, f"must be >= 0, got {value}")
+        if args.tuner == "hyperband":
+            raise InputError(flag, "not with --tuner hyperband (it chooses each trial's epochs)")
+    if not given:
+        args.epochs = 3 if args.epochs is None else args.epochs
+        return
+    try:
+        patch, full = split_epochs(args.phase, args.epochs, args.patch_epochs, args.full_epochs)
+    except ArgumentError as err:
+        raise InputError("--epochs", str(err).split(": ", 1)[-1]) from None
+    args.epochs = (patch or 0) + (full or 0)
+    args.patch_epochs, args.full_epochs = patch, full
 
 
 def _check_validation_split(prep_dir: str) -> None:
@@ -243,7 +300,7 @@ def _check_settings(out_dir: str, settings: dict[str, Any], overwrite: bool, key
             previous = storage.read_json(path)
         except (OSError, json.JSONDecodeError) as err:
             raise InputError(path, f"cannot read the previous search's settings ({err.__class__.__name__})") from None
-        changed = [k for k in keys if previous.get(k) != record[k]]
+        changed = [k for k in keys if previous.get(k, _ADDED_KEY_DEFAULTS.get(k)) != record[k]]
         if changed:
             raise InputError(
                 path,
@@ -347,12 +404,15 @@ def _run(args) -> int:
         strategy = search_strategy(args.strategy, args.cpu_replicas, args.batch_size)
         hypermodel = HourglassHyperModel(
             args.data,
+            loss=args.loss,
             space=settings["_space"],
             preset=args.preset,
             model_overrides=settings["model_options"],
             phase=args.phase,
             batch_size=args.batch_size,
             epochs=args.epochs,
+            patch_epochs=args.patch_epochs,
+            full_epochs=args.full_epochs,
             steps_per_epoch=args.steps_per_epoch,
             crop_size=args.crop_size,
             target_fpi=args.target_fpi,

@@ -46,14 +46,17 @@ class HourglassHyperModel(keras_tuner.HyperModel):
 
     Args:
         data_dir: the prepared data directory (`hourglass prepare` / `hourglass synth`).
-        space: the search space (default `SearchSpace()`).
+        loss: the loss every trial trains ("hypersensitive", "l2" or "focal"; `hourglass train --loss`).
+        space: the search space (default: the loss's, `search_space.default_space`).
         preset: model preset, "tiny" or "paper".
         model_overrides: extra `build_hourglass` options (e.g. {"depth": 2}).
         phase: "both" (patches, then whole images, as `hourglass train`), "patch" or "full".
         batch_size: global batch size.
         epochs: epochs per execution, all phases (Hyperband passes its own); with
             `phase="both"` split as `hourglass train --epochs` does (the patch phase gets
-            the odd one).
+            the odd one) unless `patch_epochs` / `full_epochs` say otherwise.
+        patch_epochs: epochs of the patch phase (`hourglass train --patch-epochs`; None: from `epochs`).
+        full_epochs: epochs of the whole-image phase (`hourglass train --full-epochs`; None: from `epochs`).
         steps_per_epoch: training steps per epoch (default: the training default,
             `images_per_epoch // batch_size`).
         crop_size: patch-phase crop side in reference image pixels (default: the training default).
@@ -81,12 +84,15 @@ class HourglassHyperModel(keras_tuner.HyperModel):
         self,
         data_dir: str | os.PathLike | None,
         *,
+        loss: str = "hypersensitive",
         space: SearchSpace | None = None,
         preset: str = "tiny",
         model_overrides: Mapping[str, Any] | None = None,
         phase: str = "both",
         batch_size: int = 4,
         epochs: int = 1,
+        patch_epochs: int | None = None,
+        full_epochs: int | None = None,
         steps_per_epoch: int | None = None,
         crop_size: int | None = None,
         max_boxes: int = 16,
@@ -110,8 +116,11 @@ class HourglassHyperModel(keras_tuner.HyperModel):
             raise ValueError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {mixed_precision!r}")
         if int(epochs) < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs!r}")
+        from tuning.search_space import check_space_for_loss, default_space
+
+        self.patch_epochs, self.full_epochs = patch_epochs, full_epochs
         self.data_dir = None if data_dir is None else os.fspath(data_dir)
-        self.space = space or SearchSpace()
+        self.space = check_space_for_loss(space, loss, "space") if space is not None else default_space(loss)
         self.epochs = int(epochs)
         self.val_images = val_images
         self.seed = seed
@@ -123,7 +132,7 @@ class HourglassHyperModel(keras_tuner.HyperModel):
         #: (`tuning.search`): each execution starts from other initial weights and data order.
         self.execution = 0
         fixed: dict[str, Any] = dict(
-            preset=preset, model=dict(model_overrides or {}), phase=phase, batch_size=int(batch_size),
+            loss=loss, preset=preset, model=dict(model_overrides or {}), phase=phase, batch_size=int(batch_size),
             steps_per_epoch=steps_per_epoch, max_boxes=int(max_boxes), target_fpi=float(target_fpi),
             seed=0 if seed is None else int(seed), jit_compile=jit_compile, val_images=val_images,
             mixed_precision=mixed_precision, **self._phase_epochs(phase, self.epochs),
@@ -137,11 +146,10 @@ class HourglassHyperModel(keras_tuner.HyperModel):
         self.input_multiple = int(input_multiple(model_config))
         self.long_side: int | None = None  # PREP's, read on first use (see `geometry`)
 
-    @staticmethod
-    def _phase_epochs(phase: str, epochs: int) -> dict[str, int]:
+    def _phase_epochs(self, phase: str, epochs: int) -> dict[str, int]:
         from keras_hourglass.training.config import split_epochs
 
-        patch, full = split_epochs(phase, int(epochs))
+        patch, full = split_epochs(phase, int(epochs), self.patch_epochs, self.full_epochs)
         return {"patch_epochs": patch or 0, "full_epochs": full or 0}
 
     # -- KerasTuner hooks -------------------------------------------------------------------
@@ -150,7 +158,7 @@ class HourglassHyperModel(keras_tuner.HyperModel):
         """The settings every trial shares that `hourglass train --hparams` also reads.
 
         They are declared as `hp.Fixed`, so `best_hyperparameters.json` retrains the model the
-        loss was tuned for: the preset, its scalar model options, the global batch size,
+        loss was tuned for: the loss, the preset, its scalar model options, the global batch size,
         the crop size (when the patch phase runs) and a precision other than float32.
         Explicit `hourglass train` flags still win over them.
 
@@ -158,7 +166,7 @@ class HourglassHyperModel(keras_tuner.HyperModel):
             {name: value}.
         """
         config = self.base_config
-        values: dict[str, Any] = {"preset": config.preset, "batch_size": int(config.batch_size)}
+        values: dict[str, Any] = {"loss": config.loss, "preset": config.preset, "batch_size": int(config.batch_size)}
         if config.epochs_of("patch"):
             values["crop_size"] = int(config.crop_size)
         if config.mixed_precision != "float32":

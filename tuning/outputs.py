@@ -11,7 +11,8 @@ interrupted or distributed search, on the machine that ran the chief.
   bookkeeping entries (`tuner/epochs`, ... of Hyperband) are left out.
 - `trials.csv`: one row per trial: id, status, hyper-parameters, objective,
   sensitivity at 1, 2 and 4.8 FPI, mean and max sensitivity, best flag.
-- `objective.png`: the objective against omega (log x) and against top_k.
+- `objective.png`: the objective against omega (log x) and against top_k (the L2 / focal losses:
+  against target_sigma and the learning rate).
 
 The best trial is chosen by `tuning.objective.rank_key` (objective, then the
 documented tie-breakers), not by the oracle's objective-only order.
@@ -175,8 +176,16 @@ def write_trials_csv(records: Sequence[TrialRecord], path: str | os.PathLike, be
     storage.write_text(path, buffer.getvalue())
 
 
+#: The parameters objective.png plots the objective against, in order of preference: (name, x label, log x).
+PLOTTED_PARAMS = (("omega", "omega (weight of L_BG)", True), ("top_k", "top_k (background masking)", False),
+                  ("target_sigma", "target_sigma (reference heatmap px)", True),
+                  ("learning_rate", "learning rate (peak)", True))
+
+
 def plot_objective(records: Sequence[TrialRecord], path: str | os.PathLike, best: TrialRecord | None = None) -> None:
     """Plots the objective of completed trials against omega (log x) and against top_k.
+
+    A search without omega or top_k (`--loss l2` / `focal`) gets the next of `PLOTTED_PARAMS` its trials have.
 
     Args:
         records: the trials.
@@ -189,8 +198,10 @@ def plot_objective(records: Sequence[TrialRecord], path: str | os.PathLike, best
     from matplotlib import pyplot as plt
 
     done = [r for r in records if r.completed]
+    present = [p for p in PLOTTED_PARAMS if any(p[0] in r.values for r in records)]
+    panels = (present + [p for p in PLOTTED_PARAMS if p not in present])[:2]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, name, log_x in ((axes[0], "omega", True), (axes[1], "top_k", False)):
+    for ax, (name, label, log_x) in zip(axes, panels):
         points = [(float(r.values[name]), r.metrics[objective_lib.OBJECTIVE_NAME], r) for r in done if name in r.values]
         if points:
             ax.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue", label="trial")
@@ -205,7 +216,7 @@ def plot_objective(records: Sequence[TrialRecord], path: str | os.PathLike, best
             ax.text(0.5, 0.5, f"no completed trials with {name}", ha="center", va="center", transform=ax.transAxes)
         if log_x and points and all(p[0] > 0 for p in points):
             ax.set_xscale("log")
-        ax.set_xlabel("omega (weight of L_BG)" if name == "omega" else "top_k (background masking)")
+        ax.set_xlabel(label)
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("val sensitivity at target FPI")
     fig.suptitle(f"hourglass tune: {len(done)} completed of {len(records)} trials")

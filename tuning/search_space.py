@@ -1,19 +1,26 @@
 """The search space of `hourglass tune`: which loss settings are tuned, and over what.
 
-The space has five named hyper-parameters. Their names are the contract with
+The space has six named hyper-parameters. Their names are the contract with
 `hourglass train --hparams` (which reads the `"values"` of
 `best_hyperparameters.json`):
 
-| name            | meaning                                   | default domain                       |
+| name            | meaning                                   | default domain (`--loss hypersensitive`) |
 |-----------------|-------------------------------------------|--------------------------------------|
 | `omega`         | weight of L_BG in L_DET + omega * L_BG    | float, log sampling, 1e-3 .. 1       |
 | `top_k`         | top-k masking of the background term      | int, 0 .. 8 (0 switches masking off) |
 | `sigmas`        | Gaussian sigma bank, a comma list string  | choice "6,9,12,18" / "12" / "4,8,16,32" |
 | `learning_rate` | Adam (peak) learning rate                 | float, log sampling, 1e-4 .. 3e-3    |
 | `patch_size`    | the loss's patch size                     | not tuned (the training default)     |
+| `target_sigma`  | sigma of the L2 / focal Gaussian target   | not a setting of this loss           |
 
-`sigmas` and `patch_size` are in reference pixels (`keras_hourglass.training.geometry`),
-resolved against PREP's long side exactly as `hourglass train` resolves them.
+Each loss has its own settings (`LOSS_PARAMS`) and default space (`default_space`): the
+hypersensitive loss the first five, the L2 baseline and the focal loss `target_sigma` (float,
+log sampling, 6 .. 24) and `learning_rate`, so each loss is tuned over its own settings with
+the same trial budget ("tuned against tuned"). A setting of another loss is refused.
+
+`sigmas`, `patch_size` and `target_sigma` are in reference pixels
+(`keras_hourglass.training.geometry`), resolved against PREP's long side exactly as
+`hourglass train` resolves them.
 
 A space file (`hourglass tune --space FILE`) is a JSON object whose keys are
 some of these names; a key left out keeps its default. Each value is one of
@@ -42,7 +49,13 @@ from typing import Any, Mapping, Sequence, Union
 from keras_hourglass.errors import InputError
 
 #: Hyper-parameter names, in the order used for CSV columns and declaration.
-PARAM_NAMES = ("omega", "top_k", "sigmas", "learning_rate", "patch_size")
+PARAM_NAMES = ("omega", "top_k", "sigmas", "learning_rate", "patch_size", "target_sigma")
+#: The settings each loss (`hourglass train --loss`) has; the others do not apply to it.
+LOSS_PARAMS = {
+    "hypersensitive": ("omega", "top_k", "sigmas", "learning_rate", "patch_size"),
+    "l2": ("learning_rate", "target_sigma"),
+    "focal": ("learning_rate", "target_sigma"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +91,9 @@ _KIND = {
     "sigmas": "sigmas",
     "learning_rate": "float",
     "patch_size": "int",
+    "target_sigma": "float",
 }
-_DEFAULT_SAMPLING = {"omega": "log", "learning_rate": "log"}
+_DEFAULT_SAMPLING = {"omega": "log", "learning_rate": "log", "target_sigma": "log"}
 
 
 def parse_sigmas(text: str) -> tuple[float, ...]:
@@ -201,6 +215,7 @@ class SearchSpace:
     sigmas: Domain = Choice(("6,9,12,18", "12", "4,8,16,32"))
     learning_rate: Domain = Range(1e-4, 3e-3, "log")
     patch_size: Domain = None
+    target_sigma: Domain = None
 
     def declare(self, hp) -> dict[str, Any]:
         """Declares the space on a `keras_tuner.HyperParameters` and reads the values.
@@ -242,12 +257,55 @@ class SearchSpace:
         return out
 
 
-def space_from_dict(config: Mapping[str, Any], source: str | os.PathLike | None = None) -> SearchSpace:
+def default_space(loss: str = "hypersensitive") -> SearchSpace:
+    """The default space of a loss: its own settings (`LOSS_PARAMS`), the others not tuned.
+
+    Args:
+        loss: "hypersensitive", "l2" or "focal".
+
+    Returns:
+        A `SearchSpace`.
+
+    Raises:
+        ValueError: an unknown loss.
+    """
+    if loss not in LOSS_PARAMS:
+        raise ValueError(f"loss must be one of {', '.join(LOSS_PARAMS)}, got {loss!r}")
+    if loss == "hypersensitive":
+        return SearchSpace()
+    return SearchSpace(omega=None, top_k=None, sigmas=None, patch_size=None,
+                       target_sigma=Range(6.0, 24.0, "log"))
+
+
+def check_space_for_loss(space: SearchSpace, loss: str, source: str | os.PathLike | None = None) -> SearchSpace:
+    """Refuses a space that sets another loss's parameters.
+
+    Args:
+        space: the space.
+        loss: the loss it is meant for.
+        source: named in the error (a file or a flag).
+
+    Returns:
+        `space`.
+
+    Raises:
+        InputError: naming `source` and the first parameter the loss does not have.
+    """
+    for name in PARAM_NAMES:
+        if getattr(space, name) is not None and name not in LOSS_PARAMS[loss]:
+            raise InputError(source, f"{name} is not a setting of the {loss} loss (its settings: "
+                                     f"{', '.join(LOSS_PARAMS[loss])})")
+    return space
+
+
+def space_from_dict(config: Mapping[str, Any], source: str | os.PathLike | None = None,
+                    base: SearchSpace | None = None) -> SearchSpace:
     """Builds a space from the space-file format, over the defaults.
 
     Args:
         config: {name: entry} (see the module docstring).
         source: where `config` came from, named in errors.
+        base: the space the entries override (default `SearchSpace()`, the hypersensitive loss's).
 
     Returns:
         A `SearchSpace`.
@@ -266,14 +324,15 @@ def space_from_dict(config: Mapping[str, Any], source: str | os.PathLike | None 
             changes[name] = _parse_domain(name, spec)
         except ValueError as err:
             raise InputError(source, str(err)) from None
-    return dataclasses.replace(SearchSpace(), **changes)
+    return dataclasses.replace(base or SearchSpace(), **changes)
 
 
-def load_space(path: str | os.PathLike) -> SearchSpace:
+def load_space(path: str | os.PathLike, base: SearchSpace | None = None) -> SearchSpace:
     """Reads and validates a space file.
 
     Args:
         path: a JSON file in the space-file format.
+        base: the space its entries override (default `SearchSpace()`).
 
     Returns:
         A `SearchSpace` (unlisted parameters keep their defaults).
@@ -291,7 +350,7 @@ def load_space(path: str | os.PathLike) -> SearchSpace:
         raise InputError(path, f"cannot read search space file ({err.__class__.__name__})") from None
     except json.JSONDecodeError as err:
         raise InputError(path, f"not valid JSON (line {err.lineno}: {err.msg})") from None
-    return space_from_dict(config, path)
+    return space_from_dict(config, path, base)
 
 
 def _split_numbers(flag: str, text: str, count: int | None = None) -> list[float]:
@@ -313,6 +372,7 @@ def apply_flags(
     lr_range: str | None = None,
     sigmas: Sequence[str] | None = None,
     patch_sizes: str | None = None,
+    target_sigma_range: str | None = None,
 ) -> SearchSpace:
     """Overrides parts of a space from command-line flags (flags win over the file).
 
@@ -323,6 +383,7 @@ def apply_flags(
         lr_range: "MIN,MAX" (log sampling) or a single value.
         sigmas: sigma-bank strings to choose from (one string fixes the bank).
         patch_sizes: "P1,P2,..." choice of patch sizes (one value fixes it).
+        target_sigma_range: "MIN,MAX" (log sampling) or a single value (L2 / focal target sigma).
 
     Returns:
         The updated `SearchSpace`.
@@ -335,6 +396,7 @@ def apply_flags(
         ("--omega-range", "omega", omega_range),
         ("--top-k-range", "top_k", top_k_range),
         ("--lr-range", "learning_rate", lr_range),
+        ("--target-sigma-range", "target_sigma", target_sigma_range),
     ):
         if text is None:
             continue

@@ -23,7 +23,9 @@ _STAGE_ONE_ONLY = (
     ("--sigmas", "sigmas", None), ("--patch-sizes", "patch_sizes", None), ("--preset", "preset", "tiny"),
     ("--model-option", "model_option", []), ("--phase", "phase", "both"), ("--crop-size", "crop_size", None),
     ("--val-images", "val_images", None), ("--jit-compile", "jit_compile", None),
-    ("--mixed-precision", "mixed_precision", "float32"),
+    ("--mixed-precision", "mixed_precision", "float32"), ("--loss", "loss", None),
+    ("--target-sigma-range", "target_sigma_range", None), ("--patch-epochs", "patch_epochs", None),
+    ("--full-epochs", "full_epochs", None),
 )
 
 
@@ -42,6 +44,7 @@ def validate_stage2(args) -> dict[str, Any]:
     for flag, name, default in _STAGE_ONE_ONLY:
         if getattr(args, name, default) != default:
             raise InputError(flag, "is a stage-one setting; not with --stage 2")
+    args.epochs = 3 if args.epochs is None else args.epochs
     if not args.data:
         raise InputError("--data", "required (the output of `hourglass proposals`)")
     manifest_path = storage.join(args.data, "manifest.json")
