@@ -6,6 +6,8 @@ are hashed, so a refactor that changes no number keeps the runs and any numeric 
 
     main      (make quality)           L2, hypersensitive, focal             x seeds (default 0, 1, 2)
     two-stage (make quality-two-stage) main's hypersensitive runs + stage two (benchmarks/quality_two_stage.py)
+    tuned     (make quality-tuned)     each loss tuned over its own settings, same trial budget, then
+                                       its best values x seeds (benchmarks/quality_tuned.py)
     ablation  (make quality-ablation)  hypersensitive with (a)-(d) off       x seeds
     stress    (make quality-stress)    hypersensitive vs L2 along each stress axis of `hourglass synth`
                                        (box looseness/offset, lesion size spread, rarity, subtlety) x seeds
@@ -96,7 +98,7 @@ STRESS_AXES: dict[str, list[tuple[str, dict]]] = {
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", choices=[*TABLES, "two-stage"])
+    parser.add_argument("table", choices=[*TABLES, "two-stage", "tuned"])
     parser.add_argument("--out", default=os.path.join(HERE, "out", "quality"))
     parser.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2; stress 0,1)")
     parser.add_argument("--variants", default=None, help="comma-separated subset of the table's variants")
@@ -107,6 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--val-images", type=int, default=64)
     parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--max-trials", type=int, default=12, help="tuned: `hourglass tune` trials per loss")
     parser.add_argument("--timeout-minutes", type=float, default=30.0, help="per train/evaluate process")
     parser.add_argument("--quick", action="store_true", help="smoke run: 120 images, 3 x 5 steps")
     parser.add_argument("--render-only", action="store_true", help="tables from the finished runs only")
@@ -118,7 +121,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     default_seeds = "0,1" if args.table == "stress" else "0,1,2"
     args.seeds = [int(s) for s in (args.seeds or default_seeds).split(",")]
-    variants = TABLES.get(args.table, {"hypersensitive": None})  # two-stage: on main's hypersensitive runs
+    # two-stage: on main's hypersensitive runs; tuned: one search per loss
+    variants = TABLES.get(args.table) or ({"hypersensitive": None, "l2": None, "focal": None}
+                                          if args.table == "tuned" else {"hypersensitive": None})
     args.variants = args.variants.split(",") if args.variants else list(variants)
     unknown = [v for v in args.variants if v not in variants]
     if unknown:
@@ -128,7 +133,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"unknown axes; choose from {list(STRESS_AXES)}")
     if args.quick:
         args.patch_epochs, args.full_epochs, args.steps_per_epoch, args.bootstrap = 2, 1, 5, 100
-        args.val_images = 8
+        args.val_images, args.max_trials = 8, 2
     return args
 
 
@@ -592,6 +597,10 @@ def main(argv=None) -> int:
         import quality_two_stage
 
         return quality_two_stage.main(args, out)
+    if table == "tuned":
+        import quality_tuned
+
+        return quality_tuned.main(args, out)
     variants = {v: TABLES[table][v] for v in args.variants}
     if args.fingerprint_only:
         return print_fingerprints(args, out, variants)

@@ -161,3 +161,33 @@ def test_miss_diagnosis_hand_computed():
     assert place(20.0, 18.0) == "breast_edge"  # cell column 4: within 2 cells of column 6
     assert place(30.0, 10.0) == "tissue"  # cell (7, 2): the window is all breast
     assert place(22.0, 12.0) == "tissue"  # on a malignant box but a false mark: no benign/high-risk place
+
+
+def test_tuned_table_searches_each_loss_with_the_same_budget_as_a_valid_tune_command(tmp_path):
+    import argparse
+    import json
+
+    import quality_tuned
+
+    from tuning import cli
+
+    args = quality.parse_args(["tuned"])
+    assert args.variants == ["hypersensitive", "l2", "focal"] and args.max_trials == 12
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    budgets = set()
+    for loss in args.variants:
+        parsed = parser.parse_args(["tune", "--data", "P", "--out", "T", *quality_tuned.tune_flags(args, loss)])
+        cli._resolve_epochs(parsed)
+        assert parsed.loss == loss and (parsed.patch_epochs, parsed.full_epochs, parsed.epochs) == (12, 4, 16)
+        budgets.add((parsed.max_trials, parsed.steps_per_epoch, parsed.batch_size, parsed.val_images, parsed.seed))
+    assert budgets == {(12, 100, 8, 64, 0)}  # tuned against tuned: one trial budget for every loss
+
+    best = tmp_path / "best_hyperparameters.json"
+    best.write_text(json.dumps({"values": {"loss": "l2", "target_sigma": 9.5, "learning_rate": 0.002}}))
+    first = quality_tuned.best_values_file(str(tmp_path), "l2", str(best))
+    assert quality_tuned.best_values_file(str(tmp_path), "l2", str(best)) == first  # same values: same runs
+    best.write_text(json.dumps({"values": {"loss": "l2", "target_sigma": 12.0, "learning_rate": 0.002}}))
+    assert quality_tuned.best_values_file(str(tmp_path), "l2", str(best)) != first  # a new best: retrained
+    assert quality_tuned.describe({"loss": "l2", "target_sigma": 9.5, "learning_rate": 0.002, "preset": "tiny"}) == (
+        "learning_rate 0.002, target_sigma 9.5")

@@ -1,0 +1,163 @@
+"""Tuned against tuned (`python benchmarks/quality.py tuned`, `make quality-tuned`).
+
+The comparison a user makes: every loss tuned over its own settings with the same trial budget, then
+its best values trained and tested like the main table. For each loss (hypersensitive: omega, top_k,
+sigmas, learning rate; L2 and focal: target sigma, learning rate; `hourglass tune --loss`):
+
+1. `hourglass tune --loss X` on the main table's data: `--max-trials` random trials (default 12), each
+   trained with the main table's budget (--patch-epochs, --full-epochs, --steps-per-epoch, --batch-size)
+   and scored on the val split (val sensitivity at 4.8 FPI on --val-images images); search seed 0.
+2. The best trial's values (`best_hyperparameters.json`, chosen on validation only) trained again with
+   `hourglass train --hparams` for each seed and evaluated once on the test split (`quality.run_one`:
+   the main table's evaluation and records; the same values, budget and seed give the trial's weights).
+
+Resumable: `hourglass tune` keeps its finished trials; a search is keyed by its flags, the data and the
+loss's behaviour fingerprint (`quality.behaviour_fingerprint`; another behaviour starts it over). The
+best values are copied to `runs/tuned/<loss>-best-<hash>.json`, named by their content, so a search that
+grows past a new best retrains the seeds. Outputs: runs/tuned/<loss>-search/ (the tune directory),
+the seeds' runs and records, quality-tuned.{json,md}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+
+import quality
+
+TABLE = "tuned"
+LOSSES = ("hypersensitive", "l2", "focal")
+DEFAULT_TRIALS = 12
+
+
+def tune_flags(args, loss: str) -> list[str]:
+    """Returns: the `hourglass tune` flags of a loss's search (after --data / --out)."""
+    return ["--loss", loss, "--tuner", "random", "--max-trials", str(args.max_trials), "--patch-epochs",
+            str(args.patch_epochs), "--full-epochs", str(args.full_epochs), "--steps-per-epoch",
+            str(args.steps_per_epoch), "--batch-size", str(args.batch_size), "--val-images", str(args.val_images),
+            "--seed", "0"]
+
+
+def best_values_file(base: str, loss: str, best_path: str) -> str:
+    """Copies a search's best_hyperparameters.json to `<loss>-best-<hash of its content>.json`.
+
+    Returns:
+        The copy's path (the `--hparams` of the seeds' training runs).
+    """
+    with open(best_path, encoding="utf-8") as handle:
+        best = json.load(handle)
+    digest = hashlib.sha256(json.dumps(best, sort_keys=True).encode()).hexdigest()[:8]
+    path = os.path.join(base, f"{loss}-best-{digest}.json")
+    if not os.path.exists(path):
+        quality.write_json(path, best)
+    return path
+
+
+def run_search(args, out: str, prep: str, loss: str) -> dict | None:
+    """Runs (or resumes) one loss's search.
+
+    Returns:
+        {"hparams": the best values' file, "values", "trials": completed trials, "objective"}, or None
+        (not searched yet and render-only, or no trial completed).
+    """
+    base = os.path.join(out, "runs", TABLE)
+    search_dir = os.path.join(base, f"{loss}-search")
+    flags = tune_flags(args, loss)
+    if not args.render_only:
+        data_hash = quality.read_json(os.path.join(prep, "manifest.json")).get("content_hash")
+        key = {"tune_flags": flags, "data_hash": data_hash,
+               "behaviour": quality.behaviour_fingerprint(out, prep, ["--loss", loss])}
+        stamp_path = os.path.join(base, f"{loss}-search.stamp.json")
+        if not os.path.exists(stamp_path) or quality.read_json(stamp_path) != key:  # stale: start over
+            shutil.rmtree(search_dir, ignore_errors=True)
+            os.makedirs(base, exist_ok=True)
+            quality.write_json(stamp_path, key)
+        os.makedirs(os.path.join(base, "logs"), exist_ok=True)
+        print(f"quality {TABLE}: {loss}: search ({args.max_trials} trials)", file=sys.stderr, flush=True)
+        quality.run([*quality.hourglass(), "tune", "--data", prep, "--out", search_dir, *flags],
+                    os.path.join(base, "logs", f"{loss}-search.log"),
+                    args.timeout_minutes * 60 * (args.max_trials + 1))
+    best_path = os.path.join(search_dir, "best_hyperparameters.json")
+    if not os.path.exists(best_path):
+        return None
+    best = quality.read_json(best_path)["values"]
+    trials = search_summary(search_dir)
+    return {"hparams": best_values_file(base, loss, best_path),
+            "values": {k: v for k, v in best.items() if not k.startswith("tuner/")}, **trials}
+
+
+def search_summary(search_dir: str) -> dict:
+    """Returns: {"trials": completed trials, "objective": the best val objective} from trials.csv."""
+    import csv
+
+    path = os.path.join(search_dir, "trials.csv")
+    if not os.path.exists(path):
+        return {"trials": 0, "objective": None}
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("status") == "COMPLETED"]
+    best = [float(r["objective"]) for r in rows if r.get("is_best") == "1" and r.get("objective")]
+    return {"trials": len(rows), "objective": best[0] if best else None}
+
+
+def describe(values: dict) -> str:
+    """Returns: the tuned values of a best trial, short (the loss's own settings only)."""
+    from tuning.search_space import LOSS_PARAMS
+
+    names = LOSS_PARAMS.get(values.get("loss", "hypersensitive"), ())
+    parts = []
+    for name in names:
+        if name in values:
+            value = values[name]
+            parts.append(f"{name} {value:.3g}" if isinstance(value, float) else f"{name} {value}")
+    return ", ".join(parts)
+
+
+def main(args, out: str) -> int:
+    """Runs (or resumes, or renders) the tuned-against-tuned table. Returns: 0."""
+    started = time.time()
+    prep = quality.prepare_data(out, quality.data_settings({}, args.quick), create=not args.render_only)
+    if prep is None:
+        print("quality tuned: no data yet", file=sys.stderr)
+        return 0
+    group = f"tuned against tuned (best of {args.max_trials} trials per loss, chosen on val)"
+    records: dict[str, list[dict]] = {}
+    searches: dict[str, dict | None] = {}
+    for loss in args.variants:
+        search = searches[loss] = run_search(args, out, prep, loss)
+        records[loss] = []
+        if search is None:
+            continue
+        for seed in args.seeds:  # seed-major is not needed: each loss's seeds share one search
+            record = quality.run_one(args, out, TABLE, loss, prep, ["--hparams", search["hparams"]], seed,
+                                     f"{loss}, tuned: {describe(search['values'])}")
+            if record:
+                records[loss].append(record)
+    groups = {group: records}
+    text = quality.markdown(TABLE, groups, args)
+    lines = ["", "Best trial per loss (values; completed trials; val sensitivity at 4.8 FPI of the best trial):", ""]
+    for loss, search in searches.items():
+        if search:
+            lines.append(f"- {loss}: {describe(search['values'])}; {search['trials']} trials; val "
+                         f"{quality.fmt(search['objective'])}")
+        else:
+            lines.append(f"- {loss}: no finished trial yet")
+    text += "\n".join(lines) + "\n"
+    payload = {"table": TABLE, "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:]),
+               "settings": {k: v for k, v in vars(args).items() if k != "out"},
+               "searches": searches,
+               "groups": {group: {name: quality.variant_rows(recs, records.get("l2") if name != "l2" else None)
+                                  for name, recs in records.items() if recs}},
+               "wall_seconds": round(time.time() - started, 1)}
+    quality.write_json(os.path.join(out, f"quality-{TABLE}.json"), payload)
+    with open(os.path.join(out, f"quality-{TABLE}.md"), "w", encoding="utf-8") as handle:
+        handle.write(text)
+    if not args.quick and any(records.values()):  # the committed copy that BENCHMARKS.md carries
+        with open(os.path.join(quality.HERE, f"quality-{TABLE}.md"), "w", encoding="utf-8") as handle:
+            handle.write(f"## Detection quality: tuned against tuned (`python benchmarks/quality.py {TABLE}`)\n\n"
+                         f"Command: `{payload['command']}`\n\n{text}")
+    print(text)
+    return 0
