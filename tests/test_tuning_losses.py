@@ -52,17 +52,6 @@ def test_cli_refuses_flags_of_another_loss_and_writes_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
-def _memory_dataset(settings):
-    import numpy as np
-    import tensorflow as tf
-
-    rng = np.random.default_rng(0)
-    images = rng.random((4, 32, 32, 1), dtype=np.float32)
-    boxes = -np.ones((4, settings["max_boxes"], 4), np.float32)
-    boxes[:, 0] = (2.0, 2.0, 5.0, 5.0)
-    return tf.data.Dataset.from_tensor_slices((images, boxes)).repeat().batch(settings["batch_size"])
-
-
 def _standin_froc(settings):
     """Records the loss each trial was really compiled with; the objective rises with its sigma."""
     import keras
@@ -82,6 +71,7 @@ def _standin_froc(settings):
 def test_a_search_over_l2_or_focal_trains_that_loss_and_records_it_for_train(tmp_path, loss, loss_class):
     from keras_hourglass.training.config import TrainConfig, apply_hparams
     from tuning import outputs, search
+    from test_tuning import _memory_dataset
     from tuning.hypermodel import HourglassHyperModel
 
     hypermodel = HourglassHyperModel(None, loss=loss, preset="tiny", model_overrides=TINY, batch_size=2, epochs=1,
