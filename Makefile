@@ -27,9 +27,12 @@ demo: venv
 demo-two-stage: venv
 	bash scripts/demo_two_stage.sh "$(HOURGLASS)" "$(DEMO)" "$(PY)"
 
-# The test suite (tiny models, tiny images; < 10 min on 2 cores).
+# The test suite (tiny models, tiny images; < 10 min on 2 cores). pytest-xdist runs TEST_WORKERS test
+# files at a time (--dist loadfile: a file's module fixtures are built once, as in a serial run);
+# TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
 test: venv
-	$(PY) -m pytest -q -m "not tfio and not tfx and not real_server" tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not tfio and not tfx and not real_server" tests
 
 # The tensorflow-io leg: its own venv with TF 2.17.1 + tensorflow-io 0.37.1 (tfio's ops do not load on
 # TF >= 2.18), pinned by .ci/tfio-constraints.txt. HOURGLASS_REQUIRE_TFIO=1 turns "tfio missing" skips
