@@ -19,6 +19,7 @@ eval}, *.record.json, quality-two-stage.{json,md}.
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 import shutil
@@ -33,6 +34,14 @@ STAGE_ONE = "hypersensitive"
 #: `hourglass train --stage 2` budget (its defaults spelled out) and the --quick one.
 STAGE2_FLAGS = ["--epochs", "10", "--steps-per-epoch", "100", "--batch-size", "64"]
 QUICK_STAGE2_FLAGS = ["--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "16"]
+#: Stage one alone at the two-stage system's total budget: the main table's recipe with this many times
+#: its steps per epoch (stage two's proposals and training take about as long as stage one's training).
+SAME_BUDGET_STEPS_FACTOR = 2
+SAME_BUDGET = "stage_one_same_budget"
+#: The systems of the table: (record key, row label).
+SYSTEMS = (("stage_one", "stage one alone"),
+           (SAME_BUDGET, f"stage one alone, {SAME_BUDGET_STEPS_FACTOR}x steps (the two-stage total budget)"),
+           ("two_stage", "two-stage"))
 #: The code that decides stage two's data, training and scoring (with quality.RECIPE_SOURCES).
 STAGE2_SOURCES = ("keras_hourglass/two_stage", "keras_hourglass/cli/proposals.py",
                   "keras_hourglass/cli/train_stage2.py", "keras_hourglass/cli/evaluate.py")
@@ -131,6 +140,22 @@ def run_seed(args, out: str, prep: str, stage_one: dict) -> dict | None:
     return record
 
 
+def same_budget_stage_one(args, out: str, prep: str | None, seed: int) -> dict | None:
+    """Stage one alone trained with `SAME_BUDGET_STEPS_FACTOR` x the main table's steps (`quality.run_one`).
+
+    Returns:
+        Its record (trained, reused, or found by name when `prep` is None), or None.
+    """
+    name = f"{STAGE_ONE}-{SAME_BUDGET_STEPS_FACTOR}x-steps"
+    if prep is None:
+        path = os.path.join(out, "runs", TABLE, f"{name}-s{seed}.record.json")
+        return quality.read_json(path) if os.path.exists(path) else None
+    longer = argparse.Namespace(**{**vars(args), "steps_per_epoch": args.steps_per_epoch * SAME_BUDGET_STEPS_FACTOR})
+    description, flags = quality.TABLES["main"][STAGE_ONE]
+    return quality.run_one(longer, out, TABLE, name, prep, flags, seed,
+                           f"{description}, {SAME_BUDGET_STEPS_FACTOR}x steps")
+
+
 def target_check(froc: dict) -> dict:
     """The issue's target on one evaluation: stage one's 4.8-FPI sensitivity reached at <= 2 FPI, max loss <= 0.02.
 
@@ -155,11 +180,24 @@ def target_check(froc: dict) -> dict:
 def aggregate(records: list[dict]) -> dict:
     """Per system: mean and 95% t-interval across seeds of the sensitivity at `FPI` and of max sensitivity."""
     out = {}
-    for system in ("stage_one", "two_stage"):
+    for system, _ in SYSTEMS:
+        if not all(r.get(system) for r in records):
+            continue
         out[system] = {k: quality.mean_ci([r[system]["sensitivity_at_fpi"].get(k) for r in records]) for k in FPI}
         out[system]["max"] = quality.mean_ci([r[system]["max_sensitivity"] for r in records])
+        if system != "two_stage":  # paired: the two-stage system minus this one, per seed
+            out[f"two_stage_minus_{system}"] = {k: quality.mean_ci(paired(records, system, k)) for k in (*FPI, "max")}
     out["minutes_total"] = quality.mean_ci([r["minutes"]["total"] for r in records])
     return out
+
+
+def paired(records: list[dict], system: str, key: str) -> list[float]:
+    """Returns: per seed, the two-stage system's sensitivity at `key` FPI ("max": max sensitivity) minus `system`'s."""
+    def value(summary):
+        return summary["max_sensitivity"] if key == "max" else summary["sensitivity_at_fpi"].get(key)
+
+    return [value(r["two_stage"]) - value(r[system]) for r in records
+            if value(r["two_stage"]) is not None and value(r[system]) is not None]
 
 
 def markdown(records: list[dict], args) -> str:
@@ -173,12 +211,19 @@ def markdown(records: list[dict], args) -> str:
              f"`hypersensitive` runs; stage two = `hourglass proposals` defaults + `train --stage 2 {budget}`.\n",
              "| system | " + " | ".join(f"sens @{k}" for k in FPI) + " | max sens | minutes (total) |",
              "|---" * (len(FPI) + 3) + "|"]
-    for system, label in (("stage_one", "stage one alone"), ("two_stage", "two-stage")):
-        minutes = [r["minutes"]["stage_one_train"] if system == "stage_one" else r["minutes"]["total"] for r in records]
+    minutes_of = {"stage_one": "stage_one_train", SAME_BUDGET: "same_budget_train", "two_stage": "total"}
+    for system, label in SYSTEMS:
+        if not all(r.get(system) for r in records):
+            continue
+        minutes = [r["minutes"].get(minutes_of[system]) for r in records]
         lines.append(f"| {label} | " + " | ".join(quality.fmt_mean([r[system]["sensitivity_at_fpi"].get(k)
                                                                      for r in records]) for k in FPI)
                      + f" | {quality.fmt_mean([r[system]['max_sensitivity'] for r in records])}"
                      + f" | {quality.fmt_mean(minutes)} |")
+    for system, label in SYSTEMS[:2]:
+        if all(r.get(system) for r in records):
+            lines.append(f"| Δ two-stage − {label} (paired) | "
+                         + " | ".join(quality.fmt_mean(paired(records, system, k)) for k in (*FPI, "max")) + " | |")
     lines += ["", "Per seed (sensitivity at 4.8 FPI [bootstrap 95% CI over patients], stage one -> two-stage; "
                   "combination; target):\n"]
     for r in sorted(records, key=lambda r: r["seed"]):
@@ -213,6 +258,10 @@ def main(args, out: str) -> int:
             stage_one = quality.run_one(args, out, "main", STAGE_ONE, prep, flags, seed, description)
         record = run_seed(args, out, prep, stage_one) if stage_one else None
         if record:
+            same = same_budget_stage_one(args, out, prep, seed)
+            if same:
+                record[SAME_BUDGET] = same["summary"]
+                record["minutes"]["same_budget_train"] = round(same["train_seconds"] / 60, 2)
             records.append(record)
     text = markdown(records, args)
     payload = {"table": TABLE, "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:]),

@@ -86,3 +86,19 @@ def test_a_finished_seed_is_reused_and_render_only_trains_nothing(tmp_path):
     (base / "hypersensitive-s0.record.json").unlink()
     args.render_only = True
     assert two.run_seed(args, str(tmp_path), "PREP", stage_one) is None
+
+
+def test_same_budget_row_and_paired_differences():
+    records = [fake_record(0, 0.3, 0.4), fake_record(1, 0.5, 0.7)]
+    for record, same in zip(records, (0.35, 0.55)):
+        record[two.SAME_BUDGET] = {**record["stage_one"], "sensitivity_at_fpi": {
+            **record["stage_one"]["sensitivity_at_fpi"], "4.8": same}}
+        record["minutes"]["same_budget_train"] = 12.0
+    assert two.paired(records, "stage_one", "4.8") == [pytest.approx(0.1), pytest.approx(0.2)]
+    assert two.paired(records, two.SAME_BUDGET, "4.8") == [pytest.approx(0.05), pytest.approx(0.15)]
+    text = two.markdown(records, quality.parse_args(["two-stage", "--seeds", "0,1"]))
+    assert "| stage one alone, 2x steps (the two-stage total budget) |" in text and "| 12.000 ± 0.000 |" in text
+    assert "| Δ two-stage − stage one alone (paired) |" in text
+    assert two.aggregate(records)["two_stage_minus_stage_one"]["4.8"][0] == pytest.approx(0.15)
+    text = two.markdown(records[:1] + [fake_record(2, 0.3, 0.4)], quality.parse_args(["two-stage"]))
+    assert "2x steps" not in text  # a seed without the row: the row is left out, not half-filled
