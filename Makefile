@@ -32,7 +32,7 @@ demo-two-stage: venv
 # TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
 test: venv
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not tfio and not tfx and not real_server" tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 -m "not tfio and not tfx and not real_server" tests
 
 # The tensorflow-io leg: its own venv with TF 2.17.1 + tensorflow-io 0.37.1 (tfio's ops do not load on
 # TF >= 2.18), pinned by .ci/tfio-constraints.txt. HOURGLASS_REQUIRE_TFIO=1 turns "tfio missing" skips
