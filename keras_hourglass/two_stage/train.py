@@ -82,7 +82,7 @@ class Stage2Config:
         return out
 
 
-def apply_hparams(config: Stage2Config, values: dict, source: str = "--hparams") -> Stage2Config:
+def apply_hparams(config: Stage2Config, values: dict, source: str = "hparams") -> Stage2Config:
     """Returns a copy of `config` with tuned values applied (`hourglass tune --stage 2` names).
 
     Args:
