@@ -126,7 +126,7 @@ def test_two_workers_train_identically_and_only_the_chief_writes(tmp_path, subpr
         cmd = [sys.executable, WORKER, "--run", str(run), "--strategy", "auto", "--model", "hourglass",
                "--patch-epochs", "1", "--full-epochs", "1", "--steps", "2", "--batch-size", "4", "--canary", "--val"]
         commands.append((cmd, subprocess_env(TF_CONFIG=tf_config)))
-    chief, other = _run_workers(commands, timeout=400)
+    chief, other = _run_workers(commands, timeout=560)
 
     # Both really ran multi-worker, with the fix, and the fix was needed.
     for result, index in ((chief, 0), (other, 1)):
@@ -164,7 +164,7 @@ def test_mirrored_two_cpu_replicas_matches_one_device(tmp_path, subprocess_env):
         ([sys.executable, WORKER, "--run", str(tmp_path / "one"), "--strategy", "default", *common], subprocess_env()),
         ([sys.executable, WORKER, "--run", str(tmp_path / "two"), "--strategy", "mirrored",
           "--cpu-replicas", "2", *common], subprocess_env()),
-    ], timeout=300)
+    ], timeout=560)
     assert one["info"]["num_replicas"] == 1
     assert two["info"]["name"] == "mirrored" and two["info"]["num_replicas"] == 2
     assert two["summary"]["strategy"]["per_replica_batch_size"] == 2
