@@ -174,7 +174,7 @@ def _parse_model_options(items: list[str]) -> dict[str, Any]:
 
 def _validate(args) -> dict[str, Any]:
     """Checks the arguments (no TensorFlow). Returns: the search settings."""
-    from tuning.search_space import LOSS_PARAMS, apply_flags, check_space_for_loss, default_space, load_space
+    from tuning.search_space import apply_flags, check_space_for_loss, default_space, load_space
 
     args.batch_size = 8 if args.batch_size is None else args.batch_size
     args.target_fpi = 4.8 if args.target_fpi is None else args.target_fpi
@@ -204,16 +204,11 @@ def _validate(args) -> dict[str, Any]:
         raise InputError("--target-fpi", f"must be a positive number, got {args.target_fpi}")
     _check_validation_split(args.data)
     args.loss = args.loss or "hypersensitive"
-    for flag, name, value in (("--omega-range", "omega", args.omega_range), ("--top-k-range", "top_k", args.top_k_range),
-                              ("--sigmas", "sigmas", args.sigmas), ("--patch-sizes", "patch_size", args.patch_sizes),
-                              ("--target-sigma-range", "target_sigma", args.target_sigma_range)):
-        if value is not None and name not in LOSS_PARAMS[args.loss]:
-            raise InputError(flag, f"{name} is not a setting of the {args.loss} loss (--loss)")
     base = default_space(args.loss)
     space = check_space_for_loss(load_space(args.space, base), args.loss, args.space) if args.space else base
     space = apply_flags(
         space, omega_range=args.omega_range, top_k_range=args.top_k_range, lr_range=args.lr_range,
-        sigmas=args.sigmas, patch_sizes=args.patch_sizes, target_sigma_range=args.target_sigma_range,
+        sigmas=args.sigmas, patch_sizes=args.patch_sizes, target_sigma_range=args.target_sigma_range, loss=args.loss,
     )
     model_options = _parse_model_options(args.model_option)
     try:
@@ -250,8 +245,11 @@ def _validate(args) -> dict[str, Any]:
 
 
 def _resolve_epochs(args) -> None:
-    """Sets `args.epochs` (a trial's total) from --epochs / --patch-epochs / --full-epochs as train does."""
-    from keras_hourglass.errors import ArgumentError
+    """Sets `args.epochs` (a trial's total) from --epochs / --patch-epochs / --full-epochs as train does.
+
+    Raises:
+        ArgumentError: the epochs disagree (`split_epochs`; `run` maps its names to flags).
+    """
     from keras_hourglass.training.config import split_epochs
 
     given = {flag: value for flag, value in (("--patch-epochs", args.patch_epochs),
@@ -264,10 +262,7 @@ def _resolve_epochs(args) -> None:
     if not given:
         args.epochs = 3 if args.epochs is None else args.epochs
         return
-    try:
-        patch, full = split_epochs(args.phase, args.epochs, args.patch_epochs, args.full_epochs)
-    except ArgumentError as err:
-        raise InputError("--epochs", str(err).split(": ", 1)[-1]) from None
+    patch, full = split_epochs(args.phase, args.epochs, args.patch_epochs, args.full_epochs)
     args.epochs = (patch or 0) + (full or 0)
     args.patch_epochs, args.full_epochs = patch, full
 

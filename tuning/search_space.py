@@ -373,6 +373,7 @@ def apply_flags(
     sigmas: Sequence[str] | None = None,
     patch_sizes: str | None = None,
     target_sigma_range: str | None = None,
+    loss: str = "hypersensitive",
 ) -> SearchSpace:
     """Overrides parts of a space from command-line flags (flags win over the file).
 
@@ -384,6 +385,7 @@ def apply_flags(
         sigmas: sigma-bank strings to choose from (one string fixes the bank).
         patch_sizes: "P1,P2,..." choice of patch sizes (one value fixes it).
         target_sigma_range: "MIN,MAX" (log sampling) or a single value (L2 / focal target sigma).
+        loss: the loss the space is for: a flag of a setting it does not have (`LOSS_PARAMS`) is refused.
 
     Returns:
         The updated `SearchSpace`.
@@ -391,6 +393,12 @@ def apply_flags(
     Raises:
         InputError: naming the flag and the reason.
     """
+    for flag, name, value in (("--omega-range", "omega", omega_range), ("--top-k-range", "top_k", top_k_range),
+                              ("--lr-range", "learning_rate", lr_range), ("--sigmas", "sigmas", sigmas),
+                              ("--patch-sizes", "patch_size", patch_sizes),
+                              ("--target-sigma-range", "target_sigma", target_sigma_range)):
+        if value is not None and name not in LOSS_PARAMS[loss]:
+            raise InputError(flag, f"{name} is not a setting of the {loss} loss (--loss)")
     changes: dict[str, Domain] = {}
     for flag, name, text in (
         ("--omega-range", "omega", omega_range),
