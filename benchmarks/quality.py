@@ -18,8 +18,11 @@ schedule are whatever `hourglass train --help` says) plus the benchmark's budget
 The final weights are evaluated once on the held-out test split with `hourglass evaluate` (bootstrap CIs
 over patients). The validation split feeds the per-epoch FROC callback (`val_sensitivity` in
 history.csv), which gives the time to quality: the training minutes until validation sensitivity at
-4.8 FPI first reaches 0.8 and 0.9. Validation selects nothing here (no checkpoint choice, no seed
-choice): test numbers come from the last epoch of every run.
+4.8 FPI first reaches 0.8 and 0.9. Validation selects nothing in the main, ablation and stress tables (no
+checkpoint choice, no seed choice): their test numbers come from the last epoch of every run. The tuned
+table scores best.keras, the epoch chosen on validation (the epoch each tuning trial was ranked by), and
+the last epoch beside it. A run that another table already made (the same flags, data, checkpoint and
+behaviour: the stress table's base setting, the ablation's "(a) off" row) is reused, not trained twice.
 
 Outputs (under --out, default benchmarks/out/quality):
     data/<name>/{synth,prepared}    the data sets (made once per settings)
@@ -67,7 +70,8 @@ TABLES: dict[str, dict[str, tuple[str, list[str]]]] = {
     },
     "ablation": {  # each variant switches one principle off the paper's full loss ((a)-(d) on)
         "hypersensitive": ("hypersensitive loss, all principles", ["--loss", "hypersensitive", "--recenter"]),
-        "no-recenter": ("(a) off: reference centred on the box (the training default)", ["--no-recenter"]),
+        "no-recenter": ("(a) off: reference centred on the box (the training default: main's run)",
+                        ["--loss", "hypersensitive"]),
         "one-sigma": ("(b) off: a single sigma (12 reference px)", ["--recenter", "--sigmas", "12"]),
         "no-top-k": ("(c) off: top_k = 0", ["--recenter", "--top-k", "0"]),
         "omega-1": ("(d) off: omega = 1", ["--recenter", "--omega", "1.0"]),
@@ -408,8 +412,52 @@ def fpi_to_reach(curve: list[dict], target: float) -> float | None:
     return round(min(reached), 3) if reached else None
 
 
+#: The checkpoint a run is scored with unless its table says otherwise: the last epoch's weights.
+FINAL_CHECKPOINT = "model.keras"
+#: The checkpoint of the epoch chosen on validation (`hourglass train`'s best.keras, the epoch a tuning
+#: trial reports).
+BEST_CHECKPOINT = "best.keras"
+
+
+def _matches(record: dict, flags: list[str], data_hash: str | None, checkpoint: str) -> bool:
+    return (record.get("train_flags") == flags and record.get("data_hash") == data_hash
+            and record.get("checkpoint", FINAL_CHECKPOINT) == checkpoint)
+
+
+def same_run_elsewhere(out: str, flags: list[str], data_hash: str | None, behaviour: str | None,
+                       checkpoint: str, exclude: str) -> str | None:
+    """A finished run of another table (or name) that is this run: the same train flags, data, checkpoint
+    and behaviour fingerprint (e.g. the stress table's base setting is the main table's data; the
+    ablation's "(a) off" row is the main table's default loss).
+
+    Returns:
+        The other run's record path, or None.
+    """
+    import glob
+
+    if behaviour is None:
+        return None
+    for path in sorted(glob.glob(os.path.join(out, "runs", "*", "*.record.json"))):
+        if os.path.abspath(path) == os.path.abspath(exclude):
+            continue
+        record = read_json(path)
+        if record.get("behaviour") == behaviour and _matches(record, flags, data_hash, checkpoint) \
+                and not record.get("reused_from"):
+            return path
+    return None
+
+
 def run_one(args, out: str, table: str, name: str, prep: str, variant_flags: list[str], seed: int,
-            description: str) -> dict | None:
+            description: str, checkpoint: str = FINAL_CHECKPOINT) -> dict | None:
+    """Trains one variant and seed and scores `checkpoint` once on the test split (or reuses the run).
+
+    Args:
+        checkpoint: the run's file that is evaluated: `FINAL_CHECKPOINT` (the last epoch, the default)
+            or `BEST_CHECKPOINT` (the epoch chosen on validation).
+
+    Returns:
+        The run's record, or None (render-only and not run).
+    """
     from keras_hourglass.training.callbacks import read_history
 
     base = os.path.join(out, "runs", table)
@@ -422,7 +470,7 @@ def run_one(args, out: str, table: str, name: str, prep: str, variant_flags: lis
     behaviour = None if args.render_only else behaviour_fingerprint(out, prep, variant_flags)
     if os.path.exists(record_path):
         record = read_json(record_path)
-        if record.get("train_flags") == flags and record.get("data_hash") == data_hash:
+        if _matches(record, flags, data_hash, checkpoint):
             if args.render_only or record.get("behaviour") == behaviour:
                 return record
             if record.get("behaviour") is None and behaviour_fingerprint(
@@ -432,8 +480,16 @@ def run_one(args, out: str, table: str, name: str, prep: str, variant_flags: lis
                 return record
     if args.render_only:
         return None
+    other = same_run_elsewhere(out, flags, data_hash, behaviour, checkpoint, exclude=record_path)
+    if other is not None:  # the same run under another table's name: its record, not a second training
+        record = {**read_json(other), "table": table, "name": name, "description": description,
+                  "reused_from": os.path.relpath(other, out)}
+        write_json(record_path, record)
+        print(f"quality {table}: {tag}: the same run as {record['reused_from']} (kept)", file=sys.stderr, flush=True)
+        return record
     stamp_path = os.path.join(base, f"{tag}.stamp.json")
-    stamp = {"train_flags": flags, "data_hash": data_hash, "behaviour": behaviour}
+    stamp = {"train_flags": flags, "data_hash": data_hash, "behaviour": behaviour,
+             **({"checkpoint": checkpoint} if checkpoint != FINAL_CHECKPOINT else {})}
     if not os.path.exists(stamp_path) or read_json(stamp_path) != stamp:  # stale: start that run over
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(eval_dir, ignore_errors=True)
@@ -444,21 +500,37 @@ def run_one(args, out: str, table: str, name: str, prep: str, variant_flags: lis
     print(f"quality {table}: {tag}: training ({description})", file=sys.stderr, flush=True)
     stdout, train_seconds = run([*hourglass(), "train", "--data", prep, "--out", run_dir, *flags],
                                 os.path.join(base, "logs", f"{tag}.train.log"), timeout)
-    _, eval_seconds = run([*hourglass(), "evaluate", "--model", os.path.join(run_dir, "model.keras"), "--data", prep,
-                           "--split", "test", "--out", eval_dir, "--bootstrap", str(args.bootstrap), "--seed", "0",
-                           "--overlays", "2", "--quiet"], os.path.join(base, "logs", f"{tag}.evaluate.log"), timeout)
-    froc = read_json(os.path.join(eval_dir, "froc.json"))
+    froc, eval_seconds = evaluate_on_test(args, prep, os.path.join(run_dir, checkpoint), eval_dir,
+                                          os.path.join(base, "logs", f"{tag}.evaluate.log"), timeout)
     history = read_history(os.path.join(run_dir, "history.csv"))
     record = {"table": table, "name": name, "seed": seed, "description": description, "train_flags": flags,
               "data_hash": data_hash, "recipe": recipe, "behaviour": behaviour, "prep": prep,
-              "commit": git_commit(), "eval_dir": eval_dir,
+              "commit": git_commit(), "eval_dir": eval_dir, "checkpoint": checkpoint,
               "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
               "time_to_val_sensitivity_minutes": time_to_quality(history),
               "summary": summarise_froc(froc), "curve": froc.get("curve", [])}
+    if checkpoint != FINAL_CHECKPOINT:  # the last epoch too, so the checkpoint choice's share is measured
+        final_froc, _ = evaluate_on_test(args, prep, os.path.join(run_dir, FINAL_CHECKPOINT), eval_dir + "-final",
+                                         os.path.join(base, "logs", f"{tag}.evaluate-final.log"), timeout)
+        record["final_summary"] = summarise_froc(final_froc)
+        best = read_json(os.path.join(run_dir, "best.json")) if os.path.exists(os.path.join(run_dir, "best.json")) else {}
+        record["best_epoch"] = best.get("epoch")
     write_json(record_path, record)
     print(f"quality {table}: {tag}: {train_seconds:.0f} s, sensitivity at 4.8 FPI "
           f"{record['summary']['sensitivity_at_fpi'].get('4.8')}", file=sys.stderr, flush=True)
     return record
+
+
+def evaluate_on_test(args, prep: str, model_path: str, eval_dir: str, log: str, timeout: float) -> tuple[dict, float]:
+    """`hourglass evaluate` of one model file on the test split (bootstrap CIs, 2 overlays).
+
+    Returns:
+        (froc.json's content, wall seconds).
+    """
+    _, seconds = run([*hourglass(), "evaluate", "--model", model_path, "--data", prep, "--split", "test", "--out",
+                      eval_dir, "--bootstrap", str(args.bootstrap), "--seed", "0", "--overlays", "2", "--quiet"],
+                     log, timeout)
+    return read_json(os.path.join(eval_dir, "froc.json")), seconds
 
 
 def summarise_froc(froc: dict) -> dict:

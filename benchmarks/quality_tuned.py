@@ -10,6 +10,9 @@ sigmas, learning rate; L2 and focal: target sigma, learning rate; `hourglass tun
 2. The best trial's values (`best_hyperparameters.json`, chosen on validation only) trained again with
    `hourglass train --hparams` for each seed and evaluated once on the test split (`quality.run_one`:
    the main table's evaluation and records; the same values, budget and seed give the trial's weights).
+   Scored with best.keras: a trial is ranked by its best epoch on validation (`tuning.objective`), so
+   its values are tested with the epoch chosen the same way; the last epoch's weights are scored
+   beside it (`final_summary`), which separates the tuned values' gain from the checkpoint choice's.
 
 Resumable: `hourglass tune` keeps its finished trials; a search is keyed by its flags, the data and the
 loss's behaviour fingerprint (`quality.behaviour_fingerprint`; another behaviour starts it over). The
@@ -137,7 +140,8 @@ def main(args, out: str) -> int:
             continue
         for seed in args.seeds:  # seed-major is not needed: each loss's seeds share one search
             record = quality.run_one(args, out, TABLE, loss, prep, ["--hparams", search["hparams"]], seed,
-                                     f"{loss}, tuned: {describe(search['values'])}")
+                                     f"{loss}, tuned: {describe(search['values'])}",
+                                     checkpoint=quality.BEST_CHECKPOINT)
             if record:
                 records[loss].append(record)
     groups = {group: records}
@@ -149,6 +153,14 @@ def main(args, out: str) -> int:
                          f"{quality.fmt(search['objective'])}")
         else:
             lines.append(f"- {loss}: no finished trial yet")
+    lines += ["", "The same runs scored with their last epoch's weights instead of best.keras (sensitivity at 4.8 "
+              "FPI per seed; best.keras's epoch in brackets):", ""]
+    for loss, recs in records.items():
+        cells = [f"s{r['seed']}: {quality.fmt(r['final_summary']['sensitivity_at_fpi']['4.8'])} "
+                 f"(best.keras: epoch {r.get('best_epoch')}, {quality.fmt(r['summary']['sensitivity_at_fpi']['4.8'])})"
+                 for r in sorted(recs, key=lambda r: r["seed"]) if r.get("final_summary")]
+        if cells:
+            lines.append(f"- {loss}: " + "; ".join(cells))
     text += "\n".join(lines) + "\n"
     payload = {"table": TABLE, "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:]),
                "settings": {k: v for k, v in vars(args).items() if k != "out"},

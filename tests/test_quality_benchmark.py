@@ -191,3 +191,37 @@ def test_tuned_table_searches_each_loss_with_the_same_budget_as_a_valid_tune_com
     assert quality_tuned.best_values_file(str(tmp_path), "l2", str(best)) != first  # a new best: retrained
     assert quality_tuned.describe({"loss": "l2", "target_sigma": 9.5, "learning_rate": 0.002, "preset": "tiny"}) == (
         "learning_rate 0.002, target_sigma 9.5")
+
+
+def test_the_same_run_in_another_table_is_reused_not_trained_twice(tmp_path, monkeypatch):
+    out, prep = str(tmp_path), str(tmp_path / "prep")
+    os.makedirs(prep)
+    quality.write_json(os.path.join(prep, "manifest.json"), {"content_hash": "data1"})
+    monkeypatch.setattr(quality, "recipe_fingerprint", lambda root=quality.ROOT: "code")
+    flags = ["--loss", "hypersensitive"]
+    write_cached_behaviour(out, prep, flags, "code", "B1")
+    trained = []
+    monkeypatch.setattr(quality, "run", lambda cmd, log, timeout: trained.append(cmd) or ("", 0.0))
+    main_args, stress_args = quality.parse_args(["main", "--seeds", "0"]), quality.parse_args(["stress", "--seeds", "0"])
+    main_record = {"table": "main", "name": "hypersensitive", "seed": 0, "train_flags": quality.train_flags(
+        main_args, flags, 0), "data_hash": "data1", "behaviour": "B1", "summary": {"sensitivity_at_fpi": {"4.8": 0.5}}}
+    quality.write_json(os.path.join(out, "runs", "main", "hypersensitive-s0.record.json"), main_record)
+
+    # the stress table's base setting: the main table's data, flags and behaviour -> main's record
+    record = quality.run_one(stress_args, out, "stress", "boxes-base-hypersensitive", prep, flags, 0, "HS")
+    assert not trained and record["reused_from"] == os.path.join("runs", "main", "hypersensitive-s0.record.json")
+    assert record["table"] == "stress" and record["summary"] == main_record["summary"]
+    # the ablation's "(a) off" row is the main table's default loss: the same flags
+    assert quality.TABLES["ablation"]["no-recenter"][1] == quality.TABLES["main"]["hypersensitive"][1]
+
+    # another checkpoint, other data or another behaviour is another run: trained (stubbed: no outputs)
+    for kwargs, behaviour, data in (({"checkpoint": quality.BEST_CHECKPOINT}, "B1", "data1"), ({}, "B2", "data1"),
+                                    ({}, "B1", "data2")):
+        trained.clear()
+        write_cached_behaviour(out, prep, flags, "code", behaviour)
+        quality.write_json(os.path.join(prep, "manifest.json"), {"content_hash": data})
+        write_cached_behaviour(out, prep, flags, "code", behaviour)
+        with pytest.raises(FileNotFoundError):
+            quality.run_one(main_args, out, "tuned", "hypersensitive", prep, flags, 0, "HS", **kwargs)
+        assert trained and "--loss" in trained[0]
+        assert trained[1][trained[1].index("--model") + 1].endswith(kwargs.get("checkpoint", "model.keras"))

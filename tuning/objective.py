@@ -17,6 +17,9 @@ same objective, prefer, in order:
    hypersensitive, the point of the method),
 4. the earlier trial id (deterministic).
 
+Points 1-2 (and the objective) are the library's epoch order,
+`keras_hourglass.evaluation.selection.epoch_rank_key`, which also picks
+`hourglass train`'s best.keras; this module adds the trial-level points 3-4.
 KerasTuner's oracle ranks trials by the objective alone (it sees one float);
 this module applies the full order when `tuning.outputs` picks the trial for
 `best_hyperparameters.json`, and when `HourglassHyperModel.fit` picks the
@@ -28,14 +31,18 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-OBJECTIVE_NAME = "val_sensitivity"
+from keras_hourglass.evaluation.selection import (  # noqa: F401 (re-exported: the one epoch order)
+    MAX_NAME,
+    MEAN_NAME,
+    OBJECTIVE_NAME,
+    TIE_BREAKERS,
+    as_number,
+    epoch_rank_key,
+)
+
 DIRECTION = "max"
-MEAN_NAME = "val_mean_sensitivity"
-MAX_NAME = "val_max_sensitivity"
 #: Sensitivity at these FPI points is reported per trial (trials.csv columns).
 REPORTED_FPI = (1.0, 2.0, 4.8)
-#: Metrics that break ties, in order, all direction max.
-TIE_BREAKERS = (MEAN_NAME, MAX_NAME)
 
 
 def fpi_metric_name(fpi: float) -> str:
@@ -50,15 +57,6 @@ def objective():
     return keras_tuner.Objective(OBJECTIVE_NAME, DIRECTION)
 
 
-def _number(value: Any) -> float:
-    """Returns: `value` as a float, NaN/None/missing as -inf (ranks last)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return -math.inf
-    return number if math.isfinite(number) else -math.inf
-
-
 def rank_key(metrics: Mapping[str, Any], omega: Any = None, order: Any = 0) -> tuple:
     """The sort key of one trial or epoch: smaller is better.
 
@@ -70,10 +68,9 @@ def rank_key(metrics: Mapping[str, Any], omega: Any = None, order: Any = 0) -> t
     Returns:
         A tuple usable with `sorted` / `min`.
     """
-    omega_value = _number(omega)
+    omega_value = as_number(omega)
     return (
-        -_number(metrics.get(OBJECTIVE_NAME)),
-        *(-_number(metrics.get(name)) for name in TIE_BREAKERS),
+        *epoch_rank_key(metrics),
         omega_value if omega_value != -math.inf else math.inf,
         _order_key(order),
     )

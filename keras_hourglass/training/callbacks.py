@@ -15,6 +15,7 @@ import csv
 import io
 import math
 import time
+from typing import Any, Callable, Mapping
 
 import keras
 
@@ -265,13 +266,17 @@ class BestCheckpoint(keras.callbacks.Callback):
         path: the `.keras` file (RUN/best.keras), written atomically.
         state_path: JSON with the best value and epoch (RUN/best.json).
         save_fn: `path -> None` that writes the model (default: `model.save`).
-        monitor: key of the epoch logs.
+        monitor: key of the epoch logs; an epoch without a finite value is never the best.
         mode: "max" or "min".
         epoch_offset: epochs of earlier phases.
+        rank: `logs -> tuple`, smaller is better, that orders the epochs instead of `monitor` alone
+            (e.g. `keras_hourglass.evaluation.selection.epoch_rank_key`: ties of the monitored value
+            broken by further figures); on a full tie the earlier epoch stays the best.
     """
 
     def __init__(self, path: str, state_path: str, save_fn=None, monitor: str = "val_sensitivity",
-                 mode: str = "max", epoch_offset: int = 0):
+                 mode: str = "max", epoch_offset: int = 0,
+                 rank: Callable[[Mapping[str, Any]], tuple] | None = None):
         super().__init__()
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
@@ -281,24 +286,28 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.monitor = monitor
         self.mode = mode
         self.epoch_offset = int(epoch_offset)
+        self.rank = rank or (lambda logs: ((-1.0 if mode == "max" else 1.0) * float(logs[monitor]),))
         self.best = None
+        self.best_rank = None
         if storage.exists(state_path):
-            self.best = storage.read_json(state_path).get("value")
-
-    def _improved(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        return value > self.best if self.mode == "max" else value < self.best
+            state = storage.read_json(state_path)
+            self.best = state.get("value")
+            if self.best is not None:  # a state file without "rank" (older runs): ranked by its value alone
+                saved = state.get("rank")  # JSON has no infinity: a missing figure (ranks last) is null
+                self.best_rank = (tuple(math.inf if k is None else float(k) for k in saved) if saved
+                                  else tuple(self.rank({monitor: self.best})))
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None:
+        logs = logs or {}
+        value = logs.get(self.monitor)
+        if value is None or not math.isfinite(float(value)):
             return
-        value = float(value)
-        if not math.isfinite(value) or not self._improved(value):
+        key = tuple(float(k) for k in self.rank(logs))
+        if self.best_rank is not None and not key < self.best_rank:
             return
-        self.best = value
+        self.best, self.best_rank = float(value), key
         with storage.replacing(self.path, keep_suffix=True) as tmp:
             (self.save_fn or self.model.save)(tmp)
-        storage.write_json(self.state_path, {"monitor": self.monitor, "mode": self.mode, "value": value,
+        storage.write_json(self.state_path, {"monitor": self.monitor, "mode": self.mode, "value": self.best,
+                                            "rank": [k if math.isfinite(k) else None for k in key],
                                             "epoch": self.epoch_offset + epoch + 1})

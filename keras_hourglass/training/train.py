@@ -39,6 +39,7 @@ from typing import Callable
 
 from keras_hourglass import storage
 from keras_hourglass.errors import ArgumentError, InputError
+from keras_hourglass.evaluation import selection
 from keras_hourglass.training.config import TrainConfig, manifest_hash
 from keras_hourglass.training.fit import (DatasetFn, build_model, compile_model, fit_phases, froc_callback,
                                           make_learning_rate, make_loss, precision_summary, prep_dataset_fn,
@@ -284,7 +285,7 @@ def train(config: TrainConfig, run_dir: str, *, prep_dir: str | None = None, str
                                      heatmap_fn=lambda images: final_model(images, training=False)),
                 cb.BestCheckpoint(write.join("best.keras"), write.join("best.json"),
                                   save_fn=lambda path: _save_model(final_model, path, preprocessing),
-                                  epoch_offset=offset),
+                                  epoch_offset=offset, rank=selection.epoch_rank_key),
                 *(callbacks or []),
                 cb.EpochBackup(write.join("backup"), epoch_offset=offset, phase=phase,
                                extra_state={"fingerprint": fingerprint})]
