@@ -648,6 +648,31 @@ def markdown(table: str, groups: dict[str, dict[str, list[dict]]], args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def stress_summary(groups: dict[str, dict[str, list[dict]]]) -> str:
+    """The stress table in one view: per axis setting, hypersensitive and L2 side by side at 4.8 FPI and at
+    the maximum, with the paired difference (mean ± 95% t half-width over the seeds both have).
+
+    Returns:
+        A markdown table (empty when no setting has both losses).
+    """
+    lines = ["| axis: setting | malignant test findings | seeds | hypersensitive @4.8 | L2 @4.8 | Δ @4.8 (paired) "
+             "| hypersensitive max | L2 max | Δ max (paired) |", "|---" * 9 + "|"]
+    for group, variants in groups.items():
+        hs = {r["seed"]: r["summary"] for r in variants.get("hypersensitive", [])}
+        l2 = {r["seed"]: r["summary"] for r in variants.get("l2", [])}
+        seeds = sorted(set(hs) & set(l2))
+        if not seeds:
+            continue
+        cells = []
+        for read in (lambda s: s["sensitivity_at_fpi"]["4.8"], lambda s: s["max_sensitivity"]):
+            a, b = [read(hs[k]) for k in seeds], [read(l2[k]) for k in seeds]
+            diff = mean_ci([x - y for x, y in zip(a, b) if x is not None and y is not None])
+            cells.append((fmt_mean(a), fmt_mean(b), fmt(diff[0]) + (f" ± {diff[1]:.3f}" if diff[1] else "")))
+        lines.append(f"| {group} | {hs[seeds[0]]['num_malignant_findings']} | {','.join(map(str, seeds))} | "
+                     + " | ".join(" | ".join(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def print_fingerprints(args, out: str, variants: dict) -> int:
     """`--fingerprint-only`: each variant's behaviour fingerprint under `--code-root` (main / ablation data)."""
     prep = prepare_data(out, data_settings({}, args.quick), create=False)
@@ -710,6 +735,11 @@ def main(argv=None) -> int:
     from keras_hourglass.evaluation.plots import plot_froc_curves
 
     text = markdown(table, groups, args)
+    if table == "stress":
+        summary = stress_summary(groups)
+        if summary:
+            text = ("Hypersensitive loss against L2 along each axis (test split of each setting; mean ± 95% "
+                    "t half-width over seeds):\n\n" + summary + "\n" + text)
     for group, fact in facts.items():
         blob = fact.get("blob_filter")
         if blob:

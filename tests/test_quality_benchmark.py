@@ -225,3 +225,20 @@ def test_the_same_run_in_another_table_is_reused_not_trained_twice(tmp_path, mon
             quality.run_one(main_args, out, "tuned", "hypersensitive", prep, flags, 0, "HS", **kwargs)
         assert trained and "--loss" in trained[0]
         assert trained[1][trained[1].index("--model") + 1].endswith(kwargs.get("checkpoint", "model.keras"))
+
+
+def test_stress_summary_pairs_the_losses_by_seed():
+    def record(seed, at_48, peak):
+        return {"seed": seed, "summary": {"sensitivity_at_fpi": {"4.8": at_48}, "max_sensitivity": peak,
+                                          "num_malignant_findings": 70}}
+
+    groups = {"subtlety: contrast-0.5": {"hypersensitive": [record(0, 0.6, 0.9), record(1, 0.5, 1.0)],
+                                         "l2": [record(0, 0.4, 0.95), record(1, 0.4, 0.95), record(2, 0.9, 0.9)]},
+              "boxes (a): loose": {"hypersensitive": [record(0, 0.5, 0.9)], "l2": []}}
+    table = quality.stress_summary(groups).splitlines()
+    assert len(table) == 3  # header, rule, one setting: the other has no L2 run to pair with
+    cells = [c.strip() for c in table[2].strip("|").split("|")]
+    assert cells[:3] == ["subtlety: contrast-0.5", "70", "0,1"]  # L2's seed 2 has no hypersensitive partner
+    assert cells[5].startswith("0.150 ± ") and cells[4].startswith("0.400")  # (0.2 + 0.1) / 2, paired
+    assert cells[8].startswith("0.000 ± ")  # max: (-0.05 + 0.05) / 2
+    assert quality.stress_summary({"g": {"hypersensitive": [], "l2": []}}) == ""
