@@ -107,6 +107,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2; stress 0,1)")
     parser.add_argument("--variants", default=None, help="comma-separated subset of the table's variants")
     parser.add_argument("--axes", default=None, help="stress: comma-separated subset of " + ", ".join(STRESS_AXES))
+    parser.add_argument("--settings", default=None,
+                        help="stress: comma-separated setting names to run (e.g. contrast-0.5; the base setting "
+                             "is the main table's runs); the table still shows every finished setting")
     parser.add_argument("--patch-epochs", type=int, default=12)
     parser.add_argument("--full-epochs", type=int, default=4)
     parser.add_argument("--steps-per-epoch", type=int, default=100)
@@ -135,6 +138,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.axes = args.axes.split(",") if args.axes else list(STRESS_AXES)
     if any(a not in STRESS_AXES for a in args.axes):
         parser.error(f"unknown axes; choose from {list(STRESS_AXES)}")
+    names = {name for axis in args.axes for name, _ in STRESS_AXES[axis]}
+    args.settings = args.settings.split(",") if args.settings else sorted(names)
+    if any(name not in names for name in args.settings):
+        parser.error(f"unknown settings {sorted(set(args.settings) - names)}; the axes have {sorted(names)}")
     if args.quick:
         args.patch_epochs, args.full_epochs, args.steps_per_epoch, args.bootstrap = 2, 1, 5, 100
         args.val_images, args.max_trials = 8, 2
@@ -702,14 +709,15 @@ def main(argv=None) -> int:
     if args.fingerprint_only:
         return print_fingerprints(args, out, variants)
     groups: dict[str, dict[str, list[dict]]] = {}
-    if table == "stress":
-        settings_list = [(f"{axis}: {name}", f"{axis.split()[0]}-{name}", overrides)
+    if table == "stress":  # the base setting (no overrides) is always run: its runs are the main table's
+        settings_list = [(f"{axis}: {name}", f"{axis.split()[0]}-{name}", overrides,
+                          not overrides or name in args.settings)
                          for axis in args.axes for name, overrides in STRESS_AXES[axis]]
     else:
-        settings_list = [("synthetic test split", "", {})]
+        settings_list = [("synthetic test split", "", {}, True)]
     facts = {}
-    for group, prefix, overrides in settings_list:
-        prep = prepare_data(out, data_settings(overrides, args.quick), create=not args.render_only)
+    for group, prefix, overrides, selected in settings_list:
+        prep = prepare_data(out, data_settings(overrides, args.quick), create=selected and not args.render_only)
         if prep is not None:
             facts_path = os.path.join(os.path.dirname(prep), "facts.json")
             if not os.path.exists(facts_path):
@@ -724,7 +732,8 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             for name, (description, flags) in variants.items():
                 run_name = f"{prefix}-{name}" if prefix else name
-                if args.render_only or prep is None:  # render-only: find the record by name
+                if args.render_only or prep is None or not selected:
+                    # render-only (or a setting not asked for): the finished record, found by name
                     path = os.path.join(out, "runs", table, f"{run_name}-s{seed}.record.json")
                     record = read_json(path) if os.path.exists(path) else None
                 else:
