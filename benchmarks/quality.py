@@ -24,6 +24,13 @@ table scores best.keras, the epoch chosen on validation (the epoch each tuning t
 the last epoch beside it. A run that another table already made (the same flags, data, checkpoint and
 behaviour: the stress table's base setting, the ablation's "(a) off" row) is reused, not trained twice.
 
+Runs go `--jobs` at a time (default: cores // `--threads`), each with `--threads` TensorFlow threads
+(default 1; 0 = TensorFlow's default, all cores). On our 2-core machines two one-thread runs side by
+side train about 1.7x the steps per minute of one run on both cores (small convolutions do not split
+well across threads). The thread count changes floating-point sums, so it is part of a run's behaviour:
+a finished run is kept with the thread count that made it (the main table's 2026-12-01 runs: TensorFlow's
+default), and new runs use `--threads`.
+
 Outputs (under --out, default benchmarks/out/quality):
     data/<name>/{synth,prepared}    the data sets (made once per settings)
     runs/<table>/<variant>-s<seed>/ run directories, eval/ the evaluation outputs, *.record.json
@@ -48,6 +55,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -118,12 +126,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--max-trials", type=int, default=12, help="tuned: `hourglass tune` trials per loss")
     parser.add_argument("--timeout-minutes", type=float, default=30.0, help="per train/evaluate process")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="TensorFlow threads per run (intra- and inter-op; default 1; 0 = TensorFlow's default, "
+                             "all cores). Part of every run's key: the thread count changes floating-point sums")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="runs (or searches) at a time (default: CPU cores // --threads, at least 1)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 120 images, 3 x 5 steps")
     parser.add_argument("--render-only", action="store_true", help="tables from the finished runs only")
     parser.add_argument("--fingerprint-only", action="store_true",
                         help="compute (and cache) each variant's behaviour fingerprint, train nothing")
     parser.add_argument("--code-root", default=ROOT,
-                        help="with --fingerprint-only: the checkout whose code the probes run (default: this one), "
+                        help="with --fingerprint-only: the checkout whose code the probes run (default: this one; "
+                             "probed with --threads: 0 for runs made with TensorFlow's default threads), "
                              "e.g. the commit a finished table was measured on")
     args = parser.parse_args(argv)
     default_seeds = "0,1" if args.table == "stress" else "0,1,2"
@@ -142,6 +156,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.settings = args.settings.split(",") if args.settings else sorted(names)
     if any(name not in names for name in args.settings):
         parser.error(f"unknown settings {sorted(set(args.settings) - names)}; the axes have {sorted(names)}")
+    if args.threads < 0 or (args.jobs is not None and args.jobs < 1):
+        parser.error("--threads must be >= 0 and --jobs >= 1")
+    args.threads = args.threads or None  # None: TensorFlow's default
+    args.jobs = args.jobs or max(1, (os.cpu_count() or 1) // (args.threads or os.cpu_count() or 1))
     if args.quick:
         args.patch_epochs, args.full_epochs, args.steps_per_epoch, args.bootstrap = 2, 1, 5, 100
         args.val_images, args.max_trials = 8, 2
@@ -152,9 +170,19 @@ def hourglass() -> list[str]:
     return hourglass_cli()
 
 
-def run(cmd: list[str], log_path: str, timeout: float) -> tuple[str, float]:
-    """Runs one step; returns (stdout, seconds). stderr goes to `log_path`."""
-    return run_step(cmd, log_path, timeout, "quality")
+THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+def thread_env(threads: int | None) -> dict[str, str]:
+    """Returns: the environment that gives a TensorFlow process `threads` intra- and inter-op threads
+    ({} for None: TensorFlow's default, all cores; `main` removes the variables from its own environment,
+    so a step inherits none)."""
+    return {name: str(threads) for name in THREAD_VARIABLES} if threads else {}
+
+
+def run(cmd: list[str], log_path: str, timeout: float, threads: int | None = None) -> tuple[str, float]:
+    """Runs one step with `threads` TensorFlow threads; returns (stdout, seconds). stderr goes to `log_path`."""
+    return run_step(cmd, log_path, timeout, "quality", extra_env=thread_env(threads))
 
 
 def read_json(path: str):
@@ -314,10 +342,11 @@ PROBE_FLAGS = ["--seed", "0", "--patch-epochs", "1", "--full-epochs", "1", "--st
 _CLOCK_COLUMNS = ("epoch_seconds",)
 
 
-def _probe_key(variant_flags: list[str], data_hash: str | None) -> str:
+def _probe_key(variant_flags: list[str], data_hash: str | None, threads: int | None = None) -> str:
     import hashlib
 
-    return hashlib.sha256(json.dumps([variant_flags, PROBE_FLAGS, data_hash]).encode()).hexdigest()[:12]
+    parts = [variant_flags, PROBE_FLAGS, data_hash, *([{"threads": threads}] if threads else [])]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
 
 
 def _probe_numbers(run_dir: str, eval_dir: str) -> str:
@@ -333,7 +362,7 @@ def _probe_numbers(run_dir: str, eval_dir: str) -> str:
 
 
 def behaviour_fingerprint(out: str, prep: str, variant_flags: list[str], code_root: str = ROOT,
-                          create: bool = True, recipe: str | None = None) -> str | None:
+                          create: bool = True, recipe: str | None = None, threads: int | None = None) -> str | None:
     """What the training and scoring code does with a variant's flags on PREP, as 12 hex digits.
 
     A probe: `hourglass train` with the variant's flags and `PROBE_FLAGS` (a few steps of both phases,
@@ -352,24 +381,43 @@ def behaviour_fingerprint(out: str, prep: str, variant_flags: list[str], code_ro
         create: run the probe when it is not cached (False: None instead).
         recipe: look up the cached fingerprint of code with this `recipe_fingerprint` instead of
             `code_root`'s (a finished run's record names the code that made it); with `create` False.
+        threads: TensorFlow threads of the probe (None: TensorFlow's default), as the runs it stands for
+            had: the thread count changes floating-point sums, so it is part of the behaviour.
 
     Returns:
         The fingerprint, or None (not cached and `create` is False).
     """
-    import hashlib
-    import tempfile
-
     data_hash = read_json(os.path.join(prep, "manifest.json")).get("content_hash")
     if recipe is not None and create:
         raise ValueError("a recipe is looked up, not probed: pass create=False")
     recipe = recipe or recipe_fingerprint(code_root)
-    cache = os.path.join(out, "behaviour", f"{recipe}-{_probe_key(variant_flags, data_hash)}.json")
-    if os.path.exists(cache):
-        return read_json(cache)["behaviour"]
-    if not create:
-        return None
+    cache = os.path.join(out, "behaviour", f"{recipe}-{_probe_key(variant_flags, data_hash, threads)}.json")
+    with _lock_for(cache):  # parallel runs of one variant wait for one probe
+        if os.path.exists(cache):
+            return read_json(cache)["behaviour"]
+        if not create:
+            return None
+        return _probe(out, prep, variant_flags, code_root, recipe, threads, data_hash, cache)
+
+
+_LOCKS: dict[str, "threading.Lock"] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_for(key: str) -> "threading.Lock":
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(key, threading.Lock())
+
+
+def _probe(out: str, prep: str, variant_flags: list[str], code_root: str, recipe: str, threads: int | None,
+           data_hash: str | None, cache: str) -> str:
+    """Runs the behaviour probe (see `behaviour_fingerprint`) and caches its fingerprint. Returns: it."""
+    import hashlib
+    import tempfile
+
     os.makedirs(os.path.dirname(cache), exist_ok=True)
-    env = {"PYTHONPATH": os.path.abspath(code_root)} if os.path.abspath(code_root) != ROOT else None
+    env = {**({"PYTHONPATH": os.path.abspath(code_root)} if os.path.abspath(code_root) != ROOT else {}),
+           **thread_env(threads)}
     with tempfile.TemporaryDirectory(dir=os.path.dirname(cache)) as work:
         run_dir, eval_dir = os.path.join(work, "run"), os.path.join(work, "eval")
         log = os.path.join(work, "probe.log")
@@ -383,7 +431,7 @@ def behaviour_fingerprint(out: str, prep: str, variant_flags: list[str], code_ro
                 shutil.copy(log, cache + ".failed.log")
                 raise
         behaviour = hashlib.sha256(_probe_numbers(run_dir, eval_dir).encode()).hexdigest()[:12]
-    write_json(cache, {"behaviour": behaviour, "recipe": recipe, "variant_flags": variant_flags,
+    write_json(cache, {"behaviour": behaviour, "recipe": recipe, "variant_flags": variant_flags, "threads": threads,
                        "probe_flags": PROBE_FLAGS, "data_hash": data_hash, "code_root": os.path.abspath(code_root),
                        "commit": git_commit(code_root)})
     return behaviour
@@ -431,42 +479,64 @@ def _matches(record: dict, flags: list[str], data_hash: str | None, checkpoint: 
             and record.get("checkpoint", FINAL_CHECKPOINT) == checkpoint)
 
 
-def same_run_elsewhere(out: str, flags: list[str], data_hash: str | None, behaviour: str | None,
+def record_is_current(out: str, prep: str, variant_flags: list[str], record: dict) -> bool:
+    """Whether a finished run still stands for this code: the code behaves, at the run's own thread count,
+    as the code that made the run did (`behaviour_fingerprint`). A record of other code without a
+    behaviour fingerprint gets one when that code's probe is cached and agrees (written back by the caller).
+
+    Returns:
+        True: keep the run (its `behaviour` is then set).
+    """
+    threads = record.get("threads")  # absent: TensorFlow's default (runs made before the thread setting)
+    now = behaviour_fingerprint(out, prep, variant_flags, threads=threads)
+    if record.get("behaviour") == now:
+        return True
+    if record.get("behaviour") is None and behaviour_fingerprint(
+            out, prep, variant_flags, create=False, recipe=record.get("recipe"), threads=threads) == now:
+        record["behaviour"] = now  # made by other code that behaves the same
+        return True
+    return False
+
+
+def same_run_elsewhere(out: str, prep: str, variant_flags: list[str], flags: list[str], data_hash: str | None,
                        checkpoint: str, exclude: str) -> str | None:
-    """A finished run of another table (or name) that is this run: the same train flags, data, checkpoint
-    and behaviour fingerprint (e.g. the stress table's base setting is the main table's data; the
-    ablation's "(a) off" row is the main table's default loss).
+    """A finished, current run of another table (or name) that is this run: the same train flags, data and
+    checkpoint (e.g. the stress table's base setting is the main table's data; the ablation's "(a) off" row
+    is the main table's default loss).
 
     Returns:
         The other run's record path, or None.
     """
     import glob
 
-    if behaviour is None:
-        return None
     for path in sorted(glob.glob(os.path.join(out, "runs", "*", "*.record.json"))):
         if os.path.abspath(path) == os.path.abspath(exclude):
             continue
         record = read_json(path)
-        if record.get("behaviour") == behaviour and _matches(record, flags, data_hash, checkpoint) \
-                and not record.get("reused_from"):
+        if _matches(record, flags, data_hash, checkpoint) and not record.get("reused_from") \
+                and record_is_current(out, prep, variant_flags, record):
             return path
     return None
 
 
 def run_one(args, out: str, table: str, name: str, prep: str, variant_flags: list[str], seed: int,
-            description: str, checkpoint: str = FINAL_CHECKPOINT) -> dict | None:
+            description: str, checkpoint: str = FINAL_CHECKPOINT, threads: int | None = -1) -> dict | None:
     """Trains one variant and seed and scores `checkpoint` once on the test split (or reuses the run).
+
+    A finished run is kept while it is current (`record_is_current`), whatever thread count made it; a new
+    run is trained and scored with `threads`.
 
     Args:
         checkpoint: the run's file that is evaluated: `FINAL_CHECKPOINT` (the last epoch, the default)
             or `BEST_CHECKPOINT` (the epoch chosen on validation).
+        threads: TensorFlow threads of a new run (default `args.threads`; None: TensorFlow's default).
 
     Returns:
         The run's record, or None (render-only and not run).
     """
     from keras_hourglass.training.callbacks import read_history
 
+    threads = args.threads if threads == -1 else threads
     base = os.path.join(out, "runs", table)
     tag = f"{name}-s{seed}"
     run_dir, eval_dir = os.path.join(base, tag), os.path.join(base, "eval", tag)
@@ -474,29 +544,28 @@ def run_one(args, out: str, table: str, name: str, prep: str, variant_flags: lis
     flags = train_flags(args, variant_flags, seed)
     data_hash = read_json(os.path.join(prep, "manifest.json")).get("content_hash")
     recipe = recipe_fingerprint()
-    behaviour = None if args.render_only else behaviour_fingerprint(out, prep, variant_flags)
     if os.path.exists(record_path):
         record = read_json(record_path)
         if _matches(record, flags, data_hash, checkpoint):
-            if args.render_only or record.get("behaviour") == behaviour:
+            if args.render_only:
                 return record
-            if record.get("behaviour") is None and behaviour_fingerprint(
-                    out, prep, variant_flags, create=False, recipe=record.get("recipe")) == behaviour:
-                record["behaviour"] = behaviour  # made by other code that behaves the same: kept
+            if not record.get("reused_from") and record_is_current(out, prep, variant_flags, record):
                 write_json(record_path, record)
                 return record
     if args.render_only:
         return None
-    other = same_run_elsewhere(out, flags, data_hash, behaviour, checkpoint, exclude=record_path)
+    other = same_run_elsewhere(out, prep, variant_flags, flags, data_hash, checkpoint, exclude=record_path)
     if other is not None:  # the same run under another table's name: its record, not a second training
         record = {**read_json(other), "table": table, "name": name, "description": description,
                   "reused_from": os.path.relpath(other, out)}
         write_json(record_path, record)
         print(f"quality {table}: {tag}: the same run as {record['reused_from']} (kept)", file=sys.stderr, flush=True)
         return record
+    behaviour = behaviour_fingerprint(out, prep, variant_flags, threads=threads)
     stamp_path = os.path.join(base, f"{tag}.stamp.json")
     stamp = {"train_flags": flags, "data_hash": data_hash, "behaviour": behaviour,
-             **({"checkpoint": checkpoint} if checkpoint != FINAL_CHECKPOINT else {})}
+             **({"checkpoint": checkpoint} if checkpoint != FINAL_CHECKPOINT else {}),
+             **({"threads": threads} if threads else {})}
     if not os.path.exists(stamp_path) or read_json(stamp_path) != stamp:  # stale: start that run over
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(eval_dir, ignore_errors=True)
@@ -506,19 +575,19 @@ def run_one(args, out: str, table: str, name: str, prep: str, variant_flags: lis
     timeout = args.timeout_minutes * 60
     print(f"quality {table}: {tag}: training ({description})", file=sys.stderr, flush=True)
     stdout, train_seconds = run([*hourglass(), "train", "--data", prep, "--out", run_dir, *flags],
-                                os.path.join(base, "logs", f"{tag}.train.log"), timeout)
+                                os.path.join(base, "logs", f"{tag}.train.log"), timeout, threads)
     froc, eval_seconds = evaluate_on_test(args, prep, os.path.join(run_dir, checkpoint), eval_dir,
-                                          os.path.join(base, "logs", f"{tag}.evaluate.log"), timeout)
+                                          os.path.join(base, "logs", f"{tag}.evaluate.log"), timeout, threads)
     history = read_history(os.path.join(run_dir, "history.csv"))
     record = {"table": table, "name": name, "seed": seed, "description": description, "train_flags": flags,
               "data_hash": data_hash, "recipe": recipe, "behaviour": behaviour, "prep": prep,
-              "commit": git_commit(), "eval_dir": eval_dir, "checkpoint": checkpoint,
+              "commit": git_commit(), "eval_dir": eval_dir, "checkpoint": checkpoint, "threads": threads,
               "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
               "time_to_val_sensitivity_minutes": time_to_quality(history),
               "summary": summarise_froc(froc), "curve": froc.get("curve", [])}
     if checkpoint != FINAL_CHECKPOINT:  # the last epoch too, so the checkpoint choice's share is measured
         final_froc, _ = evaluate_on_test(args, prep, os.path.join(run_dir, FINAL_CHECKPOINT), eval_dir + "-final",
-                                         os.path.join(base, "logs", f"{tag}.evaluate-final.log"), timeout)
+                                         os.path.join(base, "logs", f"{tag}.evaluate-final.log"), timeout, threads)
         record["final_summary"] = summarise_froc(final_froc)
         best = read_json(os.path.join(run_dir, "best.json")) if os.path.exists(os.path.join(run_dir, "best.json")) else {}
         record["best_epoch"] = best.get("epoch")
@@ -528,15 +597,17 @@ def run_one(args, out: str, table: str, name: str, prep: str, variant_flags: lis
     return record
 
 
-def evaluate_on_test(args, prep: str, model_path: str, eval_dir: str, log: str, timeout: float) -> tuple[dict, float]:
-    """`hourglass evaluate` of one model file on the test split (bootstrap CIs, 2 overlays).
+def evaluate_on_test(args, prep: str, model_path: str, eval_dir: str, log: str, timeout: float,
+                     threads: int | None = None) -> tuple[dict, float]:
+    """`hourglass evaluate` of one model file on the test split (bootstrap CIs, 2 overlays), with the
+    TensorFlow threads its run was trained with.
 
     Returns:
         (froc.json's content, wall seconds).
     """
     _, seconds = run([*hourglass(), "evaluate", "--model", model_path, "--data", prep, "--split", "test", "--out",
                       eval_dir, "--bootstrap", str(args.bootstrap), "--seed", "0", "--overlays", "2", "--quiet"],
-                     log, timeout)
+                     log, timeout, threads)
     return read_json(os.path.join(eval_dir, "froc.json")), seconds
 
 
@@ -680,19 +751,42 @@ def stress_summary(groups: dict[str, dict[str, list[dict]]]) -> str:
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
+def in_parallel(tasks: list, jobs: int) -> list:
+    """Runs `tasks` (callables: each a run, whose work is a child process) `jobs` at a time, in order of the
+    list.
+
+    Returns:
+        Their results, in the order of `tasks`. The first task that raised is re-raised after every
+        started task has ended (a finished run is never left half-written by a sibling's failure).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    if jobs <= 1:
+        return [task() for task in tasks]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(task) for task in tasks]
+        errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+    return [f.result() for f in futures]
+
+
 def print_fingerprints(args, out: str, variants: dict) -> int:
     """`--fingerprint-only`: each variant's behaviour fingerprint under `--code-root` (main / ablation data)."""
     prep = prepare_data(out, data_settings({}, args.quick), create=False)
     if prep is None:
         raise SystemExit("quality: no prepared data yet: run the table once first")
     for name, (_description, flags) in variants.items():
-        fingerprint = behaviour_fingerprint(out, prep, flags, code_root=args.code_root)
+        fingerprint = behaviour_fingerprint(out, prep, flags, code_root=args.code_root, threads=args.threads)
         print(f"{name}: behaviour {fingerprint} (code {recipe_fingerprint(args.code_root)} at {args.code_root})")
     return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    for name in THREAD_VARIABLES:  # every step's thread count is the run's own (`thread_env`), never inherited
+        os.environ.pop(name, None)
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     started = time.time()
@@ -716,6 +810,7 @@ def main(argv=None) -> int:
     else:
         settings_list = [("synthetic test split", "", {}, True)]
     facts = {}
+    tasks: list[tuple] = []  # (group, variant, () -> record or None), in table order
     for group, prefix, overrides, selected in settings_list:
         prep = prepare_data(out, data_settings(overrides, args.quick), create=selected and not args.render_only)
         if prep is not None:
@@ -735,11 +830,14 @@ def main(argv=None) -> int:
                 if args.render_only or prep is None or not selected:
                     # render-only (or a setting not asked for): the finished record, found by name
                     path = os.path.join(out, "runs", table, f"{run_name}-s{seed}.record.json")
-                    record = read_json(path) if os.path.exists(path) else None
+                    tasks.append((group, name, lambda path=path: read_json(path) if os.path.exists(path) else None))
                 else:
-                    record = run_one(args, out, table, run_name, prep, flags, seed, description)
-                if record:
-                    groups[group][name].append(record)
+                    tasks.append((group, name, lambda run_name=run_name, prep=prep, flags=flags, seed=seed,
+                                  description=description: run_one(args, out, table, run_name, prep, flags, seed,
+                                                                    description)))
+    for (group, name, _), record in zip(tasks, in_parallel([task for _, _, task in tasks], args.jobs)):
+        if record:
+            groups[group][name].append(record)
 
     from keras_hourglass.evaluation.plots import plot_froc_curves
 

@@ -15,7 +15,9 @@ sigmas, learning rate; L2 and focal: target sigma, learning rate; `hourglass tun
    beside it (`final_summary`), which separates the tuned values' gain from the checkpoint choice's.
 
 Resumable: `hourglass tune` keeps its finished trials; a search is keyed by its flags, the data and the
-loss's behaviour fingerprint (`quality.behaviour_fingerprint`; another behaviour starts it over). The
+loss's behaviour fingerprint (`quality.behaviour_fingerprint`; another behaviour starts it over) at its
+TensorFlow thread count (`--threads` when it started; a search resumes with its own). `--jobs` searches
+run at a time, then the seeds' runs. The
 best values are copied to `runs/tuned/<loss>-best-<hash>.json`, named by their content, so a search that
 grows past a new best retrains the seeds. Outputs: runs/tuned/<loss>-search/ (the tune directory),
 the seeds' runs and records, quality-tuned.{json,md}.
@@ -64,36 +66,52 @@ def best_values_file(base: str, loss: str, best_path: str) -> str:
     return path
 
 
+def search_threads(args, out: str, prep: str, loss: str, stamp: dict | None, flags: list[str],
+                   data_hash: str | None) -> int | None:
+    """Returns: the TensorFlow threads a search runs with: a current search's own (a search never mixes
+    thread counts, which change floating-point sums), else `args.threads` (a new search)."""
+    if stamp and stamp.get("tune_flags") == flags and stamp.get("data_hash") == data_hash:
+        threads = stamp.get("threads")  # absent: TensorFlow's default (searches made before the setting)
+        if stamp.get("behaviour") == quality.behaviour_fingerprint(out, prep, ["--loss", loss], threads=threads):
+            return threads
+    return args.threads
+
+
 def run_search(args, out: str, prep: str, loss: str) -> dict | None:
     """Runs (or resumes) one loss's search.
 
     Returns:
-        {"hparams": the best values' file, "values", "trials": completed trials, "objective"}, or None
-        (not searched yet and render-only, or no trial completed).
+        {"hparams": the best values' file, "values", "trials": completed trials, "objective", "threads"},
+        or None (not searched yet and render-only, or no trial completed).
     """
     base = os.path.join(out, "runs", TABLE)
     search_dir = os.path.join(base, f"{loss}-search")
     flags = tune_flags(args, loss)
+    stamp_path = os.path.join(base, f"{loss}-search.stamp.json")
+    stamp = quality.read_json(stamp_path) if os.path.exists(stamp_path) else None
+    threads = (stamp or {}).get("threads")
     if not args.render_only:
         data_hash = quality.read_json(os.path.join(prep, "manifest.json")).get("content_hash")
+        threads = search_threads(args, out, prep, loss, stamp, flags, data_hash)
         key = {"tune_flags": flags, "data_hash": data_hash,
-               "behaviour": quality.behaviour_fingerprint(out, prep, ["--loss", loss])}
-        stamp_path = os.path.join(base, f"{loss}-search.stamp.json")
-        if not os.path.exists(stamp_path) or quality.read_json(stamp_path) != key:  # stale: start over
+               "behaviour": quality.behaviour_fingerprint(out, prep, ["--loss", loss], threads=threads),
+               **({"threads": threads} if threads else {})}
+        if stamp != key:  # stale: start over
             shutil.rmtree(search_dir, ignore_errors=True)
             os.makedirs(base, exist_ok=True)
             quality.write_json(stamp_path, key)
         os.makedirs(os.path.join(base, "logs"), exist_ok=True)
-        print(f"quality {TABLE}: {loss}: search ({args.max_trials} trials)", file=sys.stderr, flush=True)
+        print(f"quality {TABLE}: {loss}: search ({args.max_trials} trials, threads {threads or 'default'})",
+              file=sys.stderr, flush=True)
         quality.run([*quality.hourglass(), "tune", "--data", prep, "--out", search_dir, *flags],
                     os.path.join(base, "logs", f"{loss}-search.log"),
-                    args.timeout_minutes * 60 * (args.max_trials + 1))
+                    args.timeout_minutes * 60 * (args.max_trials + 1), threads)
     best_path = os.path.join(search_dir, "best_hyperparameters.json")
     if not os.path.exists(best_path):
         return None
     best = quality.read_json(best_path)["values"]
     trials = search_summary(search_dir)
-    return {"hparams": best_values_file(base, loss, best_path),
+    return {"hparams": best_values_file(base, loss, best_path), "threads": threads,
             "values": {k: v for k, v in best.items() if not k.startswith("tuner/")}, **trials}
 
 
@@ -131,19 +149,19 @@ def main(args, out: str) -> int:
         print("quality tuned: no data yet", file=sys.stderr)
         return 0
     group = f"tuned against tuned (best of {args.max_trials} trials per loss, chosen on val)"
-    records: dict[str, list[dict]] = {}
-    searches: dict[str, dict | None] = {}
-    for loss in args.variants:
-        search = searches[loss] = run_search(args, out, prep, loss)
-        records[loss] = []
-        if search is None:
-            continue
-        for seed in args.seeds:  # seed-major is not needed: each loss's seeds share one search
-            record = quality.run_one(args, out, TABLE, loss, prep, ["--hparams", search["hparams"]], seed,
-                                     f"{loss}, tuned: {describe(search['values'])}",
-                                     checkpoint=quality.BEST_CHECKPOINT)
-            if record:
-                records[loss].append(record)
+    # the searches `--jobs` at a time, then every loss's seeds (with its search's thread count, so seed 0
+    # retrains the search's own trial)
+    searches = dict(zip(args.variants, quality.in_parallel(
+        [lambda loss=loss: run_search(args, out, prep, loss) for loss in args.variants], args.jobs)))
+    tasks = [(loss, lambda loss=loss, search=search, seed=seed: quality.run_one(
+        args, out, TABLE, loss, prep, ["--hparams", search["hparams"]], seed,
+        f"{loss}, tuned: {describe(search['values'])}", checkpoint=quality.BEST_CHECKPOINT,
+        threads=search["threads"]))
+        for loss, search in searches.items() if search is not None for seed in args.seeds]
+    records: dict[str, list[dict]] = {loss: [] for loss in args.variants}
+    for (loss, _), record in zip(tasks, quality.in_parallel([task for _, task in tasks], args.jobs)):
+        if record:
+            records[loss].append(record)
     groups = {group: records}
     text = quality.markdown(TABLE, groups, args)
     lines = ["", "Best trial per loss (values; completed trials; val sensitivity at 4.8 FPI of the best trial):", ""]

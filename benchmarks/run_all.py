@@ -44,6 +44,7 @@ BENCHMARKS = {
                 "--full-field-size", "512"], 1200, 600),
     "pipeline": ("bench_pipeline.py", [], ["--quick"], 360, 300),
     "xla": ("bench_xla.py", [], ["--quick"], 480, 420),
+    "threads": ("bench_threads.py", [], ["--quick"], 600, 420),
 }
 
 

@@ -82,9 +82,9 @@ def test_probe_numbers_ignore_clocks_and_see_every_score(tmp_path):
     assert numbers("12.5", "0.25") != numbers("12.5", "0.2500001")  # one score moved: another behaviour
 
 
-def write_cached_behaviour(out, prep, flags, recipe, behaviour) -> None:
+def write_cached_behaviour(out, prep, flags, recipe, behaviour, threads=None) -> None:
     data_hash = quality.read_json(os.path.join(prep, "manifest.json"))["content_hash"]
-    path = os.path.join(out, "behaviour", f"{recipe}-{quality._probe_key(flags, data_hash)}.json")
+    path = os.path.join(out, "behaviour", f"{recipe}-{quality._probe_key(flags, data_hash, threads)}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     quality.write_json(path, {"behaviour": behaviour})
 
@@ -96,16 +96,21 @@ def test_a_run_of_other_code_is_kept_only_when_that_code_behaved_the_same(tmp_pa
     args = quality.parse_args(["main", "--seeds", "0"])
     flags = ["--loss", "l2"]
     monkeypatch.setattr(quality, "recipe_fingerprint", lambda root=quality.ROOT: "newcode")
-    write_cached_behaviour(out, prep, flags, "newcode", "B1")  # this code's probe: cached, so nothing runs
+    write_cached_behaviour(out, prep, flags, "newcode", "B1")  # this code's probes: cached, so nothing runs
+    write_cached_behaviour(out, prep, flags, "newcode", "B1-one-thread", threads=1)  # a new run's (--threads 1)
     record_path = tmp_path / "runs" / "main" / "l2-s0.record.json"
     record_path.parent.mkdir(parents=True)
     old = {"train_flags": quality.train_flags(args, flags, 0), "data_hash": "data1", "recipe": "oldcode"}
     record_path.write_text(quality.json.dumps(old))
     trained = []
-    monkeypatch.setattr(quality, "run", lambda cmd, log, timeout: trained.append(cmd) or ("", 0.0))
+    threads = []
+    monkeypatch.setattr(quality, "run", lambda cmd, log, timeout, n=None: trained.append(cmd) or threads.append(n)
+                        or ("", 0.0))
     with pytest.raises(FileNotFoundError):  # the old code was never probed: stale, so it trains (stubbed)
         quality.run_one(args, out, "main", "l2", prep, flags, 0, "L2")
     assert trained and not os.path.exists(tmp_path / "runs" / "main" / "l2-s0")
+    assert threads == [1, 1]  # trained and scored with --threads (default 1)
+    assert quality.read_json(str(tmp_path / "runs" / "main" / "l2-s0.stamp.json"))["behaviour"] == "B1-one-thread"
     trained.clear()
     record_path.write_text(quality.json.dumps(old))
     write_cached_behaviour(out, prep, flags, "oldcode", "B1")  # probed: it behaves as this code does
@@ -201,13 +206,14 @@ def test_the_same_run_in_another_table_is_reused_not_trained_twice(tmp_path, mon
     flags = ["--loss", "hypersensitive"]
     write_cached_behaviour(out, prep, flags, "code", "B1")
     trained = []
-    monkeypatch.setattr(quality, "run", lambda cmd, log, timeout: trained.append(cmd) or ("", 0.0))
+    monkeypatch.setattr(quality, "run", lambda cmd, log, timeout, threads=None: trained.append(cmd) or ("", 0.0))
     main_args, stress_args = quality.parse_args(["main", "--seeds", "0"]), quality.parse_args(["stress", "--seeds", "0"])
     main_record = {"table": "main", "name": "hypersensitive", "seed": 0, "train_flags": quality.train_flags(
         main_args, flags, 0), "data_hash": "data1", "behaviour": "B1", "summary": {"sensitivity_at_fpi": {"4.8": 0.5}}}
     quality.write_json(os.path.join(out, "runs", "main", "hypersensitive-s0.record.json"), main_record)
 
-    # the stress table's base setting: the main table's data, flags and behaviour -> main's record
+    # the stress table's base setting: the main table's data, flags and behaviour -> main's record, kept as it was
+    # made (TensorFlow's default threads: its record has no thread count) though new runs use --threads 1
     record = quality.run_one(stress_args, out, "stress", "boxes-base-hypersensitive", prep, flags, 0, "HS")
     assert not trained and record["reused_from"] == os.path.join("runs", "main", "hypersensitive-s0.record.json")
     assert record["table"] == "stress" and record["summary"] == main_record["summary"]
@@ -220,7 +226,8 @@ def test_the_same_run_in_another_table_is_reused_not_trained_twice(tmp_path, mon
         trained.clear()
         write_cached_behaviour(out, prep, flags, "code", behaviour)
         quality.write_json(os.path.join(prep, "manifest.json"), {"content_hash": data})
-        write_cached_behaviour(out, prep, flags, "code", behaviour)
+        for threads in (None, 1):
+            write_cached_behaviour(out, prep, flags, "code", behaviour, threads=threads)
         with pytest.raises(FileNotFoundError):
             quality.run_one(main_args, out, "tuned", "hypersensitive", prep, flags, 0, "HS", **kwargs)
         assert trained and "--loss" in trained[0]
@@ -242,3 +249,57 @@ def test_stress_summary_pairs_the_losses_by_seed():
     assert cells[5].startswith("0.150 ± ") and cells[4].startswith("0.400")  # (0.2 + 0.1) / 2, paired
     assert cells[8].startswith("0.000 ± ")  # max: (-0.05 + 0.05) / 2
     assert quality.stress_summary({"g": {"hypersensitive": [], "l2": []}}) == ""
+
+
+def test_runs_in_parallel_keep_table_order_and_raise_after_all_ended():
+    import time
+
+    started, ended = [], []
+
+    def task(i, fail=False):
+        def work():
+            started.append(i)
+            time.sleep(0.05 * (3 - i))
+            ended.append(i)
+            if fail:
+                raise SystemExit(f"run {i} failed")
+            return i
+        return work
+
+    assert quality.in_parallel([task(0), task(1), task(2)], jobs=2) == [0, 1, 2]  # results in table order
+    assert quality.in_parallel([task(0), task(1)], jobs=1) == [0, 1]
+    ended.clear()
+    with pytest.raises(SystemExit, match="run 0 failed"):
+        quality.in_parallel([task(0, fail=True), task(1), task(2)], jobs=2)
+    assert sorted(ended) == [0, 1, 2]  # siblings ran to their end
+    args = quality.parse_args(["main", "--threads", "1"])
+    assert args.jobs == max(1, os.cpu_count() or 1) and quality.thread_env(1) == {
+        "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+    assert quality.parse_args(["main", "--threads", "0"]).threads is None and quality.thread_env(None) == {}
+
+
+def test_a_search_resumes_with_its_own_thread_count_and_a_stale_one_starts_over(tmp_path, monkeypatch):
+    import quality_tuned
+
+    out, prep = str(tmp_path), str(tmp_path / "prep")
+    os.makedirs(prep)
+    quality.write_json(os.path.join(prep, "manifest.json"), {"content_hash": "data1"})
+    args = quality.parse_args(["tuned"])  # --threads 1 by default
+    flags = quality_tuned.tune_flags(args, "l2")
+    behaviours = {None: "B-default", 1: "B-one"}
+    monkeypatch.setattr(quality, "behaviour_fingerprint", lambda out, prep, flags, threads=None, **kw: behaviours[threads])
+    ran = []
+    monkeypatch.setattr(quality, "run", lambda cmd, log, timeout, threads=None: ran.append(threads) or ("", 0.0))
+    base = tmp_path / "runs" / "tuned"
+    (base / "l2-search").mkdir(parents=True)
+    (base / "l2-search" / "trial_00").mkdir()
+    stamp = {"tune_flags": flags, "data_hash": "data1", "behaviour": "B-default"}  # made with TF's default threads
+    quality.write_json(str(base / "l2-search.stamp.json"), stamp)
+    assert quality_tuned.run_search(args, out, prep, "l2") is None  # no best trial yet (tune stubbed)
+    assert ran == [None] and (base / "l2-search" / "trial_00").exists()  # resumed with its own threads
+    assert quality.read_json(str(base / "l2-search.stamp.json")) == stamp
+    behaviours[None] = "B-changed"  # the code now behaves otherwise: started over, with --threads
+    ran.clear()
+    quality_tuned.run_search(args, out, prep, "l2")
+    assert ran == [1] and not (base / "l2-search" / "trial_00").exists()
+    assert quality.read_json(str(base / "l2-search.stamp.json"))["threads"] == 1
