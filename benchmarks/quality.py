@@ -709,14 +709,15 @@ def markdown(table: str, groups: dict[str, dict[str, list[dict]]], args) -> str:
                 + f" | {seeds_of('minutes_to_val_0.8')} | {seeds_of('minutes_to_val_0.9')}"
                 + f" | {fmt(diff[0]) + (f' ± {diff[1]:.3f}' if diff and diff[1] else '') if diff and diff[0] is not None else '-'} |")
         lines.append("")
-        lines.append("Per seed (sensitivity at 4.8 FPI [bootstrap 95% CI over patients], max, commit):\n")
+        lines.append("Per seed (sensitivity at 4.8 FPI [bootstrap 95% CI over patients], max, commit, TensorFlow "
+                     "threads):\n")
         for name, recs in variants.items():
             cells = []
             for r in sorted(recs, key=lambda r: r["seed"]):
                 s, ci = r["summary"], r["summary"]["ci95"].get("4.8")
                 ci_text = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
                 cells.append(f"s{r['seed']}: {fmt(s['sensitivity_at_fpi']['4.8'])}{ci_text}, max "
-                             f"{fmt(s['max_sensitivity'])} ({r.get('commit')})")
+                             f"{fmt(s['max_sensitivity'])} ({r.get('commit')}, {thread_label(r.get('threads'))})")
             if cells:
                 lines.append(f"- {name}: " + "; ".join(cells))
         lines.append("")
@@ -749,6 +750,35 @@ def stress_summary(groups: dict[str, dict[str, list[dict]]]) -> str:
         lines.append(f"| {group} | {hs[seeds[0]]['num_malignant_findings']} | {','.join(map(str, seeds))} | "
                      + " | ".join(" | ".join(c) for c in cells) + " |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def write_committed_table(table: str, title: str, text: str) -> str:
+    """Writes benchmarks/quality-<table>.md, the copy BENCHMARKS.md carries: a title, the hand-written
+    paragraph that an earlier copy had between its title and its "Command:" line (when and on which commit
+    the table was measured, the targets; kept, so a `--render-only` never drops it), the command, `text`.
+
+    Returns:
+        The path written.
+    """
+    path = os.path.join(HERE, f"quality-{table}.md")
+    notes = ""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+        end = next((i for i, line in enumerate(lines) if line.startswith("Command:")), None)
+        if end is not None and lines and lines[0].startswith("## "):
+            notes = "\n".join(lines[1:end]).strip()
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(f"## Detection quality: {title} (`python benchmarks/quality.py {table}`)\n\n"
+                     + (notes + "\n\n" if notes else "")
+                     + f"Command: `python benchmarks/quality.py {table}` (tables from finished runs: `--render-only`)"
+                     + f"\n\n{text}")
+    return path
+
+
+def thread_label(threads: int | None) -> str:
+    """Returns: a run's thread count as the tables print it."""
+    return f"{threads} thread{'s' if threads != 1 else ''}" if threads else "default threads"
 
 
 def in_parallel(tasks: list, jobs: int) -> list:
@@ -870,9 +900,7 @@ def main(argv=None) -> int:
     with open(os.path.join(out, f"quality-{table}.md"), "w", encoding="utf-8") as handle:
         handle.write(text)
     if not args.quick:  # the committed copy that BENCHMARKS.md (benchmarks/run_all.py) carries
-        with open(os.path.join(HERE, f"quality-{table}.md"), "w", encoding="utf-8") as handle:
-            handle.write(f"## Detection quality: `{table}` table (`python benchmarks/quality.py {table}`)\n\n"
-                         f"Command: `{payload['command']}`\n\n{text}")
+        write_committed_table(table, f"`{table}` table", text)
     first_group = next(iter(groups.values()), {})
     curves = {name: read_json(os.path.join(recs[0]["eval_dir"], "froc.json"))
               for name, recs in first_group.items() if recs and os.path.exists(recs[0].get("eval_dir", ""))}

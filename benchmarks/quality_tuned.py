@@ -190,8 +190,6 @@ def main(args, out: str) -> int:
     with open(os.path.join(out, f"quality-{TABLE}.md"), "w", encoding="utf-8") as handle:
         handle.write(text)
     if not args.quick and any(records.values()):  # the committed copy that BENCHMARKS.md carries
-        with open(os.path.join(quality.HERE, f"quality-{TABLE}.md"), "w", encoding="utf-8") as handle:
-            handle.write(f"## Detection quality: tuned against tuned (`python benchmarks/quality.py {TABLE}`)\n\n"
-                         f"Command: `{payload['command']}`\n\n{text}")
+        quality.write_committed_table(TABLE, "tuned against tuned", text)
     print(text)
     return 0

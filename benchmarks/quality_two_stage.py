@@ -272,8 +272,6 @@ def main(args, out: str) -> int:
     with open(os.path.join(out, f"quality-{TABLE}.md"), "w", encoding="utf-8") as handle:
         handle.write(text)
     if not args.quick and records:  # the committed copy that BENCHMARKS.md carries
-        with open(os.path.join(quality.HERE, f"quality-{TABLE}.md"), "w", encoding="utf-8") as handle:
-            handle.write(f"## Detection quality: the two-stage system (`python benchmarks/quality.py {TABLE}`)\n\n"
-                         f"Command: `{payload['command']}`\n\n{text}")
+        quality.write_committed_table(TABLE, "the two-stage system", text)
     print(text)
     return 0

@@ -303,3 +303,16 @@ def test_a_search_resumes_with_its_own_thread_count_and_a_stale_one_starts_over(
     quality_tuned.run_search(args, out, prep, "l2")
     assert ran == [1] and not (base / "l2-search" / "trial_00").exists()
     assert quality.read_json(str(base / "l2-search.stamp.json"))["threads"] == 1
+
+
+def test_the_committed_table_keeps_its_hand_written_paragraph(tmp_path, monkeypatch):
+    monkeypatch.setattr(quality, "HERE", str(tmp_path))
+    path = quality.write_committed_table("stress", "`stress` table", "| a |\n")
+    first = open(path, encoding="utf-8").read()
+    assert first.startswith("## Detection quality: `stress` table") and "| a |" in first
+    with open(path, "w", encoding="utf-8") as handle:  # a maintainer adds when and where it was measured
+        handle.write(first.replace("\n\nCommand:", "\n\nMeasured 2026-12-02 at abc1234.\n\nCommand:", 1))
+    quality.write_committed_table("stress", "`stress` table", "| b |\n")  # a --render-only later
+    text = open(path, encoding="utf-8").read()
+    assert "Measured 2026-12-02 at abc1234." in text and "| b |" in text and "| a |" not in text
+    assert text.index("Measured") < text.index("Command:")
