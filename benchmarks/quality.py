@@ -877,7 +877,11 @@ def main(argv=None) -> int:
         if summary:
             text = ("Hypersensitive loss against L2 along each axis (test split of each setting; mean ± 95% "
                     "t half-width over seeds):\n\n" + summary + "\n" + text)
+    shown: list[dict] = []
     for group, fact in facts.items():
+        if not any(groups.get(group, {}).values()) or fact in shown:  # no run yet, or the same data as above
+            continue
+        shown.append(fact)
         blob = fact.get("blob_filter")
         if blob:
             text += (f"\nNo-training reference ({group}): a difference-of-Gaussians blob filter scores "
