@@ -31,11 +31,7 @@ CMD = ".venv/bin/python benchmarks/bench_threads.py"
 
 
 def _train(prep: str, run_dir: str, steps: int, epochs: int, threads: int | None) -> subprocess.Popen:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
-        env.pop(name, None)
-        if threads:
-            env[name] = str(threads)
+    env = common.thread_env(threads, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     return subprocess.Popen([*common.hourglass_cli(), "train", "--data", prep, "--out", run_dir, "--phase", "patch",
                              "--epochs", str(epochs), "--steps-per-epoch", str(steps), "--batch-size", "8",
                              "--val-images", "0", "--strategy", "default", "--quiet"],

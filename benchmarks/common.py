@@ -121,6 +121,24 @@ def write(path: str, name: str, figures: list[dict], details: dict, quick: bool,
     return result
 
 
+#: The environment variables that set a TensorFlow process's intra- and inter-op thread counts.
+THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+def thread_env(threads: int | None, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a TensorFlow process with `threads` intra- and inter-op threads.
+
+    Args:
+        threads: the thread count (None: TensorFlow's default, all cores).
+        env: an environment to copy (its own thread variables dropped); None: only the variables.
+
+    Returns:
+        The variables for `threads` ({} for None), on top of `env` when given.
+    """
+    kept = {k: v for k, v in (env or {}).items() if k not in THREAD_VARIABLES}
+    return {**kept, **({name: str(threads) for name in THREAD_VARIABLES} if threads else {})}
+
+
 def hourglass_cli() -> list[str]:
     """The `hourglass` command of this checkout's interpreter (as a module: no console script needed)."""
     return [sys.executable, "-m", "keras_hourglass.cli.main"]

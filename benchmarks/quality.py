@@ -62,7 +62,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from common import hourglass_cli, run_step  # noqa: E402
+from common import THREAD_VARIABLES, hourglass_cli, run_step, thread_env  # noqa: E402
 
 from keras_hourglass import atomic  # noqa: E402
 FPI_COLUMNS = ("0.25", "0.5", "1", "2", "4.8")
@@ -168,16 +168,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def hourglass() -> list[str]:
     return hourglass_cli()
-
-
-THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
-
-
-def thread_env(threads: int | None) -> dict[str, str]:
-    """Returns: the environment that gives a TensorFlow process `threads` intra- and inter-op threads
-    ({} for None: TensorFlow's default, all cores; `main` removes the variables from its own environment,
-    so a step inherits none)."""
-    return {name: str(threads) for name in THREAD_VARIABLES} if threads else {}
 
 
 def run(cmd: list[str], log_path: str, timeout: float, threads: int | None = None) -> tuple[str, float]:
@@ -520,7 +510,7 @@ def same_run_elsewhere(out: str, prep: str, variant_flags: list[str], flags: lis
 
 
 def run_one(args, out: str, table: str, name: str, prep: str, variant_flags: list[str], seed: int,
-            description: str, checkpoint: str = FINAL_CHECKPOINT, threads: int | None = -1) -> dict | None:
+            description: str, checkpoint: str = FINAL_CHECKPOINT, threads: int | None | str = "args") -> dict | None:
     """Trains one variant and seed and scores `checkpoint` once on the test split (or reuses the run).
 
     A finished run is kept while it is current (`record_is_current`), whatever thread count made it; a new
@@ -529,28 +519,29 @@ def run_one(args, out: str, table: str, name: str, prep: str, variant_flags: lis
     Args:
         checkpoint: the run's file that is evaluated: `FINAL_CHECKPOINT` (the last epoch, the default)
             or `BEST_CHECKPOINT` (the epoch chosen on validation).
-        threads: TensorFlow threads of a new run (default `args.threads`; None: TensorFlow's default).
+        threads: TensorFlow threads of a new run ("args": `args.threads`; None: TensorFlow's default).
 
     Returns:
         The run's record, or None (render-only and not run).
     """
     from keras_hourglass.training.callbacks import read_history
 
-    threads = args.threads if threads == -1 else threads
+    threads = args.threads if threads == "args" else threads
     base = os.path.join(out, "runs", table)
     tag = f"{name}-s{seed}"
     run_dir, eval_dir = os.path.join(base, tag), os.path.join(base, "eval", tag)
     record_path = os.path.join(base, f"{tag}.record.json")
     flags = train_flags(args, variant_flags, seed)
     data_hash = read_json(os.path.join(prep, "manifest.json")).get("content_hash")
-    recipe = recipe_fingerprint()
     if os.path.exists(record_path):
         record = read_json(record_path)
         if _matches(record, flags, data_hash, checkpoint):
             if args.render_only:
                 return record
+            had_behaviour = record.get("behaviour") is not None
             if not record.get("reused_from") and record_is_current(out, prep, variant_flags, record):
-                write_json(record_path, record)
+                if not had_behaviour:  # record_is_current filled it in
+                    write_json(record_path, record)
                 return record
     if args.render_only:
         return None
@@ -580,7 +571,7 @@ def run_one(args, out: str, table: str, name: str, prep: str, variant_flags: lis
                                           os.path.join(base, "logs", f"{tag}.evaluate.log"), timeout, threads)
     history = read_history(os.path.join(run_dir, "history.csv"))
     record = {"table": table, "name": name, "seed": seed, "description": description, "train_flags": flags,
-              "data_hash": data_hash, "recipe": recipe, "behaviour": behaviour, "prep": prep,
+              "data_hash": data_hash, "recipe": recipe_fingerprint(), "behaviour": behaviour, "prep": prep,
               "commit": git_commit(), "eval_dir": eval_dir, "checkpoint": checkpoint, "threads": threads,
               "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
               "time_to_val_sensitivity_minutes": time_to_quality(history),

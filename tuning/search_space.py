@@ -393,19 +393,13 @@ def apply_flags(
     Raises:
         InputError: naming the flag and the reason.
     """
-    for flag, name, value in (("--omega-range", "omega", omega_range), ("--top-k-range", "top_k", top_k_range),
-                              ("--lr-range", "learning_rate", lr_range), ("--sigmas", "sigmas", sigmas),
-                              ("--patch-sizes", "patch_size", patch_sizes),
-                              ("--target-sigma-range", "target_sigma", target_sigma_range)):
+    ranges = (("--omega-range", "omega", omega_range), ("--top-k-range", "top_k", top_k_range),
+              ("--lr-range", "learning_rate", lr_range), ("--target-sigma-range", "target_sigma", target_sigma_range))
+    for flag, name, value in (*ranges, ("--sigmas", "sigmas", sigmas), ("--patch-sizes", "patch_size", patch_sizes)):
         if value is not None and name not in LOSS_PARAMS[loss]:
             raise InputError(flag, f"{name} is not a setting of the {loss} loss (--loss)")
     changes: dict[str, Domain] = {}
-    for flag, name, text in (
-        ("--omega-range", "omega", omega_range),
-        ("--top-k-range", "top_k", top_k_range),
-        ("--lr-range", "learning_rate", lr_range),
-        ("--target-sigma-range", "target_sigma", target_sigma_range),
-    ):
+    for flag, name, text in ranges:
         if text is None:
             continue
         numbers = _split_numbers(flag, text)
