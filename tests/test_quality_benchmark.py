@@ -316,3 +316,33 @@ def test_the_committed_table_keeps_its_hand_written_paragraph(tmp_path, monkeypa
     text = open(path, encoding="utf-8").read()
     assert "Measured 2026-12-02 at abc1234." in text and "| b |" in text and "| a |" not in text
     assert text.index("Measured") < text.index("Command:")
+
+
+def test_postprocess_probe_smoothing_flip_mean_and_groups():
+    """benchmarks/postprocess_probe.py: smoothing ignores -inf cells, the flip mean is hand-computed."""
+    np = pytest.importorskip("numpy")
+    keras = pytest.importorskip("keras")
+    import postprocess_probe
+
+    heatmap = np.full((1, 6, 6, 1), 0.5, np.float32)
+    heatmap[0, :, :2] = -np.inf  # outside the breast
+    smoothed = np.asarray(postprocess_probe.smooth_finite(heatmap, 1.0))
+    assert np.all(np.isneginf(smoothed[0, :, :2])) and np.allclose(smoothed[0, :, 2:], 0.5)  # no pull to 0
+    spike = np.zeros((1, 9, 9, 1), np.float32)
+    spike[0, 4, 4] = 1.0
+    blurred = np.asarray(postprocess_probe.smooth_finite(spike, 1.0))[0, ..., 0]
+    assert blurred[4, 4] < 1.0 and blurred.argmax() == 40 and np.isclose(blurred[4, 3], blurred[3, 4])
+
+    image = keras.Input(shape=(None, None, 1))
+    cumulative = keras.Model(image, keras.ops.cumsum(image, axis=1))  # depends on the row order
+    averaged = postprocess_probe.flip_averaged(cumulative)
+    column = np.array([1.0, 2.0, 3.0], np.float32).reshape(1, 3, 1, 1)
+    # cumsum: 1, 3, 6; flipped input 3, 2, 1 -> cumsum 3, 5, 6 -> flipped back 6, 5, 3; mean 3.5, 4, 4.5
+    assert np.allclose(np.asarray(averaged(column)).ravel(), [3.5, 4.0, 4.5])
+
+    assert postprocess_probe.group_of("hypersensitive-s2") == "hypersensitive"
+    assert postprocess_probe.group_of("l2") is None
+    results = {f"l2-s{s}": {v: {"sensitivity": {"1": 0.1, "2": 0.2, "4.8": 0.3 + s / 10}, "max_sensitivity": 0.9,
+                                "max_fpi": 40.0} for v in postprocess_probe.VARIANTS} for s in (0, 1)}
+    table = postprocess_probe.markdown(results, "val")
+    assert "| l2 | 0.350 (0.30/0.40); max 0.900 |" in table and table.count("| l2-s") == 2 * len(postprocess_probe.VARIANTS)
