@@ -249,6 +249,10 @@ def test_stress_summary_pairs_the_losses_by_seed():
     assert cells[5].startswith("0.150 ± ") and cells[4].startswith("0.400")  # (0.2 + 0.1) / 2, paired
     assert cells[8].startswith("0.000 ± ")  # max: (-0.05 + 0.05) / 2
     assert quality.stress_summary({"g": {"hypersensitive": [], "l2": []}}) == ""
+    same = {"g": {"hypersensitive": [record(0, 0.6, 0.9), record(1, 0.5, 0.9)],
+                  "l2": [record(0, 0.4, 0.9), record(1, 0.3, 0.9)]}}
+    cells = [c.strip() for c in quality.stress_summary(same).splitlines()[2].strip("|").split("|")]
+    assert cells[5] == "0.200 ± 0.000" and cells[8] == "0.000 ± 0.000"  # seeds agree: a zero-width interval
 
 
 def test_runs_in_parallel_keep_table_order_and_raise_after_all_ended():
