@@ -10,7 +10,8 @@ are hashed, so a refactor that changes no number keeps the runs and any numeric 
                                        its best values x seeds (benchmarks/quality_tuned.py)
     ablation  (make quality-ablation)  hypersensitive with (a)-(d) off       x seeds
     stress    (make quality-stress)    hypersensitive vs L2 along each stress axis of `hourglass synth`
-                                       (box looseness/offset, lesion size spread, rarity, subtlety) x seeds
+                                       (box looseness/offset, lesion size spread, rarity, subtlety) x seeds;
+                                       on the box axis also hypersensitive with (a) on ("recentred")
 
 Every run is `hourglass train` with the DEFAULTS of the command (the loss geometry, learning rate and its
 schedule are whatever `hourglass train --help` says) plus the benchmark's budget (--patch-epochs,
@@ -92,6 +93,8 @@ TABLES: dict[str, dict[str, tuple[str, list[str]]]] = {
                       ["--loss", "hypersensitive", "--recenter"]),
     },
 }
+#: stress variants run on some axes only (variant -> axes); the others run on every axis
+STRESS_VARIANT_AXES = {"recentred": ("boxes (a)",)}
 
 #: The data of the main and ablation tables: `hourglass synth` defaults (loose boxes, all four finding
 #: types) with an enriched case mix so that the test split holds >= 60 malignant findings.
@@ -108,6 +111,11 @@ STRESS_AXES: dict[str, list[tuple[str, dict]]] = {
                       ("4%", {"malignant_rate": 0.04, "images": 3200})],
     "subtlety": [("base", {}), ("contrast-0.7", {"contrast": 0.7}), ("contrast-0.5", {"contrast": 0.5})],
 }
+
+
+def variants_on_axis(variants: dict, axis: str | None) -> dict:
+    """Returns: the `variants` that run on a stress `axis` (`STRESS_VARIANT_AXES`; every variant off the stress table)."""
+    return {name: v for name, v in variants.items() if axis is None or axis in STRESS_VARIANT_AXES.get(name, (axis,))}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -829,13 +837,13 @@ def main(argv=None) -> int:
     groups: dict[str, dict[str, list[dict]]] = {}
     if table == "stress":  # the base setting (no overrides) is always run: its runs are the main table's
         settings_list = [(f"{axis}: {name}", f"{axis.split()[0]}-{name}", overrides,
-                          not overrides or name in args.settings)
+                          not overrides or name in args.settings, axis)
                          for axis in args.axes for name, overrides in STRESS_AXES[axis]]
     else:
-        settings_list = [("synthetic test split", "", {}, True)]
+        settings_list = [("synthetic test split", "", {}, True, None)]
     facts = {}
     tasks: list[tuple] = []  # (group, variant, () -> record or None), in table order
-    for group, prefix, overrides, selected in settings_list:
+    for group, prefix, overrides, selected, axis in settings_list:
         prep = prepare_data(out, data_settings(overrides, args.quick), create=selected and not args.render_only)
         if prep is not None:
             facts_path = os.path.join(os.path.dirname(prep), "facts.json")
@@ -846,10 +854,11 @@ def main(argv=None) -> int:
             if not os.path.exists(baseline_path):
                 write_json(baseline_path, blob_filter_baseline(prep))
             facts[group]["blob_filter"] = summarise_froc(read_json(baseline_path))
-        groups[group] = {name: [] for name in variants}
+        here = variants_on_axis(variants, axis)
+        groups[group] = {name: [] for name in here}
         # Seed-major: an interrupted invocation leaves every variant with the same seeds done.
         for seed in args.seeds:
-            for name, (description, flags) in variants.items():
+            for name, (description, flags) in here.items():
                 run_name = f"{prefix}-{name}" if prefix else name
                 if args.render_only or prep is None or not selected:
                     # render-only (or a setting not asked for): the finished record, found by name

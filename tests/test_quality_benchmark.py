@@ -350,3 +350,11 @@ def test_postprocess_probe_smoothing_flip_mean_and_groups():
                                 "max_fpi": 40.0} for v in postprocess_probe.VARIANTS} for s in (0, 1)}
     table = postprocess_probe.markdown(results, "val")
     assert "| l2 | 0.350 (0.30/0.40); max 0.900 |" in table and table.count("| l2-s") == 2 * len(postprocess_probe.VARIANTS)
+
+
+def test_the_recentred_stress_variant_runs_on_the_box_axis_only():
+    variants = quality.TABLES["stress"]
+    assert list(quality.variants_on_axis(variants, "boxes (a)")) == ["l2", "hypersensitive", "recentred"]
+    assert list(quality.variants_on_axis(variants, "subtlety")) == ["l2", "hypersensitive"]
+    assert list(quality.variants_on_axis(quality.TABLES["main"], None)) == ["l2", "hypersensitive", "focal"]
+    assert set(quality.STRESS_VARIANT_AXES["recentred"]) <= set(quality.STRESS_AXES)
