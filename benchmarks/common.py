@@ -139,6 +139,26 @@ def thread_env(threads: int | None, env: dict[str, str] | None = None) -> dict[s
     return {**kept, **({name: str(threads) for name in THREAD_VARIABLES} if threads else {})}
 
 
+def named_paths(specs: list[str], flag: str = "--model") -> list[tuple[str, str]]:
+    """Splits repeated `NAME=PATH` arguments.
+
+    Args:
+        specs: the arguments as given.
+        flag: the option they came from (for the error).
+
+    Returns:
+        `(name, path)` per argument, in order.
+
+    Raises:
+        SystemExit: one line naming the argument that has no `=PATH`.
+    """
+    pairs = [spec.partition("=")[::2] for spec in specs]
+    for spec, (_, path) in zip(specs, pairs):
+        if not path:
+            raise SystemExit(f"{flag} {spec!r}: expected NAME=PATH")
+    return pairs
+
+
 def hourglass_cli() -> list[str]:
     """The `hourglass` command of this checkout's interpreter (as a module: no console script needed)."""
     return [sys.executable, "-m", "keras_hourglass.cli.main"]

@@ -26,9 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import common  # noqa: E402
 BORDER_PX = 8
 EDGE_CELLS = 2
 PLACES = ("on_benign", "on_high_risk", "image_border", "breast_edge", "tissue")
@@ -206,10 +210,7 @@ def markdown(results: dict[str, dict], split: str, fpi: float) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     results = {}
-    for spec in args.model:
-        name, _, path = spec.partition("=")
-        if not path:
-            raise SystemExit(f"--model {spec!r}: expected NAME=PATH")
+    for name, path in common.named_paths(args.model):
         results[name] = measure_model(path, args.data, args.split, args.fpi, args.max_images)
         print(name, json.dumps(results[name]))
     os.makedirs(args.out, exist_ok=True)

@@ -24,9 +24,13 @@ import argparse
 import json
 import os
 import re
+import sys
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import common  # noqa: E402
 FPI_POINTS = (1.0, 2.0, 4.8)
 #: variant name -> (NMS window, Gaussian smoothing sigma in heatmap cells or 0, vertical-flip average)
 VARIANTS: dict[str, tuple[int, float, bool]] = {
@@ -165,10 +169,7 @@ def markdown(results: dict[str, dict], split: str) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     results: dict[str, Any] = {}
-    for spec in args.model:
-        name, _, path = spec.partition("=")
-        if not path:
-            raise SystemExit(f"--model {spec!r}: expected NAME=PATH")
+    for name, path in common.named_paths(args.model):
         results[name] = measure_model(path, args.data, args.split, args.max_images)
         print(name, json.dumps(results[name]), flush=True)
     os.makedirs(args.out, exist_ok=True)

@@ -25,8 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import common  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -108,8 +112,7 @@ def main(argv=None) -> int:
 
     results = {}
     elements = list(pipeline.evaluation_dataset(args.data, split=args.split, input_multiple=64))
-    for spec in args.model:
-        name, _, path = spec.partition("=")
+    for name, path in common.named_paths(args.model):
         model = keras.models.load_model(path, compile=False)
         results[name] = {"model": path, **measure(model, elements, args.patch_size, model_stride(model))}
         print(name, json.dumps(results[name]))

@@ -358,3 +358,12 @@ def test_the_recentred_stress_variant_runs_on_the_box_axis_only():
     assert list(quality.variants_on_axis(variants, "subtlety")) == ["l2", "hypersensitive"]
     assert list(quality.variants_on_axis(quality.TABLES["main"], None)) == ["l2", "hypersensitive", "focal"]
     assert set(quality.STRESS_VARIANT_AXES["recentred"]) <= set(quality.STRESS_AXES)
+
+
+def test_named_model_arguments_split_once_and_refuse_a_missing_path():
+    import common
+
+    assert common.named_paths(["hs=runs/a/model.keras", "l2=s3://b=c"]) == [("hs", "runs/a/model.keras"),
+                                                                            ("l2", "s3://b=c")]
+    with pytest.raises(SystemExit, match=r"^--model 'runs/a': expected NAME=PATH$"):
+        common.named_paths(["hs=x", "runs/a"])
