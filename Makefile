@@ -120,8 +120,9 @@ quality-stress: venv
 quality-two-stage: venv
 	$(PY) benchmarks/quality.py two-stage $(QUALITY_FLAGS)
 
-# Tuned against tuned: `hourglass tune --loss X` per loss (12 trials of the main table's budget, chosen on
-# val), its best values x seeds on test -> benchmarks/out/quality/quality-tuned.* (hours: run in the background).
+# Tuned against tuned: `hourglass tune --loss X` per loss (6 trials of the main table's budget, chosen on
+# val), its best values x seeds on test -> benchmarks/out/quality/quality-tuned.* (~2 h on 2 cores; run it in
+# the background; QUALITY_FLAGS="--max-trials 12" extends finished searches).
 quality-tuned: venv
 	$(PY) benchmarks/quality.py tuned $(QUALITY_FLAGS)
 

@@ -135,7 +135,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--val-images", type=int, default=64)
     parser.add_argument("--bootstrap", type=int, default=1000)
-    parser.add_argument("--max-trials", type=int, default=12, help="tuned: `hourglass tune` trials per loss")
+    parser.add_argument("--max-trials", type=int, default=None,
+                        help="tuned: `hourglass tune` trials per loss (default quality_tuned.DEFAULT_TRIALS; a larger "
+                             "value extends a finished search)")
     parser.add_argument("--timeout-minutes", type=float, default=30.0, help="per train/evaluate process")
     parser.add_argument("--threads", type=int, default=1,
                         help="TensorFlow threads per run (intra- and inter-op; default 1; 0 = TensorFlow's default, "
@@ -171,6 +173,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--threads must be >= 0 and --jobs >= 1")
     args.threads = args.threads or None  # None: TensorFlow's default
     args.jobs = args.jobs or max(1, (os.cpu_count() or 1) // (args.threads or os.cpu_count() or 1))
+    if args.max_trials is None:
+        from quality_tuned import DEFAULT_TRIALS
+
+        args.max_trials = DEFAULT_TRIALS
     if args.quick:
         args.patch_epochs, args.full_epochs, args.steps_per_epoch, args.bootstrap = 2, 1, 5, 100
         args.val_images, args.max_trials = 8, 2
@@ -797,6 +803,51 @@ def in_parallel(tasks: list, jobs: int) -> list:
         return [task() for task in tasks]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(task) for task in tasks]
+        errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+    return [f.result() for f in futures]
+
+
+def in_parallel_after(tasks: list, after: dict[int, list[int]], jobs: int) -> list:
+    """Runs `tasks` `jobs` at a time, each only after the tasks it depends on have finished; of the tasks
+    that are ready, the earliest in the list goes first (so a long search is not queued behind retrains).
+
+    Args:
+        tasks: callables (each a run, whose work is a child process).
+        after: task index -> the indices of the tasks it waits for (a task that raised counts as finished;
+            its dependants then raise the same error).
+        jobs: tasks at a time.
+
+    Returns:
+        Their results, in the order of `tasks`; the first task that raised is re-raised after every
+        started task has ended.
+    """
+    import heapq
+    from concurrent.futures import ThreadPoolExecutor
+
+    free, waiting, state = [max(1, jobs)], [], threading.Condition()
+    futures: list = []
+
+    def run(index: int):
+        for dependency in after.get(index, []):
+            futures[dependency].result()  # waits; re-raises the dependency's error
+        with state:
+            heapq.heappush(waiting, index)
+            state.wait_for(lambda: free[0] > 0 and waiting[0] == index)
+            heapq.heappop(waiting)
+            free[0] -= 1
+            state.notify_all()
+        try:
+            return tasks[index]()
+        finally:
+            with state:
+                free[0] += 1
+                state.notify_all()
+
+    with ThreadPoolExecutor(max_workers=max(1, len(tasks))) as pool:
+        futures.extend(pool.submit(run, i) for i in range(len(tasks)))
         errors = [f.exception() for f in futures]
     for error in errors:
         if error is not None:

@@ -4,7 +4,7 @@ The comparison a user makes: every loss tuned over its own settings with the sam
 its best values trained and tested like the main table. For each loss (hypersensitive: omega, top_k,
 sigmas, learning rate; L2 and focal: target sigma, learning rate; `hourglass tune --loss`):
 
-1. `hourglass tune --loss X` on the main table's data: `--max-trials` random trials (default 12), each
+1. `hourglass tune --loss X` on the main table's data: `--max-trials` random trials (default 6), each
    trained with the main table's budget (--patch-epochs, --full-epochs, --steps-per-epoch, --batch-size)
    and scored on the val split (val sensitivity at 4.8 FPI on --val-images images); search seed 0.
 2. The best trial's values (`best_hyperparameters.json`, chosen on validation only) trained again with
@@ -14,10 +14,11 @@ sigmas, learning rate; L2 and focal: target sigma, learning rate; `hourglass tun
    its values are tested with the epoch chosen the same way; the last epoch's weights are scored
    beside it (`final_summary`), which separates the tuned values' gain from the checkpoint choice's.
 
-Resumable: `hourglass tune` keeps its finished trials; a search is keyed by its flags, the data and the
+Resumable: `hourglass tune` keeps its finished trials; a search is keyed by its flags (all but
+`--max-trials`: a larger one extends the search, whose seeded random sequence begins with the same trials), the data and the
 loss's behaviour fingerprint (`quality.behaviour_fingerprint`; another behaviour starts it over) at its
-TensorFlow thread count (`--threads` when it started; a search resumes with its own). `--jobs` searches
-run at a time, then the seeds' runs. The
+TensorFlow thread count (`--threads` when it started; a search resumes with its own). `--jobs` processes
+run at a time: the searches first, and a loss's seeds as soon as its own search has ended. The
 best values are copied to `runs/tuned/<loss>-best-<hash>.json`, named by their content, so a search that
 grows past a new best retrains the seeds. Outputs: runs/tuned/<loss>-search/ (the tune directory),
 the seeds' runs and records, quality-tuned.{json,md}.
@@ -36,7 +37,9 @@ import quality
 
 TABLE = "tuned"
 LOSSES = ("hypersensitive", "l2", "focal")
-DEFAULT_TRIALS = 12
+#: 6 trials per loss: three searches and nine retrains fit one 3-hour session on our 2-core machines
+#: (about 10 min a trial with two at a time); `--max-trials 12` extends a finished search.
+DEFAULT_TRIALS = 6
 
 
 def tune_flags(args, loss: str) -> list[str]:
@@ -49,6 +52,15 @@ def tune_flags(args, loss: str) -> list[str]:
             str(args.patch_epochs), "--full-epochs", str(args.full_epochs), "--steps-per-epoch",
             str(args.steps_per_epoch), "--batch-size", str(args.batch_size),
             *([] if args.quick else ["--val-images", str(args.val_images)]), "--seed", "0"]
+
+
+def search_key(flags: list[str]) -> list[str]:
+    """Returns: a search's flags without `--max-trials N`, which extends a search rather than changing it."""
+    key = list(flags)
+    if "--max-trials" in key:
+        at = key.index("--max-trials")
+        del key[at:at + 2]
+    return key
 
 
 def best_values_file(base: str, loss: str, best_path: str) -> str:
@@ -70,7 +82,7 @@ def search_threads(args, out: str, prep: str, loss: str, stamp: dict | None, fla
                    data_hash: str | None) -> int | None:
     """Returns: the TensorFlow threads a search runs with: a current search's own (a search never mixes
     thread counts, which change floating-point sums), else `args.threads` (a new search)."""
-    if stamp and stamp.get("tune_flags") == flags and stamp.get("data_hash") == data_hash:
+    if stamp and search_key(stamp.get("tune_flags", [])) == search_key(flags) and stamp.get("data_hash") == data_hash:
         threads = stamp.get("threads")  # absent: TensorFlow's default (searches made before the setting)
         if stamp.get("behaviour") == quality.behaviour_fingerprint(out, prep, ["--loss", loss], threads=threads):
             return threads
@@ -96,8 +108,13 @@ def run_search(args, out: str, prep: str, loss: str) -> dict | None:
         key = {"tune_flags": flags, "data_hash": data_hash,
                "behaviour": quality.behaviour_fingerprint(out, prep, ["--loss", loss], threads=threads),
                **({"threads": threads} if threads else {})}
-        if stamp != key:  # stale: start over
+        def same(a: dict | None, b: dict) -> bool:
+            return a is not None and {**a, "tune_flags": search_key(a.get("tune_flags", []))} == {
+                **b, "tune_flags": search_key(b["tune_flags"])}
+
+        if not same(stamp, key):  # stale: start over
             shutil.rmtree(search_dir, ignore_errors=True)
+        if stamp != key:
             os.makedirs(base, exist_ok=True)
             quality.write_json(stamp_path, key)
         os.makedirs(os.path.join(base, "logs"), exist_ok=True)
@@ -149,19 +166,37 @@ def main(args, out: str) -> int:
         print("quality tuned: no data yet", file=sys.stderr)
         return 0
     group = f"tuned against tuned (best of {args.max_trials} trials per loss, chosen on val)"
-    # the searches `--jobs` at a time, then every loss's seeds (with its search's thread count, so seed 0
-    # retrains the search's own trial)
-    searches = dict(zip(args.variants, quality.in_parallel(
-        [lambda loss=loss: run_search(args, out, prep, loss) for loss in args.variants], args.jobs)))
-    tasks = [(loss, lambda loss=loss, search=search, seed=seed: quality.run_one(
-        args, out, TABLE, loss, prep, ["--hparams", search["hparams"]], seed,
-        f"{loss}, tuned: {describe(search['values'])}", checkpoint=quality.BEST_CHECKPOINT,
-        threads=search["threads"]))
-        for loss, search in searches.items() if search is not None for seed in args.seeds]
+    # the searches and every loss's seeds `--jobs` at a time: a loss's seeds as soon as its own search has
+    # ended (with that search's thread count, so seed 0 retrains the search's own trial), searches first
+    searches: dict[str, dict | None] = {}
+
+    def search_task(loss: str):
+        searches[loss] = run_search(args, out, prep, loss)
+        return searches[loss]
+
+    def seed_task(loss: str, seed: int):
+        search = searches[loss]
+        if search is None:
+            return None
+        return quality.run_one(args, out, TABLE, loss, prep, ["--hparams", search["hparams"]], seed,
+                               f"{loss}, tuned: {describe(search['values'])}",
+                               checkpoint=quality.BEST_CHECKPOINT, threads=search["threads"])
+
+    tasks, after, owners = [], {}, []
+    for loss in args.variants:
+        tasks.append(lambda loss=loss: search_task(loss))
+        owners.append(None)
+    for position, loss in enumerate(args.variants):
+        for seed in args.seeds:
+            after[len(tasks)] = [position]
+            tasks.append(lambda loss=loss, seed=seed: seed_task(loss, seed))
+            owners.append(loss)
+    results = quality.in_parallel_after(tasks, after, args.jobs)
     records: dict[str, list[dict]] = {loss: [] for loss in args.variants}
-    for (loss, _), record in zip(tasks, quality.in_parallel([task for _, task in tasks], args.jobs)):
-        if record:
+    for loss, record in zip(owners, results):
+        if loss is not None and record:
             records[loss].append(record)
+    searches = {loss: searches.get(loss) for loss in args.variants}
     groups = {group: records}
     text = quality.markdown(TABLE, groups, args)
     lines = ["", "Best trial per loss (values; completed trials; val sensitivity at 4.8 FPI of the best trial):", ""]

@@ -177,7 +177,7 @@ def test_tuned_table_searches_each_loss_with_the_same_budget_as_a_valid_tune_com
     from tuning import cli
 
     args = quality.parse_args(["tuned"])
-    assert args.variants == ["hypersensitive", "l2", "focal"] and args.max_trials == 12
+    assert args.variants == ["hypersensitive", "l2", "focal"] and args.max_trials == quality_tuned.DEFAULT_TRIALS == 6
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers())
     budgets = set()
@@ -186,7 +186,7 @@ def test_tuned_table_searches_each_loss_with_the_same_budget_as_a_valid_tune_com
         cli._resolve_epochs(parsed)
         assert parsed.loss == loss and (parsed.patch_epochs, parsed.full_epochs, parsed.epochs) == (12, 4, 16)
         budgets.add((parsed.max_trials, parsed.steps_per_epoch, parsed.batch_size, parsed.val_images, parsed.seed))
-    assert budgets == {(12, 100, 8, 64, 0)}  # tuned against tuned: one trial budget for every loss
+    assert budgets == {(6, 100, 8, 64, 0)}  # tuned against tuned: one trial budget for every loss
 
     best = tmp_path / "best_hyperparameters.json"
     best.write_text(json.dumps({"values": {"loss": "l2", "target_sigma": 9.5, "learning_rate": 0.002}}))
@@ -307,6 +307,65 @@ def test_a_search_resumes_with_its_own_thread_count_and_a_stale_one_starts_over(
     quality_tuned.run_search(args, out, prep, "l2")
     assert ran == [1] and not (base / "l2-search" / "trial_00").exists()
     assert quality.read_json(str(base / "l2-search.stamp.json"))["threads"] == 1
+
+
+def test_in_parallel_after_keeps_dependencies_the_job_limit_and_list_priority():
+    import threading
+    import time
+
+    log, running, peak, lock = [], [0], [0], threading.Lock()
+
+    def task(name, seconds=0.05):
+        def run():
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+                log.append(("start", name))
+            time.sleep(seconds)
+            with lock:
+                running[0] -= 1
+                log.append(("end", name))
+            return name
+        return run
+
+    # 0-2 are "searches" (ready at once); 3 waits for 0, 4 for 1
+    tasks = [task("s0", 0.1), task("s1", 0.3), task("s2"), task("r0"), task("r1")]
+    results = quality.in_parallel_after(tasks, {3: [0], 4: [1]}, jobs=2)
+    assert results == ["s0", "s1", "s2", "r0", "r1"] and peak[0] == 2
+    assert log.index(("end", "s0")) < log.index(("start", "r0"))
+    assert log.index(("end", "s1")) < log.index(("start", "r1"))
+    assert log.index(("start", "s2")) < log.index(("start", "r0"))  # of the ready tasks, the earliest listed
+
+    def fails():
+        raise RuntimeError("search broke")
+
+    with pytest.raises(RuntimeError, match="search broke"):
+        quality.in_parallel_after([fails, task("after")], {1: [0]}, jobs=2)
+
+
+def test_a_larger_max_trials_extends_a_search_and_another_flag_starts_it_over(tmp_path, monkeypatch):
+    import quality_tuned
+
+    out, prep = str(tmp_path), str(tmp_path / "prep")
+    os.makedirs(prep)
+    quality.write_json(os.path.join(prep, "manifest.json"), {"content_hash": "data1"})
+    monkeypatch.setattr(quality, "behaviour_fingerprint", lambda out, prep, flags, threads=None, **kw: "B")
+    ran = []
+    monkeypatch.setattr(quality, "run", lambda cmd, log, timeout, threads=None: ran.append(cmd) or ("", 0.0))
+    base = tmp_path / "runs" / "tuned"
+    trial = base / "l2-search" / "trial_00"
+    first = quality.parse_args(["tuned"])
+    assert first.max_trials == quality_tuned.DEFAULT_TRIALS
+    quality_tuned.run_search(first, out, prep, "l2")
+    trial.mkdir(parents=True)  # a finished trial of the first search
+    quality_tuned.run_search(quality.parse_args(["tuned", "--max-trials", "12"]), out, prep, "l2")
+    assert trial.exists()  # extended, not started over
+    assert ran[-1][ran[-1].index("--max-trials") + 1] == "12"
+    assert quality.read_json(str(base / "l2-search.stamp.json"))["tune_flags"][
+        quality_tuned.tune_flags(first, "l2").index("--max-trials") + 1] == "12"
+    quality_tuned.run_search(quality.parse_args(["tuned", "--max-trials", "12", "--steps-per-epoch", "50"]),
+                             out, prep, "l2")
+    assert not trial.exists()  # another budget per trial: another search
 
 
 def test_the_committed_table_keeps_its_hand_written_paragraph(tmp_path, monkeypatch):
