@@ -110,7 +110,7 @@ def test_prepare_train_evaluate_export_predict_all_under_ram(tmp_path, capsys):
 
     assert main(["train", "--data", prep, "--out", run, "--phase", "patch", "--epochs", "1",
                  "--steps-per-epoch", "2", "--batch-size", "2", "--crop-size", "768", "--patch-size", "96",
-                 "--sigmas", "24,48", "--val-images", "0", "--model-option", "depth=1",
+                 "--sigmas", "24,48", "--val-images", "0", "--model-option", "num_stacks=1", "--model-option", "depth=1",
                  "--model-option", "num_features=8", "--model-option", "stem_features=4", "--seed", "3",
                  "--no-jit-compile", "--quiet"]) == 0
     for name in ("model.keras", "config.json", "history.csv", "backup/state.json"):

@@ -130,7 +130,7 @@ def main() -> int:
                          val_images=None if args.val else 0,
                          jit_compile=False,
                          # the tiny preset, made smaller still so the test fits the CI budget
-                         model={"depth": 1, "num_features": 8, "stem_features": 4} if args.model == "hourglass" else {})
+                         model={"num_stacks": 1, "depth": 1, "num_features": 8, "stem_features": 4} if args.model == "hourglass" else {})
     model_fn = tiny_conv if args.model == "conv" else None
     stride = 1 if args.model == "conv" else 4
     summary, model = train(config, args.run, strategy=strategy, strategy_info=info,
