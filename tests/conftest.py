@@ -3,6 +3,8 @@
 - `imports_tensorflow`: whether importing some modules in a fresh interpreter loads TensorFlow
   (the TensorFlow-free modules: dicom, the ingest side, contract, atomic).
 - `subprocess_env`: the environment of a training subprocess (CPU only, quiet TF, no TF_CONFIG).
+
+Collection order: the files that hold a `slow` test run first (`pytest_collection_modifyitems`).
 """
 
 from __future__ import annotations
@@ -37,3 +39,13 @@ def _subprocess_env(**extra: str) -> dict:
 def subprocess_env() -> Callable[..., dict]:
     """Returns `f(**extra) -> dict`: this environment without TF_CONFIG, CPU only, quiet TF, plus `extra`."""
     return _subprocess_env
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Moves the files that hold a `slow` test to the front, keeping every file's own order.
+
+    `make test` runs pytest-xdist with `--dist loadfile`, which hands out whole files in collection order:
+    a long file handed out last keeps one worker busy while the other has nothing left to do.
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # a stable sort
