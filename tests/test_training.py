@@ -170,8 +170,8 @@ def test_train_end_to_end_writes_every_output(tmp_path):
     cmd = [sys.executable, "-m", "keras_hourglass.cli.main", "train", "--data", prep, "--out", str(run),
            "--patch-epochs", "2", "--full-epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
            "--crop-size", "768", "--patch-size", "96", "--sigmas", "24,48", "--val-images", "4",
-           "--model-option", "depth=1", "--model-option", "num_features=8", "--model-option", "stem_features=4",
-           "--learning-rate", "1e-3", "--seed", "5", "--no-jit-compile", "--quiet"]
+           "--model-option", "num_stacks=1", "--model-option", "depth=1", "--model-option", "num_features=8",
+           "--model-option", "stem_features=4", "--learning-rate", "1e-3", "--seed", "5", "--no-jit-compile", "--quiet"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     env.pop("TF_CONFIG", None)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
@@ -207,7 +207,8 @@ def test_train_end_to_end_writes_every_output(tmp_path):
 
     import keras_hourglass.model  # noqa: F401  (registers the custom layers; the package is lazy)
 
-    model = keras.models.load_model(run / "model.keras")
+    model = keras.models.load_model(run / "model.keras")  # plain Keras: no loss or optimizer in the file
+    assert getattr(model, "optimizer", None) is None
     assert len(model.outputs) == 1
     heatmap = model.predict(np.zeros((1, 64, 64, 1), np.float32), verbose=0)
     assert heatmap.shape == (1, 16, 16, 1)
@@ -215,7 +216,8 @@ def test_train_end_to_end_writes_every_output(tmp_path):
     # Best checkpoint by val_sensitivity (saved whenever the value is finite and improves).
     best = json.loads((run / "best.json").read_text())
     assert best["monitor"] == "val_sensitivity" and 1 <= best["epoch"] <= 3
-    assert len(keras.models.load_model(run / "best.keras").outputs) == 1
+    best_model = keras.models.load_model(run / "best.keras")
+    assert len(best_model.outputs) == 1 and getattr(best_model, "optimizer", None) is None
 
     # TensorBoard: scalars and heatmap images.
     import tensorflow as tf

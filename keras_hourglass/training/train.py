@@ -136,8 +136,20 @@ def _fingerprint(summary: dict) -> str:
 
 
 def _save_model(model, path: str, preprocessing: dict | None) -> None:
-    """`model.save(path)` plus the preprocessing entry (`path` is a local temporary file of
-    `storage.replacing`)."""
+    """Saves an inference model (`path` is a local temporary file of `storage.replacing`) plus the
+    preprocessing entry.
+
+    The file holds the graph and weights only, never a compile state: a one-stack model is its own
+    inference model and is compiled with the training loss and optimizer, which would make the file need
+    `keras_hourglass.losses` to load and carry the optimizer's slots. An uncompiled functional view of the
+    same layers is saved instead.
+    """
+    import keras
+
+    if getattr(model, "optimizer", None) is not None:
+        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+        outputs = model.outputs[0] if len(model.outputs) == 1 else model.outputs
+        model = keras.Model(inputs, outputs, name=model.name)
     model.save(path)
     if preprocessing:
         embed_preprocessing(path, preprocessing)
