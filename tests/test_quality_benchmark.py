@@ -426,3 +426,16 @@ def test_named_model_arguments_split_once_and_refuse_a_missing_path():
                                                                             ("l2", "s3://b=c")]
     with pytest.raises(SystemExit, match=r"^--model 'runs/a': expected NAME=PATH$"):
         common.named_paths(["hs=x", "runs/a"])
+
+
+def test_tuned_defaults_probe_varies_one_thing_per_row_and_needs_the_tuned_table(tmp_path, capsys):
+    import tuned_defaults_probe as probe
+
+    best = {"path": "/q/hypersensitive-best-1.json", "values": {"omega": 0.5413990720774235, "learning_rate": 0.0028}}
+    rows = probe.variants(best)
+    assert list(rows.values()) == [[], ["--hparams", "/q/hypersensitive-best-1.json"],
+                                   ["--omega", "0.5413990720774235"], ["--learning-rate", "0.0028"]]
+    assert [probe.slug(name) for name in rows] == ["today-s-defaults", "the-tuned-values",
+                                                   "defaults-with-omega-0-54-only", "defaults-with-lr-0-0028-only"]
+    assert probe.main(["--quality-out", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "run `python benchmarks/quality.py tuned` first" in capsys.readouterr().err
