@@ -1,8 +1,8 @@
 """Should the tuned values become the defaults? Decided on the whole val split, never on test.
 
 The hypersensitive loss with today's `hourglass train` defaults, with the values `make quality-tuned`
-chose (its `hypersensitive-best-*.json`), and with each of the two largest changes alone (omega, the
-learning rate), on the main quality table's data and budget, seeds 0-2, one TensorFlow thread per run;
+chose (its `hypersensitive-best-*.json`), with each of the two largest changes alone (omega, the
+learning rate) and with the tuned values at the default learning rate (which every loss shares), on the main quality table's data and budget, seeds 0-2, one TensorFlow thread per run;
 each final model (model.keras: what a user gets) is evaluated on the whole val split. The tuned
 values' runs are the tuned table's own retrains when they exist (the same values, seed, budget and
 thread count train the same weights). Backs README's "They do not become the defaults".
@@ -37,7 +37,15 @@ def variants(best: dict) -> dict[str, list[str]]:
             "the tuned values": ["--hparams", best["path"]],
             f"defaults with omega {best['values']['omega']:.2g} only": ["--omega", repr(best["values"]["omega"])],
             f"defaults with lr {best['values']['learning_rate']:.2g} only":
-                ["--learning-rate", repr(best["values"]["learning_rate"])]}
+                ["--learning-rate", repr(best["values"]["learning_rate"])],
+            "the tuned values at the default lr": ["--hparams", best["path"], "--learning-rate", repr(default_lr())]}
+
+
+def default_lr() -> float:
+    """Returns: `hourglass train`'s default (peak) learning rate."""
+    from keras_hourglass.training.config import TrainConfig
+
+    return TrainConfig().learning_rate
 
 
 def slug(name: str) -> str:
@@ -69,7 +77,7 @@ def main(argv=None) -> int:
             froc_path = os.path.join(eval_dir, "froc.json")
             if not os.path.exists(froc_path):
                 model = os.path.join(args.quality_out, "runs", "tuned", f"hypersensitive-s{seed}", "model.keras")
-                if flags[:1] != ["--hparams"] or not os.path.exists(model):
+                if flags[:1] != ["--hparams"] or len(flags) > 2 or not os.path.exists(model):
                     run_dir = os.path.join(args.out, tag)
                     quality.run([*quality.hourglass(), "train", "--data", prep, "--out", run_dir,
                                  *quality.train_flags(qargs, flags, seed)],

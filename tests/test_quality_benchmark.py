@@ -434,8 +434,10 @@ def test_tuned_defaults_probe_varies_one_thing_per_row_and_needs_the_tuned_table
     best = {"path": "/q/hypersensitive-best-1.json", "values": {"omega": 0.5413990720774235, "learning_rate": 0.0028}}
     rows = probe.variants(best)
     assert list(rows.values()) == [[], ["--hparams", "/q/hypersensitive-best-1.json"],
-                                   ["--omega", "0.5413990720774235"], ["--learning-rate", "0.0028"]]
+                                   ["--omega", "0.5413990720774235"], ["--learning-rate", "0.0028"],
+                                   ["--hparams", "/q/hypersensitive-best-1.json", "--learning-rate", "0.001"]]
     assert [probe.slug(name) for name in rows] == ["today-s-defaults", "the-tuned-values",
-                                                   "defaults-with-omega-0-54-only", "defaults-with-lr-0-0028-only"]
+                                                   "defaults-with-omega-0-54-only", "defaults-with-lr-0-0028-only",
+                                                   "the-tuned-values-at-the-default-lr"]
     assert probe.main(["--quality-out", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "run `python benchmarks/quality.py tuned` first" in capsys.readouterr().err
