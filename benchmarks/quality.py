@@ -797,17 +797,9 @@ def in_parallel(tasks: list, jobs: int) -> list:
         Their results, in the order of `tasks`. The first task that raised is re-raised after every
         started task has ended (a finished run is never left half-written by a sibling's failure).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     if jobs <= 1:
         return [task() for task in tasks]
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(task) for task in tasks]
-        errors = [f.exception() for f in futures]
-    for error in errors:
-        if error is not None:
-            raise error
-    return [f.result() for f in futures]
+    return in_parallel_after(tasks, {}, jobs)
 
 
 def in_parallel_after(tasks: list, after: dict[int, list[int]], jobs: int) -> list:

@@ -63,6 +63,11 @@ def search_key(flags: list[str]) -> list[str]:
     return key
 
 
+def comparable_stamp(stamp: dict) -> dict:
+    """Returns: a search's stamp as it is compared (its flags through `search_key`)."""
+    return {**stamp, "tune_flags": search_key(stamp.get("tune_flags", []))}
+
+
 def best_values_file(base: str, loss: str, best_path: str) -> str:
     """Copies a search's best_hyperparameters.json to `<loss>-best-<hash of its content>.json`.
 
@@ -108,11 +113,7 @@ def run_search(args, out: str, prep: str, loss: str) -> dict | None:
         key = {"tune_flags": flags, "data_hash": data_hash,
                "behaviour": quality.behaviour_fingerprint(out, prep, ["--loss", loss], threads=threads),
                **({"threads": threads} if threads else {})}
-        def same(a: dict | None, b: dict) -> bool:
-            return a is not None and {**a, "tune_flags": search_key(a.get("tune_flags", []))} == {
-                **b, "tune_flags": search_key(b["tune_flags"])}
-
-        if not same(stamp, key):  # stale: start over
+        if stamp is None or comparable_stamp(stamp) != comparable_stamp(key):  # stale: start over
             shutil.rmtree(search_dir, ignore_errors=True)
         if stamp != key:
             os.makedirs(base, exist_ok=True)

@@ -29,12 +29,14 @@ sys.path.insert(0, HERE)
 import quality  # noqa: E402
 
 FPI_POINTS = ("1", "2", "4.8")
+#: The row whose runs are the tuned table's own retrains (when they exist).
+TUNED = "the tuned values"
 
 
 def variants(best: dict) -> dict[str, list[str]]:
     """Returns: variant name -> its `hourglass train` flags (beside the budget and seed)."""
     return {"today's defaults": [],
-            "the tuned values": ["--hparams", best["path"]],
+            TUNED: ["--hparams", best["path"]],
             f"defaults with omega {best['values']['omega']:.2g} only": ["--omega", repr(best["values"]["omega"])],
             f"defaults with lr {best['values']['learning_rate']:.2g} only":
                 ["--learning-rate", repr(best["values"]["learning_rate"])],
@@ -77,7 +79,7 @@ def main(argv=None) -> int:
             froc_path = os.path.join(eval_dir, "froc.json")
             if not os.path.exists(froc_path):
                 model = os.path.join(args.quality_out, "runs", "tuned", f"hypersensitive-s{seed}", "model.keras")
-                if flags[:1] != ["--hparams"] or len(flags) > 2 or not os.path.exists(model):
+                if name != TUNED or not os.path.exists(model):
                     run_dir = os.path.join(args.out, tag)
                     quality.run([*quality.hourglass(), "train", "--data", prep, "--out", run_dir,
                                  *quality.train_flags(qargs, flags, seed)],
