@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import sys
 
@@ -27,8 +26,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import quality  # noqa: E402
+import val_probe  # noqa: E402
 
-FPI_POINTS = ("1", "2", "4.8")
 #: The row whose runs are the tuned table's own retrains (when they exist).
 TUNED = "the tuned values"
 
@@ -50,10 +49,6 @@ def default_lr() -> float:
     return TrainConfig().learning_rate
 
 
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quality-out", default=os.path.join(HERE, "out", "quality"))
@@ -62,60 +57,29 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
-    qargs = quality.parse_args(["tuned"])
     prep = quality.prepare_data(args.quality_out, quality.data_settings({}, False), create=False)
     found = sorted(glob.glob(os.path.join(args.quality_out, "runs", "tuned", "hypersensitive-best-*.json")))
     if prep is None or not found:
         print("tuned_defaults_probe: run `python benchmarks/quality.py tuned` first", file=sys.stderr)
         return 2
     best = {"path": found[-1], "values": quality.read_json(found[-1])["values"]}
-    os.makedirs(args.out, exist_ok=True)
     table = variants(best)
 
-    def task(name: str, flags: list[str], seed: int):
-        def run() -> dict:
-            tag = f"{slug(name)}-s{seed}"
-            eval_dir = os.path.join(args.out, f"eval-{tag}")
-            froc_path = os.path.join(eval_dir, "froc.json")
-            if not os.path.exists(froc_path):
-                model = os.path.join(args.quality_out, "runs", "tuned", f"hypersensitive-s{seed}", "model.keras")
-                if name != TUNED or not os.path.exists(model):
-                    run_dir = os.path.join(args.out, tag)
-                    quality.run([*quality.hourglass(), "train", "--data", prep, "--out", run_dir,
-                                 *quality.train_flags(qargs, flags, seed)],
-                                os.path.join(args.out, f"{tag}.train.log"), 3600, 1)
-                    model = os.path.join(run_dir, "model.keras")
-                quality.run([*quality.hourglass(), "evaluate", "--model", model, "--data", prep, "--split", "val",
-                             "--overlays", "0", "--bootstrap", "200", "--quiet", "--out", eval_dir],
-                            os.path.join(args.out, f"{tag}.evaluate.log"), 1800, 1)
-            return quality.read_json(froc_path)
-        return run
+    def tuned_retrain(name: str, seed: int) -> str | None:
+        if name != TUNED:
+            return None
+        return os.path.join(args.quality_out, "runs", "tuned", f"hypersensitive-s{seed}", "model.keras")
 
-    keys = [(name, seed) for name in table for seed in seeds]
-    results = dict(zip(keys, quality.in_parallel([task(n, table[n], s) for n, s in keys], args.jobs)))
-    any_froc = next(iter(results.values()))
-    lines = ["## Should the tuned values become the defaults? (`python benchmarks/tuned_defaults_probe.py`)", "",
-             f"Hypersensitive loss, val split ({any_froc['num_images']} images, {any_froc['num_malignant_findings']} "
-             f"malignant findings), last epoch, seeds {args.seeds}, the main quality table's budget, one "
-             f"TensorFlow thread per run; tuned values from `{os.path.basename(best['path'])}`. Mean over seeds, "
-             "per seed in brackets.", "",
-             "| variant | @1 | @2 | @4.8 | max sens | FPI at max |", "|---|---|---|---|---|---|"]
-    for name in table:
-        frocs = [results[(name, s)] for s in seeds]
-        cells = []
-        for point in FPI_POINTS:
-            values = [f["sensitivity_at_fpi"][point] for f in frocs]
-            cells.append(f"{sum(values) / len(values):.3f} ({' / '.join(f'{v:.3f}' for v in values)})")
-        maxima = [f["max_sensitivity"] for f in frocs]
-        fpis = [f["fpi_at_max_sensitivity"] for f in frocs]
-        lines.append(f"| {name} | {' | '.join(cells)} | {sum(maxima) / len(maxima):.3f} "
-                     f"({' / '.join(f'{v:.3f}' for v in maxima)}) | {' / '.join(f'{v:.0f}' for v in fpis)} |")
-    text = "\n".join(lines) + "\n"
-    with open(os.path.join(HERE, "tuned-defaults-probe.md"), "w", encoding="utf-8") as handle:
-        handle.write(text)
-    with open(os.path.join(args.out, "tuned_defaults_probe.json"), "w", encoding="utf-8") as handle:
-        json.dump({"best": best, "seeds": seeds, "results": {f"{n}|{s}": f for (n, s), f in results.items()}},
-                  handle, indent=1, default=str)
+    results = val_probe.run_probe(prep, args.out, table, seeds, args.jobs, model_of=tuned_retrain)
+    text = val_probe.render(
+        "## Should the tuned values become the defaults? (`python benchmarks/tuned_defaults_probe.py`)",
+        "Hypersensitive loss, val split ({images} images, {findings} malignant findings), last epoch, seeds "
+        "{seeds}, the main quality table's budget, one TensorFlow thread per run; tuned values from "
+        f"`{os.path.basename(best['path'])}`. Mean over seeds, per seed in brackets.",
+        table, seeds, results)
+    val_probe.write_outputs("tuned-defaults-probe.md", text, args.out,
+                            {"best": best, "seeds": seeds,
+                             "results": {f"{n}|{s}": f for (n, s), f in results.items()}})
     print(text)
     return 0
 

@@ -430,14 +430,57 @@ def test_named_model_arguments_split_once_and_refuse_a_missing_path():
 
 def test_tuned_defaults_probe_varies_one_thing_per_row_and_needs_the_tuned_table(tmp_path, capsys):
     import tuned_defaults_probe as probe
+    import val_probe
 
     best = {"path": "/q/hypersensitive-best-1.json", "values": {"omega": 0.5413990720774235, "learning_rate": 0.0028}}
     rows = probe.variants(best)
     assert list(rows.values()) == [[], ["--hparams", "/q/hypersensitive-best-1.json"],
                                    ["--omega", "0.5413990720774235"], ["--learning-rate", "0.0028"],
                                    ["--hparams", "/q/hypersensitive-best-1.json", "--learning-rate", "0.001"]]
-    assert [probe.slug(name) for name in rows] == ["today-s-defaults", "the-tuned-values",
+    assert [val_probe.slug(name) for name in rows] == ["today-s-defaults", "the-tuned-values",
                                                    "defaults-with-omega-0-54-only", "defaults-with-lr-0-0028-only",
                                                    "the-tuned-values-at-the-default-lr"]
     assert probe.main(["--quality-out", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "run `python benchmarks/quality.py tuned` first" in capsys.readouterr().err
+
+
+def test_capacity_probe_changes_one_model_option_or_the_steps_and_stays_a_valid_train_command():
+    import argparse
+
+    import capacity_probe
+
+    from keras_hourglass.cli import train as cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = quality.parse_args(["main"])
+    defaults = cli.build_config(parser.parse_args(["train", "--data", "P", "--out", "R",
+                                                   *quality.train_flags(args, [], 0)]))
+    for name, flags in capacity_probe.variants().items():
+        # the variant's flags come after the budget (val_probe.probe_task), so they may change it
+        config = cli.build_config(parser.parse_args(["train", "--data", "P", "--out", "R",
+                                                     *quality.train_flags(args, [], 0), *flags]))
+        changed = {k for k, v in vars(config).items() if vars(defaults)[k] != v}
+        if name in ("tiny (default)", capacity_probe.HIGH_RESOLUTION):  # the latter differs in its data only
+            assert changed == set()
+        elif name.startswith("tiny, "):
+            assert changed == {"steps_per_epoch"} and config.steps_per_epoch in (200, 400)
+        else:
+            assert changed == {"model"} and len(config.model) == 1, name
+
+
+def test_val_probe_table_means_over_seeds_with_each_seed_and_its_minutes():
+    import val_probe
+
+    def froc(s1, s2, s48, top, fpi):
+        return {"num_images": 10, "num_malignant_findings": 4, "sensitivity_at_fpi": {"1": s1, "2": s2, "4.8": s48},
+                "max_sensitivity": top, "fpi_at_max_sensitivity": fpi}
+    results = {("a", 0): {**froc(0.25, 0.5, 0.5, 0.75, 10.2), "train_minutes": 4.0},
+               ("a", 1): {**froc(0.75, 0.5, 1.0, 1.0, 20.0), "train_minutes": None}}
+    text = val_probe.render("## T", "{images} images, {findings} findings, seeds {seeds}", {"a": []}, [0, 1],
+                            results, minutes=True)
+    lines = text.splitlines()
+    assert lines[2] == "10 images, 4 findings, seeds 0,1"
+    assert lines[5] == "|---|---|---|---|---|---|---|"
+    assert lines[6] == ("| a | 0.500 (0.250 / 0.750) | 0.500 (0.500 / 0.500) | 0.750 (0.500 / 1.000) | "
+                        "0.875 (0.750 / 1.000) | 10 / 20 | 4.0 / - |")

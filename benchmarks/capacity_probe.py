@@ -1,0 +1,82 @@
+"""Which model at our CPU budget? Capacity, depth and resolution of the Hourglass, decided on val.
+
+The hypersensitive loss with `hourglass train` defaults on the main quality table's data and budget,
+with one model option changed at a time (features, stem features, depth, output stride), and the
+default tiny model with twice and four times the steps (the same CPU minutes as a model twice as
+costly: the fair reference for a bigger model; and how far more budget goes), and the default model on
+the same images prepared at `--size 512` (twice the resolution; the same seed, salt and split).
+Seeds 0-2 (`--seeds`), one TensorFlow thread per run; each final model.keras is evaluated on the
+whole val split; the table gives the training minutes of every run. Backs README's *Capacity,
+budget and resolution*.
+
+Outputs: OUT/<variant>-s<seed>/ (runs), OUT/eval-<variant>-s<seed>/ (val FROC),
+benchmarks/capacity-probe.md. A finished evaluation is kept.
+
+Usage:
+    python benchmarks/capacity_probe.py            # ~90 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import quality  # noqa: E402
+import val_probe  # noqa: E402
+
+
+#: The variant trained and evaluated on the same images prepared at twice the resolution.
+HIGH_RESOLUTION = "tiny, images at --size 512"
+
+
+def variants() -> dict[str, list[str]]:
+    """Returns: variant name -> its `hourglass train` flags (beside the budget and seed)."""
+    def option(key: str, value) -> list[str]:
+        return ["--model-option", f"{key}={value}"]
+    return {"tiny (default)": [],
+            "32 features": option("num_features", 32),
+            "stem 16 features": option("stem_features", 16),
+            "depth 4": option("depth", 4),
+            "output stride 2": option("output_stride", 2),
+            "tiny, 2x the steps": ["--steps-per-epoch", "200"],
+            "tiny, 4x the steps": ["--steps-per-epoch", "400"],
+            HIGH_RESOLUTION: []}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quality-out", default=os.path.join(HERE, "out", "quality"))
+    parser.add_argument("--out", default=os.path.join(HERE, "out", "capacity_probe"))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--variants", default=None, help="semicolon-separated subset (names hold commas)")
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    prep = quality.prepare_data(args.quality_out, quality.data_settings({}, False))
+    table = variants()
+    if args.variants:
+        table = {name: table[name] for name in args.variants.split(";")}
+    data_of = {}
+    if HIGH_RESOLUTION in table:  # the same synthetic images and split (same seed and salt), 2x the pixels
+        data_of[HIGH_RESOLUTION] = quality.prepare_data(args.quality_out, quality.data_settings({"size": 512}, False))
+    results = val_probe.run_probe(prep, args.out, table, seeds, args.jobs, data_of=data_of)
+    text = val_probe.render(
+        "## Capacity at a fixed CPU budget (`python benchmarks/capacity_probe.py`)",
+        "Hypersensitive loss, `hourglass train` defaults, one model option changed at a time; val split "
+        "({images} images, {findings} malignant findings), last epoch, seeds {seeds}, the main quality table's "
+        "budget (unless the row says otherwise), one TensorFlow thread per run, two runs side by side. Mean "
+        "over seeds, per seed in brackets; training minutes per run (wall, shared machine).",
+        table, seeds, results, minutes=True)
+    val_probe.write_outputs("capacity-probe.md", text, args.out,
+                            {"seeds": seeds, "variants": table,
+                             "results": {f"{n}|{s}": f for (n, s), f in results.items()}})
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Validation probes: train variants of `hourglass train` on the main quality table's data and budget,
+evaluate each final model on the whole val split, and render one table. Decisions about defaults are
+made here, on validation; the test split is never read.
+
+Used by `tuned_defaults_probe.py` (should the tuned values become defaults?) and `capacity_probe.py`
+(which model size at a fixed CPU budget?).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Callable
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import quality  # noqa: E402
+
+FPI_POINTS = ("1", "2", "4.8")
+
+
+def slug(name: str) -> str:
+    """Returns: `name` as a directory name (letters and digits, dashes for the rest)."""
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
+def probe_task(prep: str, out: str, name: str, flags: list[str], seed: int, *,
+               model_of: Callable[[str, int], str | None] = lambda name, seed: None) -> Callable[[], dict]:
+    """One variant and seed: train it (unless `model_of` names an existing model), evaluate on val.
+
+    Args:
+        prep: PREP of the main quality table.
+        out: the probe's output directory.
+        name: variant name (its runs go to OUT/<slug>-s<seed>).
+        flags: `hourglass train` flags of the variant; they come after the main quality table's budget
+            and seed flags (`quality.train_flags`), so a variant can change the budget too.
+        seed: training seed.
+        model_of: (name, seed) -> an already trained model.keras to evaluate instead, or None.
+
+    Returns:
+        A callable that returns the val FROC (froc.json) with "train_minutes" added (None when the
+        model was not trained by this probe). A finished evaluation is kept.
+    """
+    def run() -> dict:
+        tag = f"{slug(name)}-s{seed}"
+        eval_dir = os.path.join(out, f"eval-{tag}")
+        froc_path = os.path.join(eval_dir, "froc.json")
+        timing_path = os.path.join(out, f"{tag}.timing.json")
+        if not os.path.exists(froc_path):
+            model = model_of(name, seed)
+            if model is None or not os.path.exists(model):
+                run_dir = os.path.join(out, tag)
+                cmd = [*quality.hourglass(), "train", "--data", prep, "--out", run_dir,
+                       *quality.train_flags(quality.parse_args(["main"]), [], seed), *flags]
+                _, seconds = quality.run(cmd, os.path.join(out, f"{tag}.train.log"), 3600, 1)
+                quality.write_json(timing_path, {"train_minutes": seconds / 60})
+                model = os.path.join(run_dir, "model.keras")
+            quality.run([*quality.hourglass(), "evaluate", "--model", model, "--data", prep, "--split", "val",
+                         "--overlays", "0", "--bootstrap", "200", "--quiet", "--out", eval_dir],
+                        os.path.join(out, f"{tag}.evaluate.log"), 1800, 1)
+        froc = quality.read_json(froc_path)
+        timing = quality.read_json(timing_path) if os.path.exists(timing_path) else {}
+        return {**froc, "train_minutes": timing.get("train_minutes")}
+    return run
+
+
+def run_probe(prep: str, out: str, table: dict[str, list[str]], seeds: list[int], jobs: int,
+              data_of: dict[str, str] | None = None, **task_options) -> dict[tuple[str, int], dict]:
+    """Runs every (variant, seed) of `table`, `jobs` at a time.
+
+    Args:
+        data_of: variant -> its own PREP (default: `prep`), e.g. the same images at another `--size`.
+
+    Returns:
+        (variant, seed) -> its val FROC (see `probe_task`).
+    """
+    os.makedirs(out, exist_ok=True)
+    keys = [(name, seed) for name in table for seed in seeds]
+    data_of = data_of or {}
+    tasks = [probe_task(data_of.get(name, prep), out, name, table[name], seed, **task_options)
+             for name, seed in keys]
+    return dict(zip(keys, quality.in_parallel(tasks, jobs)))
+
+
+def _per_seed(values: list[float], digits: int = 3) -> str:
+    return " / ".join(f"{v:.{digits}f}" for v in values)
+
+
+def render(title: str, intro: str, table: dict[str, list[str]], seeds: list[int],
+           results: dict[tuple[str, int], dict], *, minutes: bool = False) -> str:
+    """The probe's markdown: mean over seeds of sensitivity at 1, 2 and 4.8 FPI (per seed in brackets),
+    max sensitivity, the FPI where it is reached and (`minutes`) the training minutes per run.
+
+    Returns:
+        The markdown text.
+    """
+    any_froc = next(iter(results.values()))
+    header = "| variant | @1 | @2 | @4.8 | max sens | FPI at max |" + (" train min |" if minutes else "")
+    lines = [title, "", intro.format(images=any_froc["num_images"], findings=any_froc["num_malignant_findings"],
+                                     seeds=",".join(map(str, seeds))), "",
+             header, "|" + "---|" * (header.count("|") - 1)]
+    for name in table:
+        frocs = [results[(name, s)] for s in seeds]
+        cells = []
+        for point in FPI_POINTS:
+            values = [f["sensitivity_at_fpi"][point] for f in frocs]
+            cells.append(f"{sum(values) / len(values):.3f} ({_per_seed(values)})")
+        maxima = [f["max_sensitivity"] for f in frocs]
+        fpis = [f["fpi_at_max_sensitivity"] for f in frocs]
+        row = (f"| {name} | {' | '.join(cells)} | {sum(maxima) / len(maxima):.3f} ({_per_seed(maxima)}) | "
+               f"{' / '.join(f'{v:.0f}' for v in fpis)} |")
+        if minutes:
+            spent = [f["train_minutes"] for f in frocs]
+            row += " " + (" / ".join("-" if m is None else f"{m:.1f}" for m in spent)) + " |"
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(md_name: str, text: str, out: str, payload: dict) -> None:
+    """Writes the committed markdown (benchmarks/<md_name>) and OUT/<stem>.json."""
+    with open(os.path.join(HERE, md_name), "w", encoding="utf-8") as handle:
+        handle.write(text)
+    stem = os.path.splitext(md_name)[0].replace("-", "_")
+    with open(os.path.join(out, f"{stem}.json"), "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=1, default=str)
