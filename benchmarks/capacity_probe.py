@@ -71,10 +71,7 @@ def main(argv=None) -> int:
         "budget (unless the row says otherwise), one TensorFlow thread per run, two runs side by side. Mean "
         "over seeds, per seed in brackets; training minutes per run (wall, shared machine).",
         table, seeds, results, minutes=True)
-    val_probe.write_outputs("capacity-probe.md", text, args.out,
-                            {"seeds": seeds, "variants": table,
-                             "results": {f"{n}|{s}": f for (n, s), f in results.items()}})
-    print(text)
+    val_probe.write_outputs("capacity-probe.md", text, args.out, results, seeds=seeds, variants=table)
     return 0
 
 

@@ -77,10 +77,7 @@ def main(argv=None) -> int:
         "{seeds}, the main quality table's budget, one TensorFlow thread per run; tuned values from "
         f"`{os.path.basename(best['path'])}`. Mean over seeds, per seed in brackets.",
         table, seeds, results)
-    val_probe.write_outputs("tuned-defaults-probe.md", text, args.out,
-                            {"best": best, "seeds": seeds,
-                             "results": {f"{n}|{s}": f for (n, s), f in results.items()}})
-    print(text)
+    val_probe.write_outputs("tuned-defaults-probe.md", text, args.out, results, best=best, seeds=seeds)
     return 0
 
 

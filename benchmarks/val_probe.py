@@ -118,10 +118,13 @@ def render(title: str, intro: str, table: dict[str, list[str]], seeds: list[int]
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(md_name: str, text: str, out: str, payload: dict) -> None:
-    """Writes the committed markdown (benchmarks/<md_name>) and OUT/<stem>.json."""
+def write_outputs(md_name: str, text: str, out: str, results: dict[tuple[str, int], dict], **extra) -> None:
+    """Writes the committed markdown (benchmarks/<md_name>), OUT/<stem>.json (`results` keyed
+    "variant|seed", beside `extra`) and prints the markdown."""
     with open(os.path.join(HERE, md_name), "w", encoding="utf-8") as handle:
         handle.write(text)
     stem = os.path.splitext(md_name)[0].replace("-", "_")
+    payload = {**extra, "results": {f"{name}|{seed}": froc for (name, seed), froc in results.items()}}
     with open(os.path.join(out, f"{stem}.json"), "w", encoding="utf-8") as handle:
         json.dump(payload, handle, indent=1, default=str)
+    print(text)

@@ -469,7 +469,9 @@ def test_capacity_probe_changes_one_model_option_or_the_steps_and_stays_a_valid_
             assert changed == {"model"} and len(config.model) == 1, name
 
 
-def test_val_probe_table_means_over_seeds_with_each_seed_and_its_minutes():
+def test_val_probe_table_means_over_seeds_with_each_seed_and_its_minutes(tmp_path, monkeypatch):
+    import json
+
     import val_probe
 
     def froc(s1, s2, s48, top, fpi):
@@ -484,3 +486,8 @@ def test_val_probe_table_means_over_seeds_with_each_seed_and_its_minutes():
     assert lines[5] == "|---|---|---|---|---|---|---|"
     assert lines[6] == ("| a | 0.500 (0.250 / 0.750) | 0.500 (0.500 / 0.500) | 0.750 (0.500 / 1.000) | "
                         "0.875 (0.750 / 1.000) | 10 / 20 | 4.0 / - |")
+    monkeypatch.setattr(val_probe, "HERE", str(tmp_path))
+    val_probe.write_outputs("a-probe.md", text, str(tmp_path), results, seeds=[0, 1])
+    assert (tmp_path / "a-probe.md").read_text() == text
+    payload = json.loads((tmp_path / "a_probe.json").read_text())
+    assert payload["seeds"] == [0, 1] and sorted(payload["results"]) == ["a|0", "a|1"]
