@@ -26,12 +26,14 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-")
 
 
-def probe_task(prep: str, out: str, name: str, flags: list[str], seed: int, *,
+def probe_task(prep: str, out: str, name: str, flags: list[str], seed: int, *, train_prep: str | None = None,
                model_of: Callable[[str, int], str | None] = lambda name, seed: None) -> Callable[[], dict]:
     """One variant and seed: train it (unless `model_of` names an existing model), evaluate on val.
 
     Args:
-        prep: PREP of the main quality table.
+        prep: PREP whose val split scores the model (and that it trains on, unless `train_prep`).
+        train_prep: PREP to train on instead, e.g. a larger set whose val patients include `prep`'s
+            (so no `prep` val image is in its training split).
         out: the probe's output directory.
         name: variant name (its runs go to OUT/<slug>-s<seed>).
         flags: `hourglass train` flags of the variant; they come after the main quality table's budget
@@ -52,7 +54,7 @@ def probe_task(prep: str, out: str, name: str, flags: list[str], seed: int, *,
             model = model_of(name, seed)
             if model is None or not os.path.exists(model):
                 run_dir = os.path.join(out, tag)
-                cmd = [*quality.hourglass(), "train", "--data", prep, "--out", run_dir,
+                cmd = [*quality.hourglass(), "train", "--data", train_prep or prep, "--out", run_dir,
                        *quality.train_flags(quality.parse_args(["main"]), [], seed), *flags]
                 _, seconds = quality.run(cmd, os.path.join(out, f"{tag}.train.log"), 3600, 1)
                 quality.write_json(timing_path, {"train_minutes": seconds / 60})
@@ -67,21 +69,55 @@ def probe_task(prep: str, out: str, name: str, flags: list[str], seed: int, *,
 
 
 def run_probe(prep: str, out: str, table: dict[str, list[str]], seeds: list[int], jobs: int,
-              data_of: dict[str, str] | None = None, **task_options) -> dict[tuple[str, int], dict]:
+              data_of: dict[str, str] | None = None, train_data_of: dict[str, str] | None = None,
+              **task_options) -> dict[tuple[str, int], dict]:
     """Runs every (variant, seed) of `table`, `jobs` at a time.
 
     Args:
         data_of: variant -> its own PREP (default: `prep`), e.g. the same images at another `--size`.
+        train_data_of: variant -> the PREP it trains on (its val split still comes from `data_of` / `prep`).
 
     Returns:
         (variant, seed) -> its val FROC (see `probe_task`).
     """
     os.makedirs(out, exist_ok=True)
     keys = [(name, seed) for name in table for seed in seeds]
-    data_of = data_of or {}
-    tasks = [probe_task(data_of.get(name, prep), out, name, table[name], seed, **task_options)
-             for name, seed in keys]
+    data_of, train_data_of = data_of or {}, train_data_of or {}
+    tasks = [probe_task(data_of.get(name, prep), out, name, table[name], seed,
+                        train_prep=train_data_of.get(name), **task_options) for name, seed in keys]
     return dict(zip(keys, quality.in_parallel(tasks, jobs)))
+
+
+def image_hashes(prep: str, split: str) -> set[str]:
+    """Returns: the image hashes of PREP's `split` (every stratum)."""
+    import glob
+
+    import tensorflow as tf
+
+    from keras_hourglass.data import records
+
+    files = sorted(glob.glob(os.path.join(prep, split, "*.tfrecord")))
+    return {records.parse_example(serialized)["image_hash"].numpy().decode()
+            for serialized in tf.data.TFRecordDataset(files)}
+
+
+def check_scored_images_unseen(val: set[str], other_train: set[str], other_val: set[str]) -> None:
+    """Refuses a training PREP that holds any image of the val split the probe scores on.
+
+    Args:
+        val: image hashes of the scored val split.
+        other_train: image hashes of the other PREP's training split.
+        other_val: image hashes of the other PREP's val split.
+
+    Raises:
+        SystemExit: a scored image is in the other training split, or missing from its val split.
+    """
+    leaked, missing = val & other_train, val - other_val - other_train
+    if leaked:
+        raise SystemExit(f"val_probe: {len(leaked)} scored val images are in the other PREP's training split")
+    if missing:
+        raise SystemExit(f"val_probe: {len(missing)} scored val images are not in the other PREP's val split "
+                         "(not the same images)")
 
 
 def _per_seed(values: list[float], digits: int = 3) -> str:

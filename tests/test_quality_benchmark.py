@@ -464,7 +464,7 @@ def test_capacity_probe_changes_one_model_option_or_the_steps_and_stays_a_valid_
         if name in ("tiny (default)", capacity_probe.HIGH_RESOLUTION):  # the latter differs in its data only
             assert changed == set()
         elif name.startswith("tiny, "):
-            assert changed == {"steps_per_epoch"} and config.steps_per_epoch in (200, 400)
+            assert changed == {"steps_per_epoch"} and config.steps_per_epoch in (150, 200, 400)
         else:
             assert changed == {"model"} and len(config.model) == 1, name
 
@@ -491,3 +491,13 @@ def test_val_probe_table_means_over_seeds_with_each_seed_and_its_minutes(tmp_pat
     assert (tmp_path / "a-probe.md").read_text() == text
     payload = json.loads((tmp_path / "a_probe.json").read_text())
     assert payload["seeds"] == [0, 1] and sorted(payload["results"]) == ["a|0", "a|1"]
+
+
+def test_a_training_set_holding_a_scored_val_image_is_refused():
+    import val_probe
+
+    val_probe.check_scored_images_unseen({"a", "b"}, other_train={"c"}, other_val={"a", "b", "d"})
+    with pytest.raises(SystemExit, match="1 scored val images are in the other PREP's training split"):
+        val_probe.check_scored_images_unseen({"a", "b"}, other_train={"b"}, other_val={"a"})
+    with pytest.raises(SystemExit, match="1 scored val images are not in the other PREP's val split"):
+        val_probe.check_scored_images_unseen({"a", "b"}, other_train=set(), other_val={"a"})
