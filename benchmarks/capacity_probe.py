@@ -39,6 +39,30 @@ HIGH_RESOLUTION = "tiny, images at --size 512"
 MORE_DATA = "tiny, 1.5x the steps, 3x the images"
 
 
+#: Rows whose first seed is also scored on the main data's training split (fit against generalisation).
+FIT_GAP_ROWS = ("tiny (default)", "tiny, 1.5x the steps", "tiny, 2x the steps", "tiny, 4x the steps", MORE_DATA)
+
+
+def fit_gap_table(prep: str, out: str, table: dict, seed: int, results: dict) -> str:
+    """Returns: the markdown of the fit-against-generalisation rows (sensitivity at 4.8 FPI on the main
+    data's training split and on val, seed `seed`)."""
+    lines = ["", f"Fit against generalisation (seed {seed}; sensitivity at 4.8 FPI on the main data's training "
+                 "split, which every row trained on, and on val):", "",
+             "| variant | train split @4.8 (max) | val @4.8 (max) | train - val @4.8 |", "|---|---|---|---|"]
+    fit = None
+    for name in FIT_GAP_ROWS:
+        if name not in table:
+            continue
+        fit, val = val_probe.training_split_froc(prep, out, name, seed), results[(name, seed)]
+        a, b = fit["sensitivity_at_fpi"]["4.8"], val["sensitivity_at_fpi"]["4.8"]
+        lines.append(f"| {name} | {a:.3f} ({fit['max_sensitivity']:.3f}) | {b:.3f} ({val['max_sensitivity']:.3f}) "
+                     f"| {a - b:+.3f} |")
+    if fit is None:
+        return ""
+    lines.append(f"\nTraining split: {fit['num_images']} images, {fit['num_malignant_findings']} malignant findings.")
+    return "\n".join(lines) + "\n"
+
+
 def variants() -> dict[str, list[str]]:
     """Returns: variant name -> its `hourglass train` flags (beside the budget and seed)."""
     def option(key: str, value) -> list[str]:
@@ -87,6 +111,7 @@ def main(argv=None) -> int:
         "budget (unless the row says otherwise), one TensorFlow thread per run, two runs side by side. Mean "
         "over seeds, per seed in brackets; training minutes per run (wall, shared machine).",
         table, seeds, results, minutes=True)
+    text += fit_gap_table(prep, args.out, table, seeds[0], results)
     val_probe.write_outputs("capacity-probe.md", text, args.out, results, seeds=seeds, variants=table)
     return 0
 

@@ -59,13 +59,38 @@ def probe_task(prep: str, out: str, name: str, flags: list[str], seed: int, *, t
                 _, seconds = quality.run(cmd, os.path.join(out, f"{tag}.train.log"), 3600, 1)
                 quality.write_json(timing_path, {"train_minutes": seconds / 60})
                 model = os.path.join(run_dir, "model.keras")
-            quality.run([*quality.hourglass(), "evaluate", "--model", model, "--data", prep, "--split", "val",
-                         "--overlays", "0", "--bootstrap", "200", "--quiet", "--out", eval_dir],
-                        os.path.join(out, f"{tag}.evaluate.log"), 1800, 1)
+            evaluate(model, prep, "val", eval_dir, os.path.join(out, f"{tag}.evaluate.log"))
         froc = quality.read_json(froc_path)
         timing = quality.read_json(timing_path) if os.path.exists(timing_path) else {}
         return {**froc, "train_minutes": timing.get("train_minutes")}
     return run
+
+
+def evaluate(model: str, prep: str, split: str, eval_dir: str, log: str) -> dict:
+    """`hourglass evaluate` of `model` on PREP's `split` (one thread, no overlays).
+
+    Returns:
+        Its FROC (eval_dir/froc.json).
+    """
+    quality.run([*quality.hourglass(), "evaluate", "--model", model, "--data", prep, "--split", split,
+                 "--overlays", "0", "--bootstrap", "200", "--quiet", "--out", eval_dir], log, 1800, 1)
+    return quality.read_json(os.path.join(eval_dir, "froc.json"))
+
+
+def training_split_froc(prep: str, out: str, name: str, seed: int) -> dict:
+    """The FROC of a probe run's model on PREP's *training* split (how well it fits what it saw: set
+    beside its val FROC, the generalisation gap). A finished evaluation is kept.
+
+    Returns:
+        The FROC (OUT/eval-train-<variant>-s<seed>/froc.json).
+    """
+    tag = f"{slug(name)}-s{seed}"
+    eval_dir = os.path.join(out, f"eval-train-{tag}")
+    froc_path = os.path.join(eval_dir, "froc.json")
+    if os.path.exists(froc_path):
+        return quality.read_json(froc_path)
+    return evaluate(os.path.join(out, tag, "model.keras"), prep, "train", eval_dir,
+                    os.path.join(out, f"{tag}.evaluate-train.log"))
 
 
 def run_probe(prep: str, out: str, table: dict[str, list[str]], seeds: list[int], jobs: int,
