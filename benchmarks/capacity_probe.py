@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         "({images} images, {findings} malignant findings), last epoch, seeds {seeds}, the main quality table's "
         "budget (unless the row says otherwise), one TensorFlow thread per run, two runs side by side. Mean "
         "over seeds, per seed in brackets; training minutes per run (wall, shared machine).",
-        table, seeds, results, minutes=True)
+        table, seeds, results, minutes=True, paired=True)
     text += fit_gap_table(prep, args.out, table, seeds[0], results)
     val_probe.write_outputs("capacity-probe.md", text, args.out, results, seeds=seeds, variants=table)
     return 0

@@ -150,15 +150,19 @@ def _per_seed(values: list[float], digits: int = 3) -> str:
 
 
 def render(title: str, intro: str, table: dict[str, list[str]], seeds: list[int],
-           results: dict[tuple[str, int], dict], *, minutes: bool = False) -> str:
+           results: dict[tuple[str, int], dict], *, minutes: bool = False, paired: bool = False) -> str:
     """The probe's markdown: mean over seeds of sensitivity at 1, 2 and 4.8 FPI (per seed in brackets),
-    max sensitivity, the FPI where it is reached and (`minutes`) the training minutes per run.
+    max sensitivity, the FPI where it is reached, (`minutes`) the training minutes per run and
+    (`paired`) the difference at 4.8 FPI against the first row, seed by seed (mean ± half-width of its
+    95 % t-interval).
 
     Returns:
         The markdown text.
     """
     any_froc = next(iter(results.values()))
-    header = "| variant | @1 | @2 | @4.8 | max sens | FPI at max |" + (" train min |" if minutes else "")
+    header = ("| variant | @1 | @2 | @4.8 | max sens | FPI at max |" + (" train min |" if minutes else "")
+              + (" Δ @4.8 vs first row (paired) |" if paired else ""))
+    first = next(iter(table))
     lines = [title, "", intro.format(images=any_froc["num_images"], findings=any_froc["num_malignant_findings"],
                                      seeds=",".join(map(str, seeds))), "",
              header, "|" + "---|" * (header.count("|") - 1)]
@@ -175,6 +179,10 @@ def render(title: str, intro: str, table: dict[str, list[str]], seeds: list[int]
         if minutes:
             spent = [f["train_minutes"] for f in frocs]
             row += " " + (" / ".join("-" if m is None else f"{m:.1f}" for m in spent)) + " |"
+        if paired:
+            mean, half = quality.mean_ci([results[(name, s)]["sensitivity_at_fpi"]["4.8"]
+                                          - results[(first, s)]["sensitivity_at_fpi"]["4.8"] for s in seeds])
+            row += " - |" if name == first else f" {mean:+.3f} ± {quality.fmt(half)} |"
         lines.append(row)
     return "\n".join(lines) + "\n"
 

@@ -486,11 +486,16 @@ def test_val_probe_table_means_over_seeds_with_each_seed_and_its_minutes(tmp_pat
     assert lines[5] == "|---|---|---|---|---|---|---|"
     assert lines[6] == ("| a | 0.500 (0.250 / 0.750) | 0.500 (0.500 / 0.500) | 0.750 (0.500 / 1.000) | "
                         "0.875 (0.750 / 1.000) | 10 / 20 | 4.0 / - |")
+    results.update({("b", 0): froc(0, 0, 0.75, 1, 1), ("b", 1): froc(0, 0, 1.0, 1, 1)})
+    paired = val_probe.render("## T", "", {"a": [], "b": []}, [0, 1], results, paired=True).splitlines()
+    assert paired[6].endswith("| 10 / 20 | - |")
+    # differences +0.25 and 0.0: mean 0.125, sd 0.177, t(0.975, 1) = 12.706 -> half-width 12.706 * 0.125 = 1.588
+    assert paired[7].endswith("| 1 / 1 | +0.125 ± 1.588 |")
     monkeypatch.setattr(val_probe, "HERE", str(tmp_path))
     val_probe.write_outputs("a-probe.md", text, str(tmp_path), results, seeds=[0, 1])
     assert (tmp_path / "a-probe.md").read_text() == text
     payload = json.loads((tmp_path / "a_probe.json").read_text())
-    assert payload["seeds"] == [0, 1] and sorted(payload["results"]) == ["a|0", "a|1"]
+    assert payload["seeds"] == [0, 1] and sorted(payload["results"]) == ["a|0", "a|1", "b|0", "b|1"]
 
 
 def test_a_training_set_holding_a_scored_val_image_is_refused():
