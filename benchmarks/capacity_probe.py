@@ -105,8 +105,9 @@ def main(argv=None) -> int:
     results = val_probe.run_probe(prep, args.out, table, seeds, args.jobs, data_of=data_of,
                                   train_data_of=train_data_of)
     text = val_probe.render(
-        "## Capacity at a fixed CPU budget (`python benchmarks/capacity_probe.py`)",
-        "Hypersensitive loss, `hourglass train` defaults, one model option changed at a time; val split "
+        "## Capacity, budget, resolution and data size (`python benchmarks/capacity_probe.py`)",
+        "Hypersensitive loss, `hourglass train` defaults, one thing changed per row (a model option, the "
+        "steps, the PREP's `--size`, the number of training images); val split "
         "({images} images, {findings} malignant findings), last epoch, seeds {seeds}, the main quality table's "
         "budget (unless the row says otherwise), one TensorFlow thread per run, two runs side by side. Mean "
         "over seeds, per seed in brackets; training minutes per run (wall, shared machine).",
