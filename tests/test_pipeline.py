@@ -201,6 +201,19 @@ def test_evaluation_dataset_every_image_once_in_order_with_all_boxes(prep):
     assert first[2]["image"].shape == (1, 32, 32, 1) and first[2]["boxes"].shape == (1, 0, 4)
 
 
+def test_an_interleaved_evaluation_stream_mixes_every_stratum_from_the_first_images(prep):
+    """`--val-images N` reads the first N: in file order (benign shard first) they can hold no malignant
+    finding at all; interleaved, the first one per shard covers every stratum."""
+    in_order = list(pipeline.evaluation_dataset(prep, split="train", input_multiple=MULTIPLE))
+    mixed = list(pipeline.evaluation_dataset(prep, split="train", input_multiple=MULTIPLE, interleave_shards=True))
+    again = list(pipeline.evaluation_dataset(prep, split="train", input_multiple=MULTIPLE, interleave_shards=True))
+    hashes = [e["image_hash"].numpy()[0] for e in mixed]
+    assert hashes == [e["image_hash"].numpy()[0] for e in again]  # deterministic
+    assert sorted(hashes) == sorted(e["image_hash"].numpy()[0] for e in in_order) and len(hashes) == 18
+    assert {e["label"].numpy()[0] for e in in_order[:4]} == {b"benign"}
+    assert {e["label"].numpy()[0] for e in mixed[:5]} == {b"benign", b"high_risk", b"malignant", b"normal"}
+
+
 def test_steps_per_epoch():
     assert pipeline.steps_per_epoch(8000, 16) == 500
     assert pipeline.steps_per_epoch(10, 16) == 1

@@ -293,5 +293,6 @@ class HourglassHyperModel(keras_tuner.HyperModel):
         from keras_hourglass.data.pipeline import evaluation_dataset
         from keras_hourglass.training.fit import froc_callback
 
-        validation = evaluation_dataset(self.data_dir, split="val", input_multiple=self.input_multiple)
+        validation = evaluation_dataset(self.data_dir, split="val", input_multiple=self.input_multiple,
+                                        interleave_shards=bool(config.val_images))
         return froc_callback(validation, config)[0]

@@ -292,13 +292,17 @@ def training_dataset(
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def evaluation_dataset(prep_dir: str | os.PathLike, *, split: str, input_multiple: int) -> tf.data.Dataset:
+def evaluation_dataset(prep_dir: str | os.PathLike, *, split: str, input_multiple: int,
+                       interleave_shards: bool = False) -> tf.data.Dataset:
     """Builds the evaluation stream: every image of a split once, in file order, batch 1.
 
     Args:
         prep_dir: directory written by `hourglass prepare`.
         split: "val" or "test" (or "train").
         input_multiple: the image is padded bottom/right to a multiple of it.
+        interleave_shards: one image of each shard in turn (deterministic) instead of shard after
+            shard, so that the first N images mix every stratum: what a validation subset
+            (`--val-images N`) must read; in file order the first N of a large split can all be benign.
 
     Returns:
         `tf.data.Dataset` of dicts (each value with a leading batch axis of 1):
@@ -319,7 +323,12 @@ def evaluation_dataset(prep_dir: str | os.PathLike, *, split: str, input_multipl
         out["image"] = pad_to_multiple(example["image"], input_multiple)
         return out
 
-    dataset = tf.data.TFRecordDataset(files)
+    if interleave_shards:
+        dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
+            tf.data.TFRecordDataset, cycle_length=len(files), block_length=1, num_parallel_calls=None,
+            deterministic=True)
+    else:
+        dataset = tf.data.TFRecordDataset(files)
     dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()
     options.deterministic = True

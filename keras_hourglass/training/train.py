@@ -112,7 +112,8 @@ def _validation(prep_dir: str | None, config: TrainConfig, multiple: int, valida
         from keras_hourglass.data import pipeline
 
         try:
-            validation = pipeline.evaluation_dataset(prep_dir, split="val", input_multiple=multiple)
+            validation = pipeline.evaluation_dataset(prep_dir, split="val", input_multiple=multiple,
+                                                     interleave_shards=bool(config.val_images))
         except InputError as err:
             warnings.warn(f"{err}: training without validation (no val_sensitivity, no best.keras)",
                           stacklevel=2)
