@@ -10,7 +10,7 @@ times the images (2,400; the main data's images are its first 800, with the same
 splits, so every row is scored on the same val images), and on those with 4x the steps.
 Seeds 0-2 (`--seeds`), one TensorFlow thread per run; each final model.keras is evaluated on the
 whole val split; the table gives the training minutes of every run. Backs README's *Capacity,
-budget and resolution*.
+budget, resolution and data size do not close the gap either*.
 
 Outputs: OUT/<variant>-s<seed>/ (runs), OUT/eval-<variant>-s<seed>/ (val FROC),
 benchmarks/capacity-probe.md. A finished evaluation is kept.

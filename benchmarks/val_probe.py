@@ -119,10 +119,9 @@ def image_hashes(prep: str, split: str) -> set[str]:
 
     import tensorflow as tf
 
-    from keras_hourglass.data import records
-
+    only_hash = {"image_hash": tf.io.FixedLenFeature([], tf.string)}  # no PNG decode
     files = sorted(glob.glob(os.path.join(prep, split, "*.tfrecord")))
-    return {records.parse_example(serialized)["image_hash"].numpy().decode()
+    return {tf.io.parse_single_example(serialized, only_hash)["image_hash"].numpy().decode()
             for serialized in tf.data.TFRecordDataset(files)}
 
 

@@ -290,9 +290,6 @@ class HourglassHyperModel(keras_tuner.HyperModel):
     def _validation_callback(self, config) -> keras.callbacks.Callback:
         if self.validation_callback is not None:
             return self.validation_callback(self._settings(config))
-        from keras_hourglass.data.pipeline import evaluation_dataset
-        from keras_hourglass.training.fit import froc_callback
+        from keras_hourglass.training.fit import froc_callback, prep_validation
 
-        validation = evaluation_dataset(self.data_dir, split="val", input_multiple=self.input_multiple,
-                                        interleave_shards=bool(config.val_images))
-        return froc_callback(validation, config)[0]
+        return froc_callback(prep_validation(self.data_dir, config, self.input_multiple), config)[0]

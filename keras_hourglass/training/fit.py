@@ -202,6 +202,19 @@ def prep_dataset_fn(prep_dir: str, config: TrainConfig, crop_size: int) -> Datas
     return dataset_fn
 
 
+def prep_validation(prep_dir: str, config: TrainConfig, input_multiple: int):
+    """PREP/val as `froc_callback` reads it: one image per shard in turn when `config.val_images` takes a
+    subset (its first N must mix every stratum), file order otherwise.
+
+    Raises:
+        InputError: PREP has no val TFRecords.
+    """
+    from keras_hourglass.data.pipeline import evaluation_dataset
+
+    return evaluation_dataset(prep_dir, split="val", input_multiple=input_multiple,
+                              interleave_shards=bool(config.val_images))
+
+
 def froc_callback(validation, config: TrainConfig):
     """The `FrocCallback` on the first `config.val_images` images of `validation` (all when None).
 

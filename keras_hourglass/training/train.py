@@ -43,7 +43,7 @@ from keras_hourglass.evaluation import selection
 from keras_hourglass.training.config import TrainConfig, manifest_hash
 from keras_hourglass.training.fit import (DatasetFn, build_model, compile_model, fit_phases, froc_callback,
                                           make_learning_rate, make_loss, precision_summary, prep_dataset_fn,
-                                          run_geometry)
+                                          prep_validation, run_geometry)
 from keras_hourglass.modelfile import embed_preprocessing
 from keras_hourglass.training.geometry import REFERENCE_LONG_SIDE, prep_preprocessing
 
@@ -109,11 +109,8 @@ def _validation(prep_dir: str | None, config: TrainConfig, multiple: int, valida
     if validation is None:
         if prep_dir is None or config.val_images == 0:
             return None, None
-        from keras_hourglass.data import pipeline
-
         try:
-            validation = pipeline.evaluation_dataset(prep_dir, split="val", input_multiple=multiple,
-                                                     interleave_shards=bool(config.val_images))
+            validation = prep_validation(prep_dir, config, multiple)
         except InputError as err:
             warnings.warn(f"{err}: training without validation (no val_sensitivity, no best.keras)",
                           stacklevel=2)
