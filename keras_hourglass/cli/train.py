@@ -159,6 +159,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     sched.add_argument("--max-boxes", type=argtypes.positive, default=None, help="box slots per image (default 16)")
     sched.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=None,
                        help="no flips / intensity jitter")
+    sched.add_argument("--zoom", type=argtypes.number, default=None, metavar="FACTOR",
+                       help="scale phase-1 crops by a random factor in [1/FACTOR, FACTOR] (default 1 = off; "
+                            "at most 4)")
+    sched.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=None,
+                       help="also random 90-degree turns (default off)")
     sched.add_argument("--seed", type=int, default=None, help="seed of initialisation and data (default 0)")
 
     model = parser.add_argument_group("model")
@@ -193,7 +198,7 @@ FLAG_FIELDS = ("loss", "omega", "top_k", "patch_size", "mask_size", "sigmas", "r
                "target_sigma", "phase",
                "steps_per_epoch", "images_per_epoch", "batch_size", "learning_rate", "lr_schedule",
                "warmup_steps", "full_learning_rate",
-               "crop_size", "max_boxes", "augment", "seed", "preset", "jit_compile", "mixed_precision", "val_images",
+               "crop_size", "max_boxes", "augment", "zoom", "rotate", "seed", "preset", "jit_compile", "mixed_precision", "val_images",
                "target_fpi")
 
 

@@ -33,7 +33,9 @@ Phases:
 
 Augmentation (``augment=True``): random horizontal and vertical flips
 (boxes follow) and a small intensity jitter (gain in [0.9, 1.1], gamma
-in [exp(-0.15), exp(0.15)]). All randomness is stateless and keyed by
+in [exp(-0.15), exp(0.15)]); optionally (``zoom`` > 1) patch-phase crops
+scaled by a log-uniform factor in [1/zoom, zoom] and (``rotate``) random
+90-degree turns, boxes following. All randomness is stateless and keyed by
 ``(seed, element counter)`` and the file/record shuffles and the stratum
 sampler are seeded, so with a ``seed`` the same call gives the same
 batches (``options.deterministic`` is then set; without a seed the map
@@ -55,6 +57,7 @@ dropped; prepare's manifest counts findings per label so a suitable
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 
@@ -112,8 +115,12 @@ def _pad_boxes(boxes: tf.Tensor, max_boxes: int) -> tf.Tensor:
     return tf.ensure_shape(boxes, [max_boxes, 4])
 
 
-def _crop_origin(image, boxes, patch_size: int, seeds):
-    """Chooses the top-left corner of a patch (int32 y, x), see module doc."""
+def _crop_origin(image, boxes, patch_size, seeds, block: int | None = None):
+    """Chooses the top-left corner of a patch (int32 y, x), see module doc.
+
+    `patch_size` may be a scalar int32 tensor (a zoomed crop); `block` is then the tissue block side
+    of the nominal patch (a Python int: pooling windows are static).
+    """
     height = tf.shape(image)[0]
     width = tf.shape(image)[1]
     size = tf.cast(patch_size, tf.float32)
@@ -138,14 +145,14 @@ def _crop_origin(image, boxes, patch_size: int, seeds):
         return tf.stack([y, x])
 
     def tissue():
-        block = max(1, patch_size // 8)
-        pooled = tf.nn.avg_pool2d(image[tf.newaxis], ksize=block, strides=block, padding="VALID")
+        side = block if block is not None else max(1, patch_size // 8)
+        pooled = tf.nn.avg_pool2d(image[tf.newaxis], ksize=side, strides=side, padding="VALID")
         candidates = tf.cast(tf.where(pooled[0, :, :, 0] > TISSUE_THRESHOLD), tf.int32)
         count = tf.shape(candidates)[0]
 
         def pick():
             index = tf.random.stateless_uniform([], seeds[0], minval=0, maxval=count, dtype=tf.int32)
-            return candidates[index] * block + block // 2 - patch_size // 2
+            return candidates[index] * side + side // 2 - patch_size // 2
 
         return tf.cond(count > 0, pick, uniform)
 
@@ -154,18 +161,41 @@ def _crop_origin(image, boxes, patch_size: int, seeds):
     return tf.clip_by_value(origin, 0, limits)
 
 
-def _crop(image, boxes, labels, patch_size: int, seeds):
-    origin = _crop_origin(image, boxes, patch_size, seeds)
+def _crop(image, boxes, labels, patch_size: int, seeds, zoom: float = 1.0, zoom_seed=None):
+    """A `patch_size` patch (see module doc); with `zoom` > 1 the crop is first scaled by a factor
+    drawn log-uniformly in [1/zoom, zoom]: a crop of side patch_size / factor is resized to
+    patch_size (boxes follow), so lesions and texture appear up to `zoom` times larger or smaller."""
+    if zoom > 1.0:
+        factor = tf.exp(tf.random.stateless_uniform([], zoom_seed, minval=-1.0, maxval=1.0) * math.log(zoom))
+        side = tf.maximum(tf.cast(tf.round(patch_size / factor), tf.int32), 8)
+    else:
+        side = tf.constant(patch_size, tf.int32)
+    origin = _crop_origin(image, boxes, side if zoom > 1.0 else patch_size, seeds, block=max(1, patch_size // 8))
     height = tf.shape(image)[0]
     width = tf.shape(image)[1]
-    size_y = tf.minimum(patch_size, height - origin[0])
-    size_x = tf.minimum(patch_size, width - origin[1])
+    size_y = tf.minimum(side, height - origin[0])
+    size_x = tf.minimum(side, width - origin[1])
     patch = tf.slice(image, [origin[0], origin[1], 0], [size_y, size_x, 1])
-    patch = tf.image.pad_to_bounding_box(patch, 0, 0, patch_size, patch_size)
+    patch = tf.image.pad_to_bounding_box(patch, 0, 0, side, side)
     shift = tf.cast(tf.concat([origin, origin], axis=0), tf.float32)
-    moved = tf.clip_by_value(boxes - shift, 0.0, float(patch_size))
+    moved = tf.clip_by_value(boxes - shift, 0.0, tf.cast(side, tf.float32))
+    if zoom > 1.0:
+        patch = tf.image.resize(patch, [patch_size, patch_size], method="bilinear", antialias=True)
+        patch = tf.ensure_shape(patch, [patch_size, patch_size, 1])
+        moved = moved * (float(patch_size) / tf.cast(side, tf.float32))
     keep = (moved[:, 2] > moved[:, 0]) & (moved[:, 3] > moved[:, 1])
     return patch, tf.boolean_mask(moved, keep), tf.boolean_mask(labels, keep)
+
+
+def _turn(image, boxes, seed):
+    """Transposes image (and boxes) with probability 1/2: with both flips, all 8 orientations."""
+    do = tf.random.stateless_uniform([], seed) < 0.5
+
+    def turned():
+        y0, x0, y1, x1 = tf.unstack(boxes, num=4, axis=1)
+        return tf.transpose(image, [1, 0, 2]), tf.stack([x0, y0, x1, y1], axis=1)
+
+    return tf.cond(do, turned, lambda: (image, boxes))
 
 
 def _flip(image, boxes, seed, axis: int):
@@ -201,6 +231,8 @@ def training_dataset(
     max_boxes: int = 16,
     seed: int | None = None,
     augment: bool = True,
+    zoom: float = 1.0,
+    rotate: bool = False,
     images_per_epoch: int = 8000,
     shuffle_buffer: int = 64,
     with_info: bool = False,
@@ -218,7 +250,9 @@ def training_dataset(
         patch_size: crop side at training scale (paper: 512).
         max_boxes: rows of the box tensor; extra positives are dropped.
         seed: makes the stream reproducible; None draws a random one.
-        augment: flips and intensity jitter.
+        augment: flips and intensity jitter (and `zoom`, `rotate`).
+        zoom: patch phase, with `augment`: maximum zoom factor of a crop (1 = none; see `_crop`).
+        rotate: with `augment`: also random 90-degree turns (transposes).
         images_per_epoch: images per epoch (the stream is infinite: pair it
             with `steps_per_epoch(images_per_epoch, batch_size)`); validated only.
         shuffle_buffer: records buffered per stratum for shuffling.
@@ -233,6 +267,8 @@ def training_dataset(
         raise ValueError(f"phase must be 'patch' or 'full', got {phase!r}")
     if batch_size <= 0 or stride <= 0 or input_multiple <= 0 or max_boxes <= 0:
         raise ValueError("batch_size, stride, input_multiple and max_boxes must be positive")
+    if not (isinstance(zoom, (int, float)) and 1.0 <= zoom <= 4.0):
+        raise ValueError(f"zoom must be in [1, 4], got {zoom!r}")
     if phase == "patch" and patch_size % input_multiple:
         raise ValueError(f"patch_size {patch_size} is not a multiple of input_multiple {input_multiple}")
     steps_per_epoch(images_per_epoch, batch_size)
@@ -260,12 +296,17 @@ def training_dataset(
         seeds = tf.random.experimental.stateless_split(
             tf.stack([tf.constant(base_seed, tf.int64), counter]), num=6)
         image, boxes, labels = example["image"], example["boxes"], example["box_labels"]
+        # seeds[5] feeds the optional augmentations, so turning them on leaves the others' draws alone.
+        extra = tf.random.experimental.stateless_split(seeds[5], num=2)
         if phase == "patch":
-            image, boxes, labels = _crop(image, boxes, labels, patch_size, seeds[:2])
+            image, boxes, labels = _crop(image, boxes, labels, patch_size, seeds[:2],
+                                         zoom=zoom if augment else 1.0, zoom_seed=extra[0])
         boxes = _positives(boxes, labels)
         if augment:
             image, boxes = _flip(image, boxes, seeds[2], axis=1)
             image, boxes = _flip(image, boxes, seeds[3], axis=0)
+            if rotate:
+                image, boxes = _turn(image, boxes, extra[1])
             image = _intensity(image, seeds[4])
         if phase == "full":
             image = pad_to_multiple(image, input_multiple)

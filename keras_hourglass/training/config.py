@@ -84,6 +84,9 @@ class TrainConfig:
             pixels (clamped to the images' long side).
         max_boxes: box slots per image in the training targets.
         augment: random flips etc. in the input pipeline.
+        zoom: with `augment`, patch-phase crops are scaled by a log-uniform
+            factor in [1/zoom, zoom] (1 = off).
+        rotate: with `augment`, also random 90-degree turns.
         preset: model preset ("tiny" or "paper").
         model: model option overrides (see `resolve_config`).
         seed: seed of weights initialisation and input pipeline.
@@ -118,6 +121,8 @@ class TrainConfig:
     crop_size: int = 768
     max_boxes: int = 16
     augment: bool = True
+    zoom: float = 1.0
+    rotate: bool = False
     preset: str = "tiny"
     model: dict = field(default_factory=dict)
     seed: int = 0
@@ -163,6 +168,9 @@ class TrainConfig:
             bad("lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.lr_schedule != "constant" and self.full_learning_rate is not None:
             bad("full_learning_rate", "needs lr_schedule=constant (the cosine schedule spans both phases)")
+        if isinstance(self.zoom, bool) or not isinstance(self.zoom, (int, float)) or not 1 <= self.zoom <= 4:
+            bad("zoom", f"must be a number in [1, 4], got {self.zoom!r}")
+        self.zoom = float(self.zoom)
         if not 0 <= self.min_lr_fraction <= 1:
             bad("min_lr_fraction", f"must be in [0, 1], got {self.min_lr_fraction!r}")
         for name in ("omega", "learning_rate", "target_sigma", "target_fpi"):

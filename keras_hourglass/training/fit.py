@@ -197,7 +197,8 @@ def prep_dataset_fn(prep_dir: str, config: TrainConfig, crop_size: int) -> Datas
         return pipeline.training_dataset(
             prep_dir, split="train", phase=phase, batch_size=batch_size, stride=stride,
             input_multiple=multiple, patch_size=int(crop_size), max_boxes=config.max_boxes,
-            seed=seed, augment=config.augment, images_per_epoch=config.images_per_epoch)
+            seed=seed, augment=config.augment, zoom=config.zoom, rotate=bool(config.rotate),
+            images_per_epoch=config.images_per_epoch)
 
     return dataset_fn
 
