@@ -7,7 +7,8 @@ costly: the fair reference for a bigger model; and how far more budget goes), an
 the same images prepared at `--size 512` (twice the resolution; the same seed, salt and split); at
 1.5x the steps (2,400: the budget issue #10 sets for the main table) on the main data and on three
 times the images (2,400; the main data's images are its first 800, with the same patients and
-splits, so every row is scored on the same val images), and on those with 4x the steps.
+splits, so every row is scored on the same val images), and on those with 4x the steps; and nine
+times the images (7,200, likewise) at 4x the steps, the learning curve's third point.
 Seeds 0-2 (`--seeds`), one TensorFlow thread per run; each final model.keras is evaluated on the
 whole val split; the table gives the training minutes of every run. Backs README's *Capacity,
 budget, resolution and data size do not close the gap either*.
@@ -39,11 +40,16 @@ HIGH_RESOLUTION = "tiny, images at --size 512"
 MORE_DATA = "tiny, 1.5x the steps, 3x the images"
 #: The same three times the images with four times the steps (the direction the fit gap points to).
 MORE_DATA_LONGER = "tiny, 4x the steps, 3x the images"
+#: Nine times the images (7,200; again the main data's 800 first) at four times the steps: the third
+#: point of the learning curve (1x, 3x, 9x the training findings at the same steps).
+MOST_DATA_LONGER = "tiny, 4x the steps, 9x the images"
+#: Row -> the number of synthetic images of its training PREP (the main data has 800).
+LARGER_DATA = {MORE_DATA: 2400, MORE_DATA_LONGER: 2400, MOST_DATA_LONGER: 7200}
 
 
 #: Rows whose first seed is also scored on the main data's training split (fit against generalisation).
 FIT_GAP_ROWS = ("tiny (default)", "tiny, 1.5x the steps", "tiny, 2x the steps", "tiny, 4x the steps", MORE_DATA,
-                MORE_DATA_LONGER)
+                MORE_DATA_LONGER, MOST_DATA_LONGER)
 
 
 def fit_gap_table(prep: str, out: str, table: dict, seed: int, results: dict) -> str:
@@ -80,7 +86,8 @@ def variants() -> dict[str, list[str]]:
             HIGH_RESOLUTION: [],
             "tiny, 1.5x the steps": ["--steps-per-epoch", "150"],
             MORE_DATA: ["--steps-per-epoch", "150"],
-            MORE_DATA_LONGER: ["--steps-per-epoch", "400"]}
+            MORE_DATA_LONGER: ["--steps-per-epoch", "400"],
+            MOST_DATA_LONGER: ["--steps-per-epoch", "400"]}
 
 
 def main(argv=None) -> int:
@@ -100,13 +107,13 @@ def main(argv=None) -> int:
     if HIGH_RESOLUTION in table:  # the same synthetic images and split (same seed and salt), 2x the pixels
         data_of[HIGH_RESOLUTION] = quality.prepare_data(args.quality_out, quality.data_settings({"size": 512}, False))
     train_data_of = {}
-    larger_rows = [name for name in (MORE_DATA, MORE_DATA_LONGER) if name in table]
-    if larger_rows:  # the same generator and seed: the first 800 images are the main data's
-        larger = quality.prepare_data(args.quality_out, quality.data_settings({"images": 2400}, False))
-        val_probe.check_scored_images_unseen(val_probe.image_hashes(prep, "val"),
-                                             val_probe.image_hashes(larger, "train"),
+    scored = val_probe.image_hashes(prep, "val")
+    for images in sorted({LARGER_DATA[name] for name in table if name in LARGER_DATA}):
+        # The same generator and seed: the first 800 images are the main data's.
+        larger = quality.prepare_data(args.quality_out, quality.data_settings({"images": images}, False))
+        val_probe.check_scored_images_unseen(scored, val_probe.image_hashes(larger, "train"),
                                              val_probe.image_hashes(larger, "val"))
-        train_data_of.update({name: larger for name in larger_rows})
+        train_data_of.update({name: larger for name in table if LARGER_DATA.get(name) == images})
     results = val_probe.run_probe(prep, args.out, table, seeds, args.jobs, data_of=data_of,
                                   train_data_of=train_data_of)
     text = val_probe.render(

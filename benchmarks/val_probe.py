@@ -77,9 +77,12 @@ def evaluate(model: str, prep: str, split: str, eval_dir: str, log: str) -> dict
     return quality.read_json(os.path.join(eval_dir, "froc.json"))
 
 
-def training_split_froc(prep: str, out: str, name: str, seed: int) -> dict:
+def training_split_froc(prep: str, out: str, name: str, seed: int, model: str | None = None) -> dict:
     """The FROC of a probe run's model on PREP's *training* split (how well it fits what it saw: set
     beside its val FROC, the generalisation gap). A finished evaluation is kept.
+
+    Args:
+        model: the model.keras to score when it is not the probe's own run (OUT/<variant>-s<seed>).
 
     Returns:
         The FROC (OUT/eval-train-<variant>-s<seed>/froc.json).
@@ -89,7 +92,7 @@ def training_split_froc(prep: str, out: str, name: str, seed: int) -> dict:
     froc_path = os.path.join(eval_dir, "froc.json")
     if os.path.exists(froc_path):
         return quality.read_json(froc_path)
-    return evaluate(os.path.join(out, tag, "model.keras"), prep, "train", eval_dir,
+    return evaluate(model or os.path.join(out, tag, "model.keras"), prep, "train", eval_dir,
                     os.path.join(out, f"{tag}.evaluate-train.log"))
 
 

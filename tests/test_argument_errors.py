@@ -39,6 +39,10 @@ def test_train_config_field_python_argument_and_flag(tmp_path, capsys):
     err = _cli_error(capsys, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
                               "--full-learning-rate", "1e-4"])
     assert err.startswith("hourglass train: error: --full-learning-rate: needs --lr-schedule constant (")
+    with pytest.raises(ArgumentError, match=r"^zoom: must be a number in \[1, 4\], got 0.5$"):
+        TrainConfig(zoom=0.5).validate()
+    err = _cli_error(capsys, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--zoom", "9"])
+    assert err == "hourglass train: error: --zoom: must be a number in [1, 4], got 9.0"
 
 
 def test_prepare_python_argument_and_flag(tmp_path, capsys):

@@ -123,6 +123,55 @@ def test_flips_move_boxes_with_the_pixels(prep):
                 assert patch.size and patch.min() > 0.85
 
 
+def test_zoom_scales_crops_and_boxes_together_within_the_range(prep):
+    factors = []
+    for image, boxes, info in _stream(prep, augment=True, zoom=1.5, seed=12).take(12):
+        assert image.shape[1:3] == (PATCH, PATCH)
+        for img, rows, label in zip(image.numpy(), boxes.numpy(), info["label"].numpy()):
+            if label != b"malignant":
+                continue
+            for y0, x0, y1, x1 in rows[rows[:, 0] >= 0] * STRIDE:
+                height, width = y1 - y0, x1 - x0
+                # The painted 12 x 10 finding, resized as one: aspect kept, scale in [1/1.5, 1.5].
+                np.testing.assert_allclose(height / width, 1.2, rtol=0.02)
+                factors.append(height / 12.0)
+                core = img[int(np.ceil(y0)) + 1:int(y1) - 1, int(np.ceil(x0)) + 1:int(x1) - 1, 0]
+                assert core.size and core.min() > 0.8  # bilinear edges aside, the box shows the finding
+    # The crop side is rounded to a pixel: at PATCH 32 that moves the factor by up to 0.5 / 21.
+    assert factors and min(factors) >= (1 / 1.5) / 1.03 and max(factors) <= 1.5 * 1.03
+    assert max(factors) / min(factors) > 1.2, factors  # the zoom does vary
+
+
+def test_turns_transpose_pixels_and_boxes_and_leave_the_other_draws_alone(prep):
+    plain = _stream(prep, augment=True, seed=13, with_info=False).take(4)
+    turned = _stream(prep, augment=True, rotate=True, seed=13, with_info=False).take(4)
+    transposed = 0
+    for (ia, ba), (ib, bb) in zip(plain, turned):
+        for a, rows_a, b, rows_b in zip(ia.numpy(), ba.numpy(), ib.numpy(), bb.numpy()):
+            if np.array_equal(a, b):
+                np.testing.assert_array_equal(rows_a, rows_b)
+                continue
+            # The same crop, flips and jitter, then turned: pixels and boxes transposed.
+            np.testing.assert_allclose(b, np.transpose(a, (1, 0, 2)), atol=1e-6)
+            real = rows_a[:, 0] >= 0
+            np.testing.assert_allclose(rows_b[real], rows_a[real][:, [1, 0, 3, 2]])
+            transposed += 1
+    assert 0 < transposed < 32
+    # Whole images keep the orientation inference sees.
+    plain = _stream(prep, phase="full", batch_size=4, augment=True, seed=13, with_info=False).take(3)
+    turned = _stream(prep, phase="full", batch_size=4, augment=True, rotate=True, seed=13, with_info=False).take(3)
+    for (ia, ba), (ib, bb) in zip(plain, turned):
+        np.testing.assert_array_equal(ia.numpy(), ib.numpy())
+        np.testing.assert_array_equal(ba.numpy(), bb.numpy())
+
+
+def test_zoom_outside_its_range_is_refused(prep):
+    with pytest.raises(ValueError, match="zoom"):
+        _stream(prep, zoom=0.5)
+    with pytest.raises(ValueError, match="zoom"):
+        _stream(prep, zoom=5.0)
+
+
 def test_full_phase_pads_to_the_multiple_and_the_batch_max(prep):
     shapes = set()
     for image, boxes, info in _stream(prep, phase="full", batch_size=4).take(12):

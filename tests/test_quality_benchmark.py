@@ -469,6 +469,35 @@ def test_capacity_probe_changes_one_model_option_or_the_steps_and_stays_a_valid_
             assert changed == {"model"} and len(config.model) == 1, name
 
 
+def test_augment_probe_changes_only_the_augmentation_or_the_steps_and_reuses_identical_capacity_rows(tmp_path):
+    import argparse
+
+    import augment_probe
+    import capacity_probe
+
+    from keras_hourglass.cli import train as cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = quality.parse_args(["main"])
+
+    def config(flags):
+        return cli.build_config(parser.parse_args(["train", "--data", "P", "--out", "R",
+                                                   *quality.train_flags(args, [], 0), *flags]))
+    defaults = config([])
+    table = augment_probe.variants()
+    for name, flags in table.items():
+        changed = {k for k, v in vars(config(flags)).items() if vars(defaults)[k] != v}
+        assert changed <= {"zoom", "rotate", "steps_per_epoch"}, name
+        assert ("zoom" in changed or "rotate" in changed) == (name not in augment_probe.CAPACITY_ROWS), name
+    # A reused row is the capacity probe's row with the same flags, found where that probe writes it.
+    for name, theirs in augment_probe.CAPACITY_ROWS.items():
+        assert table[name] == capacity_probe.variants()[theirs]
+    model_of = augment_probe.capacity_model(str(tmp_path))
+    assert model_of("4x the steps", 2) == str(tmp_path / "tiny--4x-the-steps-s2" / "model.keras")
+    assert model_of("zoom 1.5 + turns", 0) is None
+
+
 def test_val_probe_table_means_over_seeds_with_each_seed_and_its_minutes(tmp_path, monkeypatch):
     import json
 

@@ -163,7 +163,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                        help="scale phase-1 crops by a random factor in [1/FACTOR, FACTOR] (default 1 = off; "
                             "at most 4)")
     sched.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=None,
-                       help="also random 90-degree turns (default off)")
+                       help="also random 90-degree turns of the phase-1 patches (default off)")
     sched.add_argument("--seed", type=int, default=None, help="seed of initialisation and data (default 0)")
 
     model = parser.add_argument_group("model")

@@ -35,7 +35,7 @@ Augmentation (``augment=True``): random horizontal and vertical flips
 (boxes follow) and a small intensity jitter (gain in [0.9, 1.1], gamma
 in [exp(-0.15), exp(0.15)]); optionally (``zoom`` > 1) patch-phase crops
 scaled by a log-uniform factor in [1/zoom, zoom] and (``rotate``) random
-90-degree turns, boxes following. All randomness is stateless and keyed by
+90-degree turns of the patches, boxes following. All randomness is stateless and keyed by
 ``(seed, element counter)`` and the file/record shuffles and the stratum
 sampler are seeded, so with a ``seed`` the same call gives the same
 batches (``options.deterministic`` is then set; without a seed the map
@@ -252,7 +252,9 @@ def training_dataset(
         seed: makes the stream reproducible; None draws a random one.
         augment: flips and intensity jitter (and `zoom`, `rotate`).
         zoom: patch phase, with `augment`: maximum zoom factor of a crop (1 = none; see `_crop`).
-        rotate: with `augment`: also random 90-degree turns (transposes).
+        rotate: patch phase, with `augment`: also random 90-degree turns (transposes). Whole
+            images keep their orientation: it is the one inference sees, and turned images would
+            pad a batch to new shapes (one XLA compilation each).
         images_per_epoch: images per epoch (the stream is infinite: pair it
             with `steps_per_epoch(images_per_epoch, batch_size)`); validated only.
         shuffle_buffer: records buffered per stratum for shuffling.
@@ -305,7 +307,7 @@ def training_dataset(
         if augment:
             image, boxes = _flip(image, boxes, seeds[2], axis=1)
             image, boxes = _flip(image, boxes, seeds[3], axis=0)
-            if rotate:
+            if rotate and phase == "patch":
                 image, boxes = _turn(image, boxes, extra[1])
             image = _intensity(image, seeds[4])
         if phase == "full":

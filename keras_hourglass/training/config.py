@@ -86,7 +86,8 @@ class TrainConfig:
         augment: random flips etc. in the input pipeline.
         zoom: with `augment`, patch-phase crops are scaled by a log-uniform
             factor in [1/zoom, zoom] (1 = off).
-        rotate: with `augment`, also random 90-degree turns.
+        rotate: with `augment`, also random 90-degree turns of the phase-1
+            patches (whole images keep the orientation inference sees).
         preset: model preset ("tiny" or "paper").
         model: model option overrides (see `resolve_config`).
         seed: seed of weights initialisation and input pipeline.
