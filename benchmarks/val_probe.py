@@ -82,7 +82,8 @@ def training_split_froc(prep: str, out: str, name: str, seed: int, model: str | 
     beside its val FROC, the generalisation gap). A finished evaluation is kept.
 
     Args:
-        model: the model.keras to score when it is not the probe's own run (OUT/<variant>-s<seed>).
+        model: the model.keras to score instead of the probe's own run (OUT/<variant>-s<seed>), when it
+            exists (as in `probe_task`, a reused model that is absent was trained again as the probe's own).
 
     Returns:
         The FROC (OUT/eval-train-<variant>-s<seed>/froc.json).
@@ -92,7 +93,9 @@ def training_split_froc(prep: str, out: str, name: str, seed: int, model: str | 
     froc_path = os.path.join(eval_dir, "froc.json")
     if os.path.exists(froc_path):
         return quality.read_json(froc_path)
-    return evaluate(model or os.path.join(out, tag, "model.keras"), prep, "train", eval_dir,
+    if model is None or not os.path.exists(model):
+        model = os.path.join(out, tag, "model.keras")
+    return evaluate(model, prep, "train", eval_dir,
                     os.path.join(out, f"{tag}.evaluate-train.log"))
 
 

@@ -165,6 +165,14 @@ def test_turns_transpose_pixels_and_boxes_and_leave_the_other_draws_alone(prep):
         np.testing.assert_array_equal(ba.numpy(), bb.numpy())
 
 
+def test_patches_keep_their_static_shape_with_and_without_the_options(prep):
+    # A patch batch of unknown height and width traces the model for any shape: the whole-image phase
+    # then reuses that graph instead of its own, which moves the numbers (not the batches) of a run.
+    for options in ({}, {"zoom": 1.5}, {"rotate": True}, {"zoom": 1.5, "rotate": True}):
+        image_spec = _stream(prep, augment=True, seed=14, with_info=False, **options).element_spec[0]
+        assert tuple(image_spec.shape[1:]) == (PATCH, PATCH, 1), (options, image_spec)
+
+
 def test_zoom_outside_its_range_is_refused(prep):
     with pytest.raises(ValueError, match="zoom"):
         _stream(prep, zoom=0.5)

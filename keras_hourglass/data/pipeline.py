@@ -169,8 +169,8 @@ def _crop(image, boxes, labels, patch_size: int, seeds, zoom: float = 1.0, zoom_
         factor = tf.exp(tf.random.stateless_uniform([], zoom_seed, minval=-1.0, maxval=1.0) * math.log(zoom))
         side = tf.maximum(tf.cast(tf.round(patch_size / factor), tf.int32), 8)
     else:
-        side = tf.constant(patch_size, tf.int32)
-    origin = _crop_origin(image, boxes, side if zoom > 1.0 else patch_size, seeds, block=max(1, patch_size // 8))
+        side = patch_size  # a Python int keeps the patch's static shape (a tensor here would not)
+    origin = _crop_origin(image, boxes, side, seeds, block=max(1, patch_size // 8))
     height = tf.shape(image)[0]
     width = tf.shape(image)[1]
     size_y = tf.minimum(side, height - origin[0])
