@@ -22,7 +22,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -82,20 +81,13 @@ def fit_gap_table(prep: str, out: str, table: dict, seed: int, results: dict, mo
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quality-out", default=os.path.join(HERE, "out", "quality"))
-    parser.add_argument("--out", default=os.path.join(HERE, "out", "augment_probe"))
+    parser = val_probe.probe_parser(__doc__.split("\n\n")[0], "augment_probe")
     parser.add_argument("--capacity-out", default=os.path.join(HERE, "out", "capacity_probe"),
                         help="the capacity probe's runs, reused for the rows it shares")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--variants", default=None, help="semicolon-separated subset")
-    parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     prep = quality.prepare_data(args.quality_out, quality.data_settings({}, False))
-    table = variants()
-    if args.variants:
-        table = {name: table[name] for name in args.variants.split(";")}
+    table = val_probe.selected(variants(), args.variants)
     model_of = capacity_model(args.capacity_out)
     results = val_probe.run_probe(prep, args.out, table, seeds, args.jobs, model_of=model_of)
     text = val_probe.render(

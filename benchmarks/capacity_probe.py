@@ -22,7 +22,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -91,18 +90,11 @@ def variants() -> dict[str, list[str]]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quality-out", default=os.path.join(HERE, "out", "quality"))
-    parser.add_argument("--out", default=os.path.join(HERE, "out", "capacity_probe"))
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--variants", default=None, help="semicolon-separated subset (names hold commas)")
-    parser.add_argument("--jobs", type=int, default=2)
+    parser = val_probe.probe_parser(__doc__.split("\n\n")[0], "capacity_probe")
     args = parser.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     prep = quality.prepare_data(args.quality_out, quality.data_settings({}, False))
-    table = variants()
-    if args.variants:
-        table = {name: table[name] for name in args.variants.split(";")}
+    table = val_probe.selected(variants(), args.variants)
     data_of = {}
     if HIGH_RESOLUTION in table:  # the same synthetic images and split (same seed and salt), 2x the pixels
         data_of[HIGH_RESOLUTION] = quality.prepare_data(args.quality_out, quality.data_settings({"size": 512}, False))

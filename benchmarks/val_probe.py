@@ -8,6 +8,7 @@ Used by `tuned_defaults_probe.py` (should the tuned values become defaults?) and
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -24,6 +25,37 @@ FPI_POINTS = ("1", "2", "4.8")
 def slug(name: str) -> str:
     """Returns: `name` as a directory name (letters and digits, dashes for the rest)."""
     return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
+def probe_parser(description: str, out_name: str) -> argparse.ArgumentParser:
+    """The arguments every val probe takes: where the main data and its own runs go, seeds, a subset
+    of its variants, parallel runs.
+
+    Args:
+        description: the probe's one-line description.
+        out_name: its output directory under benchmarks/out.
+
+    Returns:
+        The parser (a probe adds its own arguments).
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quality-out", default=os.path.join(here, "out", "quality"))
+    parser.add_argument("--out", default=os.path.join(here, "out", out_name))
+    parser.add_argument("--seeds", default="0,1,2", type=lambda text: [int(s) for s in text.split(",")])
+    parser.add_argument("--variants", default=None, help="semicolon-separated subset (names hold commas)")
+    parser.add_argument("--jobs", type=int, default=2)
+    return parser
+
+
+def selected(table: dict, names: str | None) -> dict:
+    """Returns: the rows of `table` named in `names` (semicolon-separated; None: all), in that order."""
+    if not names:
+        return table
+    unknown = [name for name in names.split(";") if name not in table]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; known: {list(table)}")
+    return {name: table[name] for name in names.split(";")}
 
 
 def probe_task(prep: str, out: str, name: str, flags: list[str], seed: int, *, train_prep: str | None = None,
