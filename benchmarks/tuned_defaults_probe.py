@@ -17,7 +17,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import sys
@@ -50,20 +49,15 @@ def default_lr() -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quality-out", default=os.path.join(HERE, "out", "quality"))
-    parser.add_argument("--out", default=os.path.join(HERE, "out", "tuned_defaults_probe"))
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--jobs", type=int, default=2)
-    args = parser.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    args = val_probe.probe_parser(__doc__.split("\n\n")[0], "tuned_defaults_probe").parse_args(argv)
+    seeds = args.seeds
     prep = quality.prepare_data(args.quality_out, quality.data_settings({}, False), create=False)
     found = sorted(glob.glob(os.path.join(args.quality_out, "runs", "tuned", "hypersensitive-best-*.json")))
     if prep is None or not found:
         print("tuned_defaults_probe: run `python benchmarks/quality.py tuned` first", file=sys.stderr)
         return 2
     best = {"path": found[-1], "values": quality.read_json(found[-1])["values"]}
-    table = variants(best)
+    table = val_probe.selected(variants(best), args.variants)
 
     def tuned_retrain(name: str, seed: int) -> str | None:
         if name != TUNED:

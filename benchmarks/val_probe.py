@@ -38,10 +38,9 @@ def probe_parser(description: str, out_name: str) -> argparse.ArgumentParser:
     Returns:
         The parser (a probe adds its own arguments).
     """
-    here = os.path.dirname(os.path.abspath(__file__))
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--quality-out", default=os.path.join(here, "out", "quality"))
-    parser.add_argument("--out", default=os.path.join(here, "out", out_name))
+    parser.add_argument("--quality-out", default=os.path.join(HERE, "out", "quality"))
+    parser.add_argument("--out", default=os.path.join(HERE, "out", out_name))
     parser.add_argument("--seeds", default="0,1,2", type=lambda text: [int(s) for s in text.split(",")])
     parser.add_argument("--variants", default=None, help="semicolon-separated subset (names hold commas)")
     parser.add_argument("--jobs", type=int, default=2)
@@ -52,10 +51,11 @@ def selected(table: dict, names: str | None) -> dict:
     """Returns: the rows of `table` named in `names` (semicolon-separated; None: all), in that order."""
     if not names:
         return table
-    unknown = [name for name in names.split(";") if name not in table]
+    wanted = names.split(";")
+    unknown = [name for name in wanted if name not in table]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; known: {list(table)}")
-    return {name: table[name] for name in names.split(";")}
+    return {name: table[name] for name in wanted}
 
 
 def probe_task(prep: str, out: str, name: str, flags: list[str], seed: int, *, train_prep: str | None = None,

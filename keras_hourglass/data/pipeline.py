@@ -115,11 +115,11 @@ def _pad_boxes(boxes: tf.Tensor, max_boxes: int) -> tf.Tensor:
     return tf.ensure_shape(boxes, [max_boxes, 4])
 
 
-def _crop_origin(image, boxes, patch_size, seeds, block: int | None = None):
+def _crop_origin(image, boxes, patch_size, seeds, block: int):
     """Chooses the top-left corner of a patch (int32 y, x), see module doc.
 
-    `patch_size` may be a scalar int32 tensor (a zoomed crop); `block` is then the tissue block side
-    of the nominal patch (a Python int: pooling windows are static).
+    `patch_size` may be a scalar int32 tensor (a zoomed crop); `block` is the tissue block side of
+    the nominal patch (a Python int: pooling windows are static).
     """
     height = tf.shape(image)[0]
     width = tf.shape(image)[1]
@@ -145,14 +145,13 @@ def _crop_origin(image, boxes, patch_size, seeds, block: int | None = None):
         return tf.stack([y, x])
 
     def tissue():
-        side = block if block is not None else max(1, patch_size // 8)
-        pooled = tf.nn.avg_pool2d(image[tf.newaxis], ksize=side, strides=side, padding="VALID")
+        pooled = tf.nn.avg_pool2d(image[tf.newaxis], ksize=block, strides=block, padding="VALID")
         candidates = tf.cast(tf.where(pooled[0, :, :, 0] > TISSUE_THRESHOLD), tf.int32)
         count = tf.shape(candidates)[0]
 
         def pick():
             index = tf.random.stateless_uniform([], seeds[0], minval=0, maxval=count, dtype=tf.int32)
-            return candidates[index] * side + side // 2 - patch_size // 2
+            return candidates[index] * block + block // 2 - patch_size // 2
 
         return tf.cond(count > 0, pick, uniform)
 
