@@ -535,3 +535,41 @@ def test_a_training_set_holding_a_scored_val_image_is_refused():
         val_probe.check_scored_images_unseen({"a", "b"}, other_train={"b"}, other_val={"a"})
     with pytest.raises(SystemExit, match="1 scored val images are not in the other PREP's val split"):
         val_probe.check_scored_images_unseen({"a", "b"}, other_train=set(), other_val={"a"})
+
+
+def test_conspicuity_probe_changes_only_the_loss_and_the_lesion_contrast_and_pairs_the_losses_by_seed():
+    import argparse
+
+    import conspicuity_probe
+
+    from keras_hourglass.cli import train as cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = quality.parse_args(["main"])
+
+    def config(flags):
+        return cli.build_config(parser.parse_args(["train", "--data", "P", "--out", "R",
+                                                   *quality.train_flags(args, [], 0), *flags]))
+    defaults = config([])
+    table = conspicuity_probe.variants()
+    assert len(table) == len(conspicuity_probe.CONTRASTS) * 2
+    for name, flags in table.items():
+        changed = {k for k, v in vars(config(flags)).items() if vars(defaults)[k] != v}
+        assert changed <= {"loss"}, name
+        assert (config(flags).loss == "l2") == name.startswith("L2"), name
+    # x1 is the main data itself (the same PREP key); the others differ from it in the contrast only
+    assert quality.data_settings({"contrast": 1.0}, False) == quality.data_settings({}, False)
+    for c in conspicuity_probe.CONTRASTS:
+        changed = {k for k, v in quality.data_settings({"contrast": c}, False).items() if quality.BASE_DATA[k] != v}
+        assert changed == (set() if c == 1.0 else {"contrast"})
+        assert conspicuity_probe.contrast_of(conspicuity_probe.row_name("L2", c)) == c
+
+    def froc(s48, top):
+        return {"sensitivity_at_fpi": {"4.8": s48}, "max_sensitivity": top}
+    ours, l2 = conspicuity_probe.row_name("hypersensitive", 2.0), conspicuity_probe.row_name("L2", 2.0)
+    results = {(ours, 0): froc(0.75, 1.0), (ours, 1): froc(0.5, 0.75), (l2, 0): froc(0.5, 1.0), (l2, 1): froc(0.5, 1.0)}
+    lines = conspicuity_probe.loss_gap_table({ours: [], l2: []}, [0, 1], results).splitlines()
+    # differences 0.25 and 0: mean 0.125, sd 0.177, t(1) half-width 12.706 * 0.177 / sqrt(2); max: 0 and -0.25
+    assert lines[-1].startswith("| x2 | +0.125 ± 1.588 | -0.125 ± 1.588 |"), lines[-1]
+    assert conspicuity_probe.loss_gap_table({ours: []}, [0, 1], results) == ""
