@@ -18,7 +18,7 @@ Outputs: OUT/<variant>-s<seed>/ (runs), OUT/eval-<variant>-s<seed>/ (val FROC),
 benchmarks/conspicuity-probe.md. A finished evaluation is kept.
 
 Usage:
-    python benchmarks/conspicuity_probe.py            # ~45 min on 2 cores
+    python benchmarks/conspicuity_probe.py            # ~65 min on 2 cores
 """
 
 from __future__ import annotations
