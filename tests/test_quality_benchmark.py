@@ -35,6 +35,19 @@ def test_mean_ci_is_a_t_interval_across_seeds():
     assert quality.mean_ci([0.7]) == (0.7, None) and quality.mean_ci([]) == (None, None)
 
 
+def _probe_train_config(flags: list[str]):
+    """The `TrainConfig` a val probe's run gets: the main table's budget and seed 0, then `flags`."""
+    import argparse
+
+    from keras_hourglass.cli import train as cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = quality.parse_args(["main"])
+    return cli.build_config(parser.parse_args(["train", "--data", "P", "--out", "R",
+                                               *quality.train_flags(args, [], 0), *flags]))
+
+
 def test_every_variant_is_a_valid_hourglass_train_command():
     import argparse
 
@@ -445,21 +458,12 @@ def test_tuned_defaults_probe_varies_one_thing_per_row_and_needs_the_tuned_table
 
 
 def test_capacity_probe_changes_one_model_option_or_the_steps_and_stays_a_valid_train_command():
-    import argparse
-
     import capacity_probe
 
-    from keras_hourglass.cli import train as cli
-
-    parser = argparse.ArgumentParser()
-    cli.register(parser.add_subparsers())
-    args = quality.parse_args(["main"])
-    defaults = cli.build_config(parser.parse_args(["train", "--data", "P", "--out", "R",
-                                                   *quality.train_flags(args, [], 0)]))
+    defaults = _probe_train_config([])
     for name, flags in capacity_probe.variants().items():
         # the variant's flags come after the budget (val_probe.probe_task), so they may change it
-        config = cli.build_config(parser.parse_args(["train", "--data", "P", "--out", "R",
-                                                     *quality.train_flags(args, [], 0), *flags]))
+        config = _probe_train_config(flags)
         changed = {k for k, v in vars(config).items() if vars(defaults)[k] != v}
         if name in ("tiny (default)", capacity_probe.HIGH_RESOLUTION):  # the latter differs in its data only
             assert changed == set()
@@ -470,20 +474,10 @@ def test_capacity_probe_changes_one_model_option_or_the_steps_and_stays_a_valid_
 
 
 def test_augment_probe_changes_only_the_augmentation_or_the_steps_and_reuses_identical_capacity_rows(tmp_path):
-    import argparse
-
     import augment_probe
     import capacity_probe
 
-    from keras_hourglass.cli import train as cli
-
-    parser = argparse.ArgumentParser()
-    cli.register(parser.add_subparsers())
-    args = quality.parse_args(["main"])
-
-    def config(flags):
-        return cli.build_config(parser.parse_args(["train", "--data", "P", "--out", "R",
-                                                   *quality.train_flags(args, [], 0), *flags]))
+    config = _probe_train_config
     defaults = config([])
     table = augment_probe.variants()
     for name, flags in table.items():
@@ -538,19 +532,9 @@ def test_a_training_set_holding_a_scored_val_image_is_refused():
 
 
 def test_conspicuity_probe_changes_only_the_loss_and_the_lesion_contrast_and_pairs_the_losses_by_seed():
-    import argparse
-
     import conspicuity_probe
 
-    from keras_hourglass.cli import train as cli
-
-    parser = argparse.ArgumentParser()
-    cli.register(parser.add_subparsers())
-    args = quality.parse_args(["main"])
-
-    def config(flags):
-        return cli.build_config(parser.parse_args(["train", "--data", "P", "--out", "R",
-                                                   *quality.train_flags(args, [], 0), *flags]))
+    config = _probe_train_config
     defaults = config([])
     table = conspicuity_probe.variants()
     assert len(table) == len(conspicuity_probe.CONTRASTS) * 2
@@ -573,3 +557,22 @@ def test_conspicuity_probe_changes_only_the_loss_and_the_lesion_contrast_and_pai
     # differences 0.25 and 0: mean 0.125, sd 0.177, t(1) half-width 12.706 * 0.177 / sqrt(2); max: 0 and -0.25
     assert lines[-1].startswith("| x2 | +0.125 ± 1.588 | -0.125 ± 1.588 |"), lines[-1]
     assert conspicuity_probe.loss_gap_table({ours: []}, [0, 1], results) == ""
+
+
+def test_grappler_probe_counts_distinct_losses_per_setting_and_rejects_unknown_settings():
+    """A setting is reproducible only when more than one process ran and all agree; bad arguments are one line."""
+    import grappler_probe
+
+    rows = grappler_probe.summarise({"defaults": [1.25, 1.5, 1.25], "dependency optimizer off": [1.0, 1.0],
+                                     "loop optimizer off": [2.0]})
+    assert [r["distinct"] for r in rows] == [[1.25, 1.5], [1.0], [2.0]]
+    assert [r["reproducible"] for r in rows] == [False, True, False]  # one process proves nothing
+    text = grappler_probe.markdown(rows)
+    assert "| defaults | 3 | 2: 1.2500000, 1.5000000 | no |" in text
+    assert "| dependency optimizer off | 2 | 1: 1.0000000 | yes |" in text
+    assert all(set(options) <= {"dependency_optimization", "arithmetic_optimization", "loop_optimization",
+                                "disable_meta_optimizer"} for options in grappler_probe.SETTINGS.values())
+    with pytest.raises(SystemExit, match="unknown setting.*remapping.*known: defaults"):
+        grappler_probe.main(["--settings", "defaults,remapping"])
+    with pytest.raises(SystemExit, match="--runs must be at least 1"):
+        grappler_probe.main(["--runs", "0"])
