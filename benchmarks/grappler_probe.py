@@ -77,6 +77,8 @@ def markdown(rows: list[dict]) -> str:
         values = ", ".join(f"{v:.7f}" for v in row["distinct"])
         lines.append(f"| {row['setting']} | {row['processes']} | {len(row['distinct'])}: {values} | "
                      f"{'yes' if row['reproducible'] else 'no'} |")
+    lines += ["", "Agreement in a few processes is evidence, not proof: a setting that varies may agree by chance "
+                  "in a few processes, so read a \"yes\" with its process count (`--runs` adds processes)."]
     return "\n".join(lines) + "\n"
 
 
