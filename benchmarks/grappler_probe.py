@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import quality  # noqa: E402
-from common import thread_env  # noqa: E402
+from common import run_step, thread_env  # noqa: E402
 
 #: Setting name -> grappler options switched off (an empty dict: TensorFlow's defaults).
 SETTINGS: dict[str, dict[str, bool]] = {
@@ -83,8 +83,6 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import subprocess
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(HERE, "out", "grappler"))
     parser.add_argument("--runs", type=int, default=4, help="processes per setting")
@@ -103,18 +101,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("grappler_probe: --runs must be at least 1")
     prep = quality.prepare_data(os.path.join(HERE, "out", "quality"), quality.data_settings({}, False))
     os.makedirs(args.out, exist_ok=True)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **thread_env(1)}
     losses: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(args.runs):  # interleaved: a load change hits every setting alike
         for name in names:
             with tempfile.TemporaryDirectory(dir=args.out) as work:
                 spec = json.dumps([SETTINGS[name], prep, os.path.join(work, "run")])
-                done = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", spec],
-                                      capture_output=True, text=True, env=env, timeout=3600)
-                if done.returncode != 0:
-                    raise SystemExit(f"grappler_probe: the run with {name} failed (exit {done.returncode}): "
-                                     f"{done.stderr.strip().splitlines()[-1:] or ''}")
-                losses[name].append(json.loads(done.stdout.strip().splitlines()[-1])["heatmap_loss"])
+                stdout, _seconds = run_step([sys.executable, os.path.abspath(__file__), "--child", spec],
+                                            os.path.join(args.out, "last-run.log"), 3600,
+                                            f"grappler_probe ({name})", extra_env=thread_env(1))
+                losses[name].append(json.loads(stdout.strip().splitlines()[-1])["heatmap_loss"])
                 print(f"grappler_probe: {name}: {losses[name][-1]:.7f}", file=sys.stderr, flush=True)
     rows = summarise(losses)
     quality.write_json(os.path.join(args.out, "grappler-probe.json"), {"losses": losses, "rows": rows})
